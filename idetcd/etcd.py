@@ -1,0 +1,493 @@
+"""
+etcd's v3 API, spoken through its JSON gateway with treq.
+
+All etcd I/O of idetcd lives here.  The gateway answers on ``/v3`` from etcd
+3.4 on; keys and values travel base64-encoded and int64 fields come back as
+JSON strings, so this module turns them into L{bytes} and L{int}.
+"""
+
+import base64
+import json
+import random
+
+import attr
+import treq
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+
+log = Logger()
+
+#: etcd's gRPC codes that say "this member cannot serve now, another may".
+_UNAVAILABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
+_NOT_FOUND = 5
+#: A watch line longer than this is a broken stream, not a result.
+MAX_WATCH_LINE = 64 * 1024 * 1024
+
+
+class EtcdError(Exception):
+    """
+    etcd refused a request; C{code} is its gRPC status code.
+    """
+
+    def __init__(self, code, message):
+        super().__init__(f"etcd error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class LeaseNotFound(EtcdError):
+    """
+    The lease named in a request does not exist (any more).
+    """
+
+
+class EtcdUnavailable(Exception):
+    """
+    No endpoint answered.
+    """
+
+
+class Compacted(Exception):
+    """
+    A watch asked for revisions that etcd has compacted away.
+    """
+
+    def __init__(self, compact_revision):
+        super().__init__(f"revisions before {compact_revision} are compacted")
+        self.compact_revision = compact_revision
+
+
+def _b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def prefix_range_end(prefix):
+    """
+    The C{range_end} that makes a range or watch cover every key starting
+    with C{prefix}; for the empty prefix, every key.
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\0"
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+    @classmethod
+    def from_json(cls, kv):
+        return cls(
+            key=base64.b64decode(kv.get("key", "")),
+            value=base64.b64decode(kv.get("value", "")),
+            create_revision=int(kv.get("create_revision", 0)),
+            mod_revision=int(kv.get("mod_revision", 0)),
+            lease=int(kv.get("lease", 0)),
+        )
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Event:
+    """
+    One change seen by a watch; C{deleted} tells a delete from a put.
+    """
+
+    deleted: bool
+    kv: KeyValue
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class TxnResult:
+    """
+    The outcome of a create: whether it won, and what holds the key if not.
+    """
+
+    succeeded: bool
+    revision: int
+    existing: "KeyValue | None"
+
+
+@attr.s(eq=False)
+class EtcdClient:
+    """
+    A Deferred-based etcd v3 client that moves to the next endpoint when one
+    does not answer.
+    """
+
+    endpoints = attr.ib(converter=tuple)
+    reactor = attr.ib()
+    timeout = attr.ib(default=5.0)
+    _current = attr.ib(default=0, init=False)
+    _pool = attr.ib(default=None, init=False)
+    _http = attr.ib(default=None, init=False)
+    _pending = attr.ib(factory=set, init=False)
+    _watches = attr.ib(factory=set, init=False)
+    _closed = attr.ib(default=False, init=False)
+
+    def __attrs_post_init__(self):
+        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self._pool.retryAutomatically = False
+        self._http = treq.client.HTTPClient(Agent(self.reactor, pool=self._pool))
+
+    @property
+    def endpoint(self):
+        """
+        The endpoint requests go to now.
+        """
+        return self.endpoints[self._current]
+
+    def _next_endpoint(self, failed_index):
+        # Only move on if nobody else moved on in the meantime.
+        if self._current == failed_index:
+            self._current = (failed_index + 1) % len(self.endpoints)
+
+    def _track(self, d):
+        self._pending.add(d)
+
+        def untrack(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(untrack)
+
+    def _post_once(self, index, path, body):
+        url = self.endpoints[index].rstrip("/") + path
+        d = self._http.post(
+            url,
+            data=json.dumps(body).encode("ascii"),
+            headers={b"Content-Type": [b"application/json"]},
+        )
+        d.addCallback(lambda response: treq.json_content(response).addCallback(
+            lambda data: (response.code, data)
+        ))
+        return self._track(d.addTimeout(self.timeout, self.reactor))
+
+    @defer.inlineCallbacks
+    def call(self, path, body):
+        """
+        POST C{body} to C{path} (e.g. C{/v3/kv/range}) and return the decoded
+        reply, trying each endpoint once, starting with the current one.
+        """
+        errors = []
+        for _ in range(len(self.endpoints)):
+            if self._closed:
+                raise defer.CancelledError()
+            index = self._current
+            try:
+                code, data = yield self._post_once(index, path, body)
+            except (defer.CancelledError, EtcdError):
+                raise
+            except Exception as e:
+                if self._closed:
+                    raise defer.CancelledError()
+                errors.append(f"{self.endpoints[index]}: {e.__class__.__name__}: {e}")
+                self._next_endpoint(index)
+                continue
+            if not isinstance(data, dict):
+                raise EtcdError(-1, f"unexpected reply from {self.endpoints[index]}")
+            if "error" in data or code != 200:
+                error_code = data.get("code", -1)
+                message = data.get("message") or data.get("error") or f"HTTP {code}"
+                if error_code in _UNAVAILABLE_CODES or code >= 500:
+                    errors.append(f"{self.endpoints[index]}: {message}")
+                    self._next_endpoint(index)
+                    continue
+                if error_code == _NOT_FOUND and "lease" in message:
+                    raise LeaseNotFound(error_code, message)
+                raise EtcdError(error_code, message)
+            return data
+        raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
+
+    @defer.inlineCallbacks
+    def range(self, key, range_end=None):
+        """
+        Read C{key}, or every key in C{[key, range_end)}; returns the list of
+        L{KeyValue} and the store revision they were read at.
+        """
+        body = {"key": _b64(key)}
+        if range_end is not None:
+            body["range_end"] = _b64(range_end)
+        data = yield self.call("/v3/kv/range", body)
+        kvs = [KeyValue.from_json(kv) for kv in data.get("kvs", ())]
+        return kvs, int(data["header"]["revision"])
+
+    @defer.inlineCallbacks
+    def create(self, key, value, lease=0, replacing=None):
+        """
+        Put C{key} only if it does not exist, or, with C{replacing} (a
+        L{KeyValue}), only if it is still exactly that version.  One
+        transaction, so of many racing callers exactly one wins.
+        """
+        if replacing is None:
+            compare = {"key": _b64(key), "target": "CREATE", "create_revision": "0"}
+        else:
+            compare = {
+                "key": _b64(key),
+                "target": "MOD",
+                "mod_revision": str(replacing.mod_revision),
+            }
+        put = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        data = yield self.call(
+            "/v3/kv/txn",
+            {
+                "compare": [compare],
+                "success": [{"request_put": put}],
+                "failure": [{"request_range": {"key": _b64(key)}}],
+            },
+        )
+        succeeded = bool(data.get("succeeded", False))
+        existing = None
+        if not succeeded:
+            for response in data.get("responses", ()):
+                kvs = response.get("response_range", {}).get("kvs", ())
+                if kvs:
+                    existing = KeyValue.from_json(kvs[0])
+        return TxnResult(succeeded, int(data["header"]["revision"]), existing)
+
+    @defer.inlineCallbacks
+    def put(self, key, value, lease=0):
+        body = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        data = yield self.call("/v3/kv/put", body)
+        return int(data["header"]["revision"])
+
+    @defer.inlineCallbacks
+    def delete(self, key, range_end=None):
+        body = {"key": _b64(key)}
+        if range_end is not None:
+            body["range_end"] = _b64(range_end)
+        data = yield self.call("/v3/kv/deleterange", body)
+        return int(data.get("deleted", 0))
+
+    @defer.inlineCallbacks
+    def lease_grant(self, ttl):
+        """
+        Returns the new lease's ID and the TTL etcd granted.
+        """
+        data = yield self.call("/v3/lease/grant", {"TTL": str(ttl)})
+        if data.get("error"):
+            raise EtcdError(-1, data["error"])
+        return int(data["ID"]), int(data["TTL"])
+
+    @defer.inlineCallbacks
+    def lease_keepalive(self, lease):
+        """
+        Refresh C{lease}; returns its TTL, or raises L{LeaseNotFound} when
+        etcd no longer has it.
+        """
+        data = yield self.call("/v3/lease/keepalive", {"ID": str(lease)})
+        ttl = int(data.get("result", {}).get("TTL", 0))
+        if ttl <= 0:
+            raise LeaseNotFound(_NOT_FOUND, f"lease {lease:x} has expired")
+        return ttl
+
+    def lease_revoke(self, lease):
+        """
+        Drop C{lease} and every key attached to it, at once.
+        """
+        return self.call("/v3/lease/revoke", {"ID": str(lease)})
+
+    def watch(self, key, range_end, start_revision, on_events):
+        """
+        Start a L{Watch} over C{[key, range_end)} from C{start_revision}.
+        """
+        watch = Watch(self, key, range_end, start_revision, on_events)
+        self._watches.add(watch)
+        watch.done.addBoth(lambda result: (self._watches.discard(watch), result)[1])
+        watch.start()
+        return watch
+
+    def _open_watch_stream(self, body, protocol):
+        """
+        Open one watch stream on the current endpoint and feed its body to
+        C{protocol}; fires when the stream is open (headers received).
+        """
+        index = self._current
+        url = self.endpoints[index].rstrip("/") + "/v3/watch"
+        d = self._http.post(
+            url,
+            data=json.dumps(body).encode("ascii"),
+            headers={b"Content-Type": [b"application/json"]},
+            unbuffered=True,
+        ).addTimeout(self.timeout, self.reactor)
+
+        def opened(response):
+            if response.code != 200:
+                # Read and drop the error body so the connection is freed.
+                return treq.content(response).addCallback(
+                    lambda content: defer.fail(
+                        EtcdError(response.code, content[:200].decode("utf-8", "replace"))
+                    )
+                )
+            response.deliverBody(protocol)
+
+        def failed(failure):
+            if not self._closed and not failure.check(defer.CancelledError):
+                self._next_endpoint(index)
+            return failure
+
+        return self._track(d.addCallbacks(opened, failed))
+
+    def close(self):
+        """
+        Stop every watch, cancel every request and drop idle connections.
+        """
+        self._closed = True
+        for watch in list(self._watches):
+            watch.stop()
+        for d in list(self._pending):
+            d.cancel()
+        return self._pool.closeCachedConnections()
+
+
+class _WatchStream:
+    """
+    Reads a watch's never-ending body: newline-separated JSON objects that a
+    TCP read may split anywhere.
+    """
+
+    def __init__(self, on_result):
+        self._on_result = on_result
+        self._buffer = b""
+        self.transport = None
+        self.finished = defer.Deferred()
+
+    def makeConnection(self, transport):
+        self.transport = transport
+
+    def dataReceived(self, data):
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            if line.strip() and self.transport is not None:
+                self._on_result(line)
+        if len(self._buffer) > MAX_WATCH_LINE:
+            self._buffer = b""
+            self.stop()
+
+    def connectionLost(self, reason):
+        self.transport = None
+        self.finished.callback(None)
+
+    def stop(self):
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+@attr.s(eq=False)
+class Watch:
+    """
+    A watch over a key range that reconnects when the stream breaks and
+    resumes after the last revision it delivered, so no change is lost or
+    seen twice across an etcd restart.
+
+    C{on_events(events, revision)} gets each batch of L{Event}s.  C{done}
+    fires when the watch is stopped, and fails with L{Compacted} when etcd
+    no longer has the revisions to resume from: the caller must then read
+    everything again.
+    """
+
+    client = attr.ib()
+    key = attr.ib()
+    range_end = attr.ib()
+    next_revision = attr.ib()
+    on_events = attr.ib()
+    min_backoff = attr.ib(default=0.05)
+    max_backoff = attr.ib(default=2.0)
+    done = attr.ib(factory=defer.Deferred, init=False)
+    _stream = attr.ib(default=None, init=False)
+    _opening = attr.ib(default=None, init=False)
+    _retry = attr.ib(default=None, init=False)
+    _failures = attr.ib(default=0, init=False)
+
+    def start(self):
+        if self.done.called:
+            return
+        self._retry = None
+        body = {
+            "create_request": {
+                "key": _b64(self.key),
+                "range_end": _b64(self.range_end),
+                "start_revision": str(self.next_revision),
+                "progress_notify": True,
+            }
+        }
+        stream = self._stream = _WatchStream(self._result)
+        self._opening = self.client._open_watch_stream(body, stream)
+        self._opening.addErrback(lambda failure: self._broken(stream, failure))
+        stream.finished.addCallback(lambda _: self._broken(stream, None))
+
+    def _result(self, line):
+        try:
+            data = json.loads(line)
+            result = data.get("result")
+            if result is None:
+                raise ValueError(data.get("error", "no result"))
+        except (ValueError, AttributeError) as e:
+            log.warn("dropping unreadable watch line: {error}", error=str(e))
+            return
+        self._failures = 0
+        compact_revision = int(result.get("compact_revision", 0))
+        if compact_revision:
+            self._finish(Compacted(compact_revision))
+            return
+        if result.get("canceled"):
+            return
+        events = []
+        for raw in result.get("events", ()):
+            kv = KeyValue.from_json(raw.get("kv", {}))
+            events.append(Event(raw.get("type") == "DELETE", kv))
+        if events:
+            revision = max(event.kv.mod_revision for event in events)
+            self.next_revision = revision + 1
+            self.on_events(events, revision)
+        elif not result.get("created"):
+            # A progress notification: everything up to here was delivered.
+            revision = int(result.get("header", {}).get("revision", 0))
+            self.next_revision = max(self.next_revision, revision + 1)
+
+    def _broken(self, stream, failure):
+        if stream is not self._stream or self.done.called:
+            return None
+        self._stream = None
+        self._failures += 1
+        delay = min(self.max_backoff, self.min_backoff * 2 ** (self._failures - 1))
+        delay *= random.uniform(0.5, 1.0)
+        log.info(
+            "etcd watch stream ended ({why}); resuming from revision {revision} in {delay:.2f}s",
+            why=failure.getErrorMessage() if failure else "closed",
+            revision=self.next_revision,
+            delay=delay,
+        )
+        self._retry = self.client.reactor.callLater(delay, self.start)
+        return None
+
+    def _finish(self, result):
+        if self.done.called:
+            return
+        stream, self._stream = self._stream, None
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._opening is not None and not self._opening.called:
+            self._opening.cancel()
+        if stream is not None:
+            stream.stop()
+        if isinstance(result, Exception):
+            self.done.errback(result)
+        else:
+            self.done.callback(result)
+
+    def stop(self):
+        """
+        End the watch; C{done} fires with C{None}.
+        """
+        self._finish(None)

@@ -1,0 +1,92 @@
+"""
+What a claimed name stores in etcd, and how it is read back.
+
+The value keeps the 2018 Go plugin's shape, ``{"ipv4": "...", "ipv6": "...",
+"port": "..."}``, so both can share one etcd during a migration.  Two
+additions are ignored by the original: a list where a node has several
+addresses of one family, and ``node``, the identity of the node holding the
+name.
+"""
+
+import ipaddress
+import json
+
+import attr
+
+
+def _addresses(value, version, field):
+    if value in (None, ""):
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"{field} must be a string or a list of strings")
+    out = []
+    for item in items:
+        address = ipaddress.ip_address(item)
+        if address.version != version:
+            raise ValueError(f"{field} holds {item!r}, not an IPv{version} address")
+        out.append(address.compressed)
+    return tuple(out)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Member:
+    """
+    One claimed name and the addresses it answers with.
+
+    ``name`` is absolute and lower case (``worker1.tf.local.``).
+    """
+
+    name: str
+    ipv4: tuple = ()
+    ipv6: tuple = ()
+    port: str = ""
+    node: str = ""
+
+    @classmethod
+    def from_value(cls, name, value):
+        """
+        Read a member from an etcd value; L{ValueError} says what is wrong.
+        """
+        try:
+            data = json.loads(value)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"not JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        port = data.get("port", "")
+        if isinstance(port, int) and not isinstance(port, bool):
+            port = str(port)
+        if not isinstance(port, str):
+            raise ValueError("port must be a string")
+        node = data.get("node", "")
+        if not isinstance(node, str):
+            raise ValueError("node must be a string")
+        member = cls(
+            name=name,
+            ipv4=_addresses(data.get("ipv4"), 4, "ipv4"),
+            ipv6=_addresses(data.get("ipv6"), 6, "ipv6"),
+            port=port,
+            node=node,
+        )
+        if not (member.ipv4 or member.ipv6):
+            raise ValueError("no address in ipv4 or ipv6")
+        return member
+
+    def to_value(self):
+        """
+        The etcd value for this member, readable by the original plugin.
+        """
+
+        def one_or_list(addresses):
+            return addresses[0] if len(addresses) == 1 else list(addresses) or ""
+
+        return json.dumps(
+            {
+                "ipv4": one_or_list(self.ipv4),
+                "ipv6": one_or_list(self.ipv6),
+                "port": self.port,
+                "node": self.node,
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")

@@ -1,0 +1,213 @@
+"""
+The etcd client against a real etcd server.
+"""
+
+import json
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from idetcd.embedded import free_port
+from idetcd.etcd import (
+    Compacted,
+    EtcdClient,
+    EtcdUnavailable,
+    LeaseNotFound,
+    _WatchStream,
+    prefix_range_end,
+)
+from tests.etcdserver import restart, start_etcd
+
+PREFIX = b"/idetcd/"
+
+
+def sleep(seconds):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def wait_for(predicate, timeout=10.0, step=0.02):
+    """
+    Poll C{predicate} on the reactor until it holds; fail after C{timeout}.
+    """
+    for _ in range(int(timeout / step)):
+        if predicate():
+            return
+        yield sleep(step)
+    raise AssertionError(f"condition not met in {timeout}s")
+
+
+class PrefixRangeEndTests(unittest.TestCase):
+    def test_increments_last_byte(self):
+        self.assertEqual(prefix_range_end(b"/idetcd/"), b"/idetcd0")
+
+    def test_carries_over_ff(self):
+        self.assertEqual(prefix_range_end(b"a\xff\xff"), b"b")
+
+    def test_empty_prefix_means_every_key(self):
+        self.assertEqual(prefix_range_end(b""), b"\0")
+
+
+class WatchStreamTests(unittest.TestCase):
+    """
+    The watch body arrives in arbitrary TCP pieces.
+    """
+
+    def test_lines_split_across_reads(self):
+        lines = []
+        stream = _WatchStream(lines.append)
+        stream.makeConnection(object())
+        one = json.dumps({"result": {"events": []}}).encode()
+        two = json.dumps({"result": {"events": [{"type": "DELETE"}]}}).encode()
+        payload = one + b"\n" + two + b"\n"
+        for i in range(len(payload)):
+            stream.dataReceived(payload[i : i + 1])
+        self.assertEqual(lines, [one, two])
+
+
+class EtcdClientTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.etcd = yield start_etcd(self)
+        self.client = self.make_client([self.etcd.client_url])
+
+    def make_client(self, endpoints):
+        client = EtcdClient(endpoints, reactor, timeout=2.0)
+        self.addCleanup(client.close)
+        return client
+
+    @defer.inlineCallbacks
+    def test_put_and_range(self):
+        yield self.client.put(PREFIX + b"a", b"1")
+        yield self.client.put(PREFIX + b"b", b"2")
+        yield self.client.put(b"/other", b"3")
+        kvs, revision = yield self.client.range(PREFIX, prefix_range_end(PREFIX))
+        self.assertEqual([(kv.key, kv.value) for kv in kvs], [(PREFIX + b"a", b"1"), (PREFIX + b"b", b"2")])
+        self.assertGreaterEqual(revision, 3)
+
+    @defer.inlineCallbacks
+    def test_create_conflict(self):
+        """
+        Of two creates of one key only the first wins; the loser learns who
+        holds it.
+        """
+        first = yield self.client.create(PREFIX + b"w1", b"mine")
+        second = yield self.client.create(PREFIX + b"w1", b"yours")
+        self.assertTrue(first.succeeded)
+        self.assertFalse(second.succeeded)
+        self.assertEqual(second.existing.value, b"mine")
+        kvs, _ = yield self.client.range(PREFIX + b"w1")
+        self.assertEqual(kvs[0].value, b"mine")
+
+    @defer.inlineCallbacks
+    def test_create_replacing(self):
+        """
+        A replacing create wins only while the key is unchanged.
+        """
+        yield self.client.put(PREFIX + b"w1", b"old")
+        kvs, _ = yield self.client.range(PREFIX + b"w1")
+        won = yield self.client.create(PREFIX + b"w1", b"new", replacing=kvs[0])
+        stale = yield self.client.create(PREFIX + b"w1", b"newer", replacing=kvs[0])
+        self.assertTrue(won.succeeded)
+        self.assertFalse(stale.succeeded)
+        self.assertEqual(stale.existing.value, b"new")
+
+    @defer.inlineCallbacks
+    def test_many_racing_creates_have_one_winner(self):
+        results = yield defer.gatherResults(
+            [self.client.create(PREFIX + b"race", str(i).encode()) for i in range(20)]
+        )
+        self.assertEqual(sum(result.succeeded for result in results), 1)
+
+    @defer.inlineCallbacks
+    def test_lease_keepalive_and_revoke(self):
+        lease, ttl = yield self.client.lease_grant(5)
+        self.assertEqual(ttl, 5)
+        yield self.client.put(PREFIX + b"leased", b"x", lease=lease)
+        refreshed = yield self.client.lease_keepalive(lease)
+        self.assertEqual(refreshed, 5)
+        yield self.client.lease_revoke(lease)
+        kvs, _ = yield self.client.range(PREFIX + b"leased")
+        self.assertEqual(kvs, [])
+        yield self.assertFailure(self.client.lease_keepalive(lease), LeaseNotFound)
+
+    @defer.inlineCallbacks
+    def test_lease_expiry_deletes_keys(self):
+        lease, ttl = yield self.client.lease_grant(2)
+        yield self.client.create(PREFIX + b"short", b"x", lease=lease)
+        kvs, _ = yield self.client.range(PREFIX + b"short")
+        self.assertEqual(kvs[0].lease, lease)
+        yield sleep(ttl + 1.5)
+        kvs, _ = yield self.client.range(PREFIX + b"short")
+        self.assertEqual(kvs, [])
+        yield self.assertFailure(self.client.lease_keepalive(lease), LeaseNotFound)
+
+    @defer.inlineCallbacks
+    def test_watch_reports_puts_and_deletes(self):
+        _, revision = yield self.client.range(PREFIX, prefix_range_end(PREFIX))
+        seen = []
+        watch = self.client.watch(
+            PREFIX, prefix_range_end(PREFIX), revision + 1, lambda events, rev: seen.extend(events)
+        )
+        self.addCleanup(watch.stop)
+        yield self.client.put(PREFIX + b"a", b"1")
+        yield self.client.put(b"/outside", b"1")
+        yield self.client.delete(PREFIX + b"a")
+        yield wait_for(lambda: len(seen) == 2)
+        self.assertEqual([(e.deleted, e.kv.key, e.kv.value) for e in seen],
+                         [(False, PREFIX + b"a", b"1"), (True, PREFIX + b"a", b"")])
+
+    @defer.inlineCallbacks
+    def test_watch_resumes_after_etcd_restart(self):
+        """
+        Changes made while the watch is down arrive once etcd is back, each
+        exactly once.
+        """
+        seen = []
+        watch = self.client.watch(
+            PREFIX, prefix_range_end(PREFIX), 1, lambda events, rev: seen.extend(events)
+        )
+        self.addCleanup(watch.stop)
+        yield self.client.put(PREFIX + b"before", b"1")
+        yield wait_for(lambda: len(seen) == 1)
+        yield restart(self.etcd)
+        yield self.client.put(PREFIX + b"after", b"2")
+        yield self.client.delete(PREFIX + b"before")
+        yield wait_for(lambda: len(seen) == 3, timeout=15)
+        yield sleep(0.3)
+        self.assertEqual(
+            [(e.deleted, e.kv.key) for e in seen],
+            [(False, PREFIX + b"before"), (False, PREFIX + b"after"), (True, PREFIX + b"before")],
+        )
+        self.assertFalse(watch.done.called)
+
+    @defer.inlineCallbacks
+    def test_watch_from_compacted_revision_fails(self):
+        for i in range(5):
+            yield self.client.put(PREFIX + b"k", str(i).encode())
+        _, revision = yield self.client.range(PREFIX + b"k")
+        yield self.client.call("/v3/kv/compaction", {"revision": str(revision)})
+        watch = self.client.watch(PREFIX, prefix_range_end(PREFIX), 2, lambda events, rev: None)
+        failure = yield self.assertFailure(watch.done, Compacted)
+        self.assertEqual(failure.compact_revision, revision)
+
+    @defer.inlineCallbacks
+    def test_moves_to_next_endpoint(self):
+        """
+        A dead first endpoint costs one failed connection; the client then
+        stays on the live one.
+        """
+        client = self.make_client([f"http://127.0.0.1:{free_port()}", self.etcd.client_url])
+        yield client.put(PREFIX + b"x", b"1")
+        self.assertEqual(client.endpoint, self.etcd.client_url)
+        kvs, _ = yield client.range(PREFIX + b"x")
+        self.assertEqual(kvs[0].value, b"1")
+
+    @defer.inlineCallbacks
+    def test_no_endpoint_answers(self):
+        client = self.make_client([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"])
+        error = yield self.assertFailure(client.range(PREFIX), EtcdUnavailable)
+        self.assertIn("no etcd endpoint answered", str(error))
