@@ -8,13 +8,13 @@ JSON strings, so this module turns them into L{bytes} and L{int}.
 
 import base64
 import json
-import random
-
 import attr
 import treq
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
+
+from idetcd.backoff import Backoff
 
 log = Logger()
 
@@ -181,7 +181,7 @@ class EtcdClient:
             index = self._current
             try:
                 code, data = yield self._post_once(index, path, body)
-            except (defer.CancelledError, EtcdError):
+            except defer.CancelledError:
                 raise
             except Exception as e:
                 if self._closed:
@@ -401,13 +401,11 @@ class Watch:
     range_end = attr.ib()
     next_revision = attr.ib()
     on_events = attr.ib()
-    min_backoff = attr.ib(default=0.05)
-    max_backoff = attr.ib(default=2.0)
+    backoff = attr.ib(factory=lambda: Backoff(maximum=2.0))
     done = attr.ib(factory=defer.Deferred, init=False)
     _stream = attr.ib(default=None, init=False)
     _opening = attr.ib(default=None, init=False)
     _retry = attr.ib(default=None, init=False)
-    _failures = attr.ib(default=0, init=False)
 
     def start(self):
         if self.done.called:
@@ -435,7 +433,7 @@ class Watch:
         except (ValueError, AttributeError) as e:
             log.warn("dropping unreadable watch line: {error}", error=str(e))
             return
-        self._failures = 0
+        self.backoff.reset()
         compact_revision = int(result.get("compact_revision", 0))
         if compact_revision:
             self._finish(Compacted(compact_revision))
@@ -459,9 +457,7 @@ class Watch:
         if stream is not self._stream or self.done.called:
             return None
         self._stream = None
-        self._failures += 1
-        delay = min(self.max_backoff, self.min_backoff * 2 ** (self._failures - 1))
-        delay *= random.uniform(0.5, 1.0)
+        delay = self.backoff.next()
         log.info(
             "etcd watch stream ended ({why}); resuming from revision {revision} in {delay:.2f}s",
             why=failure.getErrorMessage() if failure else "closed",

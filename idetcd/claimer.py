@@ -1,0 +1,299 @@
+"""
+Claims this node's name and holds it.
+
+The claim is one etcd transaction per slot tried ("create only if absent"),
+so of any number of racing nodes exactly one gets a slot.  The key lives on
+a lease kept alive every third of its TTL.  The claimer stops calling the
+name its own at the moment the lease could have expired in etcd (the send
+time of the last successful keepalive plus the TTL), before any other node
+can take it, and then claims again, trying its old slot first.
+"""
+
+import attr
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from idetcd.backoff import Backoff
+from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, prefix_range_end
+from idetcd.members import Member
+
+log = Logger()
+
+
+class SlotsExhausted(Exception):
+    """
+    Every slot of the pattern is held by another node.
+    """
+
+
+@attr.s(eq=False)
+class Claimer(Service):
+    """
+    Claims the lowest free slot of C{pattern} (1 to C{limit}) for a node
+    announcing C{identity} (a L{Member} whose name is ignored).
+
+    C{preferred} names a slot to try first, such as the one held before a
+    restart; a slot still held by a key of C{identity.node} (a crashed
+    predecessor's lease) is taken over at once.
+    """
+
+    client = attr.ib()
+    pattern = attr.ib()
+    limit = attr.ib()
+    prefix = attr.ib()
+    identity = attr.ib()
+    lease_ttl = attr.ib()
+    reactor = attr.ib()
+    wait = attr.ib(default=False)
+    preferred = attr.ib(default=None)
+    registry = attr.ib(default=None)
+    backoff = attr.ib(factory=Backoff)
+    name = attr.ib(default=None, init=False)
+    lease = attr.ib(default=None, init=False)
+    _claim_revision = attr.ib(default=0, init=False)
+    _waiters = attr.ib(factory=list, init=False)
+    _task = attr.ib(default=None, init=False)
+    _keepalive_call = attr.ib(default=None, init=False)
+    _keepalive_request = attr.ib(default=None, init=False)
+    _expiry = attr.ib(default=None, init=False)
+    _unsubscribe = attr.ib(default=None, init=False)
+    _wake = attr.ib(default=None, init=False)
+    _reclaiming = attr.ib(default=False, init=False)
+
+    def when_claimed(self):
+        """
+        Fires with the claimed name, now if there is one, else once claimed;
+        fails with L{SlotsExhausted} when every slot is taken and C{wait} is
+        off.
+        """
+        if self.name is not None:
+            return defer.succeed(self.name)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def startService(self):
+        Service.startService(self)
+        if self.registry is not None:
+            self._unsubscribe = self.registry.subscribe(self._registry_changed)
+        self._start_claim()
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._stop_timers()
+        if self._task is not None:
+            self._task.cancel()
+        for d in self._waiters:
+            d.cancel()
+        self._waiters = []
+        if self.lease is None:
+            return defer.succeed(None)
+        name, lease = self.name, self.lease
+        self.name = self.lease = None
+        d = self.client.lease_revoke(lease)
+        d.addCallbacks(
+            lambda _: log.info("released {name} (lease {lease:x} revoked)", name=name, lease=lease),
+            lambda f: log.warn(
+                "could not revoke lease {lease:x} of {name}: {error}; it expires by itself",
+                lease=lease,
+                name=name,
+                error=f.getErrorMessage(),
+            ),
+        )
+        return d
+
+    def _stop_timers(self):
+        for call in (self._keepalive_call, self._expiry, self._wake):
+            if call is not None and call.active():
+                call.cancel()
+        self._keepalive_call = self._expiry = self._wake = None
+        if self._keepalive_request is not None:
+            self._keepalive_request.cancel()
+            self._keepalive_request = None
+
+    def _start_claim(self):
+        self._task = self._claim()
+        self._task.addCallbacks(self._claimed, self._claim_failed)
+
+    @defer.inlineCallbacks
+    def _claim(self):
+        lease = None
+        while True:
+            sent = self.reactor.seconds()
+            try:
+                if lease is None:
+                    lease, ttl = yield self.client.lease_grant(self.lease_ttl)
+                else:
+                    ttl = yield self.client.lease_keepalive(lease)
+                name, revision = yield self._take_slot(lease)
+            except (EtcdUnavailable, EtcdError) as e:
+                if isinstance(e, LeaseNotFound):
+                    lease = None
+                delay = self.backoff.next()
+                log.warn(
+                    "cannot claim a name yet ({error}); retrying in {delay:.2f}s",
+                    error=str(e),
+                    delay=delay,
+                )
+                yield deferLater(self.reactor, delay, lambda: None)
+                continue
+            if name is not None:
+                self.backoff.reset()
+                return name, lease, revision, sent + ttl
+            if not (self.wait or self._reclaiming):
+                yield self.client.lease_revoke(lease).addErrback(lambda _: None)
+                raise SlotsExhausted(
+                    f"all {self.limit} slots of pattern {self.pattern.text!r} are taken "
+                    "(raise 'limit', or set 'wait' to wait for a free slot)"
+                )
+            log.info(
+                "all {limit} slots of {pattern!r} are taken; waiting for one to free",
+                limit=self.limit,
+                pattern=self.pattern.text,
+            )
+            # A registry change wakes us early; the lease is refreshed on the way round.
+            self._wake = defer.Deferred()
+            timer = self.reactor.callLater(max(1.0, self.lease_ttl / 3), self._wake.callback, None)
+            try:
+                yield self._wake
+            finally:
+                if timer.active():
+                    timer.cancel()
+                self._wake = None
+
+    @defer.inlineCallbacks
+    def _take_slot(self, lease):
+        """
+        Try the free slots, best first, each in its own transaction; returns
+        the name won and the revision it was won at, or C{(None, 0)}.
+        """
+        kvs, _ = yield self.client.range(self.prefix, prefix_range_end(self.prefix))
+        holders = {kv.key: kv for kv in kvs}
+        names = [self.pattern.render(slot) for slot in range(1, self.limit + 1)]
+        mine = [name for name in names if self._is_mine(holders.get(self._key(name)))]
+        preferred = [self.preferred] if self.preferred in names else []
+        for name in mine + preferred + names:
+            key = self._key(name)
+            existing = holders.get(key)
+            if existing is not None and existing.lease == lease:
+                # Won by an earlier try whose reply was lost.
+                return name, existing.mod_revision
+            if existing is not None and name not in mine:
+                continue
+            result = yield self.client.create(
+                key, self._value(name), lease=lease, replacing=existing
+            )
+            if result.succeeded:
+                if existing is not None and existing.lease:
+                    # Our crashed predecessor's lease: it holds nothing else.
+                    yield self.client.lease_revoke(existing.lease).addErrback(lambda _: None)
+                return name, result.revision
+            holders[key] = result.existing
+            mine = [n for n in mine if n != name]
+            log.debug("lost the race for {name}", name=name)
+        return None, 0
+
+    def _key(self, name):
+        return self.prefix + name.encode("ascii")
+
+    def _value(self, name):
+        return attr.evolve(self.identity, name=name).to_value()
+
+    def _is_mine(self, kv):
+        if kv is None or not self.identity.node:
+            return False
+        try:
+            return Member.from_value("", kv.value).node == self.identity.node
+        except ValueError:
+            return False
+
+    def _claimed(self, result):
+        self._task = None
+        self.name, self.lease, self._claim_revision, deadline = result
+        self.preferred = self.name
+        log.info(
+            "claimed {name} with lease {lease:x} (TTL {ttl}s)",
+            name=self.name,
+            lease=self.lease,
+            ttl=self.lease_ttl,
+        )
+        self._schedule(deadline)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self.name)
+
+    def _claim_failed(self, failure):
+        self._task = None
+        if failure.check(defer.CancelledError):
+            return
+        waiters, self._waiters = self._waiters, []
+        if not waiters:
+            log.failure("claim failed", failure)
+        for d in waiters:
+            d.errback(failure)
+
+    def _schedule(self, deadline):
+        """
+        Keep the lease alive every third of its TTL, and give the name up
+        when C{deadline} passes without a renewal.
+        """
+        now = self.reactor.seconds()
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = self.reactor.callLater(max(0, deadline - now), self._lost, "lease not renewed in time")
+        self._keepalive_call = self.reactor.callLater(self.lease_ttl / 3, self._keepalive)
+
+    def _keepalive(self):
+        self._keepalive_call = None
+        sent = self.reactor.seconds()
+        self._keepalive_request = d = self.client.lease_keepalive(self.lease)
+        d.addCallbacks(lambda ttl: self._schedule(sent + ttl), self._keepalive_failed)
+        d.addBoth(self._keepalive_done, d)
+
+    def _keepalive_done(self, _, d):
+        if self._keepalive_request is d:
+            self._keepalive_request = None
+
+    def _keepalive_failed(self, failure):
+        if failure.check(defer.CancelledError):
+            return
+        if failure.check(LeaseNotFound):
+            self._lost("lease is gone from etcd")
+            return
+        log.warn(
+            "lease keepalive for {name} failed ({error}); retrying",
+            name=self.name,
+            error=failure.getErrorMessage(),
+        )
+        self._keepalive_call = self.reactor.callLater(
+            min(1.0, self.lease_ttl / 6), self._keepalive
+        )
+
+    def _registry_changed(self):
+        if self._wake is not None and not self._wake.called:
+            self._wake.callback(None)
+        registry = self.registry
+        if self.name is None or registry.revision < self._claim_revision:
+            return
+        member = registry.members.get(self.name)
+        if member is None or member.node != self.identity.node:
+            self._lost("its key was deleted or taken over in etcd")
+
+    def _lost(self, why):
+        if self.name is None:
+            return
+        log.warn(
+            "no longer holding {name}: {why}; claiming again",
+            name=self.name,
+            why=why,
+        )
+        self._stop_timers()
+        lease, self.name, self.lease = self.lease, None, None
+        self._reclaiming = True
+        self.client.lease_revoke(lease).addErrback(lambda _: None)
+        self._start_claim()

@@ -1,0 +1,170 @@
+"""
+Every claimed name under the etcd prefix, held in memory.
+
+One range read fills it and one watch keeps it current, so answering a DNS
+query never waits on etcd.  While etcd is unreachable the registry keeps what
+it last knew; the watch resumes from the last revision it applied, and only a
+compaction makes it read everything again.
+"""
+
+import attr
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from idetcd.backoff import Backoff
+from idetcd.etcd import Compacted, prefix_range_end
+from idetcd.members import Member
+from idetcd.names import normalize_name
+
+log = Logger()
+
+
+@attr.s(eq=False)
+class Registry(Service):
+    """
+    The members under C{prefix}, by name (absolute, lower case).
+
+    Subscribers are called, with no arguments, after every change to
+    C{members}; C{revision} is the etcd revision of the last change applied.
+    """
+
+    client = attr.ib()
+    prefix = attr.ib()
+    reactor = attr.ib()
+    backoff = attr.ib(factory=Backoff)
+    members = attr.ib(factory=dict, init=False)
+    revision = attr.ib(default=0, init=False)
+    _names = attr.ib(factory=dict, init=False)  # key -> name
+    _bad = attr.ib(factory=dict, init=False)  # key -> mod_revision logged
+    _subscribers = attr.ib(factory=list, init=False)
+    _waiting = attr.ib(factory=list, init=False)
+    _ready = attr.ib(default=False, init=False)
+    _watch = attr.ib(default=None, init=False)
+    _loading = attr.ib(default=None, init=False)
+    _retry = attr.ib(default=None, init=False)
+
+    def when_ready(self):
+        """
+        Fires once the first full read has been applied.
+        """
+        if self._ready:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def subscribe(self, callback):
+        """
+        Call C{callback()} after every change; returns a function that stops
+        the calls.
+        """
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def startService(self):
+        Service.startService(self)
+        self._load()
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._loading is not None:
+            self._loading.cancel()
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+
+    def _load(self):
+        self._retry = None
+        self._loading = self.client.range(self.prefix, prefix_range_end(self.prefix))
+        self._loading.addCallbacks(self._loaded, self._load_failed)
+
+    def _load_failed(self, failure):
+        self._loading = None
+        if failure.check(defer.CancelledError) or not self.running:
+            return
+        delay = self.backoff.next()
+        log.warn(
+            "cannot read members from etcd ({error}); answering from what is known, retrying in {delay:.2f}s",
+            error=failure.getErrorMessage(),
+            delay=delay,
+        )
+        self._retry = self.reactor.callLater(delay, self._load)
+
+    def _loaded(self, result):
+        self._loading = None
+        kvs, revision = result
+        self.backoff.reset()
+        present = {kv.key for kv in kvs}
+        for key in list(self._names):
+            if key not in present:
+                self._forget(key)
+        for kv in kvs:
+            self._put(kv)
+        self.revision = max(self.revision, revision)
+        log.info(
+            "read {count} members under {prefix!r} at revision {revision}",
+            count=len(self.members),
+            prefix=self.prefix.decode("utf-8", "replace"),
+            revision=revision,
+        )
+        self._changed()
+        self._watch = self.client.watch(
+            self.prefix, prefix_range_end(self.prefix), revision + 1, self._events
+        )
+        self._watch.done.addErrback(self._watch_failed)
+        if not self._ready:
+            self._ready = True
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(self)
+
+    def _watch_failed(self, failure):
+        failure.trap(Compacted)
+        log.warn("watch fell behind a compaction; reading every member again")
+        self._watch = None
+        if self.running:
+            self._load()
+
+    def _events(self, events, revision):
+        for event in events:
+            if event.deleted:
+                self._forget(event.kv.key)
+            else:
+                self._put(event.kv)
+        self.revision = max(self.revision, revision)
+        self._changed()
+
+    def _put(self, kv):
+        try:
+            name = normalize_name(kv.key[len(self.prefix) :].decode("ascii"))
+            member = Member.from_value(name, kv.value)
+        except (ValueError, UnicodeDecodeError) as e:
+            logged = self._bad.get(kv.key) is not None
+            self._forget(kv.key)
+            if not logged:
+                log.warn(
+                    "skipping {key!r} in etcd: {error}",
+                    key=kv.key.decode("utf-8", "replace"),
+                    error=str(e),
+                )
+            self._bad[kv.key] = kv.mod_revision
+            return
+        self._bad.pop(kv.key, None)
+        self._names[kv.key] = name
+        self.members[name] = member
+
+    def _forget(self, key):
+        self._bad.pop(key, None)
+        name = self._names.pop(key, None)
+        if name is not None:
+            self.members.pop(name, None)
+
+    def _changed(self):
+        for callback in list(self._subscribers):
+            try:
+                callback()
+            except Exception:
+                log.failure("registry subscriber failed")

@@ -1,0 +1,161 @@
+"""
+The registry against a real etcd: one read, then a watch.
+"""
+
+from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from idetcd.etcd import EtcdClient, prefix_range_end
+from idetcd.members import Member
+from idetcd.registry import Registry
+from tests.etcdserver import restart, start_etcd
+from tests.proxy import CuttableProxy
+from tests.test_etcd import wait_for
+
+PREFIX = b"/idetcd/"
+
+
+def value(ipv4="10.0.0.1", ipv6="", node="n"):
+    return Member(name="", ipv4=(ipv4,) if ipv4 else (), ipv6=(ipv6,) if ipv6 else (), node=node).to_value()
+
+
+class RegistryTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.etcd = yield start_etcd(self)
+        self.client = EtcdClient([self.etcd.client_url], reactor, timeout=2.0)
+        self.addCleanup(self.client.close)
+        self.warnings = []
+
+        def observe(event):
+            if event.get("log_namespace") == "idetcd.registry" and event["log_level"].name == "warn":
+                self.warnings.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    @defer.inlineCallbacks
+    def start(self):
+        registry = Registry(self.client, PREFIX, reactor)
+        self.changes = 0
+
+        def changed():
+            self.changes += 1
+
+        registry.subscribe(changed)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        yield registry.when_ready()
+        return registry
+
+    @defer.inlineCallbacks
+    def etcd_view(self):
+        """
+        What etcd holds, read independently of the registry.
+        """
+        kvs, _ = yield self.client.range(PREFIX, prefix_range_end(PREFIX))
+        return {kv.key[len(PREFIX):].decode(): kv.value for kv in kvs}
+
+    def addresses(self, registry):
+        return {name: m.ipv4 + m.ipv6 for name, m in registry.members.items()}
+
+    @defer.inlineCallbacks
+    def test_reads_then_follows(self):
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        registry = yield self.start()
+        self.assertEqual(self.addresses(registry), {"worker1.tf.local.": ("10.0.0.1",)})
+        yield self.client.put(PREFIX + b"ps1.tf.local.", value("", "fd00::1"))
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.9"))
+        yield self.client.delete(PREFIX + b"worker1.tf.local.")
+        yield wait_for(lambda: "worker1.tf.local." not in registry.members)
+        self.assertEqual(self.addresses(registry), {"ps1.tf.local.": ("fd00::1",)})
+        _, revision = yield self.client.range(PREFIX)
+        self.assertEqual(registry.revision, revision)
+
+    @defer.inlineCallbacks
+    def test_names_are_lower_case(self):
+        yield self.client.put(PREFIX + b"Worker1.TF.local.", value())
+        registry = yield self.start()
+        self.assertEqual(list(registry.members), ["worker1.tf.local."])
+
+    @defer.inlineCallbacks
+    def test_garbage_is_logged_once_and_skipped(self):
+        yield self.client.put(PREFIX + b"worker1.tf.local.", b"not json")
+        yield self.client.put(PREFIX + b"worker2.tf.local.", b'{"ipv4": 5}')
+        yield self.client.put(PREFIX + b"worker3.tf.local.", b'{"ipv4": "300.1.1.1"}')
+        yield self.client.put(PREFIX + b"bad_name!.tf.local.", value())
+        yield self.client.put(PREFIX + b"worker4.tf.local.", value("10.0.0.4"))
+        registry = yield self.start()
+        self.assertEqual(list(registry.members), ["worker4.tf.local."])
+        self.assertEqual(len(self.warnings), 4)
+        # The same garbage written again is not logged again.
+        yield self.client.put(PREFIX + b"worker1.tf.local.", b"still not json")
+        yield self.client.put(PREFIX + b"worker5.tf.local.", value("10.0.0.5"))
+        yield wait_for(lambda: "worker5.tf.local." in registry.members)
+        self.assertEqual(len(self.warnings), 4)
+        # Fixed, it is a member.
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        yield wait_for(lambda: "worker1.tf.local." in registry.members)
+
+    @defer.inlineCallbacks
+    def test_valid_member_turned_garbage_is_dropped(self):
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value())
+        registry = yield self.start()
+        yield self.client.put(PREFIX + b"worker1.tf.local.", b"[]")
+        yield wait_for(lambda: not registry.members)
+
+    @defer.inlineCallbacks
+    def test_keeps_members_while_etcd_is_down_and_catches_up(self):
+        """
+        The registry answers from memory while etcd restarts, and afterwards
+        equals what etcd holds, including changes it missed.
+        """
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        yield self.client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
+        registry = yield self.start()
+        yield self.etcd.kill()
+        self.assertEqual(set(registry.members), {"worker1.tf.local.", "worker2.tf.local."})
+        self.etcd.running = 0
+        yield self.etcd.startService()
+        yield self.client.delete(PREFIX + b"worker1.tf.local.")
+        yield self.client.put(PREFIX + b"worker3.tf.local.", value("10.0.0.3"))
+        yield wait_for(lambda: set(registry.members) == {"worker2.tf.local.", "worker3.tf.local."}, timeout=15)
+        view = yield self.etcd_view()
+        self.assertEqual(set(view), set(registry.members))
+
+    @defer.inlineCallbacks
+    def test_rereads_after_compaction(self):
+        """
+        When the watch cannot resume because etcd compacted what it missed
+        during a partition, the registry reads everything again and ends
+        equal to etcd.
+        """
+        proxy = CuttableProxy(self.etcd.client_port)
+        proxy.start()
+        self.addCleanup(proxy.close)
+        client = EtcdClient([proxy.url], reactor, timeout=2.0)
+        self.addCleanup(client.close)
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        registry = Registry(client, PREFIX, reactor)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        yield registry.when_ready()
+        yield proxy.cut()
+        yield self.client.delete(PREFIX + b"worker1.tf.local.")
+        yield self.client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
+        revision = yield self.client.put(b"/unrelated", b"x")
+        yield self.client.call("/v3/kv/compaction", {"revision": str(revision)})
+        proxy.start()
+        yield wait_for(lambda: set(registry.members) == {"worker2.tf.local."}, timeout=15)
+        self.assertEqual(registry.revision, revision)
+        self.assertTrue(any("compaction" in e["log_format"] for e in self.warnings))
+
+    @defer.inlineCallbacks
+    def test_restart_helper_keeps_data(self):
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value())
+        yield restart(self.etcd)
+        view = yield self.etcd_view()
+        self.assertEqual(list(view), ["worker1.tf.local."])
