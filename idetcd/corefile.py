@@ -1,0 +1,570 @@
+"""
+Read a Corefile, the configuration format of CoreDNS and of the 2018 idetcd
+plugin, so that one file configures either.
+
+Words follow the CoreDNS (Caddy v1) lexer: they split on white space; ``#``
+at the start of a word comments out the rest of the line; double quotes make
+one word of anything, across lines too, with ``\\"`` and ``\\\\`` as escapes;
+``{$NAME}`` and ``{$NAME:default}`` take text from the environment.  One
+addition: a template action ``{{ … }}`` stays in its word with its spaces and
+quotes, so ``pattern w{{ "%02d" % ID }}.tf.local.`` needs no quoting.
+"""
+
+import ipaddress
+import os
+import re
+from urllib.parse import urlsplit
+
+import attr
+
+from idetcd.names import absolute, name_problem
+from idetcd.pattern import Pattern, PatternError
+
+DEFAULT_PORT = 53
+
+
+class CorefileError(ValueError):
+    """
+    A Corefile that cannot be used; C{str()} gives C{file:line: message}.
+    """
+
+    def __init__(self, filename, line, message):
+        super().__init__(f"{filename}:{line}: {message}")
+        self.filename = filename
+        self.line = line
+        self.message = message
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class IdetcdSettings:
+    """
+    The settings of one C{idetcd} block; see the README for their meaning.
+    """
+
+    pattern: Pattern
+    endpoints: tuple = ("http://127.0.0.1:2379",)
+    limit: int = 10
+    ttl: int = 5
+    lease: int = 10
+    addresses: tuple = ()
+    prefix: str = "/idetcd/"
+    state: str = None
+    node: str = None
+    wait: bool = False
+    filename: str = "Corefile"
+    line: int = 0
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ServerBlock:
+    """
+    One server block: the zones it answers for, where, and its idetcd block.
+    """
+
+    zones: tuple
+    port: int = DEFAULT_PORT
+    binds: tuple = ()
+    idetcd: IdetcdSettings = None
+    filename: str = "Corefile"
+    line: int = 0
+
+
+def parse(text, filename="Corefile", environ=None):
+    """
+    The server blocks of the Corefile C{text}; L{CorefileError} says what is
+    wrong, where.
+    """
+    if environ is None:
+        environ = os.environ
+    tokens = _Lexer(text, filename, environ).tokens()
+    reader = _Reader(filename)
+    last_line = text.count("\n") + (not text.endswith("\n"))
+    if not tokens:
+        reader.fail(1, "no server block: the Corefile is empty (see Corefile.sample)")
+    blocks = tuple(
+        reader.server_block(keys, body)
+        for keys, body in _Parser(tokens, filename, last_line).server_blocks()
+    )
+    reader.check_overlaps(blocks)
+    return blocks
+
+
+def load(path, environ=None):
+    """
+    Read and L{parse} the Corefile at C{path}.
+    """
+    filename = os.fspath(path)
+    try:
+        with open(filename, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CorefileError(filename, 0, f"cannot read the Corefile: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CorefileError(filename, line, "is not UTF-8 text") from None
+    return parse(text, filename, environ)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _Token:
+    text: str
+    line: int
+    end: int  # the line the token ends on
+    brace: str = ""  # "{" or "}" for a block brace, "" for a word
+
+
+# "{$" and, when it is well formed, the rest of the reference.
+_ENV = re.compile(r"\{\$(?:([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\})?")
+
+
+class _Failing:
+    """
+    Raise errors that name the Corefile (C{self.filename}).
+    """
+
+    def fail(self, line, message):
+        raise CorefileError(self.filename, line, message)
+
+
+class _Lexer(_Failing):
+    """
+    Split a Corefile into words and braces, each with its line.
+    """
+
+    def __init__(self, text, filename, environ):
+        self.text = text
+        self.filename = filename
+        self.environ = environ
+        self.pos = 0
+        self.line = 1
+
+    def tokens(self):
+        out = []
+        text = self.text
+        while self.pos < len(text):
+            c = text[self.pos]
+            if c == "\n":
+                self.line += 1
+                self.pos += 1
+            elif c.isspace():
+                self.pos += 1
+            elif c == "#":
+                end = text.find("\n", self.pos)
+                self.pos = len(text) if end < 0 else end
+            elif c == '"':
+                out.append(self._quoted())
+            else:
+                out.extend(self._bare())
+        return out
+
+    def _quoted(self):
+        text = self.text
+        start = self.line
+        chars = []
+        i = self.pos + 1
+        while True:
+            if i >= len(text):
+                self.fail(start, "unterminated quoted word: missing closing '\"'")
+            c = text[i]
+            if c == "\\" and text[i + 1 : i + 2] in ('"', "\\"):
+                chars.append(text[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                break
+            if c == "\n":
+                self.line += 1
+            chars.append(c)
+            i += 1
+        self.pos = i + 1
+        return self._word("".join(chars), start)
+
+    def _bare(self):
+        text = self.text
+        start = self.line
+        i = self.pos
+        while i < len(text) and not text[i].isspace():
+            if text.startswith("{{", i):
+                end = text.find("}}", i + 2)
+                if end < 0:
+                    self.fail(self.line, "unterminated template: '{{' without '}}'")
+                self.line += text.count("\n", i, end)
+                i = end + 2
+            else:
+                i += 1
+        raw = text[self.pos : i]
+        self.pos = i
+        if raw in ("{", "}"):
+            return [_Token(raw, start, start, raw)]
+        if raw.endswith("{"):
+            return [self._word(raw[:-1], start), _Token("{", self.line, self.line, "{")]
+        return [self._word(raw, start)]
+
+    def _word(self, raw, line):
+        def variable(match):
+            name, default = match.groups()
+            if name is None:
+                self.fail(
+                    line,
+                    f"bad environment reference in {raw!r}:"
+                    " expected {$NAME} or {$NAME:default}",
+                )
+            value = self.environ.get(name, default)
+            if value is None:
+                self.fail(
+                    line,
+                    f"environment variable {name} is not set"
+                    f" (give a default with {{${name}:default}})",
+                )
+            return value
+
+        return _Token(_ENV.sub(variable, raw), line, self.line)
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _Directive:
+    name: str
+    line: int
+    args: tuple
+    block: tuple = None  # the directives inside its { … }; None without one
+
+
+class _Parser(_Failing):
+    """
+    Group tokens into server blocks of directives, nested as written.
+    """
+
+    def __init__(self, tokens, filename, last_line):
+        self.tokens = tokens
+        self.filename = filename
+        self.last_line = last_line
+        self.pos = 0
+
+    def peek(self):
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def server_blocks(self):
+        """
+        Yield (key tokens, directives) for each server block.
+        """
+        while self.peek():
+            keys, opened = self._keys()
+            yield keys, self._block(opened)
+
+    def _keys(self):
+        first = self.peek()
+        if first.brace == "}":
+            self.fail(first.line, "unexpected '}': no block is open")
+        if first.brace == "{":
+            self.fail(first.line, "expected server block keys (such as .:1053) before '{'")
+        if first.text == "import":
+            self.fail(first.line, "'import' is not supported: write the configuration out")
+        keys = [first]
+        self.pos += 1
+        # Keys go on until '{'; a trailing comma carries them to the next line.
+        while True:
+            token = self.peek()
+            last = keys[-1]
+            if token is None or token.brace or (
+                token.line != last.end and not last.text.endswith(",")
+            ):
+                break
+            keys.append(token)
+            self.pos += 1
+        if token is None or token.brace != "{" or token.line != last.end:
+            self.fail(last.end, "expected '{' after server block keys")
+        self.pos += 1
+        return keys, token
+
+    def _block(self, opened):
+        directives = []
+        while True:
+            token = self.peek()
+            if token is None:
+                self.fail(
+                    self.last_line,
+                    f"missing '}}' at the end of the file to close the block"
+                    f" opened on line {opened.line}",
+                )
+            self.pos += 1
+            if token.brace == "}":
+                return tuple(directives)
+            if token.brace == "{":
+                self.fail(
+                    token.line,
+                    "unexpected '{': a block opens at the end of its directive's line",
+                )
+            args = []
+            last = token
+            while self.peek() and not self.peek().brace and self.peek().line == last.end:
+                last = self.peek()
+                args.append(last.text)
+                self.pos += 1
+            block = None
+            after = self.peek()
+            if after and after.brace == "{" and after.line == last.end:
+                self.pos += 1
+                block = self._block(after)
+            directives.append(_Directive(token.text, token.line, tuple(args), block))
+
+
+def _number(name, low, high, unit=""):
+    def convert(args):
+        text = args[0]
+        if not (
+            text.isascii()
+            and text.isdigit()
+            and len(text) <= len(str(high))
+            and low <= int(text) <= high
+        ):
+            raise ValueError(
+                f"{name} must be a whole number{unit} from {low} to {high}, got {text!r}"
+            )
+        return int(text)
+
+    return convert
+
+
+def _ip_addresses(directive, args, known=()):
+    out = list(known)
+    for arg in args:
+        try:
+            address = ipaddress.ip_address(arg)
+        except ValueError:
+            raise ValueError(
+                f"{directive} takes IPv4 or IPv6 addresses, got {arg!r}"
+            ) from None
+        if address.compressed in out:
+            raise ValueError(f"{directive} lists {address.compressed} twice")
+        out.append(address.compressed)
+    return tuple(out)
+
+
+def _addresses(args):
+    addresses = _ip_addresses("address", args)
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"address {text} cannot be announced: other nodes cannot reach it")
+    return addresses
+
+
+def _endpoint(text):
+    expected = f"endpoint {text!r} is not an etcd URL such as http://127.0.0.1:2379"
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as e:
+        raise ValueError(f"{expected}: {e}") from None
+    if url.scheme not in ("http", "https") or not url.hostname or port == 0:
+        raise ValueError(f"{expected} (or the word embedded)")
+    if url.username is not None or url.password is not None:
+        raise ValueError(f"{expected}: user names and passwords are not supported")
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise ValueError(f"{expected}: it must not have a path, query or fragment")
+    return f"{url.scheme}://{url.netloc}"
+
+
+def _endpoints(args):
+    if "embedded" in args:
+        if len(args) > 1:
+            raise ValueError(
+                "endpoint embedded runs etcd inside this process:"
+                " it cannot be listed with other endpoints"
+            )
+        return ("embedded",)
+    out = []
+    for arg in args:
+        url = _endpoint(arg)
+        if url in out:
+            raise ValueError(f"endpoint lists {url} twice")
+        out.append(url)
+    return tuple(out)
+
+
+def _text(name, what, spaces):
+    def convert(args):
+        text = args[0]
+        if not (text.isprintable() and text.strip()) or (
+            not spaces and any(c.isspace() for c in text)
+        ):
+            raise ValueError(f"{name} must be {what}, got {text!r}")
+        return text
+
+    return convert
+
+
+# directive: (IdetcdSettings field, fewest arguments, most (None: any), convert)
+_SETTINGS = {
+    "address": ("addresses", 1, None, _addresses),
+    "endpoint": ("endpoints", 1, None, _endpoints),
+    "lease": ("lease", 1, 1, _number("lease", 2, 3600, " of seconds")),
+    "limit": ("limit", 1, 1, _number("limit", 1, 100000)),
+    "node": ("node", 1, 1, _text("node", "a name without spaces", spaces=False)),
+    "pattern": ("pattern", 1, 1, lambda args: Pattern.parse(args[0])),
+    "prefix": ("prefix", 1, 1, lambda args: args[0]),
+    "state": ("state", 1, 1, _text("state", "a directory", spaces=True)),
+    "ttl": ("ttl", 1, 1, _number("ttl", 0, 86400, " of seconds")),
+    "wait": ("wait", 0, 0, lambda args: True),
+}
+
+
+def _within(zone, parent):
+    return parent == "." or zone == parent or zone.endswith("." + parent)
+
+
+class _Reader(_Failing):
+    """
+    Give meaning to parsed directives.
+    """
+
+    def __init__(self, filename):
+        self.filename = filename
+
+    def arguments(self, directive, fewest, most, block=False):
+        n = len(directive.args)
+        name = repr(directive.name)
+        if most == 0 and n:
+            self.fail(directive.line, f"{name} takes no arguments, got {n}")
+        if most is None and n < fewest:
+            self.fail(directive.line, f"{name} needs at least {fewest} argument")
+        if most == 1 and n != 1:
+            self.fail(directive.line, f"{name} needs 1 argument, got {n}")
+        if directive.block is not None and not block:
+            self.fail(directive.line, f"{name} takes no block")
+        return directive.args
+
+    def once(self, seen, directive, where):
+        if directive.name in seen:
+            self.fail(
+                directive.line,
+                f"duplicate {directive.name!r} in {where}"
+                f" (first on line {seen[directive.name]})",
+            )
+        seen[directive.name] = directive.line
+
+    def server_block(self, keys, body):
+        zones, port = self.keys(keys)
+        binds = ()
+        idetcd = None
+        seen = {}
+        for directive in body:
+            if directive.name == "bind":
+                args = self.arguments(directive, 1, None)
+                binds = self.convert(directive, lambda: _ip_addresses("bind", args, binds))
+            elif directive.name == "idetcd":
+                self.once(seen, directive, "this server block")
+                idetcd = self.idetcd(directive, zones)
+            else:
+                self.fail(
+                    directive.line,
+                    f"unknown directive {directive.name!r} (expected one of: bind, idetcd)",
+                )
+        return ServerBlock(zones, port, binds, idetcd, self.filename, keys[0].line)
+
+    def keys(self, tokens):
+        zones = []
+        ports = {}
+        for token in tokens:
+            for key in filter(None, token.text.split(",")):
+                zone, port = self.key(key, token.line)
+                if zone in zones:
+                    self.fail(token.line, f"zone {zone} is listed twice in the server block keys")
+                zones.append(zone)
+                ports.setdefault(port, key)
+        if not zones:
+            self.fail(tokens[0].line, "expected server block keys (such as .:1053) before '{'")
+        if len(ports) > 1:
+            self.fail(
+                tokens[0].line,
+                "the keys of one server block must share one port, got "
+                + " and ".join(repr(key) for key in ports.values()),
+            )
+        return tuple(zones), next(iter(ports))
+
+    def key(self, key, line):
+        rest = key
+        if "://" in rest:
+            scheme, _, rest = rest.partition("://")
+            if scheme.lower() != "dns":
+                self.fail(line, f"server block key {key!r}: only dns:// is supported")
+        if rest.startswith("("):
+            self.fail(line, f"snippets such as {key!r} are not supported")
+        zone, colon, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        if colon and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            self.fail(
+                line,
+                f"server block key {key!r} has a bad port {port!r} (expected 0 to 65535)",
+            )
+        if not zone:
+            self.fail(line, f"server block key {key!r} has no zone (the root zone is '.')")
+        zone = absolute(zone)
+        problem = zone != "." and name_problem(zone)
+        if problem:
+            self.fail(line, f"server block key {key!r} is not a valid zone: {zone!r} {problem}")
+        return zone, int(port) if colon else DEFAULT_PORT
+
+    def convert(self, directive, convert):
+        try:
+            return convert()
+        except ValueError as e:
+            self.fail(directive.line, str(e))
+
+    def idetcd(self, directive, zones):
+        self.arguments(directive, 0, 0, block=True)
+        if directive.block is None:
+            self.fail(
+                directive.line,
+                "idetcd needs a block with at least a pattern:"
+                " idetcd { pattern worker{{.ID}}.tf.local. }",
+            )
+        seen = {}
+        values = {}
+        for setting in directive.block:
+            if setting.name not in _SETTINGS:
+                self.fail(
+                    setting.line,
+                    f"unknown directive {setting.name!r} in idetcd"
+                    f" (expected one of: {', '.join(_SETTINGS)})",
+                )
+            self.once(seen, setting, "idetcd")
+            field, fewest, most, convert = _SETTINGS[setting.name]
+            args = self.arguments(setting, fewest, most)
+            values[field] = self.convert(setting, lambda: convert(args))
+        if "pattern" not in values:
+            self.fail(
+                directive.line,
+                "idetcd needs a pattern, such as: pattern worker{{.ID}}.tf.local.",
+            )
+        settings = IdetcdSettings(filename=self.filename, line=directive.line, **values)
+        pattern = settings.pattern
+        try:
+            pattern.check(settings.limit)
+        except PatternError as e:
+            self.fail(seen["pattern"], str(e))
+        if not any(_within(pattern.zone, zone) for zone in zones):
+            self.fail(
+                seen["pattern"],
+                f"pattern {pattern.text!r} lies outside this block's zones"
+                f" ({', '.join(zones)}): its names are in {pattern.zone}",
+            )
+        return settings
+
+    def check_overlaps(self, blocks):
+        """
+        Refuse two blocks that would answer the same zone on one socket.
+        """
+        for i, block in enumerate(blocks):
+            for other in blocks[:i]:
+                shared = set(block.zones) & set(other.zones)
+                same_socket = (
+                    not block.binds or not other.binds or set(block.binds) & set(other.binds)
+                )
+                if block.port == other.port and shared and same_socket:
+                    self.fail(
+                        block.line,
+                        f"zone {min(shared)} on port {block.port} is already served"
+                        f" by the block on line {other.line}",
+                    )

@@ -1,0 +1,632 @@
+"""
+Tests for L{idetcd.corefile}.
+"""
+
+import os
+
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import TestCase
+
+from idetcd.corefile import CorefileError, IdetcdSettings, ServerBlock, load, parse
+from idetcd.pattern import Pattern
+
+ORIGINAL = """\
+. {
+    idetcd {
+        endpoint http://127.0.0.1:2379
+        limit 5
+        pattern worker{{.ID}}.tf.local.
+    }
+}
+"""
+
+
+def idetcd(*lines):
+    """
+    A Corefile with one idetcd block holding C{lines}, the first on line 3.
+    """
+    return ". {\n    idetcd {\n" + "".join(f"        {line}\n" for line in lines) + "    }\n}\n"
+
+
+def settings(*lines, environ=None):
+    (block,) = parse(idetcd(*lines), environ={} if environ is None else environ)
+    return block.idetcd
+
+
+class ErrorAssertions:
+    def assertCorefileError(self, text, line, *words, environ=None, filename="Corefile"):
+        """
+        Parsing C{text} fails at C{line} with a message holding C{words}.
+        """
+        with self.assertRaises(CorefileError) as caught:
+            parse(text, filename, environ={} if environ is None else environ)
+        error = caught.exception
+        self.assertEqual((error.filename, error.line), (filename, line), str(error))
+        for word in words:
+            self.assertIn(word, error.message, text)
+        self.assertEqual(str(error), f"{filename}:{line}: {error.message}")
+        return error
+
+
+class OriginalTests(TestCase):
+    """
+    The Corefiles idetcd is known by still work unchanged.
+    """
+
+    def test_original(self):
+        """
+        The 2018 plugin's example Corefile reads as it meant.
+        """
+        self.assertEqual(
+            parse(ORIGINAL),
+            (
+                ServerBlock(
+                    zones=(".",),
+                    port=53,
+                    binds=(),
+                    idetcd=IdetcdSettings(
+                        pattern=Pattern.parse("worker{{.ID}}.tf.local."),
+                        endpoints=("http://127.0.0.1:2379",),
+                        limit=5,
+                        filename="Corefile",
+                        line=2,
+                    ),
+                    filename="Corefile",
+                    line=1,
+                ),
+            ),
+        )
+
+    def test_sample(self):
+        """
+        Corefile.sample is the quick start: embedded etcd on 127.0.0.1:1053.
+        """
+        path = FilePath(__file__).parent().parent().child("Corefile.sample")
+        (block,) = load(path.path, environ={})
+        self.assertEqual((block.zones, block.port, block.binds), ((".",), 1053, ("127.0.0.1",)))
+        self.assertEqual(block.idetcd.endpoints, ("embedded",))
+        self.assertEqual(block.idetcd.limit, 5)
+        self.assertEqual(block.idetcd.pattern.render(5), "worker5.tf.local.")
+        self.assertEqual(block.idetcd.filename, path.path)
+
+
+class SettingsTests(TestCase):
+    """
+    Every setting of the idetcd block and its default.
+    """
+
+    def test_defaults(self):
+        """
+        Only the pattern is needed.
+        """
+        self.assertEqual(
+            settings("pattern w{{.ID}}.tf.local."),
+            IdetcdSettings(
+                pattern=Pattern.parse("w{{.ID}}.tf.local."),
+                endpoints=("http://127.0.0.1:2379",),
+                limit=10,
+                ttl=5,
+                lease=10,
+                addresses=(),
+                prefix="/idetcd/",
+                state=None,
+                node=None,
+                wait=False,
+                filename="Corefile",
+                line=2,
+            ),
+        )
+
+    def test_all(self):
+        """
+        Each setting lands in its field, normalized.
+        """
+        got = settings(
+            "endpoint https://etcd1:2379 HTTP://[::1]:2380/ http://10.0.0.3",
+            "limit 100000",
+            'pattern w{{ "%06d" % ID }}.tf.local.',
+            "ttl 0",
+            "lease 2",
+            "address 10.0.0.1 2001:DB8:0:0::1 ::ffff:10.0.0.2",
+            "prefix /cluster/names/",
+            "state /var/lib/idetcd",
+            "node node-a.1",
+            "wait",
+        )
+        self.assertEqual(
+            got.endpoints, ("https://etcd1:2379", "http://[::1]:2380", "http://10.0.0.3")
+        )
+        self.assertEqual((got.limit, got.ttl, got.lease), (100000, 0, 2))
+        self.assertEqual(got.pattern.render(7), "w000007.tf.local.")
+        self.assertEqual(got.addresses, ("10.0.0.1", "2001:db8::1", "::ffff:a00:2"))
+        self.assertEqual(got.prefix, "/cluster/names/")
+        self.assertEqual((got.state, got.node, got.wait), ("/var/lib/idetcd", "node-a.1", True))
+
+    def test_ranges(self):
+        """
+        Numbers are accepted at both ends of their range.
+        """
+        for line, field, value in [
+            ("limit 1", "limit", 1),
+            ("limit 100000", "limit", 100000),
+            ("ttl 0", "ttl", 0),
+            ("ttl 86400", "ttl", 86400),
+            ("lease 2", "lease", 2),
+            ("lease 3600", "lease", 3600),
+        ]:
+            got = settings("pattern w{{.ID}}.x.", line)
+            self.assertEqual(getattr(got, field), value, line)
+
+    def test_empty_prefix(self):
+        """
+        A quoted empty prefix gives the original plugin's keys.
+        """
+        self.assertEqual(settings("pattern w{{.ID}}.x.", 'prefix ""').prefix, "")
+
+    def test_embedded(self):
+        """
+        The word embedded stands for an etcd run inside this process.
+        """
+        self.assertEqual(
+            settings("pattern w{{.ID}}.x.", "endpoint embedded").endpoints, ("embedded",)
+        )
+
+
+class SettingErrorTests(ErrorAssertions, TestCase):
+    """
+    Bad settings are refused at their line, saying what was expected.
+    """
+
+    def test_errors(self):
+        cases = [
+            # (lines of the idetcd block, line of the error, words)
+            (["limit 0", "pattern w{{.ID}}.x."], 3, "limit must be a whole number from 1 to 100000, got '0'"),
+            (["limit 100001", "pattern w{{.ID}}.x."], 3, "from 1 to 100000", "'100001'"),
+            (["limit five", "pattern w{{.ID}}.x."], 3, "whole number", "'five'"),
+            (["limit -1", "pattern w{{.ID}}.x."], 3, "whole number", "'-1'"),
+            (["limit 1" + "0" * 5000, "pattern w{{.ID}}.x."], 3, "whole number"),
+            (["limit ５", "pattern w{{.ID}}.x."], 3, "whole number"),
+            (["pattern w{{.ID}}.x.", "ttl 86401"], 4, "ttl must be a whole number of seconds from 0 to 86400", "'86401'"),
+            (["pattern w{{.ID}}.x.", "ttl 5s"], 4, "ttl", "'5s'"),
+            (["pattern w{{.ID}}.x.", "lease 1"], 4, "lease must be a whole number of seconds from 2 to 3600", "'1'"),
+            (["pattern w{{.ID}}.x.", "lease 3601"], 4, "lease", "3600"),
+            (["limit"], 3, "'limit' needs 1 argument", "got 0"),
+            (["limit 1 2"], 3, "'limit' needs 1 argument", "got 2"),
+            (["pattern"], 3, "'pattern' needs 1 argument"),
+            (["pattern a{{.ID}}.x. b{{.ID}}.x."], 3, "'pattern' needs 1 argument", "got 2"),
+            (["pattern w{{.ID}}.x.", "prefix"], 4, "'prefix' needs 1 argument"),
+            (["pattern w{{.ID}}.x.", "endpoint"], 4, "'endpoint' needs at least 1 argument"),
+            (["pattern w{{.ID}}.x.", "address"], 4, "'address' needs at least 1 argument"),
+            (["pattern w{{.ID}}.x.", "wait yes"], 4, "'wait' takes no arguments", "got 1"),
+            (["pattern w{{.ID}}.x.", "limit 3 {", "}"], 4, "'limit' takes no block"),
+            (["limt 3"], 3, "unknown directive 'limt' in idetcd", "expected one of: address, endpoint, lease, limit, node, pattern, prefix, state, ttl, wait"),
+            (["pattern w{{.ID}}.x.", "log"], 4, "unknown directive 'log' in idetcd"),
+            (["limit 3", "ttl 1", "limit 4", "pattern w{{.ID}}.x."], 5, "duplicate 'limit'", "first on line 3"),
+            (["pattern w{{.ID}}.x.", "pattern v{{.ID}}.x."], 4, "duplicate 'pattern'", "line 3"),
+            (["wait", "pattern w{{.ID}}.x.", "wait"], 5, "duplicate 'wait'", "line 3"),
+            (["limit 3"], 2, "idetcd needs a pattern"),
+            ([], 2, "idetcd needs a pattern"),
+            (["pattern worker.tf.local."], 3, "pattern 'worker.tf.local.' has no ID"),
+            (["pattern w{{ ID + }}.x."], 3, "not a valid template"),
+            (["pattern w{{.ID}.x."], 3, "unterminated template"),
+            (["pattern w{{ name }}.x."], 3, "unknown variable", "'name'"),
+            (["pattern w_{{.ID}}.x."], 3, "invalid host name", "'w_1.x.'"),
+            (["pattern a.{{.ID}}.x."], 3, "first label"),
+            (["pattern w{{.ID}}."], 3, "no zone"),
+            (["pattern w{{ ID % 4 }}.x.", "limit 5"], 3, "slot 1 and slot 5"),
+            (["limit 64", "pattern {{ 'a' * ID }}.x."], 4, "slot 64", "at most 63"),
+            (["pattern w{{.ID}}.x.", "endpoint 127.0.0.1:2379"], 4, "'127.0.0.1:2379' is not an etcd URL", "embedded"),
+            (["pattern w{{.ID}}.x.", "endpoint ftp://h:21"], 4, "'ftp://h:21' is not an etcd URL"),
+            (["pattern w{{.ID}}.x.", "endpoint http://"], 4, "'http://' is not an etcd URL"),
+            (["pattern w{{.ID}}.x.", "endpoint http://h:99999"], 4, "'http://h:99999' is not an etcd URL", "out of range"),
+            (["pattern w{{.ID}}.x.", "endpoint http://h:0"], 4, "'http://h:0' is not an etcd URL"),
+            (["pattern w{{.ID}}.x.", "endpoint http://h:port"], 4, "'http://h:port' is not an etcd URL"),
+            (["pattern w{{.ID}}.x.", "endpoint http://[::1"], 4, "'http://[::1' is not an etcd URL"),
+            (["pattern w{{.ID}}.x.", "endpoint http://h:2379/v3"], 4, "must not have a path"),
+            (["pattern w{{.ID}}.x.", "endpoint http://h:2379?x=1"], 4, "path, query or fragment"),
+            (["pattern w{{.ID}}.x.", "endpoint http://u:p@h:2379"], 4, "passwords are not supported"),
+            (["pattern w{{.ID}}.x.", "endpoint http://h:1 http://h:1/"], 4, "lists http://h:1 twice"),
+            (["pattern w{{.ID}}.x.", "endpoint embedded http://h:1"], 4, "embedded", "cannot be listed with other endpoints"),
+            (["pattern w{{.ID}}.x.", "endpoint http://h:1 embedded"], 4, "embedded", "other endpoints"),
+            (["pattern w{{.ID}}.x.", "address eth0"], 4, "address takes IPv4 or IPv6 addresses, got 'eth0'"),
+            (["pattern w{{.ID}}.x.", "address 10.0.0.256"], 4, "'10.0.0.256'"),
+            (["pattern w{{.ID}}.x.", "address 10.0.0.0/8"], 4, "'10.0.0.0/8'"),
+            (["pattern w{{.ID}}.x.", "address ::1 0::1"], 4, "lists ::1 twice"),
+            (["pattern w{{.ID}}.x.", "address 0.0.0.0"], 4, "0.0.0.0 cannot be announced"),
+            (["pattern w{{.ID}}.x.", "address ::"], 4, ":: cannot be announced"),
+            (["pattern w{{.ID}}.x.", "address 224.0.0.1"], 4, "cannot be announced"),
+            (["pattern w{{.ID}}.x.", 'node ""'], 4, "node must be a name without spaces", "''"),
+            (["pattern w{{.ID}}.x.", 'node "a b"'], 4, "node must be a name without spaces", "'a b'"),
+            (["pattern w{{.ID}}.x.", 'state ""'], 4, "state must be a directory, got ''"),
+            (["pattern w{{.ID}}.x.", 'state " "'], 4, "state must be a directory"),
+            (["pattern w{{.ID}}.x.", 'state "a\nb"'], 4, "state must be a directory"),
+        ]
+        for lines, line, *words in cases:
+            self.assertCorefileError(idetcd(*lines), line, *words)
+
+    def test_pattern_outside_zones(self):
+        """
+        The pattern's names must lie in one of the block's zones.
+        """
+        text = "example.org tf {\n    idetcd {\n        pattern worker{{.ID}}.tf.local.\n    }\n}\n"
+        self.assertCorefileError(
+            text,
+            3,
+            "pattern 'worker{{.ID}}.tf.local.' lies outside this block's zones"
+            " (example.org., tf.)",
+            "its names are in tf.local.",
+        )
+
+    def test_pattern_in_zones(self):
+        """
+        A pattern zone equal to or below a block zone is in the block.
+        """
+        for keys in (".", "tf.local", "local", "example.org, TF.local", "tf.local.:1053"):
+            text = keys + " {\n    idetcd {\n        pattern worker{{.ID}}.tf.local.\n    }\n}\n"
+            (block,) = parse(text, environ={})
+            self.assertEqual(block.idetcd.pattern.zone, "tf.local.", keys)
+        self.assertCorefileError(
+            "cal {\n idetcd {\n pattern w{{.ID}}.tf.local.\n }\n}", 3, "outside"
+        )
+        self.assertCorefileError(
+            "w1.tf.local {\n idetcd {\n pattern w{{.ID}}.tf.local.\n }\n}", 3, "outside"
+        )
+
+
+class ServerBlockTests(ErrorAssertions, TestCase):
+    """
+    Server block keys, bind and the directives a block may hold.
+    """
+
+    def test_keys(self):
+        """
+        Keys name zones and a port in the CoreDNS forms.
+        """
+        cases = [
+            (".", (".",), 53),
+            (".:1053", (".",), 1053),
+            ("tf.local:1053", ("tf.local.",), 1053),
+            ("tf.local.:1053", ("tf.local.",), 1053),
+            ("dns://.:1053", (".",), 1053),
+            ("DNS://TF.Local", ("tf.local.",), 53),
+            ("a.org b.org", ("a.org.", "b.org."), 53),
+            ("a.org:5300,b.org:5300", ("a.org.", "b.org."), 5300),
+            ("a.org:5300, b.org:5300", ("a.org.", "b.org."), 5300),
+            ("a.org ,b.org", ("a.org.", "b.org."), 53),
+            ("a.org,\n    b.org", ("a.org.", "b.org."), 53),
+            (".:0", (".",), 0),
+            (".:65535", (".",), 65535),
+            ('"tf.local:1053"', ("tf.local.",), 1053),
+        ]
+        for keys, zones, port in cases:
+            (block,) = parse(keys + " {\n}\n", environ={})
+            self.assertEqual((block.zones, block.port), (zones, port), keys)
+            self.assertEqual((block.binds, block.idetcd, block.line), ((), None, 1))
+
+    def test_key_errors(self):
+        cases = [
+            (".:x {\n}", 1, "server block key '.:x' has a bad port 'x'", "0 to 65535"),
+            (".:65536 {\n}", 1, "bad port '65536'"),
+            (".: {\n}", 1, "bad port ''"),
+            (".:-1 {\n}", 1, "bad port '-1'"),
+            ("\n\n.:53 a.org:54 {\n}", 3, "must share one port", "'.:53' and 'a.org:54'"),
+            ("a.org, b.org:54 {\n}", 1, "share one port"),
+            (":1053 {\n}", 1, "':1053' has no zone", "'.'"),
+            ("tls://.:853 {\n}", 1, "'tls://.:853'", "only dns://"),
+            ("grpc://. {\n}", 1, "only dns://"),
+            ("a..b {\n}", 1, "'a..b' is not a valid zone", "empty label"),
+            ("_tcp.example {\n}", 1, "not a valid zone", "letters, digits and hyphens"),
+            ("10.0.0.0/8 {\n}", 1, "not a valid zone"),
+            ("a.org A.ORG. {\n}", 1, "zone a.org. is listed twice"),
+            ("(common) {\n}", 1, "snippets such as '(common)' are not supported"),
+            ("import common.conf\n", 1, "'import' is not supported"),
+            (", {\n}", 1, "expected server block keys"),
+            ("{\n}", 1, "expected server block keys"),
+            (".\n{\n}", 1, "expected '{' after server block keys"),
+            ("a.org,\nb.org\n{\n}", 2, "expected '{' after server block keys"),
+            (". }", 1, "expected '{' after server block keys"),
+            (".", 1, "expected '{' after server block keys"),
+        ]
+        for text, line, *words in cases:
+            self.assertCorefileError(text, line, *words)
+
+    def test_bind(self):
+        """
+        bind takes IPv4 and IPv6 addresses, over one or more lines.
+        """
+        (block,) = parse(". {\n bind 127.0.0.1 ::0:1\n bind 10.0.0.1\n}\n", environ={})
+        self.assertEqual(block.binds, ("127.0.0.1", "::1", "10.0.0.1"))
+        for text, line, *words in [
+            (". {\n bind lo\n}", 2, "bind takes IPv4 or IPv6 addresses, got 'lo'"),
+            (". {\n bind\n}", 2, "'bind' needs at least 1 argument"),
+            (". {\n bind ::1 127.0.0.1\n bind 0::1\n}", 3, "bind lists ::1 twice"),
+            (". {\n bind 127.0.0.1 {\n except 127.0.0.2\n }\n}", 2, "'bind' takes no block"),
+        ]:
+            self.assertCorefileError(text, line, *words)
+
+    def test_directive_errors(self):
+        cases = [
+            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, idetcd)"),
+            (". {\n    forward . 8.8.8.8\n}", 2, "unknown directive 'forward'"),
+            (". {\n    import snippet\n}", 2, "unknown directive 'import'"),
+            (". {\n    idetcd\n}", 2, "idetcd needs a block", "pattern"),
+            (". {\n    idetcd x {\n    pattern w{{.ID}}.x.\n    }\n}", 2, "'idetcd' takes no arguments, got 1"),
+            (ORIGINAL.replace("    }\n}", "    }\n    idetcd {\n        pattern v{{.ID}}.x.\n    }\n}"), 7, "duplicate 'idetcd'", "first on line 2"),
+        ]
+        for text, line, *words in cases:
+            self.assertCorefileError(text, line, *words)
+
+    def test_several_blocks(self):
+        """
+        Each server block is read on its own, in order.
+        """
+        text = (
+            "tf.local:1053 {\n"
+            "    bind 127.0.0.1\n"
+            "    idetcd {\n"
+            "        pattern a{{.ID}}.tf.local.\n"
+            "    }\n"
+            "}\n"
+            "\n"
+            "example.org:1053 {\n"
+            "    idetcd {\n"
+            "        pattern b{{.ID}}.example.org.\n"
+            "        limit 3\n"
+            "    }\n"
+            "}\n"
+            ".:1053 {\n"
+            "}\n"
+        )
+        blocks = parse(text, environ={})
+        self.assertEqual([b.zones for b in blocks], [("tf.local.",), ("example.org.",), (".",)])
+        self.assertEqual([b.line for b in blocks], [1, 8, 14])
+        self.assertEqual([b.idetcd and b.idetcd.line for b in blocks], [3, 9, None])
+        self.assertEqual(blocks[1].idetcd.limit, 3)
+
+    def test_overlaps(self):
+        """
+        Two blocks cannot serve one zone on one socket; other binds are fine.
+        """
+        self.assertCorefileError(
+            ". {\n}\n\ndns://.:53 {\n}\n", 4, "zone . on port 53", "block on line 1"
+        )
+        self.assertCorefileError(
+            "a.org:1053 b.org:1053 {\n bind ::1\n}\nb.org {\n}\nb.org:1053 {\n}\n",
+            6,
+            "zone b.org. on port 1053",
+            "line 1",
+        )
+        self.assertCorefileError(
+            ". {\n bind ::1 127.0.0.1\n}\n. {\n bind 127.0.0.1\n}\n", 4, "already served"
+        )
+        blocks = parse(
+            ". {\n bind 127.0.0.1\n}\n. {\n bind 127.0.0.2\n}\n.:54 {\n}\n", environ={}
+        )
+        self.assertEqual(len(blocks), 3)
+
+    def test_no_idetcd(self):
+        """
+        A Corefile without idetcd still parses; the caller decides.
+        """
+        (block,) = parse(".:1053 {\n    bind ::1\n}\n", environ={})
+        self.assertIsNone(block.idetcd)
+        self.assertEqual(block.binds, ("::1",))
+
+    def test_empty(self):
+        """
+        A Corefile needs a server block.
+        """
+        for text in ("", "\n\n", "# just a comment\n", "  \t\r\n"):
+            self.assertCorefileError(text, 1, "no server block")
+
+
+class LexerTests(ErrorAssertions, TestCase):
+    """
+    Words, quotes, comments and braces as CoreDNS reads them.
+    """
+
+    def test_comments(self):
+        """
+        C{#} at the start of a word comments out the rest of the line, also
+        around blocks; inside a word it is text.
+        """
+        text = (
+            "# a Corefile\n"
+            ". { # the root\n"
+            "    # bind 10.0.0.1\n"
+            "    idetcd {   # ours\n"
+            "        pattern w{{.ID}}.x. #comment\n"
+            "        node a#b\n"
+            "    }\n"
+            "} # done"
+        )
+        (block,) = parse(text, environ={})
+        self.assertEqual(block.binds, ())
+        self.assertEqual(block.idetcd.node, "a#b")
+        self.assertEqual(block.idetcd.pattern.text, "w{{.ID}}.x.")
+
+    def test_quotes(self):
+        """
+        Quotes make one word, with escapes, even across lines, and keep the
+        line count right for the words after them.
+        """
+        text = idetcd(
+            "pattern w{{.ID}}.x.",
+            r'state "/var/lib/my idetcd/\"x\"\\y#z\n"',
+            'prefix "a\n{b}\n"',
+        )
+        block = parse(text, environ={})[0].idetcd
+        self.assertEqual(block.state, '/var/lib/my idetcd/"x"\\y#z\\n')
+        self.assertEqual(block.prefix, "a\n{b}\n")
+        self.assertCorefileError(
+            idetcd("pattern w{{.ID}}.x.", 'prefix "a\n\nb"', "limit 0"), 7, "limit"
+        )
+        self.assertCorefileError(
+            idetcd("pattern w{{.ID}}.x.", 'prefix "/idetcd/'), 4, "unterminated quoted word"
+        )
+
+    def test_quoted_braces(self):
+        """
+        Quoted braces are words, not blocks.
+        """
+        (block,) = parse('. {\n idetcd {\n pattern w{{.ID}}.x.\n prefix "{"\n node "}"\n }\n}\n', environ={})
+        self.assertEqual((block.idetcd.prefix, block.idetcd.node), ("{", "}"))
+
+    def test_layouts(self):
+        """
+        Blocks may open glued to their directive, sit on one line, use tabs
+        and CRLF line ends.
+        """
+        for text in [
+            ".:1053{\n idetcd{\n  pattern w{{.ID}}.x.\n }\n}\n",
+            ".:1053 { idetcd { pattern w{{.ID}}.x. } }",
+            ".:1053 {\n\tidetcd {\n\t\tpattern w{{.ID}}.x.\n\t}\n}\n",
+            ".:1053 {\r\n  idetcd {\r\n    pattern w{{.ID}}.x.\r\n  }\r\n}\r\n",
+            "\n\n  .:1053   {\n\n\n  idetcd   {\n  pattern   w{{.ID}}.x.   \n\n  }\n\n}\n\n",
+        ]:
+            (block,) = parse(text, environ={})
+            self.assertEqual(block.port, 1053, text)
+            self.assertEqual(block.idetcd.pattern.render(3), "w3.x.", text)
+
+    def test_template_words(self):
+        """
+        A template action keeps its spaces and quotes in its word.
+        """
+        for pattern, name in [
+            ('w{{ "%02d" % ID }}.tf.local.', "w03.tf.local."),
+            ("w{{ '%02d' % .ID }}.tf.local.", "w03.tf.local."),
+            ("w{{ ID + 100 }}.tf.local.", "w103.tf.local."),
+            ("w{{ ID\n + 0 }}.tf.local.", "w3.tf.local."),
+            ("w{{ ID }}{#note#}.tf.local.", "w3.tf.local."),
+            ('"w{{ ID }}.tf.local."', "w3.tf.local."),
+        ]:
+            self.assertEqual(settings("pattern " + pattern).pattern.render(3), name, pattern)
+        self.assertCorefileError(idetcd("pattern w{{ ID.x.", "limit 3"), 3, "unterminated template")
+
+    def test_structure_errors(self):
+        cases = [
+            (". {\n idetcd {\n pattern w{{.ID}}.x.\n }\n\n\n\n\n", 8, "missing '}'", "block opened on line 1"),
+            (". {\n idetcd {\n pattern w{{.ID}}.x.\n", 3, "missing '}'", "opened on line 2"),
+            (". {\n idetcd {\n pattern w{{.ID}}.x.", 3, "missing '}'", "opened on line 2"),
+            (". {\n}\n}\n", 3, "unexpected '}'"),
+            (". {\n idetcd\n {\n pattern w{{.ID}}.x.\n }\n}\n", 3, "unexpected '{'", "its directive's line"),
+            (". {\n {\n }\n}\n", 2, "unexpected '{'"),
+        ]
+        for text, line, *words in cases:
+            self.assertCorefileError(text, line, *words)
+
+    def test_error(self):
+        """
+        L{CorefileError} is a L{ValueError} that says where.
+        """
+        error = CorefileError("conf/Corefile", 7, "limit must be ...")
+        self.assertIsInstance(error, ValueError)
+        self.assertEqual(str(error), "conf/Corefile:7: limit must be ...")
+        self.assertEqual(
+            (error.filename, error.line, error.message), ("conf/Corefile", 7, "limit must be ...")
+        )
+        self.assertCorefileError(". {\n log\n}", 2, "log", filename="/etc/idetcd/Corefile")
+
+
+class EnvironmentTests(ErrorAssertions, TestCase):
+    """
+    C{{$NAME}} and C{{$NAME:default}} take words from the environment.
+    """
+
+    def test_substitution(self):
+        environ = {
+            "PORT": "5353",
+            "ZONE": "tf.local",
+            "LIMIT": "7",
+            "PATTERN": 'w{{ "%02d" % ID }}.tf.local.',
+            "EMPTY": "",
+            "SPACED": "a b",
+        }
+        text = (
+            "{$ZONE}:{$PORT} {\n"
+            "    idetcd {\n"
+            "        limit {$LIMIT}\n"
+            "        pattern {$PATTERN}\n"
+            "        ttl {$TTL:30}\n"
+            "        lease {$LEASE:}1{$EMPTY}5\n"
+            '        prefix "/{$ZONE}/"\n'
+            "        state {$SPACED}\n"
+            "        node n-{$NODE:{default}\n"
+            "    }\n"
+            "}\n"
+        )
+        (block,) = parse(text, environ=environ)
+        got = block.idetcd
+        self.assertEqual((block.zones, block.port), (("tf.local.",), 5353))
+        self.assertEqual((got.limit, got.ttl, got.lease), (7, 30, 15))
+        self.assertEqual(got.pattern.render(4), "w04.tf.local.")
+        self.assertEqual((got.prefix, got.state, got.node), ("/tf.local/", "a b", "n-{default"))
+
+    def test_default_overridden(self):
+        """
+        A set variable wins over its default, even when set empty.
+        """
+        text = idetcd("pattern w{{.ID}}.x.", "prefix {$P:/x/}")
+        self.assertEqual(parse(text, environ={"P": "/y/"})[0].idetcd.prefix, "/y/")
+        self.assertEqual(parse(text, environ={"P": ""})[0].idetcd.prefix, "")
+        self.assertEqual(parse(text, environ={})[0].idetcd.prefix, "/x/")
+
+    def test_braces_stay_words(self):
+        """
+        A variable holding a brace is a word, not a block.
+        """
+        (block,) = parse(
+            idetcd("pattern w{{.ID}}.x.", "prefix {$B}"), environ={"B": "{"}
+        )
+        self.assertEqual(block.idetcd.prefix, "{")
+
+    def test_os_environ(self):
+        """
+        Without C{environ}, the process environment is used.
+        """
+        self.patch(os, "environ", dict(os.environ, IDETCD_TEST_PORT="2053"))
+        (block,) = parse(".:{$IDETCD_TEST_PORT} {\n}\n")
+        self.assertEqual(block.port, 2053)
+
+    def test_errors(self):
+        cases = [
+            (".:{$PORT} {\n}", 1, "environment variable PORT is not set", "{$PORT:default}"),
+            (idetcd("pattern w{{.ID}}.x.", "limit {$LIMIT}"), 4, "LIMIT is not set"),
+            (idetcd("pattern w{{.ID}}.x.", 'prefix "{$P}"'), 4, "P is not set"),
+            (idetcd("pattern w{{.ID}}.x.", "prefix {$1}"), 4, "bad environment reference in '{$1}'", "{$NAME}"),
+            (idetcd("pattern w{{.ID}}.x.", "prefix {$P"), 4, "bad environment reference"),
+            (idetcd("pattern w{{.ID}}.x.", "limit {$LIMIT:0}"), 4, "limit must be", "'0'"),
+        ]
+        for text, line, *words in cases:
+            self.assertCorefileError(text, line, *words)
+
+
+class LoadTests(ErrorAssertions, TestCase):
+    """
+    L{load} reads a file and names it in errors.
+    """
+
+    def test_load(self):
+        path = FilePath(self.mktemp())
+        path.setContent(b"\xef\xbb\xbf" + ORIGINAL.encode("ascii"))
+        (block,) = load(path.path, environ={})
+        self.assertEqual(block.idetcd.limit, 5)
+        self.assertEqual((block.filename, block.idetcd.filename), (path.path, path.path))
+
+    def test_errors(self):
+        path = FilePath(self.mktemp())
+        with self.assertRaises(CorefileError) as caught:
+            load(path.path)
+        self.assertEqual((caught.exception.filename, caught.exception.line), (path.path, 0))
+        self.assertIn("cannot read the Corefile", caught.exception.message)
+
+        path.setContent(b". {\n    log\n}\n")
+        with self.assertRaises(CorefileError) as caught:
+            load(path.path)
+        self.assertEqual(str(caught.exception)[: len(path.path) + 3], path.path + ":2:")
+
+        path.setContent(b". {\n    bind \xff\n}\n")
+        with self.assertRaises(CorefileError) as caught:
+            load(path.path)
+        self.assertEqual(caught.exception.line, 2)
+        self.assertIn("not UTF-8", caught.exception.message)
