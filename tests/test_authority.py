@@ -1,0 +1,316 @@
+"""
+Tests for L{idetcd.authority}.
+"""
+
+import dns.message
+import dns.query
+import dns.rcode
+from twisted.internet import reactor, threads
+from twisted.logger import globalLogPublisher
+from twisted.names import dns as tdns
+from twisted.names import server as tserver
+from twisted.names.error import AuthoritativeDomainError, DomainError
+from twisted.trial import unittest
+
+from idetcd.authority import EXPIRE, REFRESH, RETRY, ZoneAuthority, domain_labels
+from idetcd.members import Member
+
+
+class FakeRegistry:
+    """
+    The registry's surface (members, revision, subscribe), in memory.
+    """
+
+    def __init__(self, members=(), revision=1):
+        self.members = {member.name: member for member in members}
+        self.revision = revision
+        self.subscribers = []
+
+    def subscribe(self, callback):
+        self.subscribers.append(callback)
+        return lambda: self.subscribers.remove(callback)
+
+    def put(self, member):
+        self.members[member.name] = member
+        self._changed()
+
+    def delete(self, name):
+        del self.members[name]
+        self._changed()
+
+    def _changed(self):
+        self.revision += 1
+        for callback in list(self.subscribers):
+            callback()
+
+
+def sample_members():
+    return [
+        Member("worker1.tf.local.", ("10.0.0.1",), ("fd00::1",)),
+        Member("worker2.tf.local.", ("10.0.0.2", "10.0.0.22")),
+        Member("worker3.tf.local.", (), ("fd00::3",)),
+        Member("worker1.elsewhere.", ("192.0.2.1",)),
+    ]
+
+
+def labels(name):
+    return domain_labels(name)
+
+
+class ZoneAuthorityTests(unittest.TestCase):
+    def setUp(self):
+        self.registry = FakeRegistry(sample_members(), revision=41)
+        self.authority = ZoneAuthority("tf.local.", self.registry, 30)
+
+    def respond(self, name, type, cls=tdns.IN):
+        return self.authority.respond(tuple(name.rstrip(".").encode().split(b".")), cls, type)
+
+    def soa(self):
+        (record,) = self.respond("tf.local", tdns.SOA).answers
+        return record
+
+    def test_addresses(self):
+        """
+        A and AAAA answers carry every address of the member, the zone TTL
+        and AA.
+        """
+        response = self.respond("worker2.tf.local", tdns.A)
+        self.assertEqual(response.rCode, tdns.OK)
+        self.assertTrue(response.auth)
+        self.assertEqual(
+            [(r.name.name, r.ttl, r.payload.dottedQuad()) for r in response.answers],
+            [(b"worker2.tf.local", 30, "10.0.0.2"), (b"worker2.tf.local", 30, "10.0.0.22")],
+        )
+        self.assertTrue(all(r.auth for r in response.answers))
+        (record,) = self.respond("worker1.tf.local", tdns.AAAA).answers
+        self.assertEqual(record.payload, tdns.Record_AAAA("fd00::1", 30))
+
+    def test_case_insensitive(self):
+        """
+        Names match whatever their case.
+        """
+        self.assertEqual(
+            self.respond("WoRkEr1.TF.local", tdns.A), self.respond("worker1.tf.local", tdns.A)
+        )
+        self.assertEqual(len(self.respond("WORKER1.TF.LOCAL", tdns.A).answers), 1)
+
+    def test_nxdomain(self):
+        """
+        An unknown name in the zone is NXDOMAIN with the SOA (negative TTL:
+        the lesser of its TTL and minimum) and AA.
+        """
+        response = self.respond("worker9.tf.local", tdns.A)
+        self.assertEqual(response.rCode, tdns.ENAME)
+        self.assertTrue(response.auth)
+        self.assertEqual(response.answers, ())
+        (soa,) = response.authority
+        self.assertEqual(soa.type, tdns.SOA)
+        self.assertEqual(soa.ttl, min(30, soa.payload.minimum))
+        self.assertEqual(soa.payload.serial, 41)
+
+    def test_nodata(self):
+        """
+        A known name without the asked type is NOERROR, no answer, the SOA.
+        """
+        for name, type in [
+            ("worker2.tf.local", tdns.AAAA),
+            ("worker3.tf.local", tdns.A),
+            ("worker1.tf.local", tdns.MX),
+            ("worker1.tf.local", tdns.SOA),
+            ("tf.local", tdns.A),
+        ]:
+            response = self.respond(name, type)
+            self.assertEqual(
+                (response.rCode, response.auth, response.answers), (tdns.OK, True, ())
+            )
+            self.assertEqual([r.type for r in response.authority], [tdns.SOA])
+
+    def test_empty_non_terminal(self):
+        """
+        A name that exists only because a member lies below it is NODATA, not
+        NXDOMAIN (RFC 8020).
+        """
+        self.registry.put(Member("a.b.tf.local.", ("10.0.0.9",)))
+        response = self.respond("b.tf.local", tdns.A)
+        self.assertEqual((response.rCode, response.answers), (tdns.OK, ()))
+        self.assertEqual(self.respond("c.b.tf.local", tdns.A).rCode, tdns.ENAME)
+
+    def test_soa(self):
+        """
+        The apex SOA names the first member in sorted order, serial is the
+        registry revision.
+        """
+        record = self.soa()
+        self.assertEqual(record.name.name, b"tf.local")
+        self.assertEqual(record.ttl, 30)
+        soa = record.payload
+        self.assertEqual(soa.mname.name, b"worker1.tf.local")
+        self.assertEqual(soa.rname.name, b"hostmaster.tf.local")
+        self.assertEqual(
+            (soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum),
+            (41, REFRESH, RETRY, EXPIRE, 30),
+        )
+
+    def test_soa_without_members(self):
+        """
+        With no member the SOA names the apex, and there is no NS.
+        """
+        authority = ZoneAuthority("tf.local", FakeRegistry(), 30)
+        (record,) = authority.respond(labels("tf.local"), tdns.IN, tdns.SOA).answers
+        self.assertEqual(record.payload.mname.name, b"tf.local")
+        response = authority.respond(labels("tf.local"), tdns.IN, tdns.NS)
+        self.assertEqual((response.rCode, response.answers), (tdns.OK, ()))
+
+    def test_serial_follows_revision(self):
+        """
+        Every change moves the serial forward, modulo 2**32.
+        """
+        before = self.soa().payload.serial
+        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        self.assertEqual(self.soa().payload.serial, before + 1)
+        self.registry.revision = 2**32 + 5
+        self.assertEqual(self.soa().payload.serial, 5)
+
+    def test_ns_and_glue(self):
+        """
+        Every member is a name server, in sorted order, with its addresses
+        as glue; members of other zones are not.
+        """
+        response = self.respond("tf.local", tdns.NS)
+        self.assertEqual(
+            [r.payload.name.name for r in response.answers],
+            [b"worker1.tf.local", b"worker2.tf.local", b"worker3.tf.local"],
+        )
+        self.assertEqual(
+            [(r.name.name, r.type) for r in response.additional],
+            [
+                (b"worker1.tf.local", tdns.A),
+                (b"worker1.tf.local", tdns.AAAA),
+                (b"worker2.tf.local", tdns.A),
+                (b"worker2.tf.local", tdns.A),
+                (b"worker3.tf.local", tdns.AAAA),
+            ],
+        )
+
+    def test_refused(self):
+        """
+        Names outside the zone (even ones in the registry), other classes
+        and zone transfers are refused, without AA.
+        """
+        for name, type, cls in [
+            ("worker1.elsewhere", tdns.A, tdns.IN),
+            ("local", tdns.SOA, tdns.IN),
+            ("xtf.local", tdns.A, tdns.IN),
+            ("worker1.tf.local", tdns.A, tdns.CH),
+            ("worker1.tf.local", tdns.A, tdns.ANY),
+            ("tf.local", tdns.AXFR, tdns.IN),
+            ("tf.local", tdns.IXFR, tdns.IN),
+        ]:
+            response = self.respond(name, type, cls)
+            self.assertEqual((response.rCode, response.auth), (tdns.EREFUSED, False), (name, type))
+            self.assertEqual(response.authority, ())
+
+    def test_any(self):
+        """
+        ANY gets the one synthesized HINFO of RFC 8482, at members and apex.
+        """
+        for name in ("worker1.tf.local", "tf.local"):
+            (record,) = self.respond(name, tdns.ALL_RECORDS).answers
+            self.assertEqual((record.payload.cpu, record.payload.os), (b"RFC8482", b""))
+        self.assertEqual(self.respond("nope.tf.local", tdns.ALL_RECORDS).rCode, tdns.ENAME)
+
+    def test_membership_changes(self):
+        """
+        Answers follow the registry: new names appear, deleted ones go.
+        """
+        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        self.assertEqual(len(self.respond("worker4.tf.local", tdns.A).answers), 1)
+        self.registry.delete("worker1.tf.local.")
+        self.assertEqual(self.respond("worker1.tf.local", tdns.A).rCode, tdns.ENAME)
+        (record,) = self.respond("tf.local", tdns.SOA).answers
+        self.assertEqual(record.payload.mname.name, b"worker2.tf.local")
+
+    def test_unchanged_members_keep_responses(self):
+        """
+        A change leaves the responses of untouched members the same objects,
+        which is what lets a server skip re-encoding them.
+        """
+        before = {(l, t): r for l, t, r in self.authority.positive()}
+        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        after = {(l, t): r for l, t, r in self.authority.positive()}
+        key = (labels("worker2.tf.local"), tdns.A)
+        self.assertIs(after[key], before[key])
+        self.assertIn((labels("worker4.tf.local"), tdns.A), after)
+        apex = (labels("tf.local"), tdns.SOA)
+        self.assertNotEqual(after[apex], before[apex])
+
+    def test_bad_member_name_skipped(self):
+        """
+        A member whose name cannot be a DNS name is left out with a warning;
+        the others are still served.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.registry.put(Member("x" * 64 + ".tf.local.", ("10.0.0.5",)))
+        self.assertEqual(len(self.respond("worker1.tf.local", tdns.A).answers), 1)
+        self.assertTrue(any("not serving" in e.get("log_format", "") for e in events))
+
+    def test_bad_arguments(self):
+        """
+        A zone that is no DNS name, or a TTL out of range, is refused early.
+        """
+        self.assertRaises(ValueError, ZoneAuthority, "a..b", self.registry, 30)
+        self.assertRaises(ValueError, ZoneAuthority, "x" * 64 + ".local", self.registry, 30)
+        self.assertRaises(ValueError, ZoneAuthority, "tf.local", self.registry, -1)
+        self.assertRaises(ValueError, ZoneAuthority, "tf.local", self.registry, "30")
+
+
+class ResolverInterfaceTests(unittest.TestCase):
+    """
+    The stock twisted.names resolver contract.
+    """
+
+    def setUp(self):
+        self.registry = FakeRegistry(sample_members(), revision=7)
+        self.authority = ZoneAuthority("tf.local.", self.registry, 30)
+
+    def test_lookup(self):
+        d = self.authority.lookupAddress("Worker2.tf.local")
+        answers, authority, additional = self.successResultOf(d)
+        self.assertEqual(len(answers), 2)
+        self.assertEqual((authority, additional), ([], []))
+
+    def test_nodata(self):
+        answers, authority, _ = self.successResultOf(
+            self.authority.lookupIPV6Address("worker2.tf.local.")
+        )
+        self.assertEqual((answers, [r.type for r in authority]), ([], [tdns.SOA]))
+
+    def test_errors(self):
+        """
+        Unknown names fail authoritatively; foreign ones let a resolver chain
+        go on to its next resolver.
+        """
+        self.failureResultOf(
+            self.authority.lookupAddress("nope.tf.local"), AuthoritativeDomainError
+        )
+        self.failureResultOf(self.authority.lookupAddress("example.com"), DomainError)
+
+    def test_stock_server(self):
+        """
+        A stock DNSServerFactory serves the authority to a real client.
+        """
+        factory = tserver.DNSServerFactory(authorities=[self.authority])
+        port = reactor.listenUDP(0, tdns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        query = dns.message.make_query("worker1.tf.local", "A")
+        d = threads.deferToThread(
+            dns.query.udp, query, "127.0.0.1", port=port.getHost().port, timeout=5
+        )
+
+        def check(response):
+            self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+            self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+
+        return d.addCallback(check)

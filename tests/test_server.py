@@ -1,0 +1,699 @@
+"""
+Tests for L{idetcd.server}: a live server on loopback, real clients.
+
+dnspython and raw sockets run in threads (deferToThread) with timeouts, so
+the server keeps the reactor; dig and kdig run as child processes.
+"""
+
+import os
+import shutil
+import socket
+import struct
+import time
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.serial
+from twisted.internet import defer, protocol, reactor, task, threads, utils
+from twisted.internet.error import CannotListenError
+from twisted.trial import unittest
+
+from idetcd.authority import ZoneAuthority
+from idetcd.members import Member
+from idetcd.server import DNSServer, RateLimitedLog
+from tests.test_authority import FakeRegistry, sample_members
+
+HOST = "127.0.0.1"
+TIMEOUT = 3.0
+SILENCE = 0.5
+
+
+def exchange_udp(port, payload, wait=TIMEOUT, host=HOST):
+    """
+    Send one datagram; the reply, or None if none came within C{wait}.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(wait)
+        s.sendto(payload, (host, port))
+        try:
+            return s.recv(65535)
+        except socket.timeout:
+            return None
+
+
+def read_exactly(sock, size):
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError(f"closed after {len(data)} of {size} bytes")
+        data += chunk
+    return data
+
+
+def read_message(sock):
+    (length,) = struct.unpack("!H", read_exactly(sock, 2))
+    return read_exactly(sock, length)
+
+
+def tcp_session(port, payloads):
+    """
+    Send every payload on one TCP connection at once (pipelined); the
+    replies in the order they came.
+    """
+    with socket.create_connection((HOST, port), timeout=TIMEOUT) as s:
+        s.sendall(b"".join(struct.pack("!H", len(p)) + p for p in payloads))
+        return [read_message(s) for _ in payloads]
+
+
+def wait_closed(sock, wait):
+    """
+    Seconds until the peer closes C{sock}; None if it stays open C{wait}.
+    """
+    sock.settimeout(wait)
+    start = time.monotonic()
+    try:
+        data = sock.recv(1)
+    except socket.timeout:
+        return None
+    except ConnectionResetError:
+        data = b""
+    return time.monotonic() - start if data == b"" else None
+
+
+def header(id=0x1234, flags=0x0100, qd=1, an=0, ns=0, ar=0):
+    return struct.pack("!6H", id, flags, qd, an, ns, ar)
+
+
+def question(name=b"\x07worker1\x02tf\x05local\x00", type=1, cls=1):
+    return name + struct.pack("!HH", type, cls)
+
+
+class ServerTestCase(unittest.TestCase):
+    idle_timeout = 10.0
+    max_connections = 1000
+
+    def setUp(self):
+        self.registry = FakeRegistry(sample_members(), revision=100)
+        self.registry.put(Member("big.tf.local.", tuple(f"10.1.0.{i}" for i in range(1, 41))))
+        self.registry.put(Member("huge.tf.local.", tuple(f"10.2.0.{i}" for i in range(1, 81))))
+        self.authority = ZoneAuthority("tf.local.", self.registry, 30)
+        self.server = DNSServer(
+            self.authority,
+            0,
+            tcp_idle_timeout=self.idle_timeout,
+            max_tcp_connections=self.max_connections,
+        )
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+
+    def udp(self, query, **kwargs):
+        return threads.deferToThread(
+            dns.query.udp, query, HOST, port=self.server.port, timeout=TIMEOUT, **kwargs
+        )
+
+    def tcp(self, query):
+        return threads.deferToThread(
+            dns.query.tcp, query, HOST, port=self.server.port, timeout=TIMEOUT
+        )
+
+    def raw(self, payload, wait=TIMEOUT):
+        return threads.deferToThread(exchange_udp, self.server.port, payload, wait)
+
+    @defer.inlineCallbacks
+    def assertAnswers(self, name="worker1.tf.local", address="10.0.0.1"):
+        """
+        The server still answers a plain query correctly.
+        """
+        response = yield self.udp(dns.message.make_query(name, "A"))
+        self.assertEqual([r.address for r in response.answer[0]], [address])
+
+
+class AnswerTests(ServerTestCase):
+    @defer.inlineCallbacks
+    def test_answer(self):
+        """
+        A known name: NOERROR, AA set, RA clear, RD copied, zone TTL.
+        """
+        response = yield self.udp(dns.message.make_query("worker2.tf.local", "A"))
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertTrue(response.flags & dns.flags.AA)
+        self.assertFalse(response.flags & dns.flags.RA)
+        self.assertTrue(response.flags & dns.flags.RD)
+        (rrset,) = response.answer
+        self.assertEqual(rrset.ttl, 30)
+        self.assertEqual(sorted(r.address for r in rrset), ["10.0.0.2", "10.0.0.22"])
+        query = dns.message.make_query("worker3.tf.local", "AAAA", flags=0)
+        response = yield self.udp(query)
+        self.assertFalse(response.flags & (dns.flags.RD | dns.flags.RA))
+        self.assertEqual([r.address for r in response.answer[0]], ["fd00::3"])
+
+    @defer.inlineCallbacks
+    def test_question_echoed(self):
+        """
+        The question comes back byte for byte (0x20 mixed case), and the
+        answer is for that name.
+        """
+        asked = question(b"\x07WoRkeR1\x02Tf\x05lOcAL\x00")
+        reply = yield self.raw(header() + asked)
+        self.assertEqual(reply[12 : 12 + len(asked)], asked)
+        response = dns.message.from_wire(reply)
+        self.assertEqual(str(response.question[0].name), "WoRkeR1.Tf.lOcAL.")
+        self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+        self.assertTrue(response.flags & dns.flags.AA)
+
+    @defer.inlineCallbacks
+    def test_uncommon_flags(self):
+        """
+        Queries with flags the prepared replies do not cover (CD, AD) get the
+        same answer; CD is copied, AD is not claimed.
+        """
+        query = dns.message.make_query("worker1.tf.local", "A")
+        query.flags |= dns.flags.CD | dns.flags.AD
+        for _ in range(2):
+            response = yield self.udp(query)
+            self.assertEqual(response.flags & (dns.flags.CD | dns.flags.AD), dns.flags.CD)
+            self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_nxdomain(self):
+        """
+        An unknown name in the zone: NXDOMAIN, AA, the SOA with the negative
+        TTL.
+        """
+        response = yield self.udp(dns.message.make_query("nobody.TF.local", "A"))
+        self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+        self.assertTrue(response.flags & dns.flags.AA)
+        self.assertEqual(response.answer, [])
+        (soa,) = response.authority
+        self.assertEqual(soa.rdtype, dns.rdatatype.SOA)
+        self.assertEqual(soa.ttl, min(30, soa[0].minimum))
+
+    @defer.inlineCallbacks
+    def test_nodata(self):
+        """
+        A known name without the asked type: NOERROR, no answer, the SOA, AA.
+        """
+        response = yield self.udp(dns.message.make_query("worker2.tf.local", "AAAA"))
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertTrue(response.flags & dns.flags.AA)
+        self.assertEqual(response.answer, [])
+        self.assertEqual([r.rdtype for r in response.authority], [dns.rdatatype.SOA])
+
+    @defer.inlineCallbacks
+    def test_refused(self):
+        """
+        Names outside the zone and classes other than IN are refused,
+        without AA.
+        """
+        for query in [
+            dns.message.make_query("worker1.elsewhere", "A"),
+            dns.message.make_query("example.com", "A"),
+            dns.message.make_query("worker1.tf.local", "TXT", "CH"),
+        ]:
+            response = yield self.udp(query)
+            self.assertEqual(response.rcode(), dns.rcode.REFUSED)
+            self.assertFalse(response.flags & dns.flags.AA)
+
+    @defer.inlineCallbacks
+    def test_soa(self):
+        response = yield self.udp(dns.message.make_query("tf.local", "SOA"))
+        (rrset,) = response.answer
+        soa = rrset[0]
+        self.assertEqual(str(soa.mname), "big.tf.local.")
+        self.assertEqual(str(soa.rname), "hostmaster.tf.local.")
+        self.assertEqual(soa.serial, self.registry.revision)
+        self.assertEqual(soa.minimum, 30)
+        self.assertTrue(response.flags & dns.flags.AA)
+
+    @defer.inlineCallbacks
+    def test_ns_with_glue(self):
+        """
+        NS at the apex lists every member, sorted, with glue (over TCP, where
+        it all fits).
+        """
+        response = yield self.tcp(dns.message.make_query("tf.local", "NS"))
+        (ns,) = response.answer
+        names = [str(r.target) for r in ns]
+        self.assertEqual(
+            names,
+            ["big.tf.local.", "huge.tf.local.", "worker1.tf.local.", "worker2.tf.local.",
+             "worker3.tf.local."],
+        )
+        glue = {(str(r.name), r.rdtype): len(r) for r in response.additional}
+        self.assertEqual(glue[("huge.tf.local.", dns.rdatatype.A)], 80)
+        self.assertEqual(glue[("worker1.tf.local.", dns.rdatatype.AAAA)], 1)
+        self.assertEqual(glue[("worker3.tf.local.", dns.rdatatype.AAAA)], 1)
+
+    @defer.inlineCallbacks
+    def test_serial_moves(self):
+        """
+        Every membership change moves the SOA serial forward.
+        """
+        query = dns.message.make_query("tf.local", "SOA")
+        before = (yield self.udp(query)).answer[0][0].serial
+        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        after = (yield self.udp(query)).answer[0][0].serial
+        self.assertGreater(dns.serial.Serial(after), dns.serial.Serial(before))
+        nxdomain = yield self.udp(dns.message.make_query("nobody.tf.local", "A"))
+        self.assertEqual(nxdomain.authority[0][0].serial, after)
+
+    @defer.inlineCallbacks
+    def test_change_visible_at_once(self):
+        """
+        A change shows in the very next answer, since the registry callback
+        rebuilds the replies before it returns (well within 10 ms).
+        """
+        query = dns.message.make_query("worker5.tf.local", "A")
+        yield self.udp(query)
+        durations = []
+        for index in range(21):
+            start = time.perf_counter()
+            self.registry.put(Member("worker5.tf.local.", (f"10.0.5.{index}",)))
+            durations.append(time.perf_counter() - start)
+        self.assertLess(sorted(durations)[10], 0.010)
+        response = yield self.udp(query)
+        self.assertEqual([r.address for r in response.answer[0]], ["10.0.5.20"])
+        self.registry.delete("worker5.tf.local.")
+        response = yield self.udp(query)
+        self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+
+    @defer.inlineCallbacks
+    def test_prepared_replies(self):
+        """
+        Known names are answered from replies prepared at the last change:
+        no lookup happens per query.  Other answers are looked up once and
+        then cached until the next change.
+        """
+        calls = []
+        respond = self.authority.respond
+
+        def counting(*args):
+            calls.append(args)
+            return respond(*args)
+
+        self.patch(self.authority, "respond", counting)
+        for _ in range(3):
+            yield self.assertAnswers()
+        self.assertEqual(calls, [])
+        for _ in range(3):
+            response = yield self.udp(dns.message.make_query("nobody.tf.local", "A"))
+            self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(len(calls), 1)
+
+    @defer.inlineCallbacks
+    def test_any(self):
+        """
+        ANY gets one small HINFO (RFC 8482), not every record.
+        """
+        query = dns.message.make_query("huge.tf.local", "ANY")
+        reply = yield self.raw(query.to_wire())
+        self.assertLess(len(reply), 100)
+        (rrset,) = dns.message.from_wire(reply).answer
+        self.assertEqual(rrset.rdtype, dns.rdatatype.HINFO)
+        self.assertEqual((rrset[0].cpu, rrset[0].os), (b"RFC8482", b""))
+
+
+class EDNSTests(ServerTestCase):
+    @defer.inlineCallbacks
+    def test_opt_echoed(self):
+        """
+        A query with OPT gets OPT back, with our payload size; DO is copied.
+        """
+        query = dns.message.make_query("worker1.tf.local", "A", use_edns=0, payload=4096)
+        response = yield self.udp(query)
+        self.assertEqual((response.edns, response.payload), (0, 1232))
+        self.assertFalse(response.ednsflags & dns.flags.DO)
+        query = dns.message.make_query("worker1.tf.local", "A", want_dnssec=True)
+        response = yield self.udp(query)
+        self.assertTrue(response.ednsflags & dns.flags.DO)
+        response = yield self.udp(dns.message.make_query("worker1.tf.local", "A"))
+        self.assertEqual(response.edns, -1)
+
+    @defer.inlineCallbacks
+    def test_unknown_options_ignored(self):
+        cookie = dns.edns.GenericOption(dns.edns.COOKIE, b"\x01" * 8)
+        unknown = dns.edns.GenericOption(65001, b"xyz")
+        query = dns.message.make_query(
+            "worker1.tf.local", "A", use_edns=0, options=[cookie, unknown]
+        )
+        response = yield self.udp(query)
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+        self.assertEqual(list(response.options), [])
+
+    @defer.inlineCallbacks
+    def test_badvers(self):
+        """
+        EDNS version 1 gets BADVERS (extended rcode 16) and our version 0.
+        """
+        response = yield self.udp(dns.message.make_query("worker1.tf.local", "A", use_edns=1))
+        self.assertEqual(response.rcode(), dns.rcode.BADVERS)
+        self.assertEqual(response.edns, 0)
+        self.assertEqual(response.answer, [])
+
+    @defer.inlineCallbacks
+    def test_two_opts(self):
+        wire = dns.message.make_query("worker1.tf.local", "A", use_edns=0).to_wire()
+        opt = wire[-11:]
+        doubled = wire[:10] + struct.pack("!H", 2) + wire[12:] + opt
+        reply = yield self.raw(doubled)
+        response = dns.message.from_wire(reply)
+        self.assertEqual(response.rcode(), dns.rcode.FORMERR)
+        self.assertEqual(response.id, struct.unpack("!H", wire[:2])[0])
+
+
+class TruncationTests(ServerTestCase):
+    @defer.inlineCallbacks
+    def test_truncated_without_edns(self):
+        """
+        640 bytes of A records do not fit 512: TC, and no partial RRset.
+        """
+        response = yield self.udp(dns.message.make_query("big.tf.local", "A"))
+        self.assertTrue(response.flags & dns.flags.TC)
+        self.assertEqual(response.answer, [])
+        self.assertTrue(response.flags & dns.flags.AA)
+
+    @defer.inlineCallbacks
+    def test_edns_sizes(self):
+        """
+        The advertised size counts, clamped to [512, 1232].
+        """
+        for payload, name, truncated in [
+            (1232, "big.tf.local", False),
+            (600, "big.tf.local", True),
+            (100, "big.tf.local", True),
+            (4096, "huge.tf.local", True),
+        ]:
+            query = dns.message.make_query(name, "A", use_edns=0, payload=payload)
+            response = yield self.udp(query)
+            self.assertEqual(bool(response.flags & dns.flags.TC), truncated, (payload, name))
+            answered = len(response.answer[0]) if response.answer else 0
+            self.assertEqual(answered, 0 if truncated else 40)
+            self.assertEqual(response.edns, 0)
+
+    @defer.inlineCallbacks
+    def test_tcp_full(self):
+        """
+        The query that was truncated over UDP gets everything over TCP.
+        """
+        response = yield self.tcp(dns.message.make_query("huge.tf.local", "A"))
+        self.assertFalse(response.flags & dns.flags.TC)
+        self.assertEqual(len(response.answer[0]), 80)
+
+    @defer.inlineCallbacks
+    def test_ns_truncation(self):
+        """
+        Glue that does not fit is left out by whole RRsets without TC (RFC
+        2181 section 9); an NS RRset that does not fit sets TC.
+        """
+        self.registry.delete("big.tf.local.")
+        self.registry.delete("huge.tf.local.")
+        for index in range(10, 22):
+            self.registry.put(Member(f"worker{index}.tf.local.", (f"10.0.1.{index}",)))
+        response = yield self.udp(dns.message.make_query("tf.local", "NS"))
+        self.assertFalse(response.flags & dns.flags.TC)
+        self.assertEqual(len(response.answer[0]), 15)
+        self.assertTrue(0 < len(response.additional) < 16)
+        for rrset in response.additional:
+            if str(rrset.name) == "worker2.tf.local.":
+                self.assertEqual(len(rrset), 2)
+        for index in range(22, 40):
+            self.registry.put(Member(f"worker{index}.tf.local.", (f"10.0.1.{index}",)))
+        response = yield self.udp(dns.message.make_query("tf.local", "NS"))
+        self.assertTrue(response.flags & dns.flags.TC)
+        self.assertEqual((response.answer, response.additional), ([], []))
+        response = yield self.tcp(dns.message.make_query("tf.local", "NS"))
+        self.assertEqual(len(response.answer[0]), 33)
+        self.assertEqual(sum(len(rrset) for rrset in response.additional), 35)
+
+
+class MalformedTests(ServerTestCase):
+    @defer.inlineCallbacks
+    def test_opcode_not_implemented(self):
+        for opcode in (dns.opcode.IQUERY, dns.opcode.STATUS, dns.opcode.NOTIFY, dns.opcode.UPDATE):
+            query = dns.message.make_query("worker1.tf.local", "A")
+            query.set_opcode(opcode)
+            response = yield self.udp(query)
+            self.assertEqual(response.rcode(), dns.rcode.NOTIMP)
+            self.assertEqual(response.opcode(), opcode)
+
+    @defer.inlineCallbacks
+    def test_formerr(self):
+        """
+        Every message with a readable header that cannot be read further
+        gets FORMERR with the query id.
+        """
+        long_name = b"".join(b"\x3f" + b"a" * 63 for _ in range(4)) + b"\x00"
+        for payload in [
+            header(qd=0),
+            header(qd=2) + question() + question(),
+            header() + b"\xff" * 20,
+            header() + question(b"\xc0\x0c"),
+            header() + b"\x07worker1\xc0\x0c" + b"\x00\x01\x00\x01",
+            header() + question(b"\x40" + b"a" * 64 + b"\x00"),
+            header() + question(long_name),
+            header(an=65535, ns=65535, ar=65535) + question(),
+            header() + question()[:-1],
+            header() + question() + b"junk",
+        ]:
+            reply = yield self.raw(payload)
+            self.assertIsNotNone(reply, payload)
+            response = dns.message.from_wire(reply)
+            self.assertEqual((response.id, response.rcode()), (0x1234, dns.rcode.FORMERR), payload)
+        yield self.assertAnswers()
+
+    @defer.inlineCallbacks
+    def test_dropped(self):
+        """
+        Responses (QR set) and messages shorter than a header get no reply;
+        the server goes on answering.
+        """
+        response = dns.message.make_query("worker1.tf.local", "A").to_wire()
+        response = response[:2] + bytes([response[2] | 0x80]) + response[3:]
+        for payload in [response, b"", b"\x12\x34\x01", header()[:11]]:
+            reply = yield self.raw(payload, wait=SILENCE)
+            self.assertIsNone(reply)
+        yield self.assertAnswers()
+
+
+class TCPTests(ServerTestCase):
+    idle_timeout = 0.4
+    max_connections = 3
+
+    @defer.inlineCallbacks
+    def test_pipelined(self):
+        """
+        Several queries sent at once on one connection are all answered, in
+        order.
+        """
+        queries = [
+            dns.message.make_query(name, type)
+            for name, type in [
+                ("worker1.tf.local", "A"),
+                ("worker2.tf.local", "A"),
+                ("nobody.tf.local", "A"),
+                ("huge.tf.local", "A"),
+                ("tf.local", "SOA"),
+            ]
+        ]
+        replies = yield threads.deferToThread(
+            tcp_session, self.server.port, [q.to_wire() for q in queries]
+        )
+        responses = [dns.message.from_wire(r) for r in replies]
+        self.assertEqual([r.id for r in responses], [q.id for q in queries])
+        self.assertEqual(
+            [r.rcode() for r in responses],
+            [dns.rcode.NOERROR] * 2 + [dns.rcode.NXDOMAIN] + [dns.rcode.NOERROR] * 2,
+        )
+        self.assertEqual(len(responses[3].answer[0]), 80)
+
+    @defer.inlineCallbacks
+    def test_idle_timeout(self):
+        """
+        An idle connection, or one stuck in a message that never ends, is
+        closed after the timeout.
+        """
+
+        def idle(prefix):
+            with socket.create_connection((HOST, self.server.port), timeout=TIMEOUT) as s:
+                s.sendall(prefix)
+                return wait_closed(s, TIMEOUT)
+
+        for prefix in (b"", b"\xff\xff", b"\x00\x20abc"):
+            elapsed = yield threads.deferToThread(idle, prefix)
+            self.assertIsNotNone(elapsed, prefix)
+            self.assertGreater(elapsed, self.idle_timeout * 0.5)
+        yield self.assertAnswers()
+
+    @defer.inlineCallbacks
+    def test_connection_cap(self):
+        """
+        Past the cap, new connections are closed at once; the open ones keep
+        working.
+        """
+        query = dns.message.make_query("worker1.tf.local", "A").to_wire()
+        framed = struct.pack("!H", len(query)) + query
+
+        def crowd():
+            sockets = [
+                socket.create_connection((HOST, self.server.port), timeout=TIMEOUT)
+                for _ in range(3)
+            ]
+            try:
+                for s in sockets:
+                    s.sendall(framed)
+                    read_message(s)
+                extra = socket.create_connection((HOST, self.server.port), timeout=TIMEOUT)
+                with extra:
+                    closed = wait_closed(extra, TIMEOUT)
+                sockets[0].sendall(framed)
+                return closed, dns.message.from_wire(read_message(sockets[0]))
+            finally:
+                for s in sockets:
+                    s.close()
+
+        closed, response = yield threads.deferToThread(crowd)
+        self.assertIsNotNone(closed)
+        self.assertLess(closed, self.idle_timeout)
+        self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_stop_closes_connections(self):
+        """
+        stopService closes open connections, stops listening and
+        unsubscribes.
+        """
+
+        def hold():
+            with socket.create_connection((HOST, self.server.port), timeout=TIMEOUT) as s:
+                s.sendall(b"\x00")
+                return wait_closed(s, TIMEOUT)
+
+        d = threads.deferToThread(hold)
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        yield self.server.stopService()
+        self.assertIsNotNone((yield d))
+        self.assertEqual(self.registry.subscribers, [])
+        query = dns.message.make_query("worker1.tf.local", "A")
+        reply = yield self.raw(query.to_wire(), wait=SILENCE)
+        self.assertIsNone(reply)
+        self.server.startService()
+        yield self.assertAnswers()
+
+
+class LifecycleTests(unittest.TestCase):
+    def setUp(self):
+        self.registry = FakeRegistry(sample_members())
+        self.authority = ZoneAuthority("tf.local.", self.registry, 30)
+
+    @defer.inlineCallbacks
+    def test_ipv6(self):
+        """
+        IPv4 and IPv6 interfaces share one port number, on UDP and TCP.
+        """
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            raise unittest.SkipTest("no IPv6 loopback")
+        server = DNSServer(self.authority, 0, interfaces=("127.0.0.1", "::1"))
+        server.startService()
+        self.addCleanup(server.stopService)
+        query = dns.message.make_query("worker1.tf.local", "A")
+        for host in ("127.0.0.1", "::1"):
+            for exchange in (dns.query.udp, dns.query.tcp):
+                response = yield threads.deferToThread(
+                    exchange, query, host, port=server.port, timeout=TIMEOUT
+                )
+                self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_port_taken(self):
+        """
+        A port already taken raises CannotListenError and leaves nothing
+        listening or subscribed.
+        """
+        blocker = reactor.listenTCP(0, protocol.Factory(), interface=HOST)
+        self.addCleanup(blocker.stopListening)
+        server = DNSServer(self.authority, blocker.getHost().port)
+        self.assertRaises(CannotListenError, server.startService)
+        self.assertEqual(self.registry.subscribers, [])
+        self.assertFalse(server.running)
+        # Let the UDP port it opened first finish closing.
+        yield task.deferLater(reactor, 0, lambda: None)
+
+    def test_bad_arguments(self):
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, tcp_idle_timeout=0)
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, max_tcp_connections=0)
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, interfaces=())
+
+
+class RateLimitedLogTests(unittest.TestCase):
+    def test_one_line_per_kind_per_interval(self):
+        """
+        Within an interval only the first event of a kind is logged; the next
+        logged one counts those left out.
+        """
+        events = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = task.Clock()
+        report = RateLimitedLog(clock, interval=10)
+        for _ in range(5):
+            report("a", "event a {n}", n=1)
+            report("b", "event b")
+        clock.advance(10)
+        report("a", "event a {n}", n=2)
+        ours = [e for e in events if e.get("log_namespace") == "idetcd.server"]
+        self.assertEqual([(e["kind"], e["skipped"]) for e in ours], [("a", 0), ("b", 0), ("a", 4)])
+
+
+class ToolTests(ServerTestCase):
+    """
+    dig and kdig, when installed.
+    """
+
+    @defer.inlineCallbacks
+    def run_tool(self, tool, *args):
+        """
+        The output of C{tool} asking our server, once it exited cleanly.
+        """
+        path = shutil.which(tool)
+        if path is None:
+            raise unittest.SkipTest(f"{tool} is not installed")
+        out, err, code = yield utils.getProcessOutputAndValue(
+            path, ("@" + HOST, "-p", str(self.server.port)) + args + ("+time=2",), env=os.environ
+        )
+        self.assertEqual(code, 0, (out + err).decode())
+        return out.decode()
+
+    @defer.inlineCallbacks
+    def test_dig(self):
+        text = yield self.run_tool("dig", "WoRkEr1.tf.local", "A", "+norec", "+tries=1")
+        self.assertIn("status: NOERROR", text)
+        self.assertIn("flags: qr aa;", text)
+        self.assertIn("udp: 1232", text)
+        self.assertRegex(text, r"WoRkEr1\.tf\.local\.\s+30\s+IN\s+A\s+10\.0\.0\.1")
+
+    @defer.inlineCallbacks
+    def test_dig_truncation_retries_tcp(self):
+        text = yield self.run_tool("dig", "huge.tf.local", "A", "+bufsize=512", "+tries=1")
+        self.assertIn("ANSWER: 80", text)
+        self.assertIn("(TCP)", text)
+
+    @defer.inlineCallbacks
+    def test_kdig(self):
+        text = yield self.run_tool("kdig", "nobody.tf.local", "A", "+norec", "+retry=0")
+        self.assertIn("status: NXDOMAIN", text)
+        self.assertIn("Flags: qr aa;", text)
+        self.assertRegex(text, r"tf\.local\.\s+30\s+IN\s+SOA\s+big\.tf\.local\.")
