@@ -1,0 +1,27 @@
+"""
+idetcd: collision-free DNS names for the nodes of a cluster, claimed in etcd.
+
+The public API; everything else may change.
+"""
+
+from idetcd.claimer import SlotsExhausted
+from idetcd.corefile import CorefileError, IdetcdSettings, ServerBlock, load, parse
+from idetcd.members import Member
+from idetcd.pattern import Pattern, PatternError
+from idetcd.service import IdetcdService, StateDirectoryBusy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CorefileError",
+    "IdetcdService",
+    "IdetcdSettings",
+    "Member",
+    "Pattern",
+    "PatternError",
+    "ServerBlock",
+    "SlotsExhausted",
+    "StateDirectoryBusy",
+    "load",
+    "parse",
+]

@@ -10,13 +10,15 @@ import os
 import shutil
 import signal
 import socket
+import sys
 
 import attr
-import treq
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+
+from idetcd.etcd import EtcdClient
 
 log = Logger()
 
@@ -59,6 +61,21 @@ def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+# Runs etcd in a session of its own, so a Ctrl-C at the terminal reaches
+# only the node (which then releases its name and stops etcd in order), and
+# on Linux asks the kernel to end etcd if the node dies without stopping it.
+_SHIM = """
+import ctypes, os, signal, sys
+os.setsid()
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() == int(sys.argv[1]):
+    os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 class _EtcdProtocol(protocol.ProcessProtocol):
@@ -130,7 +147,10 @@ class EtcdProcess(Service):
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self._protocol = _EtcdProtocol(self.member, keep=50)
         self._process = self.reactor.spawnProcess(
-            self._protocol, self.binary, self._args(), env=dict(os.environ)
+            self._protocol,
+            sys.executable,
+            [sys.executable, "-c", _SHIM, str(os.getpid())] + self._args(),
+            env=dict(os.environ),
         )
         log.info(
             "started etcd {member} (pid {pid}) on {url}, data in {data_dir}",
@@ -148,21 +168,23 @@ class EtcdProcess(Service):
         longer than C{start_timeout}.
         """
         deadline = self.reactor.seconds() + self.start_timeout
+        client = EtcdClient([self.client_url], self.reactor, timeout=1.0)
+        try:
+            yield self._poll_health(client, deadline)
+        finally:
+            yield client.close()
+
+    @defer.inlineCallbacks
+    def _poll_health(self, client, deadline):
         while True:
             if self._protocol.ended.called:
                 raise RuntimeError(
                     f"etcd {self.member} exited at start: "
                     + b"".join(self._protocol.output)[-2000:].decode("utf-8", "replace")
                 )
-            try:
-                response = yield treq.get(
-                    self.client_url + "/health", reactor=self.reactor, persistent=False
-                ).addTimeout(1, self.reactor)
-                body = yield treq.json_content(response)
-                if body.get("health") == "true":
-                    return
-            except Exception:
-                pass
+            healthy = yield client.healthy()
+            if healthy:
+                return
             if self.reactor.seconds() > deadline:
                 raise RuntimeError(f"etcd {self.member} not healthy after {self.start_timeout}s")
             yield deferLater(self.reactor, 0.05, lambda: None)

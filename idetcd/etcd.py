@@ -12,7 +12,7 @@ import attr
 import treq
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from idetcd.backoff import Backoff
 
@@ -23,6 +23,11 @@ _UNAVAILABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
 _NOT_FOUND = 5
 #: A watch line longer than this is a broken stream, not a result.
 MAX_WATCH_LINE = 64 * 1024 * 1024
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    # One log line per etcd connection would drown the node's own log.
+    noisy = False
 
 
 class EtcdError(Exception):
@@ -132,6 +137,7 @@ class EtcdClient:
 
     def __attrs_post_init__(self):
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self._pool._factory = _QuietFactory
         self._pool.retryAutomatically = False
         self._http = treq.client.HTTPClient(Agent(self.reactor, pool=self._pool))
 
@@ -203,6 +209,19 @@ class EtcdClient:
                 raise EtcdError(error_code, message)
             return data
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
+
+    def healthy(self):
+        """
+        Whether the current endpoint says it is healthy; never fails.
+        """
+        d = self._http.get(self.endpoint.rstrip("/") + "/health")
+        d.addCallback(treq.json_content)
+        d.addTimeout(self.timeout, self.reactor)
+        d.addCallbacks(
+            lambda body: isinstance(body, dict) and body.get("health") == "true",
+            lambda failure: False,
+        )
+        return self._track(d)
 
     @defer.inlineCallbacks
     def range(self, key, range_end=None):

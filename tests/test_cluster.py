@@ -1,0 +1,147 @@
+"""
+Whole nodes: real ``twistd -n idetcd`` processes on loopback against a real
+etcd, checked with a real DNS client.
+"""
+
+import os
+import signal
+import sys
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.trial import unittest
+
+from idetcd.embedded import free_port
+from tests.etcdserver import start_etcd
+from tests.test_etcd import sleep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COREFILE = """\
+# The original plugin's Corefile, with its endpoint and port from the test.
+.:{$NODE_PORT} {
+    bind 127.0.0.1
+    idetcd {
+        endpoint {$ETCD_URL}
+        limit 3
+        pattern worker{{.ID}}.tf.local.
+        lease 3
+    }
+}
+"""
+
+
+class _Output(protocol.ProcessProtocol):
+    def __init__(self):
+        self.output = b""
+        self.ended = defer.Deferred()
+        self.status = None
+
+    def outReceived(self, data):
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.status = reason.value.exitCode
+        self.signal = reason.value.signal
+        self.ended.callback(self.status)
+
+
+def query(port, name, rdtype="A", tcp=False):
+    """
+    Ask the node on C{port}, from a thread: dnspython blocks.
+    """
+    message = dns.message.make_query(name, rdtype)
+    send = dns.query.tcp if tcp else dns.query.udp
+    return threads.deferToThread(send, message, "127.0.0.1", timeout=2, port=port)
+
+
+class ClusterTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.etcd = yield start_etcd(self)
+        self.corefile = os.path.abspath(self.mktemp())
+        with open(self.corefile, "w") as f:
+            f.write(COREFILE)
+
+    def start_node(self):
+        port = free_port()
+        node = _Output()
+        env = dict(os.environ, NODE_PORT=str(port), ETCD_URL=self.etcd.client_url, PYTHONPATH=ROOT)
+        args = [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "idetcd",
+            "--corefile", self.corefile,
+            "--state", os.path.abspath(self.mktemp()),
+        ]
+        node.process = reactor.spawnProcess(node, sys.executable, args, env=env)
+        node.port = port
+
+        def stop():
+            if not node.ended.called:
+                node.process.signalProcess(signal.SIGKILL)
+                return node.ended
+
+        self.addCleanup(stop)
+        return node
+
+    @defer.inlineCallbacks
+    def wait_claimed(self, node, timeout=30):
+        for _ in range(int(timeout / 0.05)):
+            if b"answers DNS on port" in node.output:
+                return node.output.split(b"answers DNS on port")[0].split()[-1].decode()
+            if node.ended.called:
+                self.fail(f"node exited with {node.status}:\n{node.output.decode()}")
+            yield sleep(0.05)
+        self.fail(f"node did not claim a name in {timeout}s:\n{node.output.decode()}")
+
+    @defer.inlineCallbacks
+    def test_every_node_answers_for_every_node(self):
+        nodes = [self.start_node() for _ in range(3)]
+        names = yield defer.gatherResults([self.wait_claimed(node) for node in nodes])
+        self.assertEqual(sorted(names), ["worker1.tf.local.", "worker2.tf.local.", "worker3.tf.local."])
+        for node in nodes:
+            self.assertIn(b"lease", node.output)
+            for name in names:
+                for tcp in (False, True):
+                    reply = yield query(node.port, name, tcp=tcp)
+                    self.assertEqual(reply.rcode(), dns.rcode.NOERROR)
+                    self.assertEqual([rr.address for rr in reply.answer[0]], ["127.0.0.1"])
+
+        # An unknown name in the zone: NXDOMAIN with the SOA, authoritatively.
+        reply = yield query(nodes[0].port, "worker9.tf.local.")
+        self.assertEqual(reply.rcode(), dns.rcode.NXDOMAIN)
+        self.assertTrue(reply.flags & dns.flags.AA)
+        self.assertEqual(reply.authority[0].rdtype, dns.rdatatype.SOA)
+
+        # A fourth node finds no free slot and exits non-zero, saying why.
+        late = self.start_node()
+        status = yield late.ended
+        self.assertNotEqual(status, 0)
+        self.assertIn(b"all 3 slots of pattern 'worker{{.ID}}.tf.local.' are taken", late.output)
+
+        # A node stopped with SIGTERM gives its name back; the others stop
+        # answering for it within a second.
+        leaving = nodes[1]
+        gone = names[1]
+        leaving.process.signalProcess(signal.SIGTERM)
+        stopped_at = reactor.seconds()
+        yield leaving.ended
+        # twistd stops cleanly, then ends itself with the signal it got.
+        self.assertEqual((leaving.status, leaving.signal), (None, signal.SIGTERM))
+        self.assertIn(f"released {gone}".encode(), leaving.output)
+        for node in (nodes[0], nodes[2]):
+            while True:
+                reply = yield query(node.port, gone)
+                if reply.rcode() == dns.rcode.NXDOMAIN:
+                    break
+                self.assertLess(reactor.seconds() - stopped_at, 1.0, f"{gone} still answered")
+                yield sleep(0.02)
+        self.assertLess(reactor.seconds() - stopped_at, 1.0)

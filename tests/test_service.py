@@ -1,0 +1,145 @@
+"""
+The node service embedded in-process, as an application would use it, with
+real etcd servers and a real DNS client.
+"""
+
+import os
+
+import dns.rcode
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from idetcd import IdetcdService, StateDirectoryBusy
+from idetcd.etcd import prefix_range_end
+from tests.etcdserver import start_etcd, start_etcd_cluster
+from tests.test_cluster import query
+from tests.test_etcd import sleep, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COREFILE = """\
+.:0 {{
+    bind 127.0.0.1
+    idetcd {{
+        endpoint {endpoints}
+        limit 5
+        pattern worker{{{{.ID}}}}.tf.local.
+        lease {lease}
+        address 127.0.0.{address}
+    }}
+}}
+"""
+
+
+class ServiceTests(unittest.TestCase):
+    timeout = 120
+
+    def node(self, endpoints, state=None, lease=3, address=1):
+        text = COREFILE.format(endpoints=" ".join(endpoints), lease=lease, address=address)
+        node = IdetcdService.from_corefile(
+            reactor, text=text, state_dir=state or os.path.abspath(self.mktemp())
+        )
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node
+
+    @defer.inlineCallbacks
+    def answers(self, node, name):
+        reply = yield query(node.dns.port, name)
+        if reply.rcode() != dns.rcode.NOERROR:
+            return dns.rcode.to_text(reply.rcode())
+        return [rr.address for rr in reply.answer[0]] if reply.answer else []
+
+    @defer.inlineCallbacks
+    def test_quick_start_corefile_with_embedded_etcd(self):
+        """
+        Corefile.sample runs with nothing else running: a private etcd is
+        started, and stopped with the node.
+        """
+        with open(os.path.join(ROOT, "Corefile.sample")) as f:
+            text = f.read().replace(".:1053", ".:0")
+        node = IdetcdService.from_corefile(reactor, text=text, state_dir=os.path.abspath(self.mktemp()))
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        name = yield node.when_claimed()
+        self.assertEqual(name, "worker1.tf.local.")
+        self.assertEqual(node.name, name)
+        self.assertEqual(list(node.members), [name])
+        self.assertEqual(node.members[name].ipv4, ("127.0.0.1",))
+        addresses = yield self.answers(node, "WORKER1.tf.local")
+        self.assertEqual(addresses, ["127.0.0.1"])
+        yield node.stopService()
+        self.assertTrue(node.etcd._protocol.ended.called)
+
+    @defer.inlineCallbacks
+    def test_restart_gets_the_previous_name(self):
+        etcd = yield start_etcd(self)
+        states = [os.path.abspath(self.mktemp()) for _ in range(2)]
+        first = [self.node([etcd.client_url], state) for state in states]
+        names = yield defer.gatherResults([node.when_claimed() for node in first])
+        yield defer.gatherResults([node.stopService() for node in first])
+        # Started the other way round, each gets its own name back.
+        second = [self.node([etcd.client_url], state) for state in reversed(states)]
+        again = yield defer.gatherResults([node.when_claimed() for node in second])
+        self.assertEqual(list(reversed(again)), names)
+
+    @defer.inlineCallbacks
+    def test_two_live_nodes_never_share_a_state_directory(self):
+        etcd = yield start_etcd(self)
+        state = os.path.abspath(self.mktemp())
+        node = self.node([etcd.client_url], state)
+        yield node.when_claimed()
+        other = IdetcdService.from_corefile(
+            reactor, text=COREFILE.format(endpoints=etcd.client_url, lease=3, address=2), state_dir=state
+        )
+        error = self.assertRaises(StateDirectoryBusy, other.startService)
+        self.assertIn(state, str(error))
+
+    @defer.inlineCallbacks
+    def test_answers_through_an_etcd_restart(self):
+        """
+        While etcd is down the nodes answer from memory, never SERVFAIL;
+        afterwards they hold the same names and know what etcd holds.
+        """
+        etcd = yield start_etcd(self)
+        nodes = [self.node([etcd.client_url], address=i + 1) for i in range(2)]
+        names = yield defer.gatherResults([node.when_claimed() for node in nodes])
+        yield wait_for(lambda: all(len(node.members) == 2 for node in nodes))
+        yield etcd.kill()
+        for _ in range(10):
+            for node in nodes:
+                for i, name in enumerate(names):
+                    addresses = yield self.answers(node, name)
+                    self.assertEqual(addresses, [f"127.0.0.{i + 1}"])
+            yield sleep(0.1)
+        etcd.running = 0
+        yield etcd.startService()
+        yield sleep(4)  # more than the lease TTL
+        self.assertEqual([node.name for node in nodes], names)
+        kvs, _ = yield nodes[0].client.range(b"/idetcd/", prefix_range_end(b"/idetcd/"))
+        held = sorted(kv.key.decode()[len("/idetcd/"):] for kv in kvs)
+        self.assertEqual(held, sorted(names))
+        for node in nodes:
+            self.assertEqual(sorted(node.members), held)
+
+    @defer.inlineCallbacks
+    def test_etcd_member_loss_keeps_names(self):
+        """
+        With a three-member etcd, killing the member a node talks to moves
+        it to another; no name changes and answers go on.
+        """
+        members = yield start_etcd_cluster(self)
+        endpoints = [etcd.client_url for etcd in members]
+        nodes = [self.node(endpoints, address=i + 1) for i in range(2)]
+        names = yield defer.gatherResults([node.when_claimed() for node in nodes])
+        victim = next(etcd for etcd in members if etcd.client_url == nodes[0].client.endpoint)
+        yield victim.kill()
+        for _ in range(25):  # 5 s, more than the 3 s lease
+            for node in nodes:
+                addresses = yield self.answers(node, names[1])
+                self.assertEqual(addresses, ["127.0.0.2"])
+            yield sleep(0.2)
+        self.assertEqual([node.name for node in nodes], names)
+        self.assertNotEqual(nodes[0].client.endpoint, victim.client_url)
+        yield self.node(endpoints, address=3).when_claimed()
+        yield wait_for(lambda: all(len(node.members) == 3 for node in nodes))

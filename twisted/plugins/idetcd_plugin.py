@@ -1,0 +1,12 @@
+"""
+Makes ``twistd idetcd`` known to twistd.
+"""
+
+from twisted.application.service import ServiceMaker
+
+idetcd = ServiceMaker(
+    "idetcd",
+    "idetcd.tap",
+    "Collision-free cluster node names in etcd, served over DNS",
+    "idetcd",
+)
