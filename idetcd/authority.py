@@ -48,6 +48,9 @@ class Response:
     additional: tuple = ()
 
 
+_NOT_READY = Response(dns.ESERVER, auth=False)
+
+
 def domain_labels(name):
     """
     The lower-case labels of a domain name in text form (a trailing dot is
@@ -137,6 +140,10 @@ class ZoneAuthority(common.ResolverBase):
         if cls != dns.IN or not self._in_zone(labels) or type in (dns.AXFR, dns.IXFR):
             # Only IN data lives here; zone transfers are not offered.
             return Response(dns.EREFUSED, auth=False)
+        if not self.registry.ready:
+            # Before the first read from etcd nothing is known, not even
+            # what does not exist: a cached NXDOMAIN would outlive this.
+            return _NOT_READY
         view = self._current()
         rrsets = view.nodes.get(labels)
         if rrsets is None:
@@ -148,6 +155,8 @@ class ZoneAuthority(common.ResolverBase):
         Every (labels, type, response) that carries data, for a server to
         prepare.  Unchanged members give the very same response objects.
         """
+        if not self.registry.ready:
+            return []
         return [
             (labels, type, response)
             for labels, rrsets in self._current().nodes.items()

@@ -44,6 +44,14 @@ class Registry(Service):
     _loading = attr.ib(default=None, init=False)
     _retry = attr.ib(default=None, init=False)
 
+    @property
+    def ready(self):
+        """
+        Whether C{members} holds what etcd held at some point: false only
+        until the first full read.
+        """
+        return self._ready
+
     def when_ready(self):
         """
         Fires once the first full read has been applied.
@@ -104,6 +112,7 @@ class Registry(Service):
         for kv in kvs:
             self._put(kv)
         self.revision = max(self.revision, revision)
+        self._ready = True
         log.info(
             "read {count} members under {prefix!r} at revision {revision}",
             count=len(self.members),
@@ -115,8 +124,7 @@ class Registry(Service):
             self.prefix, prefix_range_end(self.prefix), revision + 1, self._events
         )
         self._watch.done.addErrback(self._watch_failed)
-        if not self._ready:
-            self._ready = True
+        if self._waiting:
             waiting, self._waiting = self._waiting, []
             for d in waiting:
                 d.callback(self)

@@ -18,10 +18,11 @@ from idetcd.members import Member
 
 class FakeRegistry:
     """
-    The registry's surface (members, revision, subscribe), in memory.
+    The registry's surface (members, revision, ready, subscribe), in memory.
     """
 
-    def __init__(self, members=(), revision=1):
+    def __init__(self, members=(), revision=1, ready=True):
+        self.ready = ready
         self.members = {member.name: member for member in members}
         self.revision = revision
         self.subscribers = []
@@ -209,6 +210,21 @@ class ZoneAuthorityTests(unittest.TestCase):
             response = self.respond(name, type, cls)
             self.assertEqual((response.rCode, response.auth), (tdns.EREFUSED, False), (name, type))
             self.assertEqual(response.authority, ())
+
+    def test_servfail_until_the_registry_is_read(self):
+        """
+        Before the first read from etcd, names in the zone get SERVFAIL, not
+        an NXDOMAIN that resolvers would cache; nothing is prepared.
+        """
+        self.registry.ready = False
+        for name, type in [("worker1.tf.local", tdns.A), ("nope.tf.local", tdns.A), ("tf.local", tdns.SOA)]:
+            response = self.respond(name, type)
+            self.assertEqual((response.rCode, response.auth), (tdns.ESERVER, False), name)
+        self.assertEqual(self.authority.positive(), [])
+        self.assertEqual(self.respond("worker1.elsewhere", tdns.A).rCode, tdns.EREFUSED)
+        self.registry.ready = True
+        self.registry.put(Member("worker9.tf.local.", ("10.0.0.9",)))
+        self.assertEqual(self.respond("worker1.tf.local", tdns.A).rCode, tdns.OK)
 
     def test_any(self):
         """

@@ -138,6 +138,16 @@ class ServerTestCase(unittest.TestCase):
 
 class AnswerTests(ServerTestCase):
     @defer.inlineCallbacks
+    def test_servfail_until_the_registry_is_read(self):
+        self.registry.ready = False
+        self.registry._changed()
+        response = yield self.udp(dns.message.make_query("worker1.tf.local", "A"))
+        self.assertEqual(response.rcode(), dns.rcode.SERVFAIL)
+        self.registry.ready = True
+        self.registry._changed()
+        yield self.assertAnswers()
+
+    @defer.inlineCallbacks
     def test_answer(self):
         """
         A known name: NOERROR, AA set, RA clear, RD copied, zone TTL.
