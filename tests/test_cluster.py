@@ -16,6 +16,7 @@ from twisted.internet import defer, protocol, reactor, threads
 from twisted.trial import unittest
 
 from idetcd.embedded import free_port
+from idetcd.etcd import EtcdClient, prefix_range_end
 from tests.etcdserver import start_etcd
 from tests.test_etcd import sleep
 
@@ -29,7 +30,7 @@ COREFILE = """\
         endpoint {$ETCD_URL}
         limit 3
         pattern worker{{.ID}}.tf.local.
-        lease 3
+        lease {$LEASE:3}
     }
 }
 """
@@ -71,15 +72,17 @@ class ClusterTests(unittest.TestCase):
         with open(self.corefile, "w") as f:
             f.write(COREFILE)
 
-    def start_node(self):
+    def start_node(self, state=None, **env):
         port = free_port()
         node = _Output()
-        env = dict(os.environ, NODE_PORT=str(port), ETCD_URL=self.etcd.client_url, PYTHONPATH=ROOT)
+        env = dict(
+            os.environ, NODE_PORT=str(port), ETCD_URL=self.etcd.client_url, PYTHONPATH=ROOT, **env
+        )
         args = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "idetcd",
             "--corefile", self.corefile,
-            "--state", os.path.abspath(self.mktemp()),
+            "--state", state or os.path.abspath(self.mktemp()),
         ]
         node.process = reactor.spawnProcess(node, sys.executable, args, env=env)
         node.port = port
@@ -145,3 +148,28 @@ class ClusterTests(unittest.TestCase):
                 self.assertLess(reactor.seconds() - stopped_at, 1.0, f"{gone} still answered")
                 yield sleep(0.02)
         self.assertLess(reactor.seconds() - stopped_at, 1.0)
+
+    @defer.inlineCallbacks
+    def test_crashed_node_restarted_gets_its_name_at_once(self):
+        """
+        A node killed without a chance to release its name, restarted with
+        its state before its lease runs out, takes its own key over at once:
+        no wait for the expiry, no second slot.
+        """
+        state = os.path.abspath(self.mktemp())
+        first = self.start_node(state, LEASE="60")
+        other = self.start_node(LEASE="60")
+        name = yield self.wait_claimed(first)
+        yield self.wait_claimed(other)
+        first.process.signalProcess(signal.SIGKILL)
+        yield first.ended
+        started = reactor.seconds()
+        again = self.start_node(state, LEASE="60")
+        self.assertEqual((yield self.wait_claimed(again)), name)
+        self.assertLess(reactor.seconds() - started, 30)
+        client = EtcdClient([self.etcd.client_url], reactor)
+        self.addCleanup(client.close)
+        kvs, _ = yield client.range(b"/idetcd/", prefix_range_end(b"/idetcd/"))
+        self.assertEqual(len(kvs), 2)
+        reply = yield query(other.port, name)
+        self.assertEqual(reply.rcode(), dns.rcode.NOERROR)
