@@ -61,6 +61,18 @@ class Claimer(Service):
     _unsubscribe = attr.ib(default=None, init=False)
     _wake = attr.ib(default=None, init=False)
     _reclaiming = attr.ib(default=False, init=False)
+    _names = attr.ib(init=False)
+
+    def __attrs_post_init__(self):
+        # Rendered once: a large limit makes this the costly part of a claim.
+        self._names = [self.pattern.render(slot) for slot in range(1, self.limit + 1)]
+
+    @property
+    def slot(self):
+        """
+        The slot number of the name held now, or C{None}.
+        """
+        return None if self.name is None else self._names.index(self.name) + 1
 
     def when_claimed(self):
         """
@@ -144,7 +156,7 @@ class Claimer(Service):
                 continue
             if name is not None:
                 self.backoff.reset()
-                return name, lease, revision, sent + ttl
+                return name, lease, revision, sent + ttl, ttl
             if not (self.wait or self._reclaiming):
                 yield self.client.lease_revoke(lease).addErrback(lambda _: None)
                 raise SlotsExhausted(
@@ -174,7 +186,7 @@ class Claimer(Service):
         """
         kvs, _ = yield self.client.range(self.prefix, prefix_range_end(self.prefix))
         holders = {kv.key: kv for kv in kvs}
-        names = [self.pattern.render(slot) for slot in range(1, self.limit + 1)]
+        names = self._names
         mine = [name for name in names if self._is_mine(holders.get(self._key(name)))]
         preferred = [self.preferred] if self.preferred in names else []
         for name in mine + preferred + names:
@@ -214,13 +226,14 @@ class Claimer(Service):
 
     def _claimed(self, result):
         self._task = None
-        self.name, self.lease, self._claim_revision, deadline = result
+        self.name, self.lease, self._claim_revision, deadline, ttl = result
         self.preferred = self.name
         log.info(
-            "claimed {name} with lease {lease:x} (TTL {ttl}s)",
+            "claimed {name} (slot {slot}) with lease {lease:x} (TTL {ttl}s)",
             name=self.name,
             lease=self.lease,
-            ttl=self.lease_ttl,
+            slot=self.slot,
+            ttl=ttl,
         )
         self._schedule(deadline)
         waiters, self._waiters = self._waiters, []

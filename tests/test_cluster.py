@@ -111,7 +111,7 @@ class ClusterTests(unittest.TestCase):
         names = yield defer.gatherResults([self.wait_claimed(node) for node in nodes])
         self.assertEqual(sorted(names), ["worker1.tf.local.", "worker2.tf.local.", "worker3.tf.local."])
         for node in nodes:
-            self.assertIn(b"lease", node.output)
+            self.assertRegex(node.output, rb"claimed worker\d\.tf\.local\. \(slot \d\) with lease [0-9a-f]+ \(TTL 3s\)")
             for name in names:
                 for tcp in (False, True):
                     reply = yield query(node.port, name, tcp=tcp)
