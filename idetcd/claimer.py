@@ -52,7 +52,8 @@ class Claimer(Service):
     backoff = attr.ib(factory=Backoff)
     name = attr.ib(default=None, init=False)
     lease = attr.ib(default=None, init=False)
-    _claim_revision = attr.ib(default=0, init=False)
+    #: The etcd revision at which the name held now was won.
+    claim_revision = attr.ib(default=0, init=False)
     _waiters = attr.ib(factory=list, init=False)
     _task = attr.ib(default=None, init=False)
     _keepalive_call = attr.ib(default=None, init=False)
@@ -226,7 +227,7 @@ class Claimer(Service):
 
     def _claimed(self, result):
         self._task = None
-        self.name, self.lease, self._claim_revision, deadline, ttl = result
+        self.name, self.lease, self.claim_revision, deadline, ttl = result
         self.preferred = self.name
         log.info(
             "claimed {name} (slot {slot}) with lease {lease:x} (TTL {ttl}s)",
@@ -273,7 +274,7 @@ class Claimer(Service):
             self._keepalive_request = None
 
     def _keepalive_failed(self, failure):
-        if failure.check(defer.CancelledError):
+        if failure.check(defer.CancelledError) or not self.running:
             return
         if failure.check(LeaseNotFound):
             self._lost("lease is gone from etcd")
@@ -291,14 +292,14 @@ class Claimer(Service):
         if self._wake is not None and not self._wake.called:
             self._wake.callback(None)
         registry = self.registry
-        if self.name is None or registry.revision < self._claim_revision:
+        if self.name is None or registry.revision < self.claim_revision:
             return
         member = registry.members.get(self.name)
         if member is None or member.node != self.identity.node:
             self._lost("its key was deleted or taken over in etcd")
 
     def _lost(self, why):
-        if self.name is None:
+        if self.name is None or not self.running:
             return
         log.warn(
             "no longer holding {name}: {why}; claiming again",

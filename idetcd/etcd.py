@@ -12,6 +12,7 @@ import attr
 import treq
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from idetcd.backoff import Backoff
@@ -61,6 +62,16 @@ class Compacted(Exception):
     def __init__(self, compact_revision):
         super().__init__(f"revisions before {compact_revision} are compacted")
         self.compact_revision = compact_revision
+
+
+def _cancelled(failure):
+    """
+    Whether C{failure} comes from cancelling the request, directly or
+    wrapped by the HTTP client.
+    """
+    if failure.check(defer.CancelledError):
+        return True
+    return any(_cancelled(reason) for reason in getattr(failure.value, "reasons", ()))
 
 
 def _b64(data):
@@ -172,7 +183,28 @@ class EtcdClient:
         d.addCallback(lambda response: treq.json_content(response).addCallback(
             lambda data: (response.code, data)
         ))
-        return self._track(d.addTimeout(self.timeout, self.reactor))
+        return self._track(self._bounded(d))
+
+    def _bounded(self, d):
+        """
+        Fail C{d} with L{defer.TimeoutError} after C{timeout}; a cancel from
+        the caller fails it with L{defer.CancelledError}, however deep in
+        the HTTP stack the cancel was turned into another error, so that a
+        cancelled call never moves on to the next endpoint.
+        """
+        timer = self.reactor.callLater(self.timeout, d.cancel)
+
+        def settle(result):
+            if not timer.active():
+                if isinstance(result, Failure):
+                    raise defer.TimeoutError(f"no answer in {self.timeout}s")
+                return result
+            timer.cancel()
+            if isinstance(result, Failure) and _cancelled(result):
+                raise defer.CancelledError()
+            return result
+
+        return d.addBoth(settle)
 
     @defer.inlineCallbacks
     def call(self, path, body):
@@ -214,9 +246,8 @@ class EtcdClient:
         """
         Whether the current endpoint says it is healthy; never fails.
         """
-        d = self._http.get(self.endpoint.rstrip("/") + "/health")
+        d = self._bounded(self._http.get(self.endpoint.rstrip("/") + "/health"))
         d.addCallback(treq.json_content)
-        d.addTimeout(self.timeout, self.reactor)
         d.addCallbacks(
             lambda body: isinstance(body, dict) and body.get("health") == "true",
             lambda failure: False,
@@ -337,7 +368,8 @@ class EtcdClient:
             data=json.dumps(body).encode("ascii"),
             headers={b"Content-Type": [b"application/json"]},
             unbuffered=True,
-        ).addTimeout(self.timeout, self.reactor)
+        )
+        d = self._bounded(d)
 
         def opened(response):
             if response.code != 200:

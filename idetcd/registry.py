@@ -62,6 +62,22 @@ class Registry(Service):
         self._waiting.append(d)
         return d
 
+    def when_caught_up(self, revision):
+        """
+        Fires once every change up to C{revision} has been applied.
+        """
+        if self.revision >= revision:
+            return defer.succeed(self)
+        d = defer.Deferred()
+
+        def check():
+            if self.revision >= revision and not d.called:
+                unsubscribe()
+                d.callback(self)
+
+        unsubscribe = self.subscribe(check)
+        return d
+
     def subscribe(self, callback):
         """
         Call C{callback()} after every change; returns a function that stops

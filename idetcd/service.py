@@ -234,6 +234,8 @@ class IdetcdService(MultiService):
         self.registry.startService()
         self.claimer.startService()
         name = yield self.claimer.when_claimed()
+        # Fire when_claimed() once this node's own DNS answers for the name.
+        yield self.registry.when_caught_up(self.claimer.claim_revision)
         self.state.remember_name(name)
         log.info(
             "{name} answers DNS on port {port} for zone {zone}",

@@ -4,7 +4,7 @@ The etcd client against a real etcd server.
 
 import json
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
@@ -205,6 +205,38 @@ class EtcdClientTests(unittest.TestCase):
         self.assertEqual(client.endpoint, self.etcd.client_url)
         kvs, _ = yield client.range(PREFIX + b"x")
         self.assertEqual(kvs[0].value, b"1")
+
+    def silent_endpoint(self):
+        """
+        An endpoint that accepts connections and never answers.
+        """
+        factory = protocol.Factory.forProtocol(protocol.Protocol)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    @defer.inlineCallbacks
+    def test_silent_endpoint_times_out_to_the_next(self):
+        client = EtcdClient([self.silent_endpoint(), self.etcd.client_url], reactor, timeout=0.5)
+        self.addCleanup(client.close)
+        yield client.put(PREFIX + b"x", b"1")
+        self.assertEqual(client.endpoint, self.etcd.client_url)
+
+    @defer.inlineCallbacks
+    def test_cancelled_call_stays_cancelled(self):
+        """
+        Cancelling a call fails it with CancelledError at once; it does not
+        move on to the next endpoint.
+        """
+        silent = self.silent_endpoint()
+        client = self.make_client([silent, self.etcd.client_url])
+        d = client.put(PREFIX + b"x", b"1")
+        yield sleep(0.1)
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        self.assertEqual(client.endpoint, silent)
+        kvs, _ = yield self.client.range(PREFIX + b"x")
+        self.assertEqual(kvs, [])
 
     @defer.inlineCallbacks
     def test_no_endpoint_answers(self):

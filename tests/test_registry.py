@@ -76,6 +76,14 @@ class RegistryTests(unittest.TestCase):
         self.assertEqual(registry.revision, revision)
 
     @defer.inlineCallbacks
+    def test_when_caught_up(self):
+        registry = yield self.start()
+        revision = yield self.client.put(PREFIX + b"worker7.tf.local.", value("10.0.0.7"))
+        yield registry.when_caught_up(revision)
+        self.assertIn("worker7.tf.local.", registry.members)
+        self.assertTrue(registry.when_caught_up(revision - 1).called)
+
+    @defer.inlineCallbacks
     def test_names_are_lower_case(self):
         yield self.client.put(PREFIX + b"Worker1.TF.local.", value())
         registry = yield self.start()
