@@ -35,8 +35,9 @@ class Claimer(Service):
     announcing C{identity} (a L{Member} whose name is ignored).
 
     C{preferred} names a slot to try first, such as the one held before a
-    restart; a slot still held by a key of C{identity.node} (a crashed
-    predecessor's lease) is taken over at once.
+    restart; if a key of C{identity.node} (a crashed predecessor's) still
+    holds it, it is taken over at once.  C{on_claimed(name)} is called on
+    every claim, the first and those after a lost lease.
     """
 
     client = attr.ib()
@@ -49,6 +50,7 @@ class Claimer(Service):
     wait = attr.ib(default=False)
     preferred = attr.ib(default=None)
     registry = attr.ib(default=None)
+    on_claimed = attr.ib(default=None)
     backoff = attr.ib(factory=Backoff)
     name = attr.ib(default=None, init=False)
     lease = attr.ib(default=None, init=False)
@@ -63,17 +65,20 @@ class Claimer(Service):
     _wake = attr.ib(default=None, init=False)
     _reclaiming = attr.ib(default=False, init=False)
     _names = attr.ib(init=False)
+    _slots = attr.ib(init=False)
+    _claim_lease = attr.ib(default=None, init=False)
 
     def __attrs_post_init__(self):
         # Rendered once: a large limit makes this the costly part of a claim.
         self._names = [self.pattern.render(slot) for slot in range(1, self.limit + 1)]
+        self._slots = {name: slot for slot, name in enumerate(self._names, 1)}
 
     @property
     def slot(self):
         """
         The slot number of the name held now, or C{None}.
         """
-        return None if self.name is None else self._names.index(self.name) + 1
+        return self._slots.get(self.name)
 
     def when_claimed(self):
         """
@@ -104,10 +109,12 @@ class Claimer(Service):
         for d in self._waiters:
             d.cancel()
         self._waiters = []
-        if self.lease is None:
+        # Stopped mid-claim, the claim's lease may already hold a key.
+        name = self.name or "the name being claimed"
+        lease = self.lease or self._claim_lease
+        self.name = self.lease = self._claim_lease = None
+        if lease is None:
             return defer.succeed(None)
-        name, lease = self.name, self.lease
-        self.name = self.lease = None
         d = self.client.lease_revoke(lease)
         d.addCallbacks(
             lambda _: log.info("released {name} (lease {lease:x} revoked)", name=name, lease=lease),
@@ -121,10 +128,10 @@ class Claimer(Service):
         return d
 
     def _stop_timers(self):
-        for call in (self._keepalive_call, self._expiry, self._wake):
+        for call in (self._keepalive_call, self._expiry):
             if call is not None and call.active():
                 call.cancel()
-        self._keepalive_call = self._expiry = self._wake = None
+        self._keepalive_call = self._expiry = None
         if self._keepalive_request is not None:
             self._keepalive_request.cancel()
             self._keepalive_request = None
@@ -141,16 +148,19 @@ class Claimer(Service):
             try:
                 if lease is None:
                     lease, ttl = yield self.client.lease_grant(self.lease_ttl)
+                    self._claim_lease = lease
                 else:
                     ttl = yield self.client.lease_keepalive(lease)
                 name, revision = yield self._take_slot(lease)
-            except (EtcdUnavailable, EtcdError) as e:
+            except defer.CancelledError:
+                raise
+            except Exception as e:
                 if isinstance(e, LeaseNotFound):
-                    lease = None
+                    lease = self._claim_lease = None
                 delay = self.backoff.next()
                 log.warn(
                     "cannot claim a name yet ({error}); retrying in {delay:.2f}s",
-                    error=str(e),
+                    error=str(e) if isinstance(e, (EtcdUnavailable, EtcdError)) else repr(e),
                     delay=delay,
                 )
                 yield deferLater(self.reactor, delay, lambda: None)
@@ -159,6 +169,7 @@ class Claimer(Service):
                 self.backoff.reset()
                 return name, lease, revision, sent + ttl, ttl
             if not (self.wait or self._reclaiming):
+                self._claim_lease = None
                 yield self.client.lease_revoke(lease).addErrback(lambda _: None)
                 raise SlotsExhausted(
                     f"all {self.limit} slots of pattern {self.pattern.text!r} are taken "
@@ -182,34 +193,50 @@ class Claimer(Service):
     @defer.inlineCallbacks
     def _take_slot(self, lease):
         """
-        Try the free slots, best first, each in its own transaction; returns
-        the name won and the revision it was won at, or C{(None, 0)}.
+        Try free slots, best first, each in its own transaction; returns the
+        name won and the revision it was won at, or C{(None, 0)}.
+
+        A lost race returns a fresh view of every slot in the same
+        transaction, so the next try goes straight to a slot that was free
+        at that moment: no re-read, no sleep.
         """
-        kvs, _ = yield self.client.range(self.prefix, prefix_range_end(self.prefix))
-        holders = {kv.key: kv for kv in kvs}
-        names = self._names
-        mine = [name for name in names if self._is_mine(holders.get(self._key(name)))]
-        preferred = [self.preferred] if self.preferred in names else []
-        for name in mine + preferred + names:
-            key = self._key(name)
-            existing = holders.get(key)
+        end = prefix_range_end(self.prefix)
+        kvs, _ = yield self.client.range(self.prefix, end)
+        for _ in range(2 * self.limit + 2):
+            name, existing = self._best_slot({kv.key: kv for kv in kvs}, lease)
+            if name is None:
+                return None, 0
             if existing is not None and existing.lease == lease:
                 # Won by an earlier try whose reply was lost.
                 return name, existing.mod_revision
-            if existing is not None and name not in mine:
-                continue
             result = yield self.client.create(
-                key, self._value(name), lease=lease, replacing=existing
+                self._key(name), self._value(name), lease=lease, replacing=existing,
+                read_range=(self.prefix, end),
             )
             if result.succeeded:
                 if existing is not None and existing.lease:
                     # Our crashed predecessor's lease: it holds nothing else.
                     yield self.client.lease_revoke(existing.lease).addErrback(lambda _: None)
                 return name, result.revision
-            holders[key] = result.existing
-            mine = [n for n in mine if n != name]
             log.debug("lost the race for {name}", name=name)
+            kvs = result.kvs
         return None, 0
+
+    def _best_slot(self, holders, lease):
+        """
+        The slot to try next and the key now holding it, if any: the
+        preferred slot when free or still held by this node's crashed
+        predecessor, else the lowest free one.
+        """
+        if self.preferred in self._slots:
+            kv = holders.get(self._key(self.preferred))
+            if kv is None or kv.lease == lease or self._is_mine(kv):
+                return self.preferred, kv
+        for name in self._names:
+            kv = holders.get(self._key(name))
+            if kv is None or kv.lease == lease:
+                return name, kv
+        return None, None
 
     def _key(self, name):
         return self.prefix + name.encode("ascii")
@@ -227,6 +254,7 @@ class Claimer(Service):
 
     def _claimed(self, result):
         self._task = None
+        self._claim_lease = None
         self.name, self.lease, self.claim_revision, deadline, ttl = result
         self.preferred = self.name
         log.info(
@@ -237,6 +265,8 @@ class Claimer(Service):
             ttl=ttl,
         )
         self._schedule(deadline)
+        if self.on_claimed is not None:
+            self.on_claimed(self.name)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self.name)

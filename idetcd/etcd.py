@@ -54,7 +54,14 @@ class EtcdUnavailable(Exception):
     """
 
 
-class Compacted(Exception):
+class ResyncNeeded(Exception):
+    """
+    A watch cannot go on from where it was: the caller must read everything
+    again and start a new one.
+    """
+
+
+class Compacted(ResyncNeeded):
     """
     A watch asked for revisions that etcd has compacted away.
     """
@@ -72,6 +79,15 @@ def _cancelled(failure):
     if failure.check(defer.CancelledError):
         return True
     return any(_cancelled(reason) for reason in getattr(failure.value, "reasons", ()))
+
+
+def _range_body(key, range_end=None):
+    # etcd reads an empty key as "no key given"; "\0" with a range end
+    # means the same start: the very first key.
+    body = {"key": _b64(key or b"\0")}
+    if range_end is not None:
+        body["range_end"] = _b64(range_end)
+    return body
 
 
 def _b64(data):
@@ -121,12 +137,14 @@ class Event:
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class TxnResult:
     """
-    The outcome of a create: whether it won, and what holds the key if not.
+    The outcome of a create: whether it won, and if not, what holds the key
+    and what was read with it.
     """
 
     succeeded: bool
     revision: int
     existing: "KeyValue | None"
+    kvs: tuple = ()
 
 
 @attr.s(eq=False)
@@ -260,19 +278,19 @@ class EtcdClient:
         Read C{key}, or every key in C{[key, range_end)}; returns the list of
         L{KeyValue} and the store revision they were read at.
         """
-        body = {"key": _b64(key)}
-        if range_end is not None:
-            body["range_end"] = _b64(range_end)
-        data = yield self.call("/v3/kv/range", body)
+        data = yield self.call("/v3/kv/range", _range_body(key, range_end))
         kvs = [KeyValue.from_json(kv) for kv in data.get("kvs", ())]
         return kvs, int(data["header"]["revision"])
 
     @defer.inlineCallbacks
-    def create(self, key, value, lease=0, replacing=None):
+    def create(self, key, value, lease=0, replacing=None, read_range=None):
         """
         Put C{key} only if it does not exist, or, with C{replacing} (a
         L{KeyValue}), only if it is still exactly that version.  One
         transaction, so of many racing callers exactly one wins.
+
+        A loser learns who holds C{key}; with C{read_range} (start, end) it
+        also gets every key in that range, read in the same transaction.
         """
         if replacing is None:
             compare = {"key": _b64(key), "target": "CREATE", "create_revision": "0"}
@@ -290,17 +308,19 @@ class EtcdClient:
             {
                 "compare": [compare],
                 "success": [{"request_put": put}],
-                "failure": [{"request_range": {"key": _b64(key)}}],
+                "failure": [{"request_range": _range_body(*(read_range or (key, None)))}],
             },
         )
         succeeded = bool(data.get("succeeded", False))
-        existing = None
+        kvs = []
         if not succeeded:
             for response in data.get("responses", ()):
-                kvs = response.get("response_range", {}).get("kvs", ())
-                if kvs:
-                    existing = KeyValue.from_json(kvs[0])
-        return TxnResult(succeeded, int(data["header"]["revision"]), existing)
+                kvs.extend(
+                    KeyValue.from_json(kv) for kv in response.get("response_range", {}).get("kvs", ())
+                )
+        existing = next((kv for kv in kvs if kv.key == key), None)
+        return TxnResult(succeeded, int(data["header"]["revision"]), existing, tuple(kvs))
+
 
     @defer.inlineCallbacks
     def put(self, key, value, lease=0):
@@ -312,10 +332,7 @@ class EtcdClient:
 
     @defer.inlineCallbacks
     def delete(self, key, range_end=None):
-        body = {"key": _b64(key)}
-        if range_end is not None:
-            body["range_end"] = _b64(range_end)
-        data = yield self.call("/v3/kv/deleterange", body)
+        data = yield self.call("/v3/kv/deleterange", _range_body(key, range_end))
         return int(data.get("deleted", 0))
 
     @defer.inlineCallbacks
@@ -408,7 +425,8 @@ class _WatchStream:
 
     def __init__(self, on_result):
         self._on_result = on_result
-        self._buffer = b""
+        self._pieces = []
+        self._size = 0
         self.transport = None
         self.finished = defer.Deferred()
 
@@ -416,14 +434,22 @@ class _WatchStream:
         self.transport = transport
 
     def dataReceived(self, data):
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            if line.strip() and self.transport is not None:
+        # Look for line ends only in the new data, so a long line costs
+        # linear time however many pieces it arrives in.
+        while self.transport is not None:
+            end = data.find(b"\n")
+            if end < 0:
+                break
+            line = b"".join(self._pieces) + data[:end]
+            self._pieces, self._size, data = [], 0, data[end + 1 :]
+            if line.strip():
                 self._on_result(line)
-        if len(self._buffer) > MAX_WATCH_LINE:
-            self._buffer = b""
-            self.stop()
+        if data:
+            self._pieces.append(data)
+            self._size += len(data)
+            if self._size > MAX_WATCH_LINE:
+                self._pieces, self._size = [], 0
+                self.stop()
 
     def connectionLost(self, reason):
         self.transport = None
@@ -442,9 +468,9 @@ class Watch:
     seen twice across an etcd restart.
 
     C{on_events(events, revision)} gets each batch of L{Event}s.  C{done}
-    fires when the watch is stopped, and fails with L{Compacted} when etcd
-    no longer has the revisions to resume from: the caller must then read
-    everything again.
+    fires when the watch is stopped, and fails with L{ResyncNeeded} (or its
+    L{Compacted}) when it cannot resume: etcd no longer has the revisions,
+    or cancelled the watch.  The caller must then read everything again.
     """
 
     client = attr.ib()
@@ -464,8 +490,7 @@ class Watch:
         self._retry = None
         body = {
             "create_request": {
-                "key": _b64(self.key),
-                "range_end": _b64(self.range_end),
+                **_range_body(self.key, self.range_end),
                 "start_revision": str(self.next_revision),
                 "progress_notify": True,
             }
@@ -489,7 +514,15 @@ class Watch:
         if compact_revision:
             self._finish(Compacted(compact_revision))
             return
+        current = int(result.get("header", {}).get("revision", 0))
+        if result.get("created") and current < self.next_revision - 1:
+            # The store went back in time (restored from a snapshot, or a new
+            # cluster): the revisions we resume from are not the same ones.
+            self._finish(ResyncNeeded(f"etcd's revision went back to {current}"))
+            return
         if result.get("canceled"):
+            # etcd gave up on this watch for a reason of its own.
+            self._finish(ResyncNeeded(result.get("cancel_reason") or "etcd cancelled the watch"))
             return
         events = []
         for raw in result.get("events", ()):
@@ -501,8 +534,7 @@ class Watch:
             self.on_events(events, revision)
         elif not result.get("created"):
             # A progress notification: everything up to here was delivered.
-            revision = int(result.get("header", {}).get("revision", 0))
-            self.next_revision = max(self.next_revision, revision + 1)
+            self.next_revision = max(self.next_revision, current + 1)
 
     def _broken(self, stream, failure):
         if stream is not self._stream or self.done.called:

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from idetcd.backoff import Backoff
-from idetcd.etcd import Compacted, prefix_range_end
+from idetcd.etcd import ResyncNeeded, prefix_range_end
 from idetcd.members import Member
 from idetcd.names import normalize_name
 
@@ -26,7 +26,8 @@ class Registry(Service):
     The members under C{prefix}, by name (absolute, lower case).
 
     Subscribers are called, with no arguments, after every change to
-    C{members}; C{revision} is the etcd revision of the last change applied.
+    C{members}; C{revision} is the etcd revision of the last change applied,
+    and grows with every change.
     """
 
     client = attr.ib()
@@ -127,7 +128,7 @@ class Registry(Service):
                 self._forget(key)
         for kv in kvs:
             self._put(kv)
-        self.revision = max(self.revision, revision)
+        self._advance(revision)
         self._ready = True
         log.info(
             "read {count} members under {prefix!r} at revision {revision}",
@@ -146,8 +147,8 @@ class Registry(Service):
                 d.callback(self)
 
     def _watch_failed(self, failure):
-        failure.trap(Compacted)
-        log.warn("watch fell behind a compaction; reading every member again")
+        failure.trap(ResyncNeeded)
+        log.warn("watch cannot resume ({why}); reading every member again", why=failure.getErrorMessage())
         self._watch = None
         if self.running:
             self._load()
@@ -158,8 +159,13 @@ class Registry(Service):
                 self._forget(event.kv.key)
             else:
                 self._put(event.kv)
-        self.revision = max(self.revision, revision)
+        self._advance(revision)
         self._changed()
+
+    def _advance(self, revision):
+        # Normally etcd's revision.  After etcd went back in time it is still
+        # moved forward, since the zone's SOA serial and cached views follow it.
+        self.revision = max(self.revision + 1, revision)
 
     def _put(self, kv):
         try:

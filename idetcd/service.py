@@ -6,6 +6,7 @@ that keeps answers right.
 
 import errno
 import fcntl
+import ipaddress
 import os
 import socket
 import uuid
@@ -107,7 +108,12 @@ class NodeState:
         self._write("name", name)
 
 
-def _announced_address(host, family):
+#: Documentation addresses (RFC 5737, RFC 3849): connecting a UDP socket
+#: to one picks the default route's source address, and sends nothing.
+_ELSEWHERE = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
+
+
+def _source_address(host, family):
     """
     The local address this machine uses to reach C{host}: what a UDP
     socket gets bound to when connected there (no packet is sent).
@@ -115,6 +121,21 @@ def _announced_address(host, family):
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.connect((host, 9))
         return s.getsockname()[0]
+
+
+def announced_address(host, family):
+    """
+    The address to announce for a node that reaches etcd at C{host}: the
+    one it reaches etcd from, unless that is loopback (etcd, or a proxy to
+    it, on this machine), where other nodes need the default route's.
+    """
+    address = _source_address(host, family)
+    if ipaddress.ip_address(address).is_loopback:
+        try:
+            address = _source_address(_ELSEWHERE[family], family)
+        except OSError:
+            pass  # no route out: loopback is all there is
+    return address
 
 
 @attr.s(eq=False)
@@ -141,6 +162,7 @@ class IdetcdService(MultiService):
     state = attr.ib(init=False)
     _starting = attr.ib(default=None, init=False)
     _waiters = attr.ib(factory=list, init=False)
+    _failure = attr.ib(default=None, init=False)
 
     def __attrs_post_init__(self):
         MultiService.__init__(self)
@@ -169,6 +191,7 @@ class IdetcdService(MultiService):
             reactor=self.reactor,
             wait=settings.wait,
             registry=self.registry,
+            on_claimed=self.state.remember_name,
         )
         authority = ZoneAuthority(settings.pattern.zone, self.registry, settings.ttl)
         self.dns = DNSServer(
@@ -210,6 +233,8 @@ class IdetcdService(MultiService):
         """
         if self.claimer.name is not None:
             return defer.succeed(self.claimer.name)
+        if self._failure is not None:
+            return defer.fail(self._failure)
         d = defer.Deferred()
         self._waiters.append(d)
         return d
@@ -236,7 +261,6 @@ class IdetcdService(MultiService):
         name = yield self.claimer.when_claimed()
         # Fire when_claimed() once this node's own DNS answers for the name.
         yield self.registry.when_caught_up(self.claimer.claim_revision)
-        self.state.remember_name(name)
         log.info(
             "{name} answers DNS on port {port} for zone {zone}",
             name=name,
@@ -246,6 +270,8 @@ class IdetcdService(MultiService):
 
     def _started(self, result):
         self._starting = None
+        if isinstance(result, Failure) and not result.check(defer.CancelledError):
+            self._failure = result
         waiters, self._waiters = self._waiters, []
         if isinstance(result, Failure) and not waiters and not result.check(defer.CancelledError):
             log.failure("node could not start", result)
@@ -284,13 +310,14 @@ class IdetcdService(MultiService):
             try:
                 ip = yield self.reactor.resolve(host) if ":" not in host else defer.succeed(host)
                 family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-                address = _announced_address(ip, family)
+                address = announced_address(ip, family)
             except Exception as e:
                 errors.append(f"{host}: {e}")
                 continue
             if address.lower().startswith("fe80:"):
                 errors.append(f"{host}: only a link-local address reaches it")
                 continue
+            log.info("announcing {address} (set 'address' to choose)", address=address)
             return [address]
         raise RuntimeError(
             "cannot tell which address to announce (" + "; ".join(errors) + "); set 'address'"

@@ -8,7 +8,14 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from idetcd.claimer import Claimer, SlotsExhausted
-from idetcd.etcd import EtcdClient, EtcdUnavailable, LeaseNotFound, TxnResult, prefix_range_end
+from idetcd.etcd import (
+    EtcdClient,
+    EtcdUnavailable,
+    KeyValue,
+    LeaseNotFound,
+    TxnResult,
+    prefix_range_end,
+)
 from idetcd.members import Member
 from idetcd.pattern import Pattern
 from idetcd.registry import Registry
@@ -141,11 +148,51 @@ class ClaimerTests(unittest.TestCase):
         """
         lease, _ = yield self.client.lease_grant(60)
         yield self.client.put(PREFIX + b"worker3.tf.local.", identity("a").to_value(), lease=lease)
-        name = yield self.claimer("a").when_claimed()
+        name = yield self.claimer("a", preferred="worker3.tf.local.").when_claimed()
         self.assertEqual(name, "worker3.tf.local.")
         held = yield self.names_in_etcd()
         self.assertEqual(held, {"worker3.tf.local.": "a"})
         yield self.assertFailure(self.client.lease_keepalive(lease), LeaseNotFound)
+
+    @defer.inlineCallbacks
+    def test_takes_over_only_the_name_it_held(self):
+        """
+        A live key with this node's identity on another name (a clone of
+        its state, a shared 'node' setting) is left alone.
+        """
+        yield self.client.put(PREFIX + b"worker1.tf.local.", identity("a").to_value())
+        name = yield self.claimer("a", preferred="worker3.tf.local.").when_claimed()
+        self.assertEqual(name, "worker3.tf.local.")
+        held = yield self.names_in_etcd()
+        self.assertEqual(held, {"worker1.tf.local.": "a", "worker3.tf.local.": "a"})
+
+    @defer.inlineCallbacks
+    def test_garbage_in_a_slot_counts_as_taken(self):
+        yield self.client.put(PREFIX + b"worker1.tf.local.", b"not json")
+        name = yield self.claimer("a").when_claimed()
+        self.assertEqual(name, "worker2.tf.local.")
+
+    @defer.inlineCallbacks
+    def test_stop_while_waiting_for_a_slot(self):
+        yield self.claimer("a", limit=1).when_claimed()
+        waiting = self.claimer("b", limit=1, wait=True)
+        d = waiting.when_claimed()
+        yield sleep(0.3)
+        yield waiting.stopService()
+        yield self.assertFailure(d, defer.CancelledError)
+        held = yield self.names_in_etcd()
+        self.assertEqual(held, {"worker1.tf.local.": "a"})
+
+    @defer.inlineCallbacks
+    def test_empty_prefix_gives_the_original_keys(self):
+        claimer = Claimer(self.client, PATTERN, 5, b"", identity("a"), 3, reactor)
+        claimer.startService()
+        self.addCleanup(claimer.stopService)
+        yield self.client.put(b"unrelated", b"x")
+        name = yield claimer.when_claimed()
+        self.assertEqual(name, "worker1.tf.local.")
+        kvs, _ = yield self.client.range(b"worker1.tf.local.")
+        self.assertEqual(Member.from_value(name, kvs[0].value).node, "a")
 
     @defer.inlineCallbacks
     def test_preferred_slot_when_free(self):
@@ -173,7 +220,7 @@ class ScriptedClient:
     def range(self, key, range_end=None):
         return defer.succeed(([], 1))
 
-    def create(self, key, value, lease=0, replacing=None):
+    def create(self, key, value, lease=0, replacing=None, read_range=None):
         return defer.succeed(TxnResult(True, 2, None))
 
     def lease_keepalive(self, lease):
@@ -217,6 +264,19 @@ class KeepaliveTimingTests(unittest.TestCase):
         self.assertEqual(self.claimer.name, "worker1.tf.local.")
         self.clock.advance(0.1)  # t=12
         self.assertIsNone(self.claimer.name)
+
+    def test_resent_transaction_that_won_counts_as_won(self):
+        """
+        A txn resent to the next endpoint after the first applied it fails
+        its compare against our own key: that is a win, not a lost race.
+        """
+        client = ScriptedClient()
+        ours = KeyValue(PREFIX + b"worker1.tf.local.", b"{}", 5, 5, 7)
+        client.create = lambda *a, **kw: defer.succeed(TxnResult(False, 5, ours, (ours,)))
+        claimer = Claimer(client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock)
+        claimer.startService()
+        self.addCleanup(claimer.stopService)
+        self.assertEqual((claimer.name, claimer.lease, claimer.claim_revision), ("worker1.tf.local.", 7, 5))
 
     def test_lease_not_found_gives_the_name_up_at_once(self):
         self.clock.advance(3)

@@ -31,6 +31,7 @@ COREFILE = """\
         limit 3
         pattern worker{{.ID}}.tf.local.
         lease {$LEASE:3}
+        address 127.0.0.1
     }
 }
 """

@@ -2,6 +2,8 @@
 The registry against a real etcd: one read, then a watch.
 """
 
+import shutil
+
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -84,6 +86,22 @@ class RegistryTests(unittest.TestCase):
         self.assertTrue(registry.when_caught_up(revision - 1).called)
 
     @defer.inlineCallbacks
+    def test_empty_prefix_reads_every_key(self):
+        """
+        With prefix "" (the original plugin's keys) every key is a
+        candidate; keys that are not names are skipped.
+        """
+        yield self.client.put(b"worker1.tf.local.", value("10.0.0.1"))
+        yield self.client.put(b"/somebody/else", b"x")
+        registry = Registry(self.client, b"", reactor)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        yield registry.when_ready()
+        self.assertEqual(list(registry.members), ["worker1.tf.local."])
+        yield self.client.put(b"worker2.tf.local.", value("10.0.0.2"))
+        yield wait_for(lambda: "worker2.tf.local." in registry.members)
+
+    @defer.inlineCallbacks
     def test_names_are_lower_case(self):
         yield self.client.put(PREFIX + b"Worker1.TF.local.", value())
         registry = yield self.start()
@@ -159,7 +177,27 @@ class RegistryTests(unittest.TestCase):
         proxy.start()
         yield wait_for(lambda: set(registry.members) == {"worker2.tf.local."}, timeout=15)
         self.assertEqual(registry.revision, revision)
-        self.assertTrue(any("compaction" in e["log_format"] for e in self.warnings))
+        self.assertTrue(any("compacted" in e.get("why", "") for e in self.warnings))
+
+    @defer.inlineCallbacks
+    def test_rereads_when_etcd_goes_back_in_time(self):
+        """
+        An etcd wiped (or restored from an old snapshot) behind a running
+        registry has lower revisions than the watch resumes from; the
+        registry notices and reads everything again.
+        """
+        for i in range(5):
+            yield self.client.put(PREFIX + f"worker{i}.tf.local.".encode(), value(f"10.0.0.{i}"))
+        registry = yield self.start()
+        self.assertEqual(len(registry.members), 5)
+        yield self.etcd.kill()
+        shutil.rmtree(self.etcd.data_dir)
+        self.etcd.running = 0
+        yield self.etcd.startService()
+        yield self.client.put(PREFIX + b"fresh.tf.local.", value("10.0.0.99"))
+        before = registry.revision
+        yield wait_for(lambda: list(registry.members) == ["fresh.tf.local."], timeout=15)
+        self.assertGreater(registry.revision, before)
 
     @defer.inlineCallbacks
     def test_restart_helper_keeps_data(self):

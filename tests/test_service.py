@@ -3,13 +3,16 @@ The node service embedded in-process, as an application would use it, with
 real etcd servers and a real DNS client.
 """
 
+import ipaddress
 import os
+import socket
 
 import dns.rcode
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from idetcd import IdetcdService, StateDirectoryBusy
+from idetcd.service import announced_address
 from idetcd.etcd import prefix_range_end
 from tests.etcdserver import start_etcd, start_etcd_cluster
 from tests.test_cluster import query
@@ -143,3 +146,21 @@ class ServiceTests(unittest.TestCase):
         self.assertNotEqual(nodes[0].client.endpoint, victim.client_url)
         yield self.node(endpoints, address=3).when_claimed()
         yield wait_for(lambda: all(len(node.members) == 3 for node in nodes))
+
+
+class AnnouncedAddressTests(unittest.TestCase):
+    def test_local_etcd_announces_the_default_route_address(self):
+        """
+        For an etcd on this machine (the original Corefile's 127.0.0.1),
+        loopback would be useless to other nodes: the default route's source
+        address is announced, and loopback only on a machine with no route.
+        """
+        address = ipaddress.ip_address(announced_address("127.0.0.1", socket.AF_INET))
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("192.0.2.1", 9))
+                routed = s.getsockname()[0]
+        except OSError:
+            routed = "127.0.0.1"
+        self.assertEqual(str(address), routed)
+        self.assertEqual(address.is_loopback, routed.startswith("127."))
