@@ -8,6 +8,7 @@ JSON strings, so this module turns them into L{bytes} and L{int}.
 
 import base64
 import json
+import socket
 import attr
 import treq
 from twisted.internet import defer
@@ -26,9 +27,36 @@ _NOT_FOUND = 5
 MAX_WATCH_LINE = 64 * 1024 * 1024
 
 
-class _QuietFactory(_HTTP11ClientFactory):
+#: TCP keepalive on etcd connections: a watch on a peer that vanished
+#: without a reset (host down, partition) is noticed in about 11 s, where
+#: etcd's own progress notifications come every 10 minutes.
+KEEPALIVE = (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
+
+
+def _keep_alive(transport):
+    sock = transport.getHandle()
+    if not isinstance(sock, socket.socket):
+        return  # TLS: the handle is the TLS connection, left as it is
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in KEEPALIVE:
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+class _EtcdConnections(_HTTP11ClientFactory):
     # One log line per etcd connection would drown the node's own log.
     noisy = False
+
+    def buildProtocol(self, addr):
+        protocol = _HTTP11ClientFactory.buildProtocol(self, addr)
+        made = protocol.connectionMade
+
+        def connectionMade():
+            _keep_alive(protocol.transport)
+            made()
+
+        protocol.connectionMade = connectionMade
+        return protocol
 
 
 class EtcdError(Exception):
@@ -166,7 +194,7 @@ class EtcdClient:
 
     def __attrs_post_init__(self):
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
-        self._pool._factory = _QuietFactory
+        self._pool._factory = _EtcdConnections
         self._pool.retryAutomatically = False
         self._http = treq.client.HTTPClient(Agent(self.reactor, pool=self._pool))
 

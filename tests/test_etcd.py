@@ -3,6 +3,7 @@ The etcd client against a real etcd server.
 """
 
 import json
+import socket
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import deferLater
@@ -237,6 +238,22 @@ class EtcdClientTests(unittest.TestCase):
         self.assertEqual(client.endpoint, silent)
         kvs, _ = yield self.client.range(PREFIX + b"x")
         self.assertEqual(kvs, [])
+
+    @defer.inlineCallbacks
+    def test_connections_use_tcp_keepalive(self):
+        """
+        A watch must notice a peer gone without a reset; the connection to
+        etcd probes it.
+        """
+        seen = []
+        watch = self.client.watch(PREFIX, prefix_range_end(PREFIX), 1, lambda e, r: seen.extend(e))
+        self.addCleanup(watch.stop)
+        yield self.client.put(PREFIX + b"a", b"1")
+        yield wait_for(lambda: seen)
+        transport = watch._stream.transport._producer
+        sock = transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 5)
 
     @defer.inlineCallbacks
     def test_no_endpoint_answers(self):
