@@ -1,0 +1,529 @@
+"""
+idetcd's DNS front end against a stock twisted.names server holding the same
+records, both driven by dnsperf over UDP on loopback.
+
+Not part of the test run.  Each server runs in a process of its own (pinned
+to one core when there are two or more, dnsperf to the others), so neither
+the harness nor dnsperf shares its interpreter.  For every query mix the
+harness warms the server up, runs dnsperf for queries/s and mean latency,
+then again with C{-v} for the 99th percentile, and takes the median of
+C{--repeat} rounds; it prints those figures, every query lost, the ratio
+idetcd/stock, and whether the goals of issue #4 are met:
+
+    python bench/dnsperf_bench.py [--seconds 10] [--repeat 1]
+
+Needs dnsperf (Debian/Ubuntu: C{apt-get install -y dnsperf}) and the
+project's dependencies plus dnspython.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import attr
+
+# Run from a checkout: the project sits next to this folder.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from idetcd import server as idetcd_server  # noqa: E402
+from idetcd.authority import ZoneAuthority  # noqa: E402
+from idetcd.members import Member  # noqa: E402
+
+ZONE = "tf.local."
+TTL = 30
+HOST = "127.0.0.1"
+GOAL_QPS = 50000
+GOAL_RATIO = 3.0
+SERVERS = ("idetcd", "stock")
+MIXES = ("known", "90/10")
+# Distinct unknown names in the 90/10 mix: by default more than idetcd
+# caches, so every unknown query takes its slow path, as a stream of typos
+# would; a few hundred show the cached case.
+UNKNOWN_NAMES = 2 * idetcd_server.CACHE_SIZE
+# How long a server waits for its first answer to be asked for, and the
+# margin on its lifetime beyond the planned runs.
+READY_TIMEOUT = 15.0
+LIFETIME_MARGIN = 120.0
+# dnsperf's own timeout for one query (s) and the grace it needs to drain.
+QUERY_TIMEOUT = 2
+DNSPERF_GRACE = 30
+
+
+# The server side: one process per server, started by the harness.
+
+
+@attr.s(eq=False)
+class StaticRegistry:
+    """
+    The registry's surface over a fixed set of members: the benchmark
+    measures the DNS front end, not etcd.
+    """
+
+    members = attr.ib()
+    revision = attr.ib(default=1)
+    ready = attr.ib(default=True)
+
+    def subscribe(self, callback):
+        return lambda: None
+
+
+def members(count):
+    """
+    C{count} members named like the claims of a cluster, each with one IPv4
+    and one IPv6 address.
+    """
+    out = {}
+    for i in range(1, count + 1):
+        name = f"worker{i}.{ZONE}"
+        out[name] = Member(
+            name=name,
+            ipv4=(f"10.0.{i // 256}.{i % 256}",),
+            ipv6=(f"fd00::{i:x}",),
+            node=f"node{i}",
+        )
+    return out
+
+
+def _listen_idetcd(reactor, authority):
+    dns_server = idetcd_server.DNSServer(authority, 0, interfaces=(HOST,), reactor=reactor)
+    dns_server.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", dns_server.stopService)
+    return dns_server.port
+
+
+def _listen_stock(reactor, authority):
+    from twisted.names import dns, server
+
+    factory = server.DNSServerFactory(authorities=[authority])
+    return reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface=HOST).getHost().port
+
+
+LISTEN = {"idetcd": _listen_idetcd, "stock": _listen_stock}
+
+
+def serve(kind, count, lifetime):
+    """
+    Serve the zone with C{kind} on a free UDP port of loopback, print the
+    port, and stop after C{lifetime} seconds or as soon as the harness is
+    gone, whichever comes first.
+    """
+    from twisted.internet import reactor, task
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
+            )
+        ],
+        redirectStandardIO=False,
+    )
+    parent = os.getppid()
+    authority = ZoneAuthority(ZONE, StaticRegistry(members(count)), TTL)
+    port = LISTEN[kind](reactor, authority)
+    print(f"PORT {port}", flush=True)
+
+    def orphaned():
+        if os.getppid() != parent:
+            reactor.stop()
+
+    watch = task.LoopingCall(orphaned)
+    watch.start(1.0, now=False)
+    reactor.callLater(lifetime, reactor.stop)
+    reactor.run()
+
+
+# The harness side.
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Result:
+    """
+    One dnsperf run; C{p99_ms} is NaN unless it ran with C{-v}.
+    """
+
+    lost: int
+    qps: float
+    mean_ms: float
+    p99_ms: float
+    rcodes: str
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Row:
+    """
+    One server and query mix: queries/s and mean latency of the plain run
+    with the median queries/s, the median p99 of the C{-v} runs, and every
+    query lost in any of them.
+    """
+
+    qps: float
+    lost: int
+    mean_ms: float
+    p99_ms: float
+    rcodes: str
+
+    @classmethod
+    def of(cls, plain, verbose):
+        ranked = sorted(plain, key=lambda r: r.qps)
+        middle = ranked[(len(ranked) - 1) // 2]
+        p99 = statistics.median(r.p99_ms for r in verbose) if verbose else float("nan")
+        lost = sum(r.lost for r in plain + verbose)
+        return cls(middle.qps, lost, middle.mean_ms, p99, middle.rcodes)
+
+
+@attr.s(eq=False)
+class Server:
+    """
+    One server process; C{stop} kills it by its id.
+    """
+
+    kind: str = attr.ib()
+    process: subprocess.Popen = attr.ib()
+    port: int = attr.ib()
+    log: str = attr.ib()
+
+    @classmethod
+    def start(cls, kind, count, lifetime, pin, workdir):
+        log = os.path.join(workdir, f"{kind}.log")
+        command = [sys.executable, os.path.abspath(__file__), "serve", kind]
+        command += ["--members", str(count), "--lifetime", str(int(lifetime))]
+        with open(log, "wb") as stderr:
+            process = subprocess.Popen(
+                pin + command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+            )
+        server = cls(kind, process, 0, log)
+        try:
+            server.port = server._read_port()
+            server._wait_answering()
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _read_port(self):
+        deadline = time.monotonic() + READY_TIMEOUT
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
+                raise RuntimeError(f"{self.kind} server gave no port; see {self.log}")
+            chunk = os.read(self.process.stdout.fileno(), 100)
+            if not chunk:
+                raise RuntimeError(f"{self.kind} server exited; see {self.log}")
+            line += chunk
+        return int(line.split()[1])
+
+    def _wait_answering(self):
+        """
+        dnsperf loses its first window against a server that does not
+        answer yet, so wait for an answer first.
+        """
+        import dns.exception
+        import dns.message
+        import dns.query
+
+        query = dns.message.make_query(f"worker1.{ZONE}", "A")
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                dns.query.udp(query, HOST, port=self.port, timeout=0.5)
+                return
+            except dns.exception.Timeout:
+                if self.process.poll() is not None:
+                    break
+        raise RuntimeError(f"{self.kind} server does not answer; see {self.log}")
+
+    def answers(self, name, type):
+        """
+        (rcode, sorted answer records as text) for one question.
+        """
+        import dns.message
+        import dns.query
+        import dns.rcode
+
+        response = dns.query.udp(
+            dns.message.make_query(name, type), HOST, port=self.port, timeout=2
+        )
+        records = tuple(sorted(rr.to_text() for rrset in response.answer for rr in rrset))
+        return dns.rcode.to_text(response.rcode()), records
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        self.process.stdout.close()
+
+
+def write_queries(path, count, unknown):
+    """
+    A dnsperf data file over the A and AAAA records of C{count} members;
+    with C{unknown} > 0, every tenth line asks for one of that many
+    distinct names that do not exist.  Returns the number of lines.
+    """
+    known = [f"worker{i}.{ZONE} {t}" for i in range(1, count + 1) for t in ("A", "AAAA")]
+    if not unknown:
+        lines = known
+    else:
+        lines = []
+        for n in range(unknown):
+            lines.extend(known[(n * 9 + k) % len(known)] for k in range(9))
+            lines.append(f"absent{n}.{ZONE} {'A' if n % 2 else 'AAAA'}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return len(lines)
+
+
+_FIELDS = {
+    "lost": re.compile(r"Queries lost:\s+(\d+)"),
+    "qps": re.compile(r"Queries per second:\s+([\d.]+)"),
+    "mean": re.compile(r"Average Latency \(s\):\s+([\d.]+)"),
+}
+_RCODES = re.compile(r"Response codes:\s+(.*)")
+# -v prints one line per answered query, ending in its latency in seconds.
+_VERBOSE = re.compile(rb"^> \S+ .* ([\d.]+)$", re.M)
+
+
+def percentile(values, share):
+    """
+    The nearest-rank percentile of sorted C{values}.
+    """
+    rank = max(1, -(-len(values) * share // 100))
+    return values[int(rank) - 1]
+
+
+def dnsperf(port, datafile, seconds, args, pin, verbose):
+    """
+    Run dnsperf once; with C{verbose}, also read every query's latency for
+    the percentile (dnsperf 2.x has no latency histogram).  Printing a line
+    per query costs dnsperf about a fifth of its rate on a 2-core machine,
+    so queries/s come from runs without it.
+    """
+    command = pin + ["dnsperf", "-s", HOST, "-p", str(port), "-d", datafile]
+    command += ["-l", str(seconds), "-c", str(args.clients), "-t", str(QUERY_TIMEOUT)]
+    if args.max_qps:
+        command += ["-Q", str(args.max_qps)]
+    if verbose:
+        command.append("-v")
+    with tempfile.TemporaryFile() as out:
+        run = subprocess.run(
+            command, stdout=out, stderr=subprocess.PIPE, timeout=seconds + DNSPERF_GRACE
+        )
+        out.seek(0)
+        output = out.read()
+    summary = output[output.rfind(b"Statistics:") :].decode("ascii", "replace")
+    if run.returncode != 0 or "Queries per second" not in summary:
+        raise RuntimeError(
+            f"dnsperf failed ({run.returncode}): {run.stderr.decode(errors='replace')}"
+            f"{summary[-2000:]}"
+        )
+    values = {key: float(pattern.search(summary).group(1)) for key, pattern in _FIELDS.items()}
+    latencies = sorted(float(m) for m in _VERBOSE.findall(output)) if verbose else []
+    rcodes = _RCODES.search(summary)
+    return Result(
+        lost=int(values["lost"]),
+        qps=values["qps"],
+        mean_ms=values["mean"] * 1000,
+        p99_ms=percentile(latencies, 99) * 1000 if latencies else float("nan"),
+        rcodes=rcodes.group(1).strip() if rcodes else "",
+    )
+
+
+def measure(port, datafile, args, pin):
+    """
+    A warm-up, the measured run, then (unless C{--no-latency}) the run that
+    times every query.
+    """
+    if args.warmup:
+        dnsperf(port, datafile, args.warmup, args, pin, verbose=False)
+    result = dnsperf(port, datafile, args.seconds, args, pin, verbose=False)
+    if args.no_latency:
+        return result, None
+    return result, dnsperf(port, datafile, args.seconds, args, pin, verbose=True)
+
+
+def check_same_records(servers, count):
+    """
+    Both servers must give the same answers, or the comparison means
+    nothing.
+    """
+    for name, type in (
+        (f"worker1.{ZONE}", "A"),
+        (f"worker{count}.{ZONE}", "AAAA"),
+        (f"absent1.{ZONE}", "A"),
+    ):
+        seen = {server.kind: server.answers(name, type) for server in servers}
+        if len(set(seen.values())) != 1:
+            raise RuntimeError(f"servers disagree on {name} {type}: {seen}")
+
+
+def pinning(args):
+    """
+    (server prefix, dnsperf prefix, description): the server on the last
+    core, dnsperf on the rest.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if args.no_pin or len(cores) < 2 or not shutil.which("taskset"):
+        return [], [], "none"
+    server_core = str(cores[-1])
+    others = ",".join(str(c) for c in cores[:-1])
+    return (
+        ["taskset", "-c", server_core],
+        ["taskset", "-c", others],
+        f"server on CPU {server_core}, dnsperf on CPU {others} (taskset)",
+    )
+
+
+def fmt_ms(value):
+    return "n/a" if value != value else f"{value:.3f}"
+
+
+def fmt_ratio(a, b):
+    return "n/a" if a != a or b != b else f"x{a / b:.2f}"
+
+
+def report(args, table, pin_text):
+    print()
+    print(f"{'server':<8} {'mix':<7} {'queries/s':>10} {'lost':>6} {'mean ms':>8} "
+          f"{'p99 ms':>8}  response codes")
+    for mix in MIXES:
+        for kind in SERVERS:
+            r = table[kind, mix]
+            print(f"{kind:<8} {mix:<7} {r.qps:>10.0f} {r.lost:>6} {fmt_ms(r.mean_ms):>8} "
+                  f"{fmt_ms(r.p99_ms):>8}  {r.rcodes}")
+    print()
+    ratios = {}
+    for mix in MIXES:
+        idetcd, stock = table["idetcd", mix], table["stock", mix]
+        ratios[mix] = idetcd.qps / stock.qps
+        print(f"ratio idetcd/stock, {mix:<6}: queries/s x{ratios[mix]:.2f}, "
+              f"mean latency {fmt_ratio(idetcd.mean_ms, stock.mean_ms)}, "
+              f"p99 latency {fmt_ratio(idetcd.p99_ms, stock.p99_ms)}")
+    known = table["idetcd", "known"]
+    goals = [
+        (f"idetcd known names >= {GOAL_QPS} queries/s", known.qps >= GOAL_QPS,
+         f"{known.qps:.0f}"),
+        ("idetcd known names: no query lost", known.lost == 0, f"{known.lost} lost"),
+        (f"idetcd >= {GOAL_RATIO:g}x stock, known names", ratios["known"] >= GOAL_RATIO,
+         f"x{ratios['known']:.2f}"),
+    ]
+    print()
+    for text, met, figure in goals:
+        print(f"goal {text}: {'MET' if met else 'NOT MET'} ({figure})")
+    print(f"(pinning: {pin_text}; {args.seconds} s per run, median of {args.repeat}; "
+          f"lost: all runs; p99 from separate dnsperf -v runs; "
+          f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    return all(met for _, met, _ in goals)
+
+
+def bench(args):
+    if not shutil.which("dnsperf"):
+        sys.exit(
+            "dnsperf is not installed.  On Debian/Ubuntu: sudo apt-get install -y dnsperf\n"
+            "(elsewhere: https://www.dns-oarc.net/tools/dnsperf)"
+        )
+    server_pin, dnsperf_pin, pin_text = pinning(args)
+    help_text = subprocess.run(["dnsperf", "-h"], capture_output=True, text=True)
+    version = re.search(r"Version (\S+)", help_text.stdout + help_text.stderr)
+    import twisted
+
+    print(f"dnsperf {version.group(1) if version else '?'}, "
+          f"Python {platform.python_version()}, Twisted {twisted.__version__}, "
+          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"pinning: {pin_text}; dnsperf -c {args.clients}"
+          f"{f' -Q {args.max_qps}' if args.max_qps else ''}; {args.members} members in {ZONE}")
+    runs = len(SERVERS) * len(MIXES) * args.repeat
+    latency_seconds = 0 if args.no_latency else args.seconds
+    lifetime = (
+        runs * (args.warmup + args.seconds + latency_seconds + 3 * QUERY_TIMEOUT + 5)
+        + LIFETIME_MARGIN
+    )
+    with tempfile.TemporaryDirectory(prefix="idetcd-bench-") as workdir:
+        files = {}
+        for mix, unknown in zip(MIXES, (0, args.unknown_names)):
+            files[mix] = os.path.join(workdir, mix.replace("/", "-") + ".queries")
+            lines = write_queries(files[mix], args.members, unknown)
+            print(f"query file {mix}: {lines} lines, {unknown} distinct unknown names")
+        servers = []
+        try:
+            for kind in SERVERS:
+                servers.append(
+                    Server.start(kind, args.members, lifetime, server_pin, workdir)
+                )
+            check_same_records(servers, args.members)
+            plain, verbose = {}, {}
+            for repeat in range(args.repeat):
+                for mix in MIXES:
+                    for server in servers:
+                        key = (server.kind, mix)
+                        result, timed = measure(server.port, files[mix], args, dnsperf_pin)
+                        plain.setdefault(key, []).append(result)
+                        line = (f"  run {repeat + 1}/{args.repeat} {server.kind:<6} {mix:<6} "
+                                f"{result.qps:8.0f} q/s, {result.lost} lost, "
+                                f"mean {fmt_ms(result.mean_ms)} ms")
+                        if timed is not None:
+                            verbose.setdefault(key, []).append(timed)
+                            line += (f"; with -v {timed.qps:.0f} q/s, {timed.lost} lost, "
+                                     f"p99 {fmt_ms(timed.p99_ms)} ms")
+                        print(line, flush=True)
+        finally:
+            for server in servers:
+                server.stop()
+    table = {key: Row.of(results, verbose.get(key, [])) for key, results in plain.items()}
+    return 0 if report(args, table, pin_text) else 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    server = sub.add_parser("serve", help="run one server (used by the harness)")
+    server.add_argument("kind", choices=SERVERS)
+    server.add_argument("--members", type=int, default=50)
+    server.add_argument("--lifetime", type=float, required=True)
+    parser.add_argument("--seconds", type=int, default=10, help="length of a measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up before each run (s)")
+    parser.add_argument("--repeat", type=int, default=1, help="take the median of N runs")
+    parser.add_argument("--members", type=int, default=50, help="names in the zone")
+    parser.add_argument("--clients", type=int, default=20, help="dnsperf -c")
+    parser.add_argument("--max-qps", type=int, default=0, help="dnsperf -Q (0: no limit)")
+    parser.add_argument(
+        "--unknown-names", type=int, default=UNKNOWN_NAMES,
+        help="distinct unknown names in the 90/10 mix (default: twice idetcd's cache)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--no-latency", action="store_true",
+        help="skip the dnsperf -v runs that give the p99 latency",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.kind, args.members, args.lifetime)
+    for name in ("seconds", "repeat", "members", "clients", "unknown_names"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or args.max_qps < 0:
+        parser.error("--warmup and --max-qps cannot be negative")
+    if args.members > 65535:
+        parser.error("--members must be at most 65535")
+    return bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
