@@ -6,8 +6,10 @@ data in the test's temporary directory.
 import os
 
 from twisted.internet import defer, reactor
+from twisted.trial import unittest
 
 from idetcd.embedded import EtcdProcess, free_port
+from idetcd.etcd import EtcdClient
 
 
 @defer.inlineCallbacks
@@ -54,3 +56,21 @@ def restart(etcd, sig=9):
     yield etcd.kill(sig)
     etcd.running = 0
     yield etcd.startService()
+
+
+class EtcdTestCase(unittest.TestCase):
+    """
+    A test with an etcd server of its own, C{etcd}, and a client to it.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.etcd = yield start_etcd(self)
+        self.client = self.make_client([self.etcd.client_url])
+
+    def make_client(self, endpoints):
+        client = EtcdClient(endpoints, reactor, timeout=2.0)
+        self.addCleanup(client.close)
+        return client

@@ -9,7 +9,6 @@ from twisted.trial import unittest
 
 from idetcd.claimer import Claimer, SlotsExhausted
 from idetcd.etcd import (
-    EtcdClient,
     EtcdUnavailable,
     KeyValue,
     LeaseNotFound,
@@ -19,7 +18,7 @@ from idetcd.etcd import (
 from idetcd.members import Member
 from idetcd.pattern import Pattern
 from idetcd.registry import Registry
-from tests.etcdserver import start_etcd
+from tests.etcdserver import EtcdTestCase
 from tests.test_etcd import sleep, wait_for
 
 PREFIX = b"/idetcd/"
@@ -30,14 +29,7 @@ def identity(node, address="127.0.0.1"):
     return Member(name="", ipv4=(address,), port="53", node=node)
 
 
-class ClaimerTests(unittest.TestCase):
-    timeout = 60
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.etcd = yield start_etcd(self)
-        self.client = EtcdClient([self.etcd.client_url], reactor, timeout=2.0)
-        self.addCleanup(self.client.close)
+class ClaimerTests(EtcdTestCase):
 
     def claimer(self, node, limit=5, lease_ttl=3, **kwargs):
         claimer = Claimer(

@@ -18,7 +18,7 @@ from idetcd.etcd import (
     _WatchStream,
     prefix_range_end,
 )
-from tests.etcdserver import restart, start_etcd
+from tests.etcdserver import EtcdTestCase, restart
 
 PREFIX = b"/idetcd/"
 
@@ -67,18 +67,7 @@ class WatchStreamTests(unittest.TestCase):
         self.assertEqual(lines, [one, two])
 
 
-class EtcdClientTests(unittest.TestCase):
-    timeout = 60
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.etcd = yield start_etcd(self)
-        self.client = self.make_client([self.etcd.client_url])
-
-    def make_client(self, endpoints):
-        client = EtcdClient(endpoints, reactor, timeout=2.0)
-        self.addCleanup(client.close)
-        return client
+class EtcdClientTests(EtcdTestCase):
 
     @defer.inlineCallbacks
     def test_put_and_range(self):

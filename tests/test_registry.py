@@ -6,12 +6,11 @@ import shutil
 
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
-from twisted.trial import unittest
 
-from idetcd.etcd import EtcdClient, prefix_range_end
+from idetcd.etcd import prefix_range_end
 from idetcd.members import Member
 from idetcd.registry import Registry
-from tests.etcdserver import restart, start_etcd
+from tests.etcdserver import EtcdTestCase, restart
 from tests.proxy import CuttableProxy
 from tests.test_etcd import wait_for
 
@@ -22,14 +21,10 @@ def value(ipv4="10.0.0.1", ipv6="", node="n"):
     return Member(name="", ipv4=(ipv4,) if ipv4 else (), ipv6=(ipv6,) if ipv6 else (), node=node).to_value()
 
 
-class RegistryTests(unittest.TestCase):
-    timeout = 60
-
+class RegistryTests(EtcdTestCase):
     @defer.inlineCallbacks
     def setUp(self):
-        self.etcd = yield start_etcd(self)
-        self.client = EtcdClient([self.etcd.client_url], reactor, timeout=2.0)
-        self.addCleanup(self.client.close)
+        yield EtcdTestCase.setUp(self)
         self.warnings = []
 
         def observe(event):
@@ -162,8 +157,7 @@ class RegistryTests(unittest.TestCase):
         proxy = CuttableProxy(self.etcd.client_port)
         proxy.start()
         self.addCleanup(proxy.close)
-        client = EtcdClient([proxy.url], reactor, timeout=2.0)
-        self.addCleanup(client.close)
+        client = self.make_client([proxy.url])
         yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
         registry = Registry(client, PREFIX, reactor)
         registry.startService()
