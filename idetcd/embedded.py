@@ -54,13 +54,26 @@ def find_etcd():
     )
 
 
+def free_ports(count, host="127.0.0.1"):
+    """
+    C{count} distinct TCP ports nobody listens on right now (held open
+    together while chosen, so the kernel cannot hand one out twice).
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port(host="127.0.0.1"):
     """
     A TCP port nobody listens on right now.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 # Runs etcd in a session of its own, so a Ctrl-C at the terminal reaches
@@ -109,14 +122,23 @@ class EtcdProcess(Service):
 
     reactor = attr.ib()
     data_dir = attr.ib()
-    client_port = attr.ib(factory=free_port)
-    peer_port = attr.ib(factory=free_port)
+    client_port = attr.ib(default=None)
+    peer_port = attr.ib(default=None)
     member = attr.ib(default="idetcd")
     initial_cluster = attr.ib(default=None)
     binary = attr.ib(factory=find_etcd)
     start_timeout = attr.ib(default=30.0)
     _process = attr.ib(default=None, init=False)
     _protocol = attr.ib(default=None, init=False)
+    _ports_chosen = attr.ib(default=False, init=False)
+
+    def __attrs_post_init__(self):
+        self._ports_chosen = self.client_port is None and self.peer_port is None
+        client, peer = free_ports(2)
+        if self.client_port is None:
+            self.client_port = client
+        if self.peer_port is None:
+            self.peer_port = peer
 
     @property
     def client_url(self):
@@ -145,6 +167,18 @@ class EtcdProcess(Service):
     def startService(self):
         Service.startService(self)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        for attempt in range(3):
+            try:
+                yield self._spawn()
+                return
+            except RuntimeError as e:
+                # Another process took a port between choosing and binding.
+                if not (self._ports_chosen and "address already in use" in str(e) and attempt < 2):
+                    raise
+                log.info("etcd ports were taken; trying others")
+                self.client_port, self.peer_port = free_ports(2)
+
+    def _spawn(self):
         self._protocol = _EtcdProtocol(self.member, keep=50)
         self._process = self.reactor.spawnProcess(
             self._protocol,
@@ -159,7 +193,7 @@ class EtcdProcess(Service):
             url=self.client_url,
             data_dir=self.data_dir,
         )
-        yield self.wait_healthy()
+        return self.wait_healthy()
 
     @defer.inlineCallbacks
     def wait_healthy(self):

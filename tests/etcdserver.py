@@ -8,7 +8,7 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.embedded import EtcdProcess, free_port
+from idetcd.embedded import EtcdProcess, free_ports
 from idetcd.etcd import EtcdClient
 
 
@@ -29,12 +29,15 @@ def start_etcd_cluster(case, size=3):
     Start a C{size}-member etcd cluster for C{case}.
     """
     names = [f"m{i}" for i in range(size)]
-    peers = {name: free_port() for name in names}
+    ports = free_ports(2 * size)
+    peers = dict(zip(names, ports[size:]))
+    clients = dict(zip(names, ports[:size]))
     cluster = ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in peers.items())
     members = [
         EtcdProcess(
             reactor,
             os.path.abspath(case.mktemp()),
+            client_port=clients[name],
             peer_port=peers[name],
             member=name,
             initial_cluster=cluster,
