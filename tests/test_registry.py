@@ -184,12 +184,12 @@ class RegistryTests(EtcdTestCase):
             yield self.client.put(PREFIX + f"worker{i}.tf.local.".encode(), value(f"10.0.0.{i}"))
         registry = yield self.start()
         self.assertEqual(len(registry.members), 5)
+        before = registry.revision
         yield self.etcd.kill()
         shutil.rmtree(self.etcd.data_dir)
         self.etcd.running = 0
         yield self.etcd.startService()
         yield self.client.put(PREFIX + b"fresh.tf.local.", value("10.0.0.99"))
-        before = registry.revision
         yield wait_for(lambda: list(registry.members) == ["fresh.tf.local."], timeout=15)
         self.assertGreater(registry.revision, before)
 
