@@ -39,7 +39,6 @@ class Registry(Service):
     _names = attr.ib(factory=dict, init=False)  # key -> name
     _bad = attr.ib(factory=dict, init=False)  # key -> mod_revision logged
     _subscribers = attr.ib(factory=list, init=False)
-    _waiting = attr.ib(factory=list, init=False)
     _ready = attr.ib(default=False, init=False)
     _watch = attr.ib(default=None, init=False)
     _loading = attr.ib(default=None, init=False)
@@ -57,22 +56,21 @@ class Registry(Service):
         """
         Fires once the first full read has been applied.
         """
-        if self._ready:
-            return defer.succeed(self)
-        d = defer.Deferred()
-        self._waiting.append(d)
-        return d
+        return self._when(lambda: self._ready)
 
     def when_caught_up(self, revision):
         """
         Fires once every change up to C{revision} has been applied.
         """
-        if self.revision >= revision:
+        return self._when(lambda: self._ready and self.revision >= revision)
+
+    def _when(self, condition):
+        if condition():
             return defer.succeed(self)
         d = defer.Deferred()
 
         def check():
-            if self.revision >= revision and not d.called:
+            if condition() and not d.called:
                 unsubscribe()
                 d.callback(self)
 
@@ -136,15 +134,12 @@ class Registry(Service):
             prefix=self.prefix.decode("utf-8", "replace"),
             revision=revision,
         )
-        self._changed()
+        # Watch before telling subscribers, who may stop this registry.
         self._watch = self.client.watch(
             self.prefix, prefix_range_end(self.prefix), revision + 1, self._events
         )
         self._watch.done.addErrback(self._watch_failed)
-        if self._waiting:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(self)
+        self._changed()
 
     def _watch_failed(self, failure):
         failure.trap(ResyncNeeded)
