@@ -3,13 +3,27 @@ Claims this node's name and holds it.
 
 The claim is one etcd transaction per slot tried ("create only if absent"),
 so of any number of racing nodes exactly one gets a slot.  The key lives on
-a lease kept alive every third of its TTL.  The claimer stops calling the
-name its own at the moment the lease could have expired in etcd (the send
-time of the last successful keepalive plus the TTL), before any other node
-can take it, and then claims again, trying its old slot first.
+a lease that L{LeaseKeeper} keeps alive from the moment it is granted, for
+as long as the claim takes and the name is held.
+
+A name belongs to a lease, not to a node identity: this node takes over an
+existing key only when it is on the lease this node's own previous
+incarnation held and that incarnation provably ended (see
+L{idetcd.service.NodeState}).  A key carrying this node's identity that it
+cannot prove its own is watched until its lease expires; if the lease is
+renewed instead, another live node shares the identity, and this node takes
+a fresh one.
+
+The claimer is a state machine: idle, claiming, waiting (every slot taken),
+holding, unsure (the lease's local deadline passed: the name is not called
+ours until etcd confirms the same lease still holds the same key), failed
+and stopped.  Every input is handled in every state.
 """
 
+import uuid
+
 import attr
+from automat import MethodicalMachine
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -17,9 +31,13 @@ from twisted.logger import Logger
 
 from idetcd.backoff import Backoff
 from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, prefix_range_end
+from idetcd.lease import LeaseKeeper
 from idetcd.members import Member
 
 log = Logger()
+
+#: How often a key whose lease might belong to a live twin is looked at.
+PROBE_INTERVAL = 1.0
 
 
 class SlotsExhausted(Exception):
@@ -35,9 +53,11 @@ class Claimer(Service):
     announcing C{identity} (a L{Member} whose name is ignored).
 
     C{preferred} names a slot to try first, such as the one held before a
-    restart; if a key of C{identity.node} (a crashed predecessor's) still
-    holds it, it is taken over at once.  C{on_claimed(name)} is called on
-    every claim, the first and those after a lost lease.
+    restart.  C{predecessor_lease} is the lease this node's previous
+    incarnation held, given only when that incarnation is known to have
+    ended: a key on it is taken over at once.  C{on_claimed(name, lease)}
+    is called on every claim, the first and those after a lost lease;
+    C{on_identity(node)} when this node had to take a fresh identity.
     """
 
     client = attr.ib()
@@ -49,36 +69,68 @@ class Claimer(Service):
     reactor = attr.ib()
     wait = attr.ib(default=False)
     preferred = attr.ib(default=None)
+    predecessor_lease = attr.ib(default=None)
     registry = attr.ib(default=None)
     on_claimed = attr.ib(default=None)
+    on_identity = attr.ib(default=None)
     backoff = attr.ib(factory=Backoff)
-    name = attr.ib(default=None, init=False)
-    lease = attr.ib(default=None, init=False)
     #: The etcd revision at which the name held now was won.
     claim_revision = attr.ib(default=0, init=False)
+    _name = attr.ib(default=None, init=False)
+    _holding = attr.ib(default=False, init=False)
+    _held_before = attr.ib(default=False, init=False)
+    _failure = attr.ib(default=None, init=False)
     _waiters = attr.ib(factory=list, init=False)
     _task = attr.ib(default=None, init=False)
-    _keepalive_call = attr.ib(default=None, init=False)
-    _keepalive_request = attr.ib(default=None, init=False)
-    _expiry = attr.ib(default=None, init=False)
+    _verifying = attr.ib(default=None, init=False)
+    _wake_call = attr.ib(default=None, init=False)
     _unsubscribe = attr.ib(default=None, init=False)
-    _wake = attr.ib(default=None, init=False)
-    _reclaiming = attr.ib(default=False, init=False)
+    _keeper = attr.ib(init=False)
     _names = attr.ib(init=False)
     _slots = attr.ib(init=False)
-    _claim_lease = attr.ib(default=None, init=False)
+
+    _machine = MethodicalMachine()
 
     def __attrs_post_init__(self):
         # Rendered once: a large limit makes this the costly part of a claim.
         self._names = [self.pattern.render(slot) for slot in range(1, self.limit + 1)]
         self._slots = {name: slot for slot, name in enumerate(self._names, 1)}
+        self._keeper = LeaseKeeper(
+            self.client,
+            self.lease_ttl,
+            self.reactor,
+            on_expired=self.lease_expired,
+            on_renewed=self.lease_renewed,
+            on_gone=self.lease_gone,
+        )
+
+    # What the rest of the node reads.
+
+    @property
+    def held_name(self):
+        """
+        The name this node holds now, on a lease that surely still exists in
+        etcd; C{None} otherwise.  Checked against the clock on every read,
+        so a process that was frozen past its deadline never reports a name
+        that etcd may have given to another node.
+        """
+        if self._holding and self._keeper.alive:
+            return self._name
+        return None
+
+    @property
+    def lease(self):
+        """
+        The lease of the name held now, or C{None}.
+        """
+        return self._keeper.lease if self.held_name is not None else None
 
     @property
     def slot(self):
         """
         The slot number of the name held now, or C{None}.
         """
-        return self._slots.get(self.name)
+        return self._slots.get(self.held_name)
 
     def when_claimed(self):
         """
@@ -86,8 +138,10 @@ class Claimer(Service):
         fails with L{SlotsExhausted} when every slot is taken and C{wait} is
         off.
         """
-        if self.name is not None:
-            return defer.succeed(self.name)
+        if self.held_name is not None:
+            return defer.succeed(self._name)
+        if self._failure is not None:
+            return defer.fail(self._failure)
         d = defer.Deferred()
         self._waiters.append(d)
         return d
@@ -96,105 +150,439 @@ class Claimer(Service):
         Service.startService(self)
         if self.registry is not None:
             self._unsubscribe = self.registry.subscribe(self._registry_changed)
-        self._start_claim()
+        self.start()
 
     def stopService(self):
+        """
+        Give the name back (revoke the lease, which deletes its key) and
+        stop; fires once etcd has done so or could not be reached.
+        """
         Service.stopService(self)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        self._stop_timers()
-        if self._task is not None:
-            self._task.cancel()
-        for d in self._waiters:
-            d.cancel()
-        self._waiters = []
-        # Stopped mid-claim, the claim's lease may already hold a key.
-        name = self.name or "the name being claimed"
-        lease = self.lease or self._claim_lease
-        self.name = self.lease = self._claim_lease = None
-        if lease is None:
-            return defer.succeed(None)
-        d = self.client.lease_revoke(lease)
-        d.addCallbacks(
-            lambda _: log.info("released {name} (lease {lease:x} revoked)", name=name, lease=lease),
-            lambda f: log.warn(
-                "could not revoke lease {lease:x} of {name}: {error}; it expires by itself",
-                lease=lease,
-                name=name,
-                error=f.getErrorMessage(),
-            ),
+        waiting = [d for d in self.stop() if isinstance(d, defer.Deferred)]
+        return defer.gatherResults(waiting).addCallback(lambda _: None)
+
+    # States.
+
+    @_machine.state(initial=True)
+    def idle(self):
+        "Not started."
+
+    @_machine.state()
+    def claiming(self):
+        "Looking for a slot; the lease, once granted, is kept alive."
+
+    @_machine.state()
+    def waiting(self):
+        "Every slot was taken; no lease is held until one looks free."
+
+    @_machine.state()
+    def holding(self):
+        "The name is ours and its lease is kept alive."
+
+    @_machine.state()
+    def unsure(self):
+        "The lease's deadline passed: the name is not ours until confirmed."
+
+    @_machine.state()
+    def failed(self):
+        "Every slot was taken at start and waiting is off."
+
+    @_machine.state()
+    def stopped(self):
+        "Stopped; the lease was revoked."
+
+    # Inputs.
+
+    @_machine.input()
+    def start(self):
+        "The service started."
+
+    @_machine.input()
+    def stop(self):
+        "The service stops."
+
+    @_machine.input()
+    def won(self, name, revision):
+        "The claim won C{name} on a lease that is surely alive."
+
+    @_machine.input()
+    def won_unsure(self, name, revision):
+        "The claim won C{name}, but the lease's deadline passed meanwhile."
+
+    @_machine.input()
+    def no_slot(self):
+        "Every slot is taken, and this node may not wait."
+
+    @_machine.input()
+    def no_slot_wait(self):
+        "Every slot is taken, and this node waits for one."
+
+    @_machine.input()
+    def wake(self):
+        "Time to look for a free slot again."
+
+    @_machine.input()
+    def lease_expired(self):
+        "The lease's local deadline passed with no renewal."
+
+    @_machine.input()
+    def lease_renewed(self):
+        "A keepalive succeeded after the deadline had passed."
+
+    @_machine.input()
+    def lease_gone(self):
+        "etcd says the lease does not exist."
+
+    @_machine.input()
+    def key_lost(self):
+        "The registry shows the key deleted or on another lease."
+
+    @_machine.input()
+    def key_confirmed(self):
+        "etcd says the lease still holds the name's key."
+
+    @_machine.input()
+    def key_missing(self):
+        "etcd says the lease no longer holds the name's key."
+
+    # Outputs.
+
+    @_machine.output()
+    def _begin_claim(self):
+        self._start_task()
+
+    @_machine.output()
+    def _restart_claim(self):
+        self._cancel_task()
+        self._start_task()
+
+    @_machine.output()
+    def _abandon_claim(self):
+        self._cancel_task()
+
+    @_machine.output()
+    def _announce(self, name, revision):
+        self._name, self.claim_revision = name, revision
+        self._holding = self._held_before = True
+        self.preferred = name
+        log.info(
+            "claimed {name} (slot {slot}) with lease {lease:x} (TTL {ttl}s)",
+            name=name,
+            slot=self._slots[name],
+            lease=self._keeper.lease,
+            ttl=self.lease_ttl,
         )
+        if self.on_claimed is not None:
+            self.on_claimed(name, self._keeper.lease)
+        self._fire_waiters(name)
+
+    @_machine.output()
+    def _hold_unconfirmed(self, name, revision):
+        self._name, self.claim_revision = name, revision
+        log.warn(
+            "won {name}, but lease {lease:x} may have expired meanwhile; confirming with etcd",
+            name=name,
+            lease=self._keeper.lease,
+        )
+
+    @_machine.output()
+    def _reconfirm(self):
+        self._holding = True
+        log.info(
+            "still holding {name}: etcd confirmed lease {lease:x} and its key",
+            name=self._name,
+            lease=self._keeper.lease,
+        )
+        if self.on_claimed is not None:
+            self.on_claimed(self._name, self._keeper.lease)
+        self._fire_waiters(self._name)
+
+    @_machine.output()
+    def _suspend(self):
+        self._holding = False
+        log.warn(
+            "lease of {name} not renewed in time: not answering as {name} until etcd confirms it",
+            name=self._name,
+        )
+
+    @_machine.output()
+    def _lose_to_lease(self):
+        self._lose("its lease is gone from etcd")
+
+    @_machine.output()
+    def _lose_to_key(self):
+        self._lose("its key was deleted or taken over in etcd")
+
+    @_machine.output()
+    def _verify(self):
+        self._cancel_verify()
+        lease = self._keeper.lease
+        d = self._verifying = self.client.lease_time_to_live(
+            lease, keys=True, timeout=self._keeper.request_timeout
+        )
+        d.addCallbacks(self._verified, self._verify_failed, callbackArgs=(d,), errbackArgs=(d,))
+
+    @_machine.output()
+    def _stop_verifying(self):
+        self._cancel_verify()
+
+    @_machine.output()
+    def _fail(self):
+        self._failure = SlotsExhausted(
+            f"all {self.limit} slots of pattern {self.pattern.text!r} are taken "
+            "(raise 'limit', or set 'wait' to wait for a free slot)"
+        )
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(self._failure)
+
+    @_machine.output()
+    def _drop_lease(self):
+        # The lease holds nothing: do not keep an empty lease while waiting.
+        self._keeper.revoke()
+
+    @_machine.output()
+    def _sleep(self):
+        log.info(
+            "all {limit} slots of {pattern!r} are taken; waiting for one to free",
+            limit=self.limit,
+            pattern=self.pattern.text,
+        )
+        self._schedule_wake(max(1.0, self.lease_ttl / 3))
+
+    @_machine.output()
+    def _stop_sleeping(self):
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        self._wake_call = None
+
+    @_machine.output()
+    def _cancel_waiters(self):
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.cancel()
+
+    @_machine.output()
+    def _release(self):
+        name = self._name or "the name being claimed"
+        lease = self._keeper.lease
+        self._holding = False
+        self._name = None
+        d = self._keeper.revoke()
+        if lease is not None:
+            d.addCallback(
+                lambda _: log.info("released {name} (lease {lease:x} revoked)", name=name, lease=lease)
+            )
         return d
 
-    def _stop_timers(self):
-        for call in (self._keepalive_call, self._expiry):
-            if call is not None and call.active():
-                call.cancel()
-        self._keepalive_call = self._expiry = None
-        if self._keepalive_request is not None:
-            self._keepalive_request.cancel()
-            self._keepalive_request = None
+    # Transitions: every input in every state.
 
-    def _start_claim(self):
+    _every_input = (
+        start, stop, won, won_unsure, no_slot, no_slot_wait, wake,
+        lease_expired, lease_renewed, lease_gone, key_lost, key_confirmed, key_missing,
+    )
+
+    idle.upon(start, enter=claiming, outputs=[_begin_claim])
+    idle.upon(stop, enter=stopped, outputs=[])
+
+    claiming.upon(stop, enter=stopped, outputs=[_abandon_claim, _cancel_waiters, _release])
+    claiming.upon(won, enter=holding, outputs=[_announce])
+    claiming.upon(won_unsure, enter=unsure, outputs=[_hold_unconfirmed])
+    claiming.upon(no_slot, enter=failed, outputs=[_drop_lease, _fail])
+    claiming.upon(no_slot_wait, enter=waiting, outputs=[_drop_lease, _sleep])
+    # A new lease is needed; the claim starts over with it.
+    claiming.upon(lease_gone, enter=claiming, outputs=[_restart_claim])
+
+    waiting.upon(stop, enter=stopped, outputs=[_stop_sleeping, _cancel_waiters])
+    waiting.upon(wake, enter=claiming, outputs=[_begin_claim])
+
+    holding.upon(stop, enter=stopped, outputs=[_release])
+    holding.upon(lease_expired, enter=unsure, outputs=[_suspend])
+    holding.upon(lease_gone, enter=claiming, outputs=[_lose_to_lease, _begin_claim])
+    # The lease is fine: the claim goes on with it.
+    holding.upon(key_lost, enter=claiming, outputs=[_lose_to_key, _begin_claim])
+
+    unsure.upon(stop, enter=stopped, outputs=[_stop_verifying, _release])
+    unsure.upon(lease_renewed, enter=unsure, outputs=[_verify])
+    unsure.upon(key_confirmed, enter=holding, outputs=[_reconfirm])
+    unsure.upon(key_missing, enter=claiming, outputs=[_lose_to_key, _begin_claim])
+    unsure.upon(lease_gone, enter=claiming, outputs=[_stop_verifying, _lose_to_lease, _begin_claim])
+
+    failed.upon(stop, enter=stopped, outputs=[])
+
+    stopped.upon(start, enter=claiming, outputs=[_begin_claim])
+
+    # Everything else is news that does not apply in that state: a late
+    # reply, a change that was already acted on, a second start or stop.
+    for _state in (idle, claiming, waiting, holding, unsure, failed, stopped):
+        for _input in _every_input:
+            try:
+                _state.upon(_input, enter=_state, outputs=[])
+            except ValueError:
+                pass  # already given a transition above
+    del _state, _input, _every_input
+
+    # The work behind the outputs.
+
+    def _fire_waiters(self, name):
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(name)
+
+    def _lose(self, why):
+        log.warn("no longer holding {name}: {why}; claiming again", name=self._name, why=why)
+        self._holding = False
+        self._name = None
+
+    def _start_task(self):
+        self._failure = None
         self._task = self._claim()
-        self._task.addCallbacks(self._claimed, self._claim_failed)
+        self._task.addCallbacks(self._claim_done, self._claim_failed)
+
+    def _cancel_task(self):
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
+    def _cancel_verify(self):
+        verifying, self._verifying = self._verifying, None
+        if verifying is not None:
+            verifying.cancel()
+
+    def _schedule_wake(self, delay):
+        if self._wake_call is None or not self._wake_call.active():
+            self._wake_call = self.reactor.callLater(delay, self._woken)
+
+    def _woken(self):
+        self._wake_call = None
+        self.wake()
+
+    def _verified(self, info, d):
+        if d is not self._verifying:
+            return
+        self._verifying = None
+        if self._key(self._name) in info.keys:
+            self.key_confirmed()
+        else:
+            self.key_missing()
+
+    def _verify_failed(self, failure, d):
+        if d is not self._verifying:
+            return
+        self._verifying = None
+        if failure.check(defer.CancelledError):
+            return
+        if failure.check(LeaseNotFound):
+            self.lease_gone()
+            return
+        # etcd answered the keepalive but not this: ask again shortly.
+        self._verifying = deferLater(self.reactor, 1.0, lambda: None)
+        self._verifying.addCallback(lambda _: self.lease_renewed())
+        self._verifying.addErrback(lambda f: f.trap(defer.CancelledError))
+
+    def _registry_changed(self):
+        registry = self.registry
+        if self._wake_call is not None and any(n not in registry.members for n in self._names):
+            # Waiting, and a slot looks free: look now, not at the next tick.
+            self._wake_call.cancel()
+            self._wake_call = None
+            self.wake()
+            return
+        if not self._holding or registry.revision < self.claim_revision:
+            return
+        member = registry.members.get(self._name)
+        if member is None or member.lease != self._keeper.lease:
+            self.key_lost()
+
+    # The claim.
+
+    def _claim_done(self, result):
+        self._task = None
+        if result is None:
+            if self.wait or self._held_before:
+                self.no_slot_wait()
+            else:
+                self.no_slot()
+        elif self._keeper.alive:
+            self.won(*result)
+        else:
+            self.won_unsure(*result)
+
+    def _claim_failed(self, failure):
+        self._task = None
+        failure.trap(defer.CancelledError)
 
     @defer.inlineCallbacks
     def _claim(self):
-        lease = None
+        """
+        Win a slot: returns C{(name, revision)}, or C{None} when every slot
+        is taken.  etcd trouble is retried with backoff; after a failed try
+        whose transaction may have gone through, the lease is first asked
+        which key it holds already, so a lost reply never makes a second.
+        """
+        maybe_won = False
         while True:
-            sent = self.reactor.seconds()
             try:
+                lease = self._keeper.lease
                 if lease is None:
-                    lease, ttl = yield self.client.lease_grant(self.lease_ttl)
-                    self._claim_lease = lease
-                else:
-                    ttl = yield self.client.lease_keepalive(lease)
-                name, revision = yield self._take_slot(lease)
+                    lease = yield self._keeper.grant()
+                elif maybe_won:
+                    held = yield self._already_held(lease)
+                    if held is not None:
+                        return held
+                result = yield self._take_slot(lease)
             except defer.CancelledError:
                 raise
+            except LeaseNotFound:
+                # The lease expired or was revoked: a new one holds nothing.
+                self._keeper.drop()
+                maybe_won = False
+                error = "the claim's lease is gone"
             except Exception as e:
-                if isinstance(e, LeaseNotFound):
-                    lease = self._claim_lease = None
-                delay = self.backoff.next()
-                log.warn(
-                    "cannot claim a name yet ({error}); retrying in {delay:.2f}s",
-                    error=str(e) if isinstance(e, (EtcdUnavailable, EtcdError)) else repr(e),
-                    delay=delay,
-                )
-                yield deferLater(self.reactor, delay, lambda: None)
-                continue
-            if name is not None:
+                maybe_won = True
+                if isinstance(e, (EtcdUnavailable, EtcdError, defer.TimeoutError)):
+                    error = str(e)
+                else:
+                    log.failure("unexpected error while claiming")
+                    error = repr(e)
+            else:
                 self.backoff.reset()
-                return name, lease, revision, sent + ttl, ttl
-            if not (self.wait or self._reclaiming):
-                self._claim_lease = None
-                yield self.client.lease_revoke(lease).addErrback(lambda _: None)
-                raise SlotsExhausted(
-                    f"all {self.limit} slots of pattern {self.pattern.text!r} are taken "
-                    "(raise 'limit', or set 'wait' to wait for a free slot)"
-                )
-            log.info(
-                "all {limit} slots of {pattern!r} are taken; waiting for one to free",
-                limit=self.limit,
-                pattern=self.pattern.text,
+                return result
+            delay = self.backoff.next()
+            log.warn(
+                "cannot claim a name yet ({error}); retrying in {delay:.2f}s",
+                error=error,
+                delay=delay,
             )
-            # A registry change wakes us early; the lease is refreshed on the way round.
-            self._wake = defer.Deferred()
-            timer = self.reactor.callLater(max(1.0, self.lease_ttl / 3), self._wake.callback, None)
-            try:
-                yield self._wake
-            finally:
-                if timer.active():
-                    timer.cancel()
-                self._wake = None
+            yield deferLater(self.reactor, delay, lambda: None)
+
+    @defer.inlineCallbacks
+    def _already_held(self, lease):
+        """
+        The slot C{lease} holds already, as C{(name, revision)}, or C{None};
+        if it holds several (a lost reply, then another try), the best is
+        kept and the others are deleted.
+        """
+        info = yield self.client.lease_time_to_live(lease, keys=True)
+        names = sorted(
+            (name for name in (self._name_of(key) for key in info.keys) if name is not None),
+            key=lambda name: (name != self.preferred, self._slots[name]),
+        )
+        if not names:
+            return None
+        for extra in names[1:]:
+            log.warn("lease {lease:x} also held {name}: deleting it", lease=lease, name=extra)
+            yield self.client.delete_on_lease(self._key(extra), lease)
+        return names[0], info.revision
 
     @defer.inlineCallbacks
     def _take_slot(self, lease):
         """
         Try free slots, best first, each in its own transaction; returns the
-        name won and the revision it was won at, or C{(None, 0)}.
+        name won and the revision it was won at, or C{None}.
 
         A lost race returns a fresh view of every slot in the same
         transaction, so the next try goes straight to a slot that was free
@@ -202,10 +590,11 @@ class Claimer(Service):
         """
         end = prefix_range_end(self.prefix)
         kvs, _ = yield self.client.range(self.prefix, end)
+        holders = {kv.key: kv for kv in kvs}
         for _ in range(2 * self.limit + 2):
-            name, existing = self._best_slot({kv.key: kv for kv in kvs}, lease)
+            name, existing = yield self._best_slot(holders, lease)
             if name is None:
-                return None, 0
+                return None
             if existing is not None and existing.lease == lease:
                 # Won by an earlier try whose reply was lost.
                 return name, existing.mod_revision
@@ -215,129 +604,103 @@ class Claimer(Service):
             )
             if result.succeeded:
                 if existing is not None and existing.lease:
-                    # Our crashed predecessor's lease: it holds nothing else.
+                    # Our own ended incarnation's lease: it holds nothing else.
                     yield self.client.lease_revoke(existing.lease).addErrback(lambda _: None)
                 return name, result.revision
             log.debug("lost the race for {name}", name=name)
-            kvs = result.kvs
-        return None, 0
+            holders = {kv.key: kv for kv in result.kvs}
+        return None
 
+    @defer.inlineCallbacks
     def _best_slot(self, holders, lease):
         """
         The slot to try next and the key now holding it, if any: the
-        preferred slot when free or still held by this node's crashed
-        predecessor, else the lowest free one.
+        preferred slot when free or held by this node's ended incarnation,
+        else the lowest free one.
         """
-        if self.preferred in self._slots:
-            kv = holders.get(self._key(self.preferred))
-            if kv is None or kv.lease == lease or self._is_mine(kv):
-                return self.preferred, kv
+        preferred = self.preferred
+        while preferred in self._slots:
+            kv = holders.get(self._key(preferred))
+            if kv is None or kv.lease == lease:
+                return preferred, kv
+            if not kv.lease or not self._carries_identity(kv):
+                break
+            if kv.lease == self.predecessor_lease:
+                return preferred, kv
+            # Ours by identity, but not provably: wait for its lease to end,
+            # unless someone keeps it alive.
+            kv = yield self._probe(kv)
+            if kv is not None:
+                self._take_fresh_identity(kv)
+                break
+            kvs, _ = yield self.client.range(self._key(preferred))
+            holders = dict(holders)
+            holders.pop(self._key(preferred), None)
+            holders.update((kv.key, kv) for kv in kvs)
         for name in self._names:
             kv = holders.get(self._key(name))
             if kv is None or kv.lease == lease:
                 return name, kv
         return None, None
 
-    def _key(self, name):
-        return self.prefix + name.encode("ascii")
+    @defer.inlineCallbacks
+    def _probe(self, kv):
+        """
+        Watch C{kv}'s lease until it ends; returns C{kv} if it was renewed
+        instead (a live process holds it), else C{None}.  A live holder
+        renews within a third of its TTL, a dead one never.
+        """
+        log.info(
+            "{name} carries this node's identity on lease {lease:x}, which this "
+            "node cannot prove its own; waiting for the lease to end",
+            name=self._name_of(kv.key),
+            lease=kv.lease,
+        )
+        first = self.reactor.seconds()
+        try:
+            remaining = (yield self.client.lease_time_to_live(kv.lease)).ttl
+            while True:
+                yield deferLater(self.reactor, PROBE_INTERVAL, lambda: None)
+                now_remaining = (yield self.client.lease_time_to_live(kv.lease)).ttl
+                elapsed = self.reactor.seconds() - first
+                # TTLs are whole seconds: allow for rounding.
+                if now_remaining > remaining - elapsed + 1.5:
+                    return kv
+        except LeaseNotFound:
+            return None
 
-    def _value(self, name):
-        return attr.evolve(self.identity, name=name).to_value()
+    def _take_fresh_identity(self, kv):
+        old = self.identity.node
+        self.identity = attr.evolve(self.identity, node=uuid.uuid4().hex)
+        self.preferred = self.predecessor_lease = None
+        log.error(
+            "another live node uses this node's identity {old!r}: it holds {name} on "
+            "lease {lease:x}. This node takes the fresh identity {new!r}. Give every "
+            "host its own state directory, and its own 'node' if you set one.",
+            old=old,
+            name=self._name_of(kv.key),
+            lease=kv.lease,
+            new=self.identity.node,
+        )
+        if self.on_identity is not None:
+            self.on_identity(self.identity.node)
 
-    def _is_mine(self, kv):
-        if kv is None or not self.identity.node:
+    def _carries_identity(self, kv):
+        if not self.identity.node:
             return False
         try:
             return Member.from_value("", kv.value).node == self.identity.node
         except ValueError:
             return False
 
-    def _claimed(self, result):
-        self._task = None
-        self._claim_lease = None
-        self.name, self.lease, self.claim_revision, deadline, ttl = result
-        self.preferred = self.name
-        log.info(
-            "claimed {name} (slot {slot}) with lease {lease:x} (TTL {ttl}s)",
-            name=self.name,
-            lease=self.lease,
-            slot=self.slot,
-            ttl=ttl,
-        )
-        self._schedule(deadline)
-        if self.on_claimed is not None:
-            self.on_claimed(self.name)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(self.name)
+    def _key(self, name):
+        return self.prefix + name.encode("ascii")
 
-    def _claim_failed(self, failure):
-        self._task = None
-        if failure.check(defer.CancelledError):
-            return
-        waiters, self._waiters = self._waiters, []
-        if not waiters:
-            log.failure("claim failed", failure)
-        for d in waiters:
-            d.errback(failure)
+    def _name_of(self, key):
+        if not key.startswith(self.prefix):
+            return None
+        name = key[len(self.prefix) :].decode("ascii", "replace")
+        return name if name in self._slots else None
 
-    def _schedule(self, deadline):
-        """
-        Keep the lease alive every third of its TTL, and give the name up
-        when C{deadline} passes without a renewal.
-        """
-        now = self.reactor.seconds()
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = self.reactor.callLater(max(0, deadline - now), self._lost, "lease not renewed in time")
-        self._keepalive_call = self.reactor.callLater(self.lease_ttl / 3, self._keepalive)
-
-    def _keepalive(self):
-        self._keepalive_call = None
-        sent = self.reactor.seconds()
-        self._keepalive_request = d = self.client.lease_keepalive(self.lease)
-        d.addCallbacks(lambda ttl: self._schedule(sent + ttl), self._keepalive_failed)
-        d.addBoth(self._keepalive_done, d)
-
-    def _keepalive_done(self, _, d):
-        if self._keepalive_request is d:
-            self._keepalive_request = None
-
-    def _keepalive_failed(self, failure):
-        if failure.check(defer.CancelledError) or not self.running:
-            return
-        if failure.check(LeaseNotFound):
-            self._lost("lease is gone from etcd")
-            return
-        log.warn(
-            "lease keepalive for {name} failed ({error}); retrying",
-            name=self.name,
-            error=failure.getErrorMessage(),
-        )
-        self._keepalive_call = self.reactor.callLater(
-            min(1.0, self.lease_ttl / 6), self._keepalive
-        )
-
-    def _registry_changed(self):
-        if self._wake is not None and not self._wake.called:
-            self._wake.callback(None)
-        registry = self.registry
-        if self.name is None or registry.revision < self.claim_revision:
-            return
-        member = registry.members.get(self.name)
-        if member is None or member.node != self.identity.node:
-            self._lost("its key was deleted or taken over in etcd")
-
-    def _lost(self, why):
-        if self.name is None or not self.running:
-            return
-        log.warn(
-            "no longer holding {name}: {why}; claiming again",
-            name=self.name,
-            why=why,
-        )
-        self._stop_timers()
-        lease, self.name, self.lease = self.lease, None, None
-        self._reclaiming = True
-        self.client.lease_revoke(lease).addErrback(lambda _: None)
-        self._start_claim()
+    def _value(self, name):
+        return attr.evolve(self.identity, name=name).to_value()

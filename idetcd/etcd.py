@@ -12,6 +12,7 @@ import socket
 import attr
 import treq
 from twisted.internet import defer
+from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -104,7 +105,7 @@ def _cancelled(failure):
     Whether C{failure} comes from cancelling the request, directly or
     wrapped by the HTTP client.
     """
-    if failure.check(defer.CancelledError):
+    if failure.check(defer.CancelledError, ConnectingCancelledError):
         return True
     return any(_cancelled(reason) for reason in getattr(failure.value, "reasons", ()))
 
@@ -175,6 +176,19 @@ class TxnResult:
     kvs: tuple = ()
 
 
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class LeaseInfo:
+    """
+    A lease as etcd reports it: seconds left, the TTL it was granted with,
+    and (when asked for) the keys attached to it.
+    """
+
+    ttl: int
+    granted_ttl: int
+    keys: frozenset
+    revision: int
+
+
 @attr.s(eq=False)
 class EtcdClient:
     """
@@ -219,7 +233,7 @@ class EtcdClient:
 
         return d.addBoth(untrack)
 
-    def _post_once(self, index, path, body):
+    def _post_once(self, index, path, body, timeout):
         url = self.endpoints[index].rstrip("/") + path
         d = self._http.post(
             url,
@@ -229,21 +243,23 @@ class EtcdClient:
         d.addCallback(lambda response: treq.json_content(response).addCallback(
             lambda data: (response.code, data)
         ))
-        return self._track(self._bounded(d))
+        return self._track(self._bounded(d, timeout))
 
-    def _bounded(self, d):
+    def _bounded(self, d, timeout=None):
         """
-        Fail C{d} with L{defer.TimeoutError} after C{timeout}; a cancel from
-        the caller fails it with L{defer.CancelledError}, however deep in
-        the HTTP stack the cancel was turned into another error, so that a
-        cancelled call never moves on to the next endpoint.
+        Fail C{d} with L{defer.TimeoutError} after C{timeout} (default: the
+        client's); a cancel from the caller fails it with
+        L{defer.CancelledError}, however deep in the HTTP stack the cancel
+        was turned into another error, so that a cancelled call never moves
+        on to the next endpoint.
         """
-        timer = self.reactor.callLater(self.timeout, d.cancel)
+        timeout = self.timeout if timeout is None else timeout
+        timer = self.reactor.callLater(timeout, d.cancel)
 
         def settle(result):
             if not timer.active():
                 if isinstance(result, Failure):
-                    raise defer.TimeoutError(f"no answer in {self.timeout}s")
+                    raise defer.TimeoutError(f"no answer in {timeout}s")
                 return result
             timer.cancel()
             if isinstance(result, Failure) and _cancelled(result):
@@ -253,10 +269,11 @@ class EtcdClient:
         return d.addBoth(settle)
 
     @defer.inlineCallbacks
-    def call(self, path, body):
+    def call(self, path, body, timeout=None):
         """
         POST C{body} to C{path} (e.g. C{/v3/kv/range}) and return the decoded
-        reply, trying each endpoint once, starting with the current one.
+        reply, trying each endpoint once, starting with the current one,
+        each try bounded by C{timeout} (default: the client's).
         """
         errors = []
         for _ in range(len(self.endpoints)):
@@ -264,7 +281,7 @@ class EtcdClient:
                 raise defer.CancelledError()
             index = self._current
             try:
-                code, data = yield self._post_once(index, path, body)
+                code, data = yield self._post_once(index, path, body, timeout)
             except defer.CancelledError:
                 raise
             except Exception as e:
@@ -374,16 +391,50 @@ class EtcdClient:
         return int(data["ID"]), int(data["TTL"])
 
     @defer.inlineCallbacks
-    def lease_keepalive(self, lease):
+    def lease_keepalive(self, lease, timeout=None):
         """
         Refresh C{lease}; returns its TTL, or raises L{LeaseNotFound} when
         etcd no longer has it.
         """
-        data = yield self.call("/v3/lease/keepalive", {"ID": str(lease)})
+        data = yield self.call("/v3/lease/keepalive", {"ID": str(lease)}, timeout)
         ttl = int(data.get("result", {}).get("TTL", 0))
         if ttl <= 0:
             raise LeaseNotFound(_NOT_FOUND, f"lease {lease:x} has expired")
         return ttl
+
+    @defer.inlineCallbacks
+    def lease_time_to_live(self, lease, keys=False, timeout=None):
+        """
+        What etcd knows of C{lease}: a L{LeaseInfo}, with the keys attached
+        to it when C{keys} is set; raises L{LeaseNotFound} when etcd no
+        longer has the lease.
+        """
+        body = {"ID": str(lease), "keys": bool(keys)}
+        data = yield self.call("/v3/lease/timetolive", body, timeout)
+        ttl = int(data.get("TTL", -1))
+        if ttl <= 0:
+            raise LeaseNotFound(_NOT_FOUND, f"lease {lease:x} has expired")
+        return LeaseInfo(
+            ttl=ttl,
+            granted_ttl=int(data.get("grantedTTL", 0)),
+            keys=frozenset(base64.b64decode(key) for key in data.get("keys", ())),
+            revision=int(data["header"]["revision"]),
+        )
+
+    @defer.inlineCallbacks
+    def delete_on_lease(self, key, lease):
+        """
+        Delete C{key} only while it is attached to C{lease}; returns whether
+        it was.
+        """
+        data = yield self.call(
+            "/v3/kv/txn",
+            {
+                "compare": [{"key": _b64(key), "target": "LEASE", "lease": str(lease)}],
+                "success": [{"request_delete_range": {"key": _b64(key)}}],
+            },
+        )
+        return bool(data.get("succeeded", False))
 
     def lease_revoke(self, lease):
         """
@@ -433,9 +484,16 @@ class EtcdClient:
 
         return self._track(d.addCallbacks(opened, failed))
 
+    def open(self):
+        """
+        Take requests again after L{close}.
+        """
+        self._closed = False
+
     def close(self):
         """
-        Stop every watch, cancel every request and drop idle connections.
+        Stop every watch, cancel every request and drop idle connections;
+        L{open} makes the client usable again.
         """
         self._closed = True
         for watch in list(self._watches):

@@ -34,7 +34,10 @@ class Member:
     """
     One claimed name and the addresses it answers with.
 
-    ``name`` is absolute and lower case (``worker1.tf.local.``).
+    ``name`` is absolute and lower case (``worker1.tf.local.``).  ``lease``
+    is the etcd lease the key lives on (0 for none): not part of the value,
+    it is what tells the name's owner from a node that merely shares its
+    identity.
     """
 
     name: str
@@ -42,9 +45,10 @@ class Member:
     ipv6: tuple = ()
     port: str = ""
     node: str = ""
+    lease: int = 0
 
     @classmethod
-    def from_value(cls, name, value):
+    def from_value(cls, name, value, lease=0):
         """
         Read a member from an etcd value; L{ValueError} says what is wrong.
         """
@@ -68,6 +72,7 @@ class Member:
             ipv6=_addresses(data.get("ipv6"), 6, "ipv6"),
             port=port,
             node=node,
+            lease=lease,
         )
         if not (member.ipv4 or member.ipv6):
             raise ValueError("no address in ipv4 or ipv6")

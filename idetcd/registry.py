@@ -149,13 +149,17 @@ class Registry(Service):
             self._load()
 
     def _events(self, events, revision):
+        changed = False
         for event in events:
             if event.deleted:
-                self._forget(event.kv.key)
+                changed |= self._forget(event.kv.key)
             else:
-                self._put(event.kv)
-        self._advance(revision)
-        self._changed()
+                changed |= self._put(event.kv)
+        if changed:
+            # Writes to other keys (every key in etcd, with prefix "") do
+            # not move the zone.
+            self._advance(revision)
+            self._changed()
 
     def _advance(self, revision):
         # Normally etcd's revision.  After etcd went back in time it is still
@@ -163,12 +167,18 @@ class Registry(Service):
         self.revision = max(self.revision + 1, revision)
 
     def _put(self, kv):
+        """
+        Apply a put; returns whether C{members} changed.
+        """
+        if not self.prefix and not kv.key.endswith(b"."):
+            # With no prefix, etcd's other keys are not ours to judge.
+            return False
         try:
             name = normalize_name(kv.key[len(self.prefix) :].decode("ascii"))
-            member = Member.from_value(name, kv.value)
+            member = Member.from_value(name, kv.value, lease=kv.lease)
         except (ValueError, UnicodeDecodeError) as e:
             logged = self._bad.get(kv.key) is not None
-            self._forget(kv.key)
+            was_member = self._forget(kv.key)
             if not logged:
                 log.warn(
                     "skipping {key!r} in etcd: {error}",
@@ -176,16 +186,22 @@ class Registry(Service):
                     error=str(e),
                 )
             self._bad[kv.key] = kv.mod_revision
-            return
+            return was_member
         self._bad.pop(kv.key, None)
         self._names[kv.key] = name
         self.members[name] = member
+        return True
 
     def _forget(self, key):
+        """
+        Drop C{key}'s member, if it has one; returns whether it had.
+        """
         self._bad.pop(key, None)
         name = self._names.pop(key, None)
-        if name is not None:
-            self.members.pop(name, None)
+        if name is None:
+            return False
+        self.members.pop(name, None)
+        return True
 
     def _changed(self):
         for callback in list(self._subscribers):

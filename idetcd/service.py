@@ -7,6 +7,7 @@ that keeps answers right.
 import errno
 import fcntl
 import ipaddress
+import json
 import os
 import socket
 import uuid
@@ -48,11 +49,22 @@ def default_state_dir(block, port):
     return os.path.join(base, "idetcd", f"{zone}-{port}")
 
 
+def _boot_id():
+    """
+    This kernel's boot, or C{None} where the system does not say.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 @attr.s(eq=False)
 class NodeState:
     """
-    The files a node keeps between runs: its identity, the name it held
-    last, and a lock so two live processes never share them.
+    The files a node keeps between runs: its identity, the name and lease it
+    held last, and a lock so two live processes never share them.
     """
 
     path = attr.ib()
@@ -101,11 +113,46 @@ class NodeState:
             self._write("node-id", node)
         return node
 
+    def replace_node_id(self, node):
+        self._write("node-id", node)
+
     def last_name(self):
         return self._read("name")
 
-    def remember_name(self, name):
+    def _incarnation(self):
+        """
+        What tells this directory, on this boot, from a copy of it (a cloned
+        machine image, a copied volume) or from a run before a reboot.
+        """
+        stat = os.stat(self.path)
+        return {"boot": _boot_id(), "dir": [stat.st_dev, stat.st_ino]}
+
+    def remember_claim(self, name, lease):
         self._write("name", name)
+        self._write("lease", json.dumps({"lease": lease, **self._incarnation()}))
+
+    def predecessor_lease(self):
+        """
+        The lease the previous process of this directory held, if that
+        process provably ended: the lock is ours now, and the record was
+        written on this boot, in this very directory (not in a copy).  A
+        live process elsewhere that shares a copy of this directory proves
+        nothing, so its lease is never returned.
+        """
+        try:
+            record = json.loads(self._read("lease") or "null")
+            incarnation = self._incarnation()
+        except (ValueError, OSError):
+            return None
+        if (
+            self._lock is None
+            or not isinstance(record, dict)
+            or incarnation["boot"] is None
+            or any(record.get(k) != v for k, v in incarnation.items())
+            or not isinstance(record.get("lease"), int)
+        ):
+            return None
+        return record["lease"]
 
 
 #: Documentation addresses (RFC 5737, RFC 3849): connecting a UDP socket
@@ -191,7 +238,8 @@ class IdetcdService(MultiService):
             reactor=self.reactor,
             wait=settings.wait,
             registry=self.registry,
-            on_claimed=self.state.remember_name,
+            on_claimed=self.state.remember_claim,
+            on_identity=self._identity_replaced,
         )
         authority = ZoneAuthority(settings.pattern.zone, self.registry, settings.ttl)
         self.dns = DNSServer(
@@ -216,11 +264,11 @@ class IdetcdService(MultiService):
         return cls(blocks[0], reactor, **kwargs)
 
     @property
-    def name(self):
+    def held_name(self):
         """
-        The name this node holds now, or C{None}.
+        The name this node holds now on a live lease, or C{None}.
         """
-        return self.claimer.name
+        return self.claimer.held_name
 
     @property
     def members(self):
@@ -231,8 +279,8 @@ class IdetcdService(MultiService):
         Fires with this node's name once it holds one; fails if the node
         cannot take part (every slot taken, no address to announce).
         """
-        if self.claimer.name is not None:
-            return defer.succeed(self.claimer.name)
+        if self.claimer.held_name is not None:
+            return defer.succeed(self.claimer.held_name)
         if self._failure is not None:
             return defer.fail(self._failure)
         d = defer.Deferred()
@@ -241,6 +289,8 @@ class IdetcdService(MultiService):
 
     def startService(self):
         MultiService.startService(self)
+        self._failure = None
+        self.client.open()
         self.state.acquire()
         try:
             self.dns.startService()
@@ -254,6 +304,7 @@ class IdetcdService(MultiService):
     def _start(self):
         self.claimer.identity = yield self._identity()
         self.claimer.preferred = self.state.last_name()
+        self.claimer.predecessor_lease = self.state.predecessor_lease()
         if self.etcd is not None:
             yield self.etcd.startService()
         self.registry.startService()
@@ -279,7 +330,11 @@ class IdetcdService(MultiService):
             if isinstance(result, Failure):
                 d.errback(result)
             else:
-                d.callback(self.claimer.name)
+                d.callback(self.claimer.held_name)
+
+    def _identity_replaced(self, node):
+        if not self.settings.node:
+            self.state.replace_node_id(node)
 
     @defer.inlineCallbacks
     def _identity(self):

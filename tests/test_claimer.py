@@ -3,6 +3,7 @@ The claimer: against a real etcd for what etcd decides, and on a
 L{Clock} with a scripted client for the timing of keepalives.
 """
 
+import attr
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -11,6 +12,7 @@ from idetcd.claimer import Claimer, SlotsExhausted
 from idetcd.etcd import (
     EtcdUnavailable,
     KeyValue,
+    LeaseInfo,
     LeaseNotFound,
     TxnResult,
     prefix_range_end,
@@ -100,7 +102,7 @@ class ClaimerTests(EtcdTestCase):
         claimer = self.claimer("a", lease_ttl=2)
         name = yield claimer.when_claimed()
         yield sleep(5)
-        self.assertEqual(claimer.name, name)
+        self.assertEqual(claimer.held_name, name)
         held = yield self.names_in_etcd()
         self.assertEqual(held, {name: "a"})
 
@@ -115,48 +117,112 @@ class ClaimerTests(EtcdTestCase):
         old_lease = claimer.lease
         yield self.client.lease_revoke(old_lease)
         yield wait_for(lambda: claimer.lease not in (None, old_lease), timeout=10)
-        self.assertEqual(claimer.name, "worker1.tf.local.")
+        self.assertEqual(claimer.held_name, "worker1.tf.local.")
         held = yield self.names_in_etcd()
         self.assertEqual(held, {"worker1.tf.local.": "a"})
 
     @defer.inlineCallbacks
     def test_deleted_key_is_noticed_through_the_registry(self):
+        """
+        An operator deleting the key makes the node claim again, on the same
+        lease, which is still alive and now holds nothing.
+        """
         registry = Registry(self.client, PREFIX, reactor)
         registry.startService()
         self.addCleanup(registry.stopService)
         claimer = self.claimer("a", registry=registry)
         yield claimer.when_claimed()
-        old_lease = claimer.lease
+        lease = claimer.lease
         yield self.client.delete(PREFIX + b"worker1.tf.local.")
-        yield wait_for(lambda: claimer.lease not in (None, old_lease), timeout=10)
-        held = yield self.names_in_etcd()
-        self.assertEqual(held, {"worker1.tf.local.": "a"})
+        yield wait_for(lambda: registry.members.get("worker1.tf.local.") is not None)
+        self.assertEqual(registry.members["worker1.tf.local."].lease, lease)
+        self.assertEqual(claimer.held_name, "worker1.tf.local.")
+        self.assertEqual(claimer.lease, lease)
 
     @defer.inlineCallbacks
     def test_restart_takes_over_its_own_key(self):
         """
-        A node back from a crash, its old lease still alive, takes its own
-        key over at once instead of taking a second slot.
+        A node back from a crash, its old lease still alive and provably its
+        own (the state directory says so), takes its key over at once
+        instead of taking a second slot, and revokes the old lease.
         """
         lease, _ = yield self.client.lease_grant(60)
         yield self.client.put(PREFIX + b"worker3.tf.local.", identity("a").to_value(), lease=lease)
-        name = yield self.claimer("a", preferred="worker3.tf.local.").when_claimed()
+        claimer = self.claimer("a", preferred="worker3.tf.local.", predecessor_lease=lease)
+        name = yield claimer.when_claimed()
         self.assertEqual(name, "worker3.tf.local.")
         held = yield self.names_in_etcd()
         self.assertEqual(held, {"worker3.tf.local.": "a"})
         yield self.assertFailure(self.client.lease_keepalive(lease), LeaseNotFound)
 
     @defer.inlineCallbacks
-    def test_takes_over_only_the_name_it_held(self):
+    def test_unproven_own_key_is_waited_for_not_taken(self):
         """
-        A live key with this node's identity on another name (a clone of
-        its state, a shared 'node' setting) is left alone.
+        A key with this node's identity on a lease it cannot prove its own
+        (a reboot, a copied state directory) is left alone until its lease
+        ends; then the node takes the slot with a plain create.
         """
-        yield self.client.put(PREFIX + b"worker1.tf.local.", identity("a").to_value())
-        name = yield self.claimer("a", preferred="worker3.tf.local.").when_claimed()
+        lease, _ = yield self.client.lease_grant(3)
+        put = yield self.client.put(PREFIX + b"worker3.tf.local.", identity("a").to_value(), lease=lease)
+        claimer = self.claimer("a", preferred="worker3.tf.local.")
+        name = yield claimer.when_claimed()
         self.assertEqual(name, "worker3.tf.local.")
+        kvs, _ = yield self.client.range(PREFIX + b"worker3.tf.local.")
+        self.assertEqual(kvs[0].lease, claimer.lease)
+        self.assertGreater(kvs[0].create_revision, put)  # created anew, not overwritten
+
+    @defer.inlineCallbacks
+    def test_live_twin_makes_the_later_node_take_a_fresh_identity(self):
+        """
+        Two live processes with one identity (a cloned state directory): the
+        later one finds the other's key alive and renewed, leaves it alone,
+        takes a fresh identity, says so, and claims another slot.
+        """
+        twin = self.claimer("a", lease_ttl=3)
+        yield twin.when_claimed()
+        fresh = []
+        later = self.claimer(
+            "a", lease_ttl=3, preferred="worker1.tf.local.",
+            predecessor_lease=12345, on_identity=fresh.append,
+        )
+        name = yield later.when_claimed()
+        self.assertEqual(name, "worker2.tf.local.")
+        self.assertEqual(len(fresh), 1)
+        self.assertNotEqual(fresh[0], "a")
         held = yield self.names_in_etcd()
-        self.assertEqual(held, {"worker1.tf.local.": "a", "worker3.tf.local.": "a"})
+        self.assertEqual(held, {"worker1.tf.local.": "a", "worker2.tf.local.": fresh[0]})
+        self.assertEqual(twin.held_name, "worker1.tf.local.")
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    @defer.inlineCallbacks
+    def test_lost_reply_and_freed_lower_slot_leave_one_key(self):
+        """
+        The reply to a winning transaction is lost, and meanwhile a lower
+        slot frees: the retry finds the key already on its lease and does
+        not take a second one.
+        """
+        lower = self.claimer("low")
+        yield lower.when_claimed()
+        lost = []
+        create = self.client.create
+
+        def lose_first_reply(*args, **kwargs):
+            d = create(*args, **kwargs)
+            if not lost:
+                lost.append(args[0])
+                d.addCallback(lambda _: lower.stopService())
+                d.addCallback(lambda _: defer.fail(defer.TimeoutError("reply lost")))
+            return d
+
+        self.client.create = lose_first_reply
+        claimer = self.claimer("a")
+        name = yield claimer.when_claimed()
+        self.assertEqual(lost, [PREFIX + b"worker2.tf.local."])
+        self.assertEqual(name, "worker2.tf.local.")
+        held = yield self.names_in_etcd()
+        self.assertEqual(held, {"worker2.tf.local.": "a"})
+        info = yield self.client.lease_time_to_live(claimer.lease, keys=True)
+        self.assertEqual(info.keys, {PREFIX + b"worker2.tf.local."})
 
     @defer.inlineCallbacks
     def test_garbage_in_a_slot_counts_as_taken(self):
@@ -194,88 +260,416 @@ class ClaimerTests(EtcdTestCase):
 
 class ScriptedClient:
     """
-    An etcd client whose answers the test gives, for timing tests on a
-    L{Clock}.
+    An etcd client whose every reply the test gives, in order, for the
+    claimer's transitions on a L{Clock}.
     """
 
     def __init__(self):
-        self.keepalives = []
+        self.calls = []
         self.revoked = []
-        self.grants = []
+
+    def _call(self, method, *args):
+        d = defer.Deferred()
+        self.calls.append((method, args, d))
+        return d
+
+    def pending(self, method):
+        return [args for m, args, d in self.calls if m == method and not d.called]
+
+    def answer(self, method, result):
+        """
+        Answer the oldest unanswered call of C{method} with C{result} (an
+        exception fails it).
+        """
+        for m, args, d in self.calls:
+            if m == method and not d.called:
+                if isinstance(result, Exception):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+                return args
+        raise AssertionError(f"no {method} call waits for an answer: {self.calls}")
 
     def lease_grant(self, ttl):
-        # The first grant succeeds; later ones wait for the test.
-        d = defer.succeed((7, ttl)) if not self.grants else defer.Deferred()
-        self.grants.append(d)
-        return d
+        return self._call("grant", ttl)
+
+    def lease_keepalive(self, lease, timeout=None):
+        return self._call("keepalive", lease, timeout)
+
+    def lease_time_to_live(self, lease, keys=False, timeout=None):
+        return self._call("timetolive", lease, keys)
 
     def range(self, key, range_end=None):
-        return defer.succeed(([], 1))
+        return self._call("range", key, range_end)
 
     def create(self, key, value, lease=0, replacing=None, read_range=None):
-        return defer.succeed(TxnResult(True, 2, None))
+        return self._call("create", key, lease)
 
-    def lease_keepalive(self, lease):
-        d = defer.Deferred()
-        self.keepalives.append(d)
-        return d
+    def delete_on_lease(self, key, lease):
+        return self._call("delete", key, lease)
 
     def lease_revoke(self, lease):
         self.revoked.append(lease)
         return defer.succeed({})
 
 
-class KeepaliveTimingTests(unittest.TestCase):
+KEY1 = PREFIX + b"worker1.tf.local."
+
+
+def lease_info(*keys, revision=9):
+    return LeaseInfo(ttl=5, granted_ttl=9, keys=frozenset(keys), revision=revision)
+
+
+class FakeRegistry:
+    def __init__(self):
+        self.members = {}
+        self.revision = 0
+        self._subscribers = []
+
+    def subscribe(self, callback):
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def change(self, members, revision):
+        self.members, self.revision = members, revision
+        for callback in list(self._subscribers):
+            callback()
+
+
+class TransitionTests(unittest.TestCase):
+    """
+    Each transition of the claimer's state machine, with time and etcd's
+    replies in the test's hands.  TTL 9: keepalives every 3 s.
+    """
+
     def setUp(self):
         self.clock = Clock()
         self.client = ScriptedClient()
-        self.claimer = Claimer(self.client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock)
+        self.registry = FakeRegistry()
+        self.claimed = []
+        self.claimer = Claimer(
+            self.client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock,
+            registry=self.registry, on_claimed=lambda name, lease: self.claimed.append((name, lease)),
+        )
+
+    def tearDown(self):
+        if self.claimer.running:
+            self.claimer.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def start(self):
         self.claimer.startService()
-        self.addCleanup(self.claimer.stopService)
+        return self.claimer.when_claimed()
 
-    def test_keepalive_every_third_of_the_ttl(self):
-        self.assertEqual(self.claimer.name, "worker1.tf.local.")
-        self.clock.advance(2.9)
-        self.assertEqual(len(self.client.keepalives), 0)
-        self.clock.advance(0.1)
-        self.assertEqual(len(self.client.keepalives), 1)
-        self.client.keepalives[0].callback(9)
-        self.clock.advance(3)
-        self.assertEqual(len(self.client.keepalives), 2)
+    def hold(self, lease=7):
+        """
+        Start and win worker1 on C{lease} at t=0; returns when_claimed().
+        """
+        d = self.start()
+        self.client.answer("grant", (lease, 9))
+        self.client.answer("range", ([], 1))
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
+        return d
 
-    def test_gives_the_name_up_when_the_lease_may_have_expired(self):
-        """
-        With etcd silent, the name is given up exactly one TTL after the last
-        renewal was sent, not later: by then etcd may hand it to another.
-        """
-        self.clock.advance(3)
-        self.client.keepalives[0].callback(9)  # sent at t=3: valid until t=12
-        self.clock.advance(3)
-        self.client.keepalives[1].errback(EtcdUnavailable("down"))
-        self.clock.advance(5.9)  # t=11.9
-        self.assertEqual(self.claimer.name, "worker1.tf.local.")
-        self.clock.advance(0.1)  # t=12
-        self.assertIsNone(self.claimer.name)
+    def keepalive(self, result=9):
+        self.client.answer("keepalive", result)
 
-    def test_resent_transaction_that_won_counts_as_won(self):
-        """
-        A txn resent to the next endpoint after the first applied it fails
-        its compare against our own key: that is a win, not a lost race.
-        """
-        client = ScriptedClient()
-        ours = KeyValue(PREFIX + b"worker1.tf.local.", b"{}", 5, 5, 7)
-        client.create = lambda *a, **kw: defer.succeed(TxnResult(False, 5, ours, (ours,)))
-        claimer = Claimer(client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock)
-        claimer.startService()
-        self.addCleanup(claimer.stopService)
-        self.assertEqual((claimer.name, claimer.lease, claimer.claim_revision), ("worker1.tf.local.", 7, 5))
+    # idle
 
-    def test_lease_not_found_gives_the_name_up_at_once(self):
-        self.clock.advance(3)
-        self.client.keepalives[0].errback(LeaseNotFound(5, "gone"))
-        self.assertIsNone(self.claimer.name)
+    def test_idle_stop(self):
+        d = self.claimer.stopService()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual((self.client.calls, self.client.revoked), ([], []))
+
+    def test_stopped_starts_again(self):
+        self.hold()
+        self.claimer.stopService()
         self.assertEqual(self.client.revoked, [7])
-        self.assertEqual(len(self.client.grants), 2)  # claiming again
-        self.client.grants[1].callback((8, 9))
-        self.assertEqual(self.claimer.name, "worker1.tf.local.")
+        self.hold(lease=8)
         self.assertEqual(self.claimer.lease, 8)
+        self.assertEqual(self.claimed, [("worker1.tf.local.", 7), ("worker1.tf.local.", 8)])
+
+    # claiming
+
+    def test_claiming_wins(self):
+        d = self.hold()
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+        self.assertEqual(self.claimer.lease, 7)
+        self.assertEqual(self.claimer.slot, 1)
+        self.assertEqual(self.claimed, [("worker1.tf.local.", 7)])
+
+    def test_claiming_stop_before_the_lease_revokes_nothing(self):
+        d = self.start()
+        self.claimer.stopService()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.client.revoked, [])
+        self.assertTrue(self.client.calls[0][2].called)  # the grant was cancelled
+
+    def test_claiming_stop_with_a_lease_revokes_it(self):
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.claimer.stopService()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.client.revoked, [7])
+        self.assertEqual(self.client.pending("range"), [])
+
+    def test_claiming_keeps_the_lease_alive_while_it_claims(self):
+        """
+        A claim slower than the lease still wins on a live lease.
+        """
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        for _ in range(5):  # 15 s of a range that does not come back
+            self.clock.advance(3)
+            self.keepalive()
+        self.assertEqual(len(self.client.pending("keepalive")), 0)
+        self.client.answer("range", ([], 1))
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+
+    def test_claiming_won_on_an_unsure_lease_is_confirmed_first(self):
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.clock.advance(9)  # no keepalive answered: the deadline passes
+        self.client.answer("range", ([], 1))
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertNoResult(d)
+        self.assertIsNone(self.claimer.held_name)
+        self.keepalive()  # the keepalive sent at t=3 comes back
+        self.client.answer("timetolive", lease_info(KEY1))
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+
+    def test_claiming_lease_gone_starts_over_with_a_new_lease(self):
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.clock.advance(3)
+        self.client.answer("keepalive", LeaseNotFound(5, "gone"))
+        self.assertEqual(len(self.client.pending("grant")), 1)
+        self.client.answer("grant", (8, 9))
+        self.client.answer("range", ([], 1))
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+        self.assertEqual(self.claimer.lease, 8)
+
+    def test_claiming_lost_reply_looks_at_its_own_lease_first(self):
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.client.answer("range", ([], 1))
+        self.client.answer("create", EtcdUnavailable("reply lost"))
+        self.clock.advance(1)  # the backoff
+        self.client.answer("timetolive", lease_info(KEY1, PREFIX + b"worker2.tf.local."))
+        self.assertEqual(self.client.answer("delete", True), (PREFIX + b"worker2.tf.local.", 7))
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+        self.assertEqual(self.claimer.claim_revision, 9)
+
+    def test_claiming_no_slot_fails(self):
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        taken = [KeyValue(PREFIX + PATTERN.render(i).encode(), b"{}", 1, 1, 0) for i in (1, 2, 3)]
+        self.client.answer("range", (taken, 1))
+        self.failureResultOf(d, SlotsExhausted)
+        self.failureResultOf(self.claimer.when_claimed(), SlotsExhausted)
+        self.assertEqual(self.client.revoked, [7])
+        self.claimer.stopService()
+
+    # waiting
+
+    def wait_for_slot(self):
+        self.claimer.wait = True
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        taken = [KeyValue(PREFIX + PATTERN.render(i).encode(), b"{}", 1, 1, 0) for i in (1, 2, 3)]
+        self.client.answer("range", (taken, 1))
+        self.assertEqual(self.client.revoked, [7])  # no empty lease is kept
+        return d
+
+    def test_waiting_wakes_on_its_timer(self):
+        d = self.wait_for_slot()
+        self.clock.advance(3)
+        self.client.answer("grant", (8, 9))
+        self.client.answer("range", ([], 1))
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+
+    def test_waiting_wakes_when_a_slot_frees(self):
+        d = self.wait_for_slot()
+        self.registry.change({"worker1.tf.local.": object(), "worker2.tf.local.": object()}, 5)
+        self.assertEqual(len(self.client.pending("grant")), 1)
+        self.claimer.stopService()
+        self.failureResultOf(d, defer.CancelledError)
+
+    def test_waiting_stop(self):
+        d = self.wait_for_slot()
+        self.claimer.stopService()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.client.revoked, [7])
+
+    # holding
+
+    def test_holding_keepalives_every_third_of_the_ttl_from_send_times(self):
+        """
+        Replies 3 s late (a slow etcd) keep the name: the next keepalive
+        goes out 3 s after the last was sent, not after its reply.
+        """
+        self.hold()
+        for second in range(1, 31):
+            self.clock.advance(1)
+            if second % 3 == 0 and second > 3:
+                self.keepalive()  # the one sent 3 s ago
+            self.assertEqual(self.claimer.held_name, "worker1.tf.local.", f"t={second}")
+        self.assertEqual(self.client.revoked, [])
+        self.assertEqual(len(self.client.pending("keepalive")), 1)
+        timeouts = {args[1] for args in self.client.pending("keepalive")}
+        self.assertEqual(timeouts, {4.5})
+
+    def test_holding_gives_the_name_up_at_the_deadline(self):
+        """
+        With etcd silent, the name stops being ours exactly one TTL after
+        the last renewal was sent: by then etcd may hand it to another.
+        """
+        self.hold()
+        self.clock.advance(3)
+        self.keepalive()  # sent at t=3: valid until t=12
+        self.clock.advance(6)  # t=9
+        self.clock.advance(2.9)  # t=11.9
+        self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
+        self.clock.advance(0.1)
+        self.assertIsNone(self.claimer.held_name)
+
+    def test_holding_frozen_past_the_deadline_reports_no_name(self):
+        """
+        A process frozen past its deadline (SIGSTOP) reports no name as
+        soon as it runs again, before any timer has fired.
+        """
+        self.hold()
+        self.clock.rightNow = 9.5
+        self.assertIsNone(self.claimer.held_name)
+
+    def test_holding_lease_gone(self):
+        self.hold()
+        self.clock.advance(3)
+        self.client.answer("keepalive", LeaseNotFound(5, "gone"))
+        self.assertIsNone(self.claimer.held_name)
+        self.assertEqual(self.client.revoked, [])
+        self.client.answer("grant", (8, 9))
+        self.client.answer("range", ([], 1))
+        self.client.answer("create", TxnResult(True, 3, None))
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 8))
+
+    def test_holding_key_lost_claims_again_on_the_same_lease(self):
+        self.hold()
+        self.registry.change({}, 5)
+        self.assertIsNone(self.claimer.held_name)
+        self.assertEqual(self.client.pending("grant"), [])
+        self.client.answer("range", ([], 5))
+        self.assertEqual(self.client.answer("create", TxnResult(True, 6, None)), (KEY1, 7))
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 7))
+
+    def test_holding_ignores_a_registry_behind_the_claim(self):
+        self.hold()
+        self.registry.change({}, 1)  # before the claim's revision 2
+        self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
+
+    def test_holding_key_on_another_lease_is_lost(self):
+        self.hold()
+        self.registry.change({"worker1.tf.local.": attr.evolve(identity("a"), lease=99)}, 5)
+        self.assertIsNone(self.claimer.held_name)
+
+    def test_holding_stop_revokes(self):
+        self.hold()
+        self.clock.advance(3)
+        self.claimer.stopService()
+        self.assertEqual(self.client.revoked, [7])
+        self.assertEqual(self.client.pending("keepalive"), [])
+
+    def test_one_keepalive_loop_after_a_reclaim(self):
+        """
+        However the name is lost and won again, one keepalive loop runs.
+        """
+        self.hold()
+        self.clock.advance(3)  # a keepalive is under way...
+        self.registry.change({}, 5)  # ...when the key is lost
+        self.client.answer("range", ([], 5))
+        self.client.answer("create", TxnResult(True, 6, None))
+        self.keepalive()
+        self.clock.advance(3)
+        self.assertEqual(len(self.client.pending("keepalive")), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)  # next keepalive, deadline
+
+    # unsure
+
+    def unsure(self):
+        self.hold()
+        self.clock.advance(3)
+        self.client.answer("keepalive", EtcdUnavailable("down"))
+        self.clock.advance(6)  # t=9: the grant's deadline
+        self.assertIsNone(self.claimer.held_name)
+        self.assertEqual(self.client.revoked, [])
+
+    def test_unsure_confirmed_keeps_the_name_and_lease(self):
+        """
+        A stall shorter than the lease deletes nothing: once etcd confirms
+        the same lease still holds the key, the name is ours again.
+        """
+        self.unsure()
+        self.clock.advance(1)
+        self.keepalive()
+        self.assertEqual(self.client.answer("timetolive", lease_info(KEY1)), (7, True))
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 7))
+        self.assertEqual(self.client.pending("grant") + self.client.pending("create"), [])
+        self.assertEqual(self.client.revoked, [])
+
+    def test_unsure_key_missing_claims_again_on_the_lease(self):
+        self.unsure()
+        self.clock.advance(1)
+        self.keepalive()
+        self.client.answer("timetolive", lease_info())
+        self.client.answer("range", ([], 5))
+        self.client.answer("create", TxnResult(True, 6, None))
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 7))
+
+    def test_unsure_lease_gone(self):
+        self.unsure()
+        self.clock.advance(1)
+        self.client.answer("keepalive", LeaseNotFound(5, "gone"))
+        self.assertEqual(len(self.client.pending("grant")), 1)
+
+    def test_unsure_verify_failure_asks_again(self):
+        self.unsure()
+        self.clock.advance(1)
+        self.keepalive()
+        self.client.answer("timetolive", EtcdUnavailable("down"))
+        self.clock.advance(1)
+        self.client.answer("timetolive", lease_info(KEY1))
+        self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
+
+    def test_unsure_stop(self):
+        self.unsure()
+        self.clock.advance(1)
+        self.keepalive()
+        self.claimer.stopService()
+        self.assertEqual(self.client.revoked, [7])
+        self.assertTrue(all(d.called for _, _, d in self.client.calls))
+
+    # failed, stopped
+
+    def test_failed_stop(self):
+        self.test_claiming_no_slot_fails()
+        self.assertFalse(self.claimer.running)
+
+    def test_late_news_is_ignored_in_every_state(self):
+        """
+        Inputs that do not apply in a state change nothing.
+        """
+        machine = self.claimer
+        for input in (machine.wake, machine.lease_renewed, machine.key_confirmed, machine.key_missing):
+            input()  # idle
+        self.hold()
+        for input in (machine.wake, machine.lease_renewed, machine.key_confirmed, machine.start):
+            input()
+        self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
+        self.claimer.stopService()
+        for input in (machine.lease_expired, machine.lease_gone, machine.key_lost, machine.stop):
+            input()
+        self.assertIsNone(self.claimer.held_name)

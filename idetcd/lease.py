@@ -1,0 +1,194 @@
+"""
+Keeps one etcd lease alive, and knows until when it surely is.
+
+etcd expires a lease no earlier than the *receipt* of its last keepalive
+plus the TTL; this side counts from the *send* time of the last keepalive
+that succeeded, which is earlier, so "alive" here never outlasts the lease
+in etcd.  Keepalives go out every third of the TTL counted from send times,
+whatever the replies do, so a slow but working etcd keeps the lease.
+"""
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from idetcd.etcd import LeaseNotFound
+
+log = Logger()
+
+#: Keepalives a keeper lets be under way at once: with replies slower than
+#: the keepalive period, a second one goes out before the first returns.
+MAX_IN_FLIGHT = 2
+
+
+@attr.s(eq=False)
+class LeaseKeeper:
+    """
+    Grants a lease of C{ttl} seconds and keeps it alive on C{clock}.
+
+    Tells its owner what it learns: C{on_expired()} when the local deadline
+    passes with no renewal (the lease may be gone; keepalives go on),
+    C{on_renewed()} when a keepalive succeeds after that, C{on_gone()} when
+    etcd says the lease no longer exists (keepalives stop).
+    """
+
+    client = attr.ib()
+    ttl = attr.ib()
+    clock = attr.ib()
+    on_expired = attr.ib()
+    on_renewed = attr.ib()
+    on_gone = attr.ib()
+    #: The lease kept, or C{None}.
+    lease = attr.ib(default=None, init=False)
+    #: When the lease may expire in etcd, at the earliest (clock time).
+    deadline = attr.ib(default=None, init=False)
+    _expired = attr.ib(default=False, init=False)
+    _next = attr.ib(default=None, init=False)
+    _expiry = attr.ib(default=None, init=False)
+    _in_flight = attr.ib(factory=list, init=False)
+    _failing = attr.ib(default=False, init=False)
+
+    @property
+    def period(self):
+        return self.ttl / 3
+
+    @property
+    def request_timeout(self):
+        """
+        How long one keepalive may take: long enough for an etcd that is
+        slow but working, short enough that a retry fits in the TTL.
+        """
+        return self.ttl / 2
+
+    @property
+    def alive(self):
+        """
+        Whether the lease surely still exists in etcd now.
+        """
+        return (
+            self.lease is not None
+            and not self._expired
+            and self.clock.seconds() < self.deadline
+        )
+
+    def grant(self):
+        """
+        Grant a new lease and keep it alive; fires with its ID.  Any lease
+        kept before is dropped (not revoked).
+        """
+        self.drop()
+        sent = self.clock.seconds()
+        d = self.client.lease_grant(self.ttl)
+
+        def granted(result):
+            lease, ttl = result
+            self.lease, self._expired = lease, False
+            self._extend(sent + ttl)
+            self._schedule(sent + self.period)
+            return lease
+
+        return d.addCallback(granted)
+
+    def drop(self):
+        """
+        Stop keeping the lease alive, without revoking it; returns the lease
+        dropped, or C{None}.
+        """
+        lease, self.lease, self.deadline = self.lease, None, None
+        self._expired = self._failing = False
+        for call in (self._next, self._expiry):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._expiry = None
+        in_flight, self._in_flight = self._in_flight, []
+        for d in in_flight:
+            d.cancel()
+        return lease
+
+    def revoke(self):
+        """
+        Drop the lease and revoke it, deleting every key on it; fires when
+        etcd has done so or could not be reached (then the lease expires by
+        itself).
+        """
+        lease = self.drop()
+        if lease is None:
+            return defer.succeed(None)
+        d = self.client.lease_revoke(lease)
+
+        def failed(failure):
+            log.warn(
+                "could not revoke lease {lease:x}: {error}; it expires by itself",
+                lease=lease,
+                error=failure.getErrorMessage(),
+            )
+
+        return d.addCallbacks(lambda _: None, failed)
+
+    def _schedule(self, when):
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = self.clock.callLater(max(0, when - self.clock.seconds()), self._send)
+
+    def _extend(self, deadline):
+        if self.deadline is not None and deadline <= self.deadline:
+            return
+        self.deadline = deadline
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = self.clock.callLater(max(0, deadline - self.clock.seconds()), self._expire)
+
+    def _expire(self):
+        self._expiry = None
+        self._expired = True
+        self.on_expired()
+
+    def _send(self):
+        self._next = None
+        lease = self.lease
+        sent = self.clock.seconds()
+        # The next one goes out a period after this one was sent, whatever
+        # this one's reply does; a reply that never comes is given up on.
+        self._schedule(sent + self.period)
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            self._in_flight.pop(0).cancel()
+        d = self.client.lease_keepalive(lease, timeout=self.request_timeout)
+        self._in_flight.append(d)
+        d.addBoth(self._settled, d)
+        d.addCallbacks(self._renewed, self._failed, callbackArgs=(lease, sent), errbackArgs=(lease,))
+
+    def _settled(self, result, d):
+        if d in self._in_flight:
+            self._in_flight.remove(d)
+        return result
+
+    def _renewed(self, ttl, lease, sent):
+        if lease != self.lease:
+            return
+        if self._failing:
+            self._failing = False
+            log.info("keepalive of lease {lease:x} works again", lease=lease)
+        self._extend(sent + ttl)
+        if self._expired and self.clock.seconds() < self.deadline:
+            self._expired = False
+            self.on_renewed()
+
+    def _failed(self, failure, lease):
+        if failure.check(defer.CancelledError) or lease != self.lease:
+            return
+        if failure.check(LeaseNotFound):
+            self.drop()
+            self.on_gone()
+            return
+        if not self._failing:
+            # Once per outage, not once per retry.
+            self._failing = True
+            log.warn(
+                "keepalive of lease {lease:x} failed ({error}); retrying until it works",
+                lease=lease,
+                error=failure.getErrorMessage(),
+            )
+        # Try again soon rather than a whole period later.
+        retry = self.clock.seconds() + min(1.0, self.ttl / 6)
+        if self._next is not None and self._next.getTime() > retry:
+            self._schedule(retry)
