@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from idetcd import IdetcdService, StateDirectoryBusy
 from idetcd.service import announced_address
-from idetcd.etcd import prefix_range_end
+from idetcd.etcd import EtcdClient, prefix_range_end
 from tests.etcdserver import start_etcd, start_etcd_cluster
 from tests.test_cluster import query
 from tests.test_etcd import sleep, wait_for
@@ -66,7 +66,7 @@ class ServiceTests(unittest.TestCase):
         self.addCleanup(lambda: node.stopService() if node.running else None)
         name = yield node.when_claimed()
         self.assertEqual(name, "worker1.tf.local.")
-        self.assertEqual(node.name, name)
+        self.assertEqual(node.held_name, name)
         self.assertEqual(list(node.members), [name])
         self.assertEqual(node.members[name].ipv4, ("127.0.0.1",))
         addresses = yield self.answers(node, "WORKER1.tf.local")
@@ -85,6 +85,33 @@ class ServiceTests(unittest.TestCase):
         second = [self.node([etcd.client_url], state) for state in reversed(states)]
         again = yield defer.gatherResults([node.when_claimed() for node in second])
         self.assertEqual(list(reversed(again)), names)
+
+    @defer.inlineCallbacks
+    def test_embedded_in_an_application_and_started_again(self):
+        """
+        The README's recipe: a node under an application's service tree
+        leaves it cleanly while holding a name, and a stopped node starts
+        again with the same name.
+        """
+        from twisted.application.service import MultiService
+
+        etcd = yield start_etcd(self)
+        app = MultiService()
+        node = self.node([etcd.client_url])
+        node.setServiceParent(app)
+        name = yield node.when_claimed()
+        yield node.disownServiceParent()
+        self.assertEqual(list(app), [])
+        yield node.stopService()
+        self.assertIsNone(node.held_name)
+        client = EtcdClient([etcd.client_url], reactor)
+        self.addCleanup(client.close)
+        kvs, _ = yield client.range(b"/idetcd/", prefix_range_end(b"/idetcd/"))
+        self.assertEqual(kvs, [])
+        node.startService()
+        self.assertEqual((yield node.when_claimed()), name)
+        addresses = yield self.answers(node, name)
+        self.assertEqual(addresses, ["127.0.0.1"])
 
     @defer.inlineCallbacks
     def test_two_live_nodes_never_share_a_state_directory(self):
@@ -118,7 +145,7 @@ class ServiceTests(unittest.TestCase):
         etcd.running = 0
         yield etcd.startService()
         yield sleep(4)  # more than the lease TTL
-        self.assertEqual([node.name for node in nodes], names)
+        self.assertEqual([node.held_name for node in nodes], names)
         kvs, _ = yield nodes[0].client.range(b"/idetcd/", prefix_range_end(b"/idetcd/"))
         held = sorted(kv.key.decode()[len("/idetcd/"):] for kv in kvs)
         self.assertEqual(held, sorted(names))
@@ -142,7 +169,7 @@ class ServiceTests(unittest.TestCase):
                 addresses = yield self.answers(node, names[1])
                 self.assertEqual(addresses, ["127.0.0.2"])
             yield sleep(0.2)
-        self.assertEqual([node.name for node in nodes], names)
+        self.assertEqual([node.held_name for node in nodes], names)
         self.assertNotEqual(nodes[0].client.endpoint, victim.client_url)
         yield self.node(endpoints, address=3).when_claimed()
         yield wait_for(lambda: all(len(node.members) == 3 for node in nodes))
