@@ -21,27 +21,46 @@ ROUNDS = 20
 
 class Holdings:
     """
-    Who holds which key, rebuilt from etcd's own event stream: a put on a
-    key someone else holds is a collision.
+    Which lease holds which key, rebuilt from etcd's own event stream: a
+    put on a key that another lease still holds is a collision, and so is
+    a lease holding two keys.
     """
 
     def __init__(self):
         self.holder = {}
         self.collisions = []
         self.claims = 0
+        self.deletes = []
 
     def events(self, events, revision):
         for event in events:
             key = event.kv.key
             if event.deleted:
                 self.holder.pop(key, None)
+                self.deletes.append((key, event.kv.mod_revision))
                 continue
-            node = Member.from_value("", event.kv.value).node
+            lease = event.kv.lease
             previous = self.holder.get(key)
-            if previous is not None and previous != node:
-                self.collisions.append((key, previous, node, event.kv.mod_revision))
-            self.holder[key] = node
-            self.claims += 1
+            if previous is not None and previous != lease:
+                self.collisions.append((key, previous, lease, event.kv.mod_revision))
+            others = [other for other, held in self.holder.items() if held == lease and other != key]
+            if lease and others:
+                self.collisions.append((key, lease, "also holds", others))
+            if previous != lease:
+                self.claims += 1
+            self.holder[key] = lease
+
+    @classmethod
+    @defer.inlineCallbacks
+    def watch(cls, case, client, prefix=PREFIX):
+        """
+        Start watching C{prefix} from now on, for the length of C{case}.
+        """
+        holdings = cls()
+        _, revision = yield client.range(prefix, prefix_range_end(prefix))
+        watch = client.watch(prefix, prefix_range_end(prefix), revision + 1, holdings.events)
+        case.addCleanup(watch.stop)
+        return holdings
 
 
 class RaceTests(unittest.TestCase):
@@ -52,10 +71,7 @@ class RaceTests(unittest.TestCase):
         etcd = yield start_etcd(self)
         watcher = EtcdClient([etcd.client_url], reactor)
         self.addCleanup(watcher.close)
-        holdings = Holdings()
-        _, revision = yield watcher.range(PREFIX, prefix_range_end(PREFIX))
-        watch = watcher.watch(PREFIX, prefix_range_end(PREFIX), revision + 1, holdings.events)
-        self.addCleanup(watch.stop)
+        holdings = yield Holdings.watch(self, watcher)
         clients = [EtcdClient([etcd.client_url], reactor) for _ in range(NODES)]
         for client in clients:
             self.addCleanup(client.close)
@@ -83,7 +99,8 @@ class RaceTests(unittest.TestCase):
             finally:
                 yield defer.gatherResults([c.stopService() for c in claimers])
             self.assertEqual(sorted(names), expected, f"round {round_}")
-            self.assertLess(took, 5.0, f"round {round_}: claiming took {took:.2f}s")
+            # A wide bound: CI is a loaded 2-core box (1-2 s when quiet).
+            self.assertLess(took, 30.0, f"round {round_}: claiming took {took:.2f}s")
             yield wait_for(lambda: not holdings.holder, timeout=10)
 
         self.assertEqual(holdings.collisions, [])

@@ -473,6 +473,21 @@ class TransitionTests(unittest.TestCase):
         self.assertEqual(self.client.revoked, [7])
         self.claimer.stopService()
 
+    def test_reclaim_with_no_free_slot_waits_without_a_lease(self):
+        """
+        A node whose slot was taken while no other is free does not exit
+        and does not keep an empty lease: it waits, holding nothing.
+        """
+        self.hold()
+        self.registry.change({}, 5)  # the key is gone...
+        taken = [KeyValue(PREFIX + PATTERN.render(i).encode(), b"{}", 1, 1, 0) for i in (1, 2, 3)]
+        self.client.answer("range", (taken, 5))  # ...and every slot is someone else's
+        self.assertEqual(self.client.revoked, [7])
+        self.assertIsNone(self.claimer.held_name)
+        self.assertIsNone(self.claimer._failure)
+        self.clock.advance(3)
+        self.assertEqual(len(self.client.pending("grant")), 1)
+
     # waiting
 
     def wait_for_slot(self):

@@ -63,15 +63,21 @@ def query(port, name, rdtype="A", tcp=False):
     return threads.deferToThread(send, message, "127.0.0.1", timeout=2, port=port)
 
 
-class ClusterTests(unittest.TestCase):
+class NodeProcessCase(unittest.TestCase):
+    """
+    A test with its own etcd and real ``twistd idetcd`` processes, all on
+    the Corefile C{COREFILE}.
+    """
+
     timeout = 120
+    COREFILE = COREFILE
 
     @defer.inlineCallbacks
     def setUp(self):
         self.etcd = yield start_etcd(self)
         self.corefile = os.path.abspath(self.mktemp())
         with open(self.corefile, "w") as f:
-            f.write(COREFILE)
+            f.write(self.COREFILE)
 
     def start_node(self, state=None, **env):
         port = free_port()
@@ -105,6 +111,9 @@ class ClusterTests(unittest.TestCase):
                 self.fail(f"node exited with {node.status}:\n{node.output.decode()}")
             yield sleep(0.05)
         self.fail(f"node did not claim a name in {timeout}s:\n{node.output.decode()}")
+
+
+class ClusterTests(NodeProcessCase):
 
     @defer.inlineCallbacks
     def test_every_node_answers_for_every_node(self):

@@ -229,6 +229,35 @@ class EtcdClientTests(EtcdTestCase):
         self.assertEqual(kvs, [])
 
     @defer.inlineCallbacks
+    def test_cancel_while_connecting_stays_cancelled(self):
+        """
+        A call cancelled while its TCP connection is still being made (the
+        peer's accept queue is full, as on a partitioned host) is cancelled
+        too, not sent to the next endpoint.
+        """
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(4):  # fill the accept queue: later SYNs get no answer
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+            self.addCleanup(filler.close)
+        hanging = f"http://127.0.0.1:{port}"
+        client = self.make_client([hanging, self.etcd.client_url])
+        d = client.put(PREFIX + b"x", b"1")
+        yield sleep(0.2)
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        self.assertEqual(client.endpoint, hanging)
+        kvs, _ = yield self.client.range(PREFIX + b"x")
+        self.assertEqual(kvs, [])
+
+    @defer.inlineCallbacks
     def test_connections_use_tcp_keepalive(self):
         """
         A watch must notice a peer gone without a reset; the connection to

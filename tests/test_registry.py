@@ -93,8 +93,16 @@ class RegistryTests(EtcdTestCase):
         self.addCleanup(registry.stopService)
         yield registry.when_ready()
         self.assertEqual(list(registry.members), ["worker1.tf.local."])
+        changes = []
+        registry.subscribe(lambda: changes.append(registry.revision))
+        revision = registry.revision
+        for i in range(20):  # other users of the same etcd
+            yield self.client.put(b"/somebody/else", b"%d" % i)
         yield self.client.put(b"worker2.tf.local.", value("10.0.0.2"))
         yield wait_for(lambda: "worker2.tf.local." in registry.members)
+        # Only the member's write moved the zone.
+        self.assertEqual(len(changes), 1)
+        self.assertGreater(changes[0], revision)
 
     @defer.inlineCallbacks
     def test_names_are_lower_case(self):

@@ -1,0 +1,104 @@
+"""
+"Never two nodes on one name", with real node processes: shared
+identities, a frozen node, checked by a watcher of etcd's own history.
+"""
+
+import os
+import shutil
+import signal
+
+import dns.rcode
+from twisted.internet import defer, reactor
+
+from idetcd.etcd import EtcdClient
+from tests.test_claim_race import Holdings
+from tests.test_cluster import COREFILE, NodeProcessCase, query
+from tests.test_etcd import sleep
+
+SHARED_NODE = COREFILE.replace("        address 127.0.0.1\n", "        address 127.0.0.1\n        node shared\n")
+
+
+class OwnershipCase(NodeProcessCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield NodeProcessCase.setUp(self)
+        self.client = EtcdClient([self.etcd.client_url], reactor)
+        self.addCleanup(self.client.close)
+        self.holdings = yield Holdings.watch(self, self.client)
+
+    @defer.inlineCallbacks
+    def assert_held_throughout(self, nodes, names, seconds):
+        """
+        For C{seconds}, each node keeps its name on one lease, and etcd
+        never sees a key put by two leases.
+        """
+        leases = dict(self.holdings.holder)
+        yield sleep(seconds)
+        self.assertEqual(self.holdings.collisions, [])
+        self.assertEqual(self.holdings.holder, leases)
+        self.assertEqual(self.holdings.deletes, [])
+        for node, name in zip(nodes, names):
+            self.assertEqual(node.output.count(b"claimed "), 1, node.output.decode())
+            self.assertNotIn(b"no longer holding", node.output)
+            reply = yield query(node.port, name)
+            self.assertEqual(reply.rcode(), dns.rcode.NOERROR)
+
+
+class SharedNodeSettingTests(OwnershipCase):
+    COREFILE = SHARED_NODE
+
+    @defer.inlineCallbacks
+    def test_one_node_setting_on_two_hosts(self):
+        """
+        The 'node' directive written in a Corefile shared by two hosts: the
+        two nodes hold two names and never take one from each other.
+        """
+        nodes = [self.start_node(), self.start_node()]
+        names = yield defer.gatherResults([self.wait_claimed(node) for node in nodes])
+        self.assertEqual(sorted(names), ["worker1.tf.local.", "worker2.tf.local."])
+        yield self.assert_held_throughout(nodes, names, 10)  # more than three leases
+
+
+class ClonedStateTests(OwnershipCase):
+    @defer.inlineCallbacks
+    def test_cloned_state_directory(self):
+        """
+        A state directory copied from a live node (a cloned machine image):
+        the copy's node finds the name it remembers held on a lease that is
+        being renewed, leaves it alone, takes a fresh identity and says so.
+        """
+        state = os.path.abspath(self.mktemp())
+        first = self.start_node(state)
+        name = yield self.wait_claimed(first)
+        clone = os.path.abspath(self.mktemp())
+        shutil.copytree(state, clone)
+        second = self.start_node(clone)
+        other = yield self.wait_claimed(second)
+        self.assertEqual((name, other), ("worker1.tf.local.", "worker2.tf.local."))
+        self.assertIn(b"another live node uses this node's identity", second.output)
+        with open(os.path.join(state, "node-id")) as a, open(os.path.join(clone, "node-id")) as b:
+            self.assertNotEqual(a.read(), b.read())
+        yield self.assert_held_throughout([first, second], [name, other], 10)
+
+
+class FrozenNodeTests(OwnershipCase):
+    COREFILE = COREFILE.replace("lease {$LEASE:3}", "lease 10")
+
+    @defer.inlineCallbacks
+    def test_stall_shorter_than_the_lease_deletes_nothing(self):
+        """
+        A node frozen (SIGSTOP) for less than its lease minus a keepalive
+        period keeps its key and lease, and the other node answers for it
+        all along.
+        """
+        frozen, other = self.start_node(), self.start_node()
+        names = yield defer.gatherResults([self.wait_claimed(frozen), self.wait_claimed(other)])
+        frozen.process.signalProcess(signal.SIGSTOP)
+        try:
+            for _ in range(30):  # 6 s
+                reply = yield query(other.port, names[0])
+                self.assertEqual(reply.rcode(), dns.rcode.NOERROR)
+                yield sleep(0.2)
+        finally:
+            frozen.process.signalProcess(signal.SIGCONT)
+        yield self.assert_held_throughout([frozen, other], names, 4)
