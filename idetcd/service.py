@@ -23,6 +23,7 @@ from idetcd.claimer import Claimer
 from idetcd.corefile import CorefileError, load, parse
 from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
+from idetcd.http import HttpEndpoint, health_site, ready_site
 from idetcd.members import Member
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
@@ -200,6 +201,11 @@ class IdetcdService(MultiService):
             interfaces=tuple(self.interfaces or self.block.binds or DEFAULT_BINDS),
             reactor=self.reactor,
         )
+        # Child services, each listening only when its directive is present.
+        if self.block.health is not None:
+            HttpEndpoint("health", self.block.health, health_site(), self.reactor).setServiceParent(self)
+        if self.block.ready is not None:
+            HttpEndpoint("ready", self.block.ready, ready_site(self), self.reactor).setServiceParent(self)
 
     @classmethod
     def from_corefile(cls, reactor, path=None, text=None, **kwargs):
@@ -219,6 +225,13 @@ class IdetcdService(MultiService):
     def name(self):
         """
         The name this node holds now, or C{None}.
+        """
+        return self.claimer.name
+
+    @property
+    def held_name(self):
+        """
+        The name this node holds right now on a live lease, or C{None}.
         """
         return self.claimer.name
 
@@ -325,7 +338,7 @@ class IdetcdService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        MultiService.stopService(self)
+        children = MultiService.stopService(self)
         if self._starting is not None:
             self._starting.cancel()
         # Release the name first, while etcd and the client are still up.
@@ -337,3 +350,4 @@ class IdetcdService(MultiService):
         if self.etcd is not None and self.etcd.running:
             yield self.etcd.stopService()
         self.state.release()
+        yield children
