@@ -109,6 +109,7 @@ class HttpEndpoint(Service):
     def startService(self):
         # WrappingFactory keeps the open connections, to drop them on stop.
         self._connections = WrappingFactory(_QuietSite(self.root))
+        self._connections.noisy = False
         self._listening = self.reactor.listenTCP(
             self.address.port, self._connections, interface=self.address.interface
         )
