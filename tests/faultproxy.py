@@ -8,7 +8,9 @@ node's path to etcd can fail while every other path works.
 
 import collections
 
-from twisted.internet import protocol, reactor as global_reactor
+from twisted.internet import protocol, reactor
+
+from tests.proxy import LoopbackProxy
 
 #: Modes; a delay is C{("delay", seconds)}.
 PASS = ("pass", 0.0)
@@ -33,7 +35,7 @@ class _Pipe:
 
     def send(self, chunk):
         kind, delay = self.proxy.mode
-        now = self.proxy.reactor.seconds()
+        now = reactor.seconds()
         self.queue.append([None if kind == "blackhole" else now + delay, chunk])
         self.pump()
 
@@ -41,7 +43,7 @@ class _Pipe:
         """
         Make every held chunk due now (the blackhole is over).
         """
-        now = self.proxy.reactor.seconds()
+        now = reactor.seconds()
         for item in self.queue:
             if item[0] is None:
                 item[0] = now
@@ -53,7 +55,7 @@ class _Pipe:
         self.timer = None
         if self.proxy.mode == BLACKHOLE or self.destination is None:
             return
-        now = self.proxy.reactor.seconds()
+        now = reactor.seconds()
         while self.queue and self.queue[0][0] is not None and self.queue[0][0] <= now:
             _, chunk = self.queue.popleft()
             if chunk is _CLOSE:
@@ -61,7 +63,7 @@ class _Pipe:
             else:
                 self.destination.write(chunk)
         if self.queue and self.queue[0][0] is not None:
-            self.timer = self.proxy.reactor.callLater(self.queue[0][0] - now, self.pump)
+            self.timer = reactor.callLater(self.queue[0][0] - now, self.pump)
 
     def drop(self):
         if self.timer is not None and self.timer.active():
@@ -143,32 +145,24 @@ class _Listener(protocol.Factory):
         link = _Link(proxy)
         link.client = _Side(link, link.upward, link.downward)
         proxy.links.add(link)
-        proxy.reactor.connectTCP("127.0.0.1", proxy.target_port, _Upstream(link), timeout=5)
+        reactor.connectTCP("127.0.0.1", proxy.target_port, _Upstream(link), timeout=5)
         return link.client
 
 
-class FaultProxy:
+class FaultProxy(LoopbackProxy):
     """
     Forwards 127.0.0.1:C{port} to 127.0.0.1:C{target_port}, with the fault
     of C{mode}.  In C{CUT} mode a new connection is accepted and aborted at
     once, so the listening port is never given up.
     """
 
-    def __init__(self, target_port, reactor=global_reactor):
-        self.target_port = target_port
-        self.reactor = reactor
+    def __init__(self, target_port):
+        super().__init__(target_port)
         self.mode = PASS
         self.links = set()
-        self.port = None
-        self._listening = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self):
-        self._listening = self.reactor.listenTCP(0, _Listener(self), interface="127.0.0.1")
-        self.port = self._listening.getHost().port
+        self.listen(_Listener(self))
 
     def restore(self):
         """
