@@ -24,7 +24,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from idetcd.embedded import free_port
-from idetcd.etcd import EtcdClient, prefix_range_end
+from idetcd.etcd import EtcdClient, Event, KeyValue, prefix_range_end
 from idetcd.members import Member
 from tests.etcdserver import start_etcd
 from tests.faultproxy import FaultProxy
@@ -587,3 +587,64 @@ class NemesisTests(unittest.TestCase):
             self.fail(self.failure_message())
         if os.environ.get("NEMESIS_VERBOSE"):
             print(self.failure_message())
+
+
+class HistoryTests(unittest.TestCase):
+    """
+    The checker's rules on etcd's history, on made-up events: it must flag
+    what the nemesis looks for, and nothing a correct cluster does.
+    """
+
+    def setUp(self):
+        self.violations = []
+        self.history = History(lambda field: field, lambda revision, text: self.violations.append(revision))
+        self.revision = 0
+
+    def put(self, slot, lease, node):
+        self.revision += 1
+        value = Member(name="", ipv4=("127.0.0.1",), node=node).to_value()
+        kv = KeyValue(PREFIX + PATTERN.format(slot).encode(), value, 0, self.revision, lease)
+        self.history.events([Event(False, kv)], self.revision)
+
+    def delete(self, slot):
+        self.revision += 1
+        kv = KeyValue(PREFIX + PATTERN.format(slot).encode(), b"", 0, self.revision, 0)
+        self.history.events([Event(True, kv)], self.revision)
+
+    def test_claims_and_expiry_are_fine(self):
+        self.put(1, 10, "a")
+        self.put(2, 20, "b")
+        self.delete(1)
+        self.put(1, 30, "b2")
+        self.put(1, 30, "b2")  # the same lease may put again
+        self.assertEqual(self.violations, [])
+
+    def test_another_node_replacing_a_live_key(self):
+        self.put(1, 10, "a")
+        self.put(1, 20, "b")
+        self.assertEqual(self.violations, [2])
+
+    def test_takeover_of_a_dead_predecessor(self):
+        self.put(1, 10, "a")
+        self.history.restarts["a"].append(self.revision)  # killed and restarted here
+        self.put(1, 11, "a")
+        self.assertEqual(self.violations, [])
+        # A second replacement without another restart: the same process.
+        self.put(1, 12, "a")
+        self.assertEqual(self.violations, [3])
+
+    def test_lease_with_two_keys(self):
+        self.put(1, 10, "a")
+        self.put(2, 10, "a")
+        self.assertEqual(self.violations, [2])
+
+    def test_versions_between_revisions(self):
+        key = PREFIX + PATTERN.format(1).encode()
+        self.put(1, 10, "a")  # 1
+        self.put(2, 20, "b")  # 2
+        self.delete(1)  # 3
+        self.put(1, 30, "c")  # 4
+        self.assertEqual([s.lease for s in self.history.between(key, 0, 0)], [0])
+        self.assertEqual([s.lease for s in self.history.between(key, 2, 2)], [10])
+        self.assertEqual([s.lease for s in self.history.between(key, 2, 4)], [10, 0, 30])
+        self.assertEqual([s.lease for s in self.history.between(key, 4, 9)], [30])
