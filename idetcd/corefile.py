@@ -56,9 +56,44 @@ class IdetcdSettings:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class HttpAddress:
+    """
+    Where an HTTP endpoint such as C{health} listens: C{host} is an IP
+    address, or C{""} for every IPv4 address (as for C{bind}).
+    """
+
+    host: str
+    port: int
+
+    @property
+    def interface(self):
+        return self.host or "0.0.0.0"
+
+    def clashes(self, other):
+        """
+        Whether both cannot listen at once (port 0 picks a free port).
+        """
+        if self.port != other.port or self.port == 0:
+            return False
+        return self.interface == other.interface or "0.0.0.0" in (
+            self.interface,
+            other.interface,
+        ) and ":" not in self.interface + other.interface
+
+    def __str__(self):
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+#: Server block directives that start an HTTP endpoint, with their default
+#: address (CoreDNS's).
+HTTP_DEFAULTS = {"health": ":8080", "ready": ":8181"}
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class ServerBlock:
     """
-    One server block: the zones it answers for, where, and its idetcd block.
+    One server block: the zones it answers for, where, its idetcd block,
+    and its HTTP endpoints (C{None} when absent).
     """
 
     zones: tuple
@@ -67,6 +102,8 @@ class ServerBlock:
     idetcd: IdetcdSettings = None
     filename: str = "Corefile"
     line: int = 0
+    health: HttpAddress = None
+    ready: HttpAddress = None
 
 
 def parse(text, filename="Corefile", environ=None):
@@ -384,6 +421,37 @@ def _endpoints(args):
     return tuple(out)
 
 
+def _http_address(directive, text):
+    """
+    A CoreDNS listen address: C{:PORT}, C{IPv4:PORT}, C{[IPv6]:PORT} or
+    C{localhost:PORT}.
+    """
+    port = HTTP_DEFAULTS[directive][1:]
+    expected = (
+        f"{directive} takes an address such as :{port}, 127.0.0.1:{port} or [::1]:{port},"
+        f" got {text!r}"
+    )
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        raise ValueError(f"{expected} (a colon goes before the port)")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"{expected} (the port must be 0 to 65535)")
+    if host == "localhost":
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"{expected} (brackets are for IPv6 addresses)")
+    elif ":" in host:
+        raise ValueError(f"{expected} (write an IPv6 address in brackets)")
+    if host:
+        try:
+            host = ipaddress.ip_address(host).compressed
+        except ValueError:
+            raise ValueError(f"{expected} (the host must be an IP address)") from None
+    return HttpAddress(host, int(port))
+
+
 def _text(name, what, spaces):
     def convert(args):
         text = args[0]
@@ -422,6 +490,8 @@ class _Reader(_Failing):
 
     def __init__(self, filename):
         self.filename = filename
+        # (what, HttpAddress) of the HTTP endpoints of the blocks read so far.
+        self.endpoints = []
 
     def arguments(self, directive, fewest, most, block=False):
         n = len(directive.args)
@@ -430,8 +500,10 @@ class _Reader(_Failing):
             self.fail(directive.line, f"{name} takes no arguments, got {n}")
         if most is None and n < fewest:
             self.fail(directive.line, f"{name} needs at least {fewest} argument")
-        if most == 1 and n != 1:
+        if fewest == most == 1 and n != 1:
             self.fail(directive.line, f"{name} needs 1 argument, got {n}")
+        if fewest == 0 and most == 1 and n > 1:
+            self.fail(directive.line, f"{name} takes at most 1 argument, got {n}")
         if directive.block is not None and not block:
             self.fail(directive.line, f"{name} takes no block")
         return directive.args
@@ -450,6 +522,7 @@ class _Reader(_Failing):
         binds = ()
         idetcd = None
         seen = {}
+        http = {}
         for directive in body:
             if directive.name == "bind":
                 args = self.arguments(directive, 1, None)
@@ -457,12 +530,41 @@ class _Reader(_Failing):
             elif directive.name == "idetcd":
                 self.once(seen, directive, "this server block")
                 idetcd = self.idetcd(directive, zones)
+            elif directive.name in HTTP_DEFAULTS:
+                self.once(seen, directive, "this server block")
+                http[directive.name] = self.http(directive, http)
             else:
                 self.fail(
                     directive.line,
-                    f"unknown directive {directive.name!r} (expected one of: bind, idetcd)",
+                    f"unknown directive {directive.name!r}"
+                    f" (expected one of: bind, {', '.join(HTTP_DEFAULTS)}, idetcd)",
                 )
-        return ServerBlock(zones, port, binds, idetcd, self.filename, keys[0].line)
+        if http and idetcd is None:
+            first = min(http, key=seen.get)
+            self.fail(seen[first], f"{first!r} reports on idetcd: this server block has no idetcd directive")
+        self.endpoints.extend(
+            (f"{name} of the block on line {keys[0].line}", address) for name, (address, _) in http.items()
+        )
+        return ServerBlock(
+            zones, port, binds, idetcd, self.filename, keys[0].line, **{k: a for k, (a, _) in http.items()}
+        )
+
+    def http(self, directive, others):
+        """
+        The address of an HTTP endpoint directive, with its line, checked
+        against the block's other endpoints (C{others}, by directive).
+        """
+        (text,) = self.arguments(directive, 0, 1) or (HTTP_DEFAULTS[directive.name],)
+        address = self.convert(directive, lambda: _http_address(directive.name, text))
+        in_block = [(f"{name} on line {line}", other) for name, (other, line) in others.items()]
+        for what, other in in_block + self.endpoints:
+            if address.clashes(other):
+                self.fail(
+                    directive.line,
+                    f"{directive.name} {address} cannot listen:"
+                    f" {what} already uses port {address.port}",
+                )
+        return address, directive.line
 
     def keys(self, tokens):
         zones = []

@@ -24,6 +24,7 @@ from idetcd.claimer import Claimer
 from idetcd.corefile import CorefileError, load, parse
 from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
+from idetcd.http import HttpEndpoint, health_site, ready_site
 from idetcd.members import Member
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
@@ -248,6 +249,11 @@ class IdetcdService(MultiService):
             interfaces=tuple(self.interfaces or self.block.binds or DEFAULT_BINDS),
             reactor=self.reactor,
         )
+        # Child services, each listening only when its directive is present.
+        if self.block.health is not None:
+            HttpEndpoint("health", self.block.health, health_site(), self.reactor).setServiceParent(self)
+        if self.block.ready is not None:
+            HttpEndpoint("ready", self.block.ready, ready_site(self), self.reactor).setServiceParent(self)
 
     @classmethod
     def from_corefile(cls, reactor, path=None, text=None, **kwargs):
@@ -380,7 +386,7 @@ class IdetcdService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        MultiService.stopService(self)
+        children = MultiService.stopService(self)
         if self._starting is not None:
             self._starting.cancel()
         # Release the name first, while etcd and the client are still up.
@@ -392,3 +398,4 @@ class IdetcdService(MultiService):
         if self.etcd is not None and self.etcd.running:
             yield self.etcd.stopService()
         self.state.release()
+        yield children

@@ -17,10 +17,14 @@ class _Server(portforward.ProxyServer):
         portforward.ProxyServer.connectionLost(self, reason)
 
 
-class CuttableProxy:
+class LoopbackProxy:
+    """
+    A proxy on a loopback port of its own (C{port}, kept across restarts)
+    to 127.0.0.1:C{target_port}.
+    """
+
     def __init__(self, target_port):
         self.target_port = target_port
-        self.connections = set()
         self.port = None
         self._listening = None
 
@@ -28,12 +32,21 @@ class CuttableProxy:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
+    def listen(self, factory):
+        self._listening = reactor.listenTCP(self.port or 0, factory, interface="127.0.0.1")
+        self.port = self._listening.getHost().port
+
+
+class CuttableProxy(LoopbackProxy):
+    def __init__(self, target_port):
+        super().__init__(target_port)
+        self.connections = set()
+
     def start(self):
         factory = portforward.ProxyFactory("127.0.0.1", self.target_port)
         factory.protocol = _Server
         factory.cuttable = self
-        self._listening = reactor.listenTCP(self.port or 0, factory, interface="127.0.0.1")
-        self.port = self._listening.getHost().port
+        self.listen(factory)
 
     def cut(self):
         """

@@ -63,6 +63,24 @@ def query(port, name, rdtype="A", tcp=False):
     return threads.deferToThread(send, message, "127.0.0.1", timeout=2, port=port)
 
 
+def spawn_node(corefile, state, env):
+    """
+    Start ``twistd -n idetcd`` on C{corefile} with the state directory
+    C{state} and C{env} added to the environment; returns its L{_Output},
+    with the process as C{process}.
+    """
+    node = _Output()
+    args = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", "idetcd",
+        "--corefile", corefile,
+        "--state", state,
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT, **env)
+    node.process = reactor.spawnProcess(node, sys.executable, args, env=env)
+    return node
+
+
 class NodeProcessCase(unittest.TestCase):
     """
     A test with its own etcd and real ``twistd idetcd`` processes, all on
@@ -81,17 +99,11 @@ class NodeProcessCase(unittest.TestCase):
 
     def start_node(self, state=None, **env):
         port = free_port()
-        node = _Output()
-        env = dict(
-            os.environ, NODE_PORT=str(port), ETCD_URL=self.etcd.client_url, PYTHONPATH=ROOT, **env
+        node = spawn_node(
+            self.corefile,
+            state or os.path.abspath(self.mktemp()),
+            dict(NODE_PORT=str(port), ETCD_URL=self.etcd.client_url, **env),
         )
-        args = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "idetcd",
-            "--corefile", self.corefile,
-            "--state", state or os.path.abspath(self.mktemp()),
-        ]
-        node.process = reactor.spawnProcess(node, sys.executable, args, env=env)
         node.port = port
 
         def stop():

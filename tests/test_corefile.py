@@ -7,7 +7,7 @@ import os
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from idetcd.corefile import CorefileError, IdetcdSettings, ServerBlock, load, parse
+from idetcd.corefile import CorefileError, HttpAddress, IdetcdSettings, ServerBlock, load, parse
 from idetcd.pattern import Pattern
 
 ORIGINAL = """\
@@ -346,7 +346,7 @@ class ServerBlockTests(ErrorAssertions, TestCase):
 
     def test_directive_errors(self):
         cases = [
-            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, idetcd)"),
+            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, health, ready, idetcd)"),
             (". {\n    forward . 8.8.8.8\n}", 2, "unknown directive 'forward'"),
             (". {\n    import snippet\n}", 2, "unknown directive 'import'"),
             (". {\n    idetcd\n}", 2, "idetcd needs a block", "pattern"),
@@ -630,3 +630,81 @@ class LoadTests(ErrorAssertions, TestCase):
             load(path.path)
         self.assertEqual(caught.exception.line, 2)
         self.assertIn("not UTF-8", caught.exception.message)
+
+
+def with_http(*lines):
+    """
+    The original Corefile with C{lines} in its server block, from line 2.
+    """
+    return ORIGINAL.replace(". {\n", ". {\n" + "".join(f"    {line}\n" for line in lines), 1)
+
+
+class HttpEndpointTests(TestCase, ErrorAssertions):
+    """
+    C{health} and C{ready}: server block directives with CoreDNS's address
+    shapes and defaults.
+    """
+
+    def endpoints(self, *lines):
+        (block,) = parse(with_http(*lines), environ={})
+        return block.health, block.ready
+
+    def test_absent(self):
+        self.assertEqual(self.endpoints(), (None, None))
+
+    def test_defaults(self):
+        self.assertEqual(
+            self.endpoints("health", "ready"), (HttpAddress("", 8080), HttpAddress("", 8181))
+        )
+
+    def test_address_shapes(self):
+        self.assertEqual(self.endpoints("health :0"), (HttpAddress("", 0), None))
+        self.assertEqual(
+            self.endpoints("ready 127.0.0.1:8181"), (None, HttpAddress("127.0.0.1", 8181))
+        )
+        self.assertEqual(self.endpoints("ready [::1]:8181"), (None, HttpAddress("::1", 8181)))
+        self.assertEqual(self.endpoints("health localhost:8091"), (HttpAddress("127.0.0.1", 8091), None))
+        self.assertEqual(str(HttpAddress("::1", 1)), "[::1]:1")
+        self.assertEqual(str(HttpAddress("", 8080)), ":8080")
+
+    def test_port_zero_never_clashes(self):
+        self.assertEqual(
+            self.endpoints("health 127.0.0.1:0", "ready 127.0.0.1:0"),
+            (HttpAddress("127.0.0.1", 0), HttpAddress("127.0.0.1", 0)),
+        )
+
+    def test_different_addresses_share_a_port(self):
+        self.assertEqual(
+            self.endpoints("health 127.0.0.1:9000", "ready [::1]:9000"),
+            (HttpAddress("127.0.0.1", 9000), HttpAddress("::1", 9000)),
+        )
+
+    def test_errors(self):
+        cases = [
+            (["health 8080"], 2, "health takes an address such as :8080", "a colon goes before the port"),
+            (["ready :99999"], 2, "ready takes an address such as :8181", "port must be 0 to 65535"),
+            (["ready :http"], 2, "port must be 0 to 65535"),
+            (["health ::1:8080"], 2, "write an IPv6 address in brackets"),
+            (["health [10.0.0.1]:8080"], 2, "brackets are for IPv6 addresses"),
+            (["health example.com:8080"], 2, "the host must be an IP address"),
+            (["health :1 :2"], 2, "'health' takes at most 1 argument, got 2"),
+            (["ready {", "}"], 2, "'ready' takes no block"),
+            (["health", "bind 127.0.0.1", "health :9"], 4, "duplicate 'health'", "first on line 2"),
+            (["health", "ready :8080"], 3, "ready :8080 cannot listen: health on line 2 already uses port 8080"),
+            (["health 127.0.0.1:7", "ready :7"], 3, "health on line 2"),
+        ]
+        for lines, line, *words in cases:
+            self.assertCorefileError(with_http(*lines), line, *words)
+
+    def test_needs_idetcd(self):
+        self.assertCorefileError(
+            ".:1053 {\n    bind ::1\n    ready\n}\n", 3, "'ready' reports on idetcd", "no idetcd directive"
+        )
+
+    def test_clash_between_blocks(self):
+        second = "example.org {\n    health :8181\n    idetcd {\n        pattern w{{.ID}}.example.org.\n    }\n}\n"
+        self.assertCorefileError(
+            with_http("ready") + second, 10, "health :8181 cannot listen: ready of the block on line 1"
+        )
+        blocks = parse(with_http("ready :0") + second.replace(":8181", ":0"), environ={})
+        self.assertEqual([b.ready for b in blocks], [HttpAddress("", 0), None])

@@ -1,0 +1,129 @@
+"""
+The operator's HTTP endpoints, with CoreDNS's conventions: ``GET /health``
+answers 200 while the process runs; ``GET /ready`` answers 200 once the node
+has read etcd and holds its name, else 503 with what it is waiting for.
+"""
+
+import json
+
+import attr
+from twisted.application.service import Service
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.web import resource, server
+
+log = Logger()
+
+
+def readiness(node):
+    """
+    What C{/ready} reports for C{node} (an L{idetcd.service.IdetcdService}):
+    its name, slot and lease (hex, as etcd's tools print it) when ready,
+    else the reasons it is not.
+    """
+    waiting = []
+    if not node.registry.ready:
+        waiting.append("registry: first read from etcd")
+    name = node.held_name
+    if name is None:
+        waiting.append("name: claiming")
+    if waiting:
+        return {"ready": False, "waiting": waiting}
+    claimer = node.claimer
+    return {"ready": True, "name": name, "slot": claimer.slot, "lease": f"{claimer.lease:x}"}
+
+
+class _Page(resource.Resource):
+    """
+    One path answering GET (and HEAD) with a body and status made on demand;
+    paths below it are not found.
+    """
+
+    def __init__(self, content_type, render):
+        super().__init__()
+        self._content_type = content_type
+        self._render = render
+
+    def render_GET(self, request):
+        code, body = self._render()
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", self._content_type)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+
+def _root(path, page):
+    root = resource.Resource()
+    root.putChild(path, page)
+    return root
+
+
+def health_site():
+    """
+    C{/health}: 200 C{OK} whenever the process can answer at all.
+    """
+    return _root(b"health", _Page(b"text/plain; charset=utf-8", lambda: (200, b"OK")))
+
+
+def ready_site(node):
+    """
+    C{/ready}: 200 or 503 with L{readiness} of C{node} as JSON.
+    """
+
+    def render():
+        state = readiness(node)
+        return (200 if state["ready"] else 503), json.dumps(state).encode("utf-8") + b"\n"
+
+    return _root(b"ready", _Page(b"application/json", render))
+
+
+class _QuietSite(server.Site):
+    """
+    A site that does not log each request: probes every few seconds would
+    fill the node's log.
+    """
+
+    noisy = False
+
+    def log(self, request):
+        pass
+
+
+@attr.s(eq=False)
+class HttpEndpoint(Service):
+    """
+    Serves C{root} (a resource) at C{address} (an
+    L{idetcd.corefile.HttpAddress}) while running.  C{port} is the port
+    bound, for an address with port 0.  Stopping closes the port and drops
+    open connections.
+    """
+
+    name = attr.ib()
+    address = attr.ib()
+    root = attr.ib()
+    reactor = attr.ib()
+    port = attr.ib(default=None, init=False)
+    _listening = attr.ib(default=None, init=False)
+    _connections = attr.ib(default=None, init=False)
+
+    def startService(self):
+        # WrappingFactory keeps the open connections, to drop them on stop.
+        self._connections = WrappingFactory(_QuietSite(self.root))
+        self._connections.noisy = False
+        self._listening = self.reactor.listenTCP(
+            self.address.port, self._connections, interface=self.address.interface
+        )
+        self.port = self._listening.getHost().port
+        Service.startService(self)
+        log.info(
+            "{endpoint} endpoint on http://{address}/{endpoint}",
+            endpoint=self.name,
+            address=str(attr.evolve(self.address, host=self.address.interface, port=self.port)),
+        )
+
+    def stopService(self):
+        Service.stopService(self)
+        listening, self._listening = self._listening, None
+        for connection in list(self._connections.protocols):
+            connection.transport.abortConnection()
+        return listening.stopListening()
