@@ -26,6 +26,18 @@ _NOT_FOUND = 5
 #: A watch line longer than this is a broken stream, not a result.
 MAX_WATCH_LINE = 64 * 1024 * 1024
 
+#: Every request asks etcd to refuse it (gRPC code 14, "etcdserver: no
+#: leader") on a member that has lost its leader, before it is proposed:
+#: such a member can serve none of our requests in time, and a refused
+#: request is safe to send to the next endpoint, where a timed-out one may
+#: have been applied.  On a watch, etcd also ends the stream a few seconds
+#: after the member loses its leader, where it would otherwise stay open and
+#: silent for as long as the member is cut off.
+_HEADERS = {
+    b"Content-Type": [b"application/json"],
+    b"Grpc-Metadata-Hasleader": [b"true"],
+}
+
 
 #: TCP keepalive on etcd connections: a watch on a peer that vanished
 #: without a reset (host down, partition) is noticed in about 11 s, where
@@ -224,7 +236,7 @@ class EtcdClient:
         d = self._http.post(
             url,
             data=json.dumps(body).encode("ascii"),
-            headers={b"Content-Type": [b"application/json"]},
+            headers=_HEADERS,
         )
         d.addCallback(lambda response: treq.json_content(response).addCallback(
             lambda data: (response.code, data)
@@ -411,7 +423,7 @@ class EtcdClient:
         d = self._http.post(
             url,
             data=json.dumps(body).encode("ascii"),
-            headers={b"Content-Type": [b"application/json"]},
+            headers=_HEADERS,
             unbuffered=True,
         )
         d = self._bounded(d)
