@@ -1,11 +1,12 @@
 """
-How a watch handles what its stream says, on fake streams and a fake clock.
+How a watch handles what its stream says, on fake streams and a fake clock;
+and a watch on a real 3-member etcd whose member is cut off from its peers.
 """
 
 import json
 
 import attr
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -13,7 +14,14 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import ResponseDone, ResponseFailed
 
-from idetcd.etcd import Watch
+from idetcd.etcd import EtcdClient, EtcdUnavailable, Watch, prefix_range_end
+from idetcd.registry import Registry
+from tests.etcdserver import start_etcd_cluster
+from tests.peerproxy import PeerNetwork
+from tests.test_etcd import sleep, wait_for
+from tests.test_registry import value
+
+PREFIX = b"/idetcd/"
 
 NO_LEADER = json.dumps(
     {
@@ -169,3 +177,79 @@ class WatchLineTests(unittest.TestCase):
         self.assertEqual(len(self.client.opened), 1)
         self.assertIsNone(self.successResultOf(self.watch.done))
 
+
+@defer.inlineCallbacks
+def until_written(write, timeout=30.0):
+    """
+    Retry C{write} while the majority elects a leader (its members refuse
+    requests until then).
+    """
+    for _ in range(int(timeout / 0.5)):
+        try:
+            result = yield write()
+        except EtcdUnavailable:
+            yield sleep(0.5)
+        else:
+            return result
+    raise AssertionError(f"no write succeeded in {timeout}s")
+
+
+class IsolatedMemberTests(unittest.TestCase):
+    """
+    A 3-member etcd whose peer traffic goes through proxies; the member
+    holding the registry's watch is cut off from its two peers, while the
+    test still reaches every member's client port.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_registry_follows_the_majority(self):
+        network = PeerNetwork()
+        members = yield start_etcd_cluster(self, network=network)
+        client = EtcdClient([m.client_url for m in members], reactor, timeout=2.0)
+        self.addCleanup(client.close)
+        logged = []
+
+        def observe(event):
+            if event.get("log_namespace") == "idetcd.etcd":
+                logged.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+        yield client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        registry = Registry(client, PREFIX, reactor)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        yield registry.when_ready()
+        revision = yield client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
+        yield registry.when_caught_up(revision)
+
+        watched = next(m for m in members if m.client_url == client.endpoint)
+        majority = EtcdClient([m.client_url for m in members if m is not watched], reactor, timeout=2.0)
+        self.addCleanup(majority.close)
+        network.isolate(watched.member)
+        # Changes the cut-off member never sees.
+        yield until_written(lambda: majority.delete(PREFIX + b"worker1.tf.local."))
+        revision = yield until_written(
+            lambda: majority.put(PREFIX + b"worker3.tf.local.", value("10.0.0.3"))
+        )
+
+        # etcd ends the watch with "no leader" a few seconds after the member
+        # loses its leader; the watch resumes on another member.
+        yield wait_for(lambda: registry.revision >= revision, timeout=30)
+        self.assertEqual(set(registry.members), {"worker2.tf.local.", "worker3.tf.local."})
+        self.assertNotEqual(client.endpoint, watched.client_url)
+        ended = [e for e in logged if "ended" in e["log_format"]]
+        self.assertEqual(ended[0]["endpoint"], watched.client_url)
+        self.assertIn("no leader", ended[0]["why"])
+
+        # It goes on following the majority.
+        revision = yield majority.put(PREFIX + b"worker4.tf.local.", value("10.0.0.4"))
+        yield wait_for(lambda: registry.revision >= revision, timeout=30)
+        kvs, _ = yield majority.range(PREFIX, prefix_range_end(PREFIX))
+        self.assertEqual(
+            {kv.key[len(PREFIX) :].decode() for kv in kvs},
+            set(registry.members),
+        )
