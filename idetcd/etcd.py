@@ -13,9 +13,9 @@ import attr
 import treq
 from twisted.internet import defer
 from twisted.internet.error import ConnectingCancelledError
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 
 from idetcd.backoff import Backoff
 
@@ -26,6 +26,18 @@ _UNAVAILABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
 _NOT_FOUND = 5
 #: A watch line longer than this is a broken stream, not a result.
 MAX_WATCH_LINE = 64 * 1024 * 1024
+
+#: Every request asks etcd to refuse it (gRPC code 14, "etcdserver: no
+#: leader") on a member that has lost its leader, before it is proposed:
+#: such a member can serve none of our requests in time, and a refused
+#: request is safe to send to the next endpoint, where a timed-out one may
+#: have been applied.  On a watch, etcd also ends the stream a few seconds
+#: after the member loses its leader, where it would otherwise stay open and
+#: silent for as long as the member is cut off.
+_HEADERS = {
+    b"Content-Type": [b"application/json"],
+    b"Grpc-Metadata-Hasleader": [b"true"],
+}
 
 
 #: TCP keepalive on etcd connections: a watch on a peer that vanished
@@ -238,7 +250,7 @@ class EtcdClient:
         d = self._http.post(
             url,
             data=json.dumps(body).encode("ascii"),
-            headers={b"Content-Type": [b"application/json"]},
+            headers=_HEADERS,
         )
         d.addCallback(lambda response: treq.json_content(response).addCallback(
             lambda data: (response.code, data)
@@ -452,17 +464,16 @@ class EtcdClient:
         watch.start()
         return watch
 
-    def _open_watch_stream(self, body, protocol):
+    def _open_watch_stream(self, index, body, protocol):
         """
-        Open one watch stream on the current endpoint and feed its body to
+        Open one watch stream on endpoint C{index} and feed its body to
         C{protocol}; fires when the stream is open (headers received).
         """
-        index = self._current
         url = self.endpoints[index].rstrip("/") + "/v3/watch"
         d = self._http.post(
             url,
             data=json.dumps(body).encode("ascii"),
-            headers={b"Content-Type": [b"application/json"]},
+            headers=_HEADERS,
             unbuffered=True,
         )
         d = self._bounded(d)
@@ -477,12 +488,7 @@ class EtcdClient:
                 )
             response.deliverBody(protocol)
 
-        def failed(failure):
-            if not self._closed and not failure.check(defer.CancelledError):
-                self._next_endpoint(index)
-            return failure
-
-        return self._track(d.addCallbacks(opened, failed))
+        return self._track(d.addCallback(opened))
 
     def open(self):
         """
@@ -539,6 +545,11 @@ class _WatchStream:
 
     def connectionLost(self, reason):
         self.transport = None
+        if reason.check(ResponseDone) and self._pieces:
+            # etcd ends a watch with an error object and no line end.
+            line, self._pieces, self._size = b"".join(self._pieces), [], 0
+            if line.strip():
+                self._on_result(line)
         self.finished.callback(None)
 
     def stop(self):
@@ -546,12 +557,37 @@ class _WatchStream:
             self.transport.stopProducing()
 
 
+def _watch_result(line):
+    """
+    The C{result} object of one watch line; raises L{EtcdError} for the
+    error object etcd (3.4, 3.5) sends, as the stream's last chunk and with
+    no line end, when it ends a watch; L{ValueError} for anything else that
+    is not a result.
+    """
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object: {line[:100]!r}")
+    result = data.get("result")
+    if isinstance(result, dict):
+        return result
+    error = data.get("error")
+    if isinstance(error, dict):
+        # The gateway's stream error: {"error": {"grpc_code", "http_code",
+        # "message", "http_status"}}.
+        raise EtcdError(error.get("grpc_code", -1), error.get("message") or "watch failed")
+    if error is not None:
+        raise EtcdError(data.get("code", -1), data.get("message") or str(error))
+    raise ValueError(f"neither a result nor an error: {line[:100]!r}")
+
+
 @attr.s(eq=False)
 class Watch:
     """
-    A watch over a key range that reconnects when the stream breaks and
-    resumes after the last revision it delivered, so no change is lost or
-    seen twice across an etcd restart.
+    A watch over a key range that, when its stream breaks or etcd ends it
+    (as it does a few seconds after the member loses its leader), resumes on
+    the client's next endpoint after the last revision it delivered, so no
+    change is lost or seen twice across an etcd restart or a member cut off
+    from its peers.
 
     C{on_events(events, revision)} gets each batch of L{Event}s.  C{done}
     fires when the watch is stopped, and fails with L{ResyncNeeded} (or its
@@ -569,6 +605,10 @@ class Watch:
     _stream = attr.ib(default=None, init=False)
     _opening = attr.ib(default=None, init=False)
     _retry = attr.ib(default=None, init=False)
+    #: Consecutive streams that broke, and when that was last logged.
+    _breaks = attr.ib(default=0, init=False)
+    _logged_at = attr.ib(default=0.0, init=False)
+    log_interval = 30.0
 
     def start(self):
         if self.done.called:
@@ -581,26 +621,35 @@ class Watch:
                 "progress_notify": True,
             }
         }
-        stream = self._stream = _WatchStream(self._result)
-        self._opening = self.client._open_watch_stream(body, stream)
-        self._opening.addErrback(lambda failure: self._broken(stream, failure))
-        stream.finished.addCallback(lambda _: self._broken(stream, None))
+        index = self.client._current
+        stream = self._stream = _WatchStream(lambda line: self._line(stream, index, line))
+        self._opening = self.client._open_watch_stream(index, body, stream)
+        self._opening.addErrback(lambda failure: self._broken(stream, index, failure))
+        stream.finished.addCallback(lambda _: self._broken(stream, index, None))
 
-    def _result(self, line):
+    def _line(self, stream, index, line):
+        if stream is not self._stream:
+            return  # more of a stream already given up
         try:
-            data = json.loads(line)
-            result = data.get("result")
-            if result is None:
-                raise ValueError(data.get("error", "no result"))
-        except (ValueError, AttributeError) as e:
-            log.warn("dropping unreadable watch line: {error}", error=str(e))
+            result = _watch_result(line)
+            compact_revision = int(result.get("compact_revision", 0))
+            current = int(result.get("header", {}).get("revision", 0))
+            events = [
+                Event(raw.get("type") == "DELETE", KeyValue.from_json(raw.get("kv", {})))
+                for raw in result.get("events", ())
+            ]
+        except (EtcdError, ValueError, TypeError, AttributeError) as e:
+            # etcd ended the watch ("no leader": this member is cut off from
+            # its peers), or the stream is garbled and a line with events
+            # may be lost.  Either way, resume from the last revision
+            # delivered, elsewhere.
+            stream.stop()
+            self._broken(stream, index, Failure(e))
             return
-        self.backoff.reset()
-        compact_revision = int(result.get("compact_revision", 0))
+        self._working(index)
         if compact_revision:
             self._finish(Compacted(compact_revision))
             return
-        current = int(result.get("header", {}).get("revision", 0))
         if result.get("created") and current < self.next_revision - 1:
             # The store went back in time (restored from a snapshot, or a new
             # cluster): the revisions we resume from are not the same ones.
@@ -610,10 +659,6 @@ class Watch:
             # etcd gave up on this watch for a reason of its own.
             self._finish(ResyncNeeded(result.get("cancel_reason") or "etcd cancelled the watch"))
             return
-        events = []
-        for raw in result.get("events", ()):
-            kv = KeyValue.from_json(raw.get("kv", {}))
-            events.append(Event(raw.get("type") == "DELETE", kv))
         if events:
             revision = max(event.kv.mod_revision for event in events)
             self.next_revision = revision + 1
@@ -622,17 +667,43 @@ class Watch:
             # A progress notification: everything up to here was delivered.
             self.next_revision = max(self.next_revision, current + 1)
 
-    def _broken(self, stream, failure):
+    def _working(self, index):
+        self.backoff.reset()
+        if self._breaks:
+            log.info(
+                "etcd watch resumed on {endpoint} from revision {revision} after {breaks} broken streams",
+                endpoint=self.client.endpoints[index],
+                revision=self.next_revision,
+                breaks=self._breaks,
+            )
+            self._breaks = 0
+
+    def _broken(self, stream, index, failure):
+        """
+        The stream on endpoint C{index} ended or failed: resume on the next
+        endpoint, after a backoff.
+        """
         if stream is not self._stream or self.done.called:
             return None
         self._stream = None
+        self.client._next_endpoint(index)
         delay = self.backoff.next()
-        log.info(
-            "etcd watch stream ended ({why}); resuming from revision {revision} in {delay:.2f}s",
-            why=failure.getErrorMessage() if failure else "closed",
-            revision=self.next_revision,
-            delay=delay,
-        )
+        self._breaks += 1
+        now = self.client.reactor.seconds()
+        if self._breaks == 1 or now - self._logged_at >= self.log_interval:
+            # The first break of a run, then one line per interval at most.
+            self._logged_at = now
+            log.emit(
+                LogLevel.warn if failure is not None and failure.check(EtcdError) else LogLevel.info,
+                "etcd watch on {endpoint} ended ({why}); resuming from revision {revision}"
+                " on {next} in {delay:.2f}s ({breaks} broken streams in a row)",
+                endpoint=self.client.endpoints[index],
+                why=failure.getErrorMessage() if failure else "closed",
+                revision=self.next_revision,
+                next=self.client.endpoint,
+                delay=delay,
+                breaks=self._breaks,
+            )
         self._retry = self.client.reactor.callLater(delay, self.start)
         return None
 

@@ -5,6 +5,7 @@ data in the test's temporary directory.
 
 import os
 
+import attr
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
@@ -23,24 +24,48 @@ def start_etcd(case, member="idetcd"):
     return etcd
 
 
-@defer.inlineCallbacks
-def start_etcd_cluster(case, size=3):
+@attr.s(eq=False)
+class _Member(EtcdProcess):
     """
-    Start a C{size}-member etcd cluster for C{case}.
+    A member that may advertise another peer URL than the one it listens on:
+    its proxy's.
+    """
+
+    advertise_peer_url = attr.ib(default=None)
+
+    def _args(self):
+        args = EtcdProcess._args(self)
+        if self.advertise_peer_url is not None:
+            args[args.index("--initial-advertise-peer-urls") + 1] = self.advertise_peer_url
+        return args
+
+
+@defer.inlineCallbacks
+def start_etcd_cluster(case, size=3, network=None):
+    """
+    Start a C{size}-member etcd cluster for C{case}.  With a
+    L{tests.peerproxy.PeerNetwork}, every member's peer traffic goes through
+    it, so that the test can cut members off from each other.
     """
     names = [f"m{i}" for i in range(size)]
     ports = free_ports(2 * size)
     peers = dict(zip(names, ports[size:]))
     clients = dict(zip(names, ports[:size]))
-    cluster = ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in peers.items())
+    if network is None:
+        advertised = {name: f"http://127.0.0.1:{port}" for name, port in peers.items()}
+    else:
+        case.addCleanup(network.close)
+        advertised = {name: network.add(name, port).url for name, port in peers.items()}
+    cluster = ",".join(f"{name}={url}" for name, url in advertised.items())
     members = [
-        EtcdProcess(
+        _Member(
             reactor,
             os.path.abspath(case.mktemp()),
             client_port=clients[name],
             peer_port=peers[name],
             member=name,
             initial_cluster=cluster,
+            advertise_peer_url=advertised[name],
         )
         for name in names
     ]
@@ -48,6 +73,14 @@ def start_etcd_cluster(case, size=3):
         case.addCleanup(etcd.stopService)
     # Members wait for each other before they report healthy: start together.
     yield defer.gatherResults([etcd.startService() for etcd in members], consumeErrors=True)
+    if network is not None:
+        client = EtcdClient([members[0].client_url], reactor)
+        try:
+            listed = yield client.call("/v3/cluster/member/list", {})
+        finally:
+            yield client.close()
+        for member in listed["members"]:
+            network.identify(member["name"], int(member["ID"]))
     return members
 
 

@@ -1,0 +1,255 @@
+"""
+How a watch handles what its stream says, on fake streams and a fake clock;
+and a watch on a real 3-member etcd whose member is cut off from its peers.
+"""
+
+import json
+
+import attr
+from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web.client import ResponseDone, ResponseFailed
+
+from idetcd.etcd import EtcdClient, EtcdUnavailable, Watch, prefix_range_end
+from idetcd.registry import Registry
+from tests.etcdserver import start_etcd_cluster
+from tests.peerproxy import PeerNetwork
+from tests.test_etcd import sleep, wait_for
+from tests.test_registry import value
+
+PREFIX = b"/idetcd/"
+
+NO_LEADER = json.dumps(
+    {
+        "error": {
+            "grpc_code": 14,
+            "http_code": 503,
+            "message": "etcdserver: no leader",
+            "http_status": "Service Unavailable",
+        }
+    }
+).encode()
+
+
+def result(revision, *puts, created=False):
+    """
+    One watch line as etcd's gateway writes it, with a put per key.
+    """
+    events = [
+        {"kv": {"key": "L2E=", "value": "MQ==", "mod_revision": str(rev)}} for rev in puts
+    ]
+    body = {"header": {"revision": str(revision)}, "events": events}
+    if created:
+        body["created"] = True
+    return json.dumps({"result": body}).encode() + b"\n"
+
+
+class FakeTransport:
+    stopped = False
+
+    def stopProducing(self):
+        self.stopped = True
+
+
+@attr.s(eq=False)
+class FakeClient:
+    """
+    The part of EtcdClient a watch uses; records each stream it opens.
+    """
+
+    endpoints = attr.ib()
+    reactor = attr.ib(factory=Clock)
+    _current = attr.ib(default=0)
+    opened = attr.ib(factory=list)
+
+    @property
+    def endpoint(self):
+        return self.endpoints[self._current]
+
+    def _next_endpoint(self, failed_index):
+        if self._current == failed_index:
+            self._current = (failed_index + 1) % len(self.endpoints)
+
+    def _open_watch_stream(self, index, body, protocol):
+        protocol.makeConnection(FakeTransport())
+        self.opened.append((index, int(body["create_request"]["start_revision"]), protocol))
+        return defer.succeed(None)
+
+
+class WatchLineTests(unittest.TestCase):
+    def setUp(self):
+        self.client = FakeClient(["http://a", "http://b", "http://c"])
+        self.seen = []
+        self.watch = Watch(self.client, b"/a", b"/b", 5, lambda events, rev: self.seen.append(rev))
+        self.watch.start()
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def stream(self):
+        return self.client.opened[-1][2]
+
+    def watch_logs(self):
+        return [e for e in self.logged if e.get("log_namespace") == "idetcd.etcd"]
+
+    def test_error_line_resumes_on_next_endpoint(self):
+        """
+        etcd's "no leader" line ends the stream (etcd itself keeps it open);
+        the watch opens a new one on the next endpoint from the revision
+        after the last one it delivered, and says so once, as a warning.
+        """
+        first = self.stream()
+        first.dataReceived(result(6, created=True) + result(6, 6))
+        first.dataReceived(NO_LEADER)
+        self.assertEqual(len(self.client.opened), 1)
+        # What etcd sends: the error object as the last chunk, no line end.
+        first.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.seen, [6])
+        self.assertEqual(self.client.endpoint, "http://b")
+        self.client.reactor.advance(1)
+        index, start_revision, second = self.client.opened[-1]
+        self.assertEqual((index, start_revision), (1, 7))
+        second.dataReceived(result(7, created=True) + result(7, 7))
+        self.assertEqual(self.seen, [6, 7])
+        self.client.reactor.advance(5)
+        self.assertEqual(len(self.client.opened), 2)
+        logs = self.watch_logs()
+        self.assertEqual([e["log_level"].name for e in logs], ["warn", "info"])
+        self.assertIn("no leader", logs[0]["why"])
+        self.assertFalse(self.watch.done.called)
+
+    def test_error_line_within_a_stream_ends_it(self):
+        """
+        An error followed by a line end and more data: nothing after the
+        error is used, and the stream is closed.
+        """
+        first = self.stream()
+        first.dataReceived(result(5, created=True) + NO_LEADER + b"\n" + result(6, 6))
+        self.assertTrue(first.transport.stopped)
+        self.assertEqual(self.seen, [])
+        self.client.reactor.advance(1)
+        self.assertEqual(self.client.opened[-1][:2], (1, 5))
+
+    def test_cut_stream_resumes_on_next_endpoint(self):
+        """
+        A stream cut in the middle of a line: the piece is not a line.
+        """
+        first = self.stream()
+        first.dataReceived(result(5, created=True) + result(6, 6)[:20])
+        first.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
+        self.client.reactor.advance(1)
+        self.assertEqual(self.client.opened[-1][:2], (1, 5))
+        self.assertEqual(self.watch_logs()[0]["why"], "closed")
+
+    def test_garbled_line_resumes_without_losing_events(self):
+        first = self.stream()
+        first.dataReceived(result(5, created=True) + b'{"result": {"events": [tru\n')
+        self.assertTrue(first.transport.stopped)
+        self.client.reactor.advance(1)
+        self.assertEqual(self.client.opened[-1][:2], (1, 5))
+
+    def test_repeated_breaks_are_logged_once_per_interval(self):
+        """
+        With every member leaderless the watch goes round the endpoints
+        with a backoff, logging the first break and then one line every
+        30 s, not one per attempt.
+        """
+        for _ in range(100):
+            self.stream().dataReceived(NO_LEADER)
+            self.stream().connectionLost(Failure(ResponseDone()))
+            self.client.reactor.advance(2)
+        self.assertEqual(len(self.client.opened), 101)
+        self.assertEqual([index for index, _, _ in self.client.opened[:4]], [0, 1, 2, 0])
+        breaks = [e for e in self.watch_logs() if "ended" in e["log_format"]]
+        self.assertLessEqual(len(breaks), 1 + 200 // 30)
+        self.assertGreater(len(breaks), 1)
+        self.assertGreater(breaks[-1]["breaks"], 10)
+
+    def test_stop_after_error_line_opens_nothing(self):
+        self.stream().dataReceived(NO_LEADER)
+        self.stream().connectionLost(Failure(ResponseDone()))
+        self.watch.stop()
+        self.client.reactor.advance(5)
+        self.assertEqual(len(self.client.opened), 1)
+        self.assertIsNone(self.successResultOf(self.watch.done))
+
+
+@defer.inlineCallbacks
+def until_written(write, timeout=30.0):
+    """
+    Retry C{write} while the majority elects a leader (its members refuse
+    requests until then).
+    """
+    for _ in range(int(timeout / 0.5)):
+        try:
+            result = yield write()
+        except EtcdUnavailable:
+            yield sleep(0.5)
+        else:
+            return result
+    raise AssertionError(f"no write succeeded in {timeout}s")
+
+
+class IsolatedMemberTests(unittest.TestCase):
+    """
+    A 3-member etcd whose peer traffic goes through proxies; the member
+    holding the registry's watch is cut off from its two peers, while the
+    test still reaches every member's client port.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_registry_follows_the_majority(self):
+        network = PeerNetwork()
+        members = yield start_etcd_cluster(self, network=network)
+        client = EtcdClient([m.client_url for m in members], reactor, timeout=2.0)
+        self.addCleanup(client.close)
+        logged = []
+
+        def observe(event):
+            if event.get("log_namespace") == "idetcd.etcd":
+                logged.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+        yield client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        registry = Registry(client, PREFIX, reactor)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        yield registry.when_ready()
+        revision = yield client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
+        yield registry.when_caught_up(revision)
+
+        watched = next(m for m in members if m.client_url == client.endpoint)
+        majority = EtcdClient([m.client_url for m in members if m is not watched], reactor, timeout=2.0)
+        self.addCleanup(majority.close)
+        network.isolate(watched.member)
+        # Changes the cut-off member never sees.
+        yield until_written(lambda: majority.delete(PREFIX + b"worker1.tf.local."))
+        revision = yield until_written(
+            lambda: majority.put(PREFIX + b"worker3.tf.local.", value("10.0.0.3"))
+        )
+
+        # etcd ends the watch with "no leader" a few seconds after the member
+        # loses its leader; the watch resumes on another member.
+        yield wait_for(lambda: registry.revision >= revision, timeout=30)
+        self.assertEqual(set(registry.members), {"worker2.tf.local.", "worker3.tf.local."})
+        self.assertNotEqual(client.endpoint, watched.client_url)
+        ended = [e for e in logged if "ended" in e["log_format"]]
+        self.assertEqual(ended[0]["endpoint"], watched.client_url)
+        self.assertIn("no leader", ended[0]["why"])
+
+        # It goes on following the majority.
+        revision = yield majority.put(PREFIX + b"worker4.tf.local.", value("10.0.0.4"))
+        yield wait_for(lambda: registry.revision >= revision, timeout=30)
+        kvs, _ = yield majority.range(PREFIX, prefix_range_end(PREFIX))
+        self.assertEqual(
+            {kv.key[len(PREFIX) :].decode() for kv in kvs},
+            set(registry.members),
+        )
