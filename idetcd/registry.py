@@ -25,9 +25,10 @@ class Registry(Service):
     """
     The members under C{prefix}, by name (absolute, lower case).
 
-    Subscribers are called, with no arguments, after every change to
-    C{members}; C{revision} is the etcd revision of the last change applied,
-    and grows with every change.
+    Subscribers are called after every change to C{members}: those of
+    L{subscribe_changes} first, with the names that changed, then those of
+    L{subscribe}, with no arguments.  C{revision} is the etcd revision of
+    the last change applied, and grows with every change.
     """
 
     client = attr.ib()
@@ -39,6 +40,8 @@ class Registry(Service):
     _names = attr.ib(factory=dict, init=False)  # key -> name
     _bad = attr.ib(factory=dict, init=False)  # key -> mod_revision logged
     _subscribers = attr.ib(factory=list, init=False)
+    _change_subscribers = attr.ib(factory=list, init=False)
+    _changed_names = attr.ib(factory=set, init=False)
     _ready = attr.ib(default=False, init=False)
     _watch = attr.ib(default=None, init=False)
     _loading = attr.ib(default=None, init=False)
@@ -82,8 +85,21 @@ class Registry(Service):
         Call C{callback()} after every change; returns a function that stops
         the calls.
         """
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+        return self._add(self._subscribers, callback)
+
+    def subscribe_changes(self, callback):
+        """
+        Call C{callback(names)} after every change, before the subscribers
+        of L{subscribe}: C{names} is the set of names added, changed or
+        removed (empty when only the revision moved).  Returns a function
+        that stops the calls.
+        """
+        return self._add(self._change_subscribers, callback)
+
+    @staticmethod
+    def _add(subscribers, callback):
+        subscribers.append(callback)
+        return lambda: subscribers.remove(callback) if callback in subscribers else None
 
     def startService(self):
         Service.startService(self)
@@ -101,7 +117,7 @@ class Registry(Service):
 
     def _load(self):
         self._retry = None
-        self._loading = self.client.range(self.prefix, prefix_range_end(self.prefix))
+        self._loading = self.client.range_paged(self.prefix, prefix_range_end(self.prefix))
         self._loading.addCallbacks(self._loaded, self._load_failed)
 
     def _load_failed(self, failure):
@@ -179,15 +195,23 @@ class Registry(Service):
             return
         self._bad.pop(kv.key, None)
         self._names[kv.key] = name
-        self.members[name] = member
+        if self.members.get(name) != member:
+            self._changed_names.add(name)
+            self.members[name] = member
 
     def _forget(self, key):
         self._bad.pop(key, None)
         name = self._names.pop(key, None)
-        if name is not None:
-            self.members.pop(name, None)
+        if name is not None and self.members.pop(name, None) is not None:
+            self._changed_names.add(name)
 
     def _changed(self):
+        names, self._changed_names = frozenset(self._changed_names), set()
+        for callback in list(self._change_subscribers):
+            try:
+                callback(names)
+            except Exception:
+                log.failure("registry subscriber failed")
         for callback in list(self._subscribers):
             try:
                 callback()
