@@ -193,7 +193,9 @@ class IdetcdService(MultiService):
             registry=self.registry,
             on_claimed=self.state.remember_name,
         )
-        authority = ZoneAuthority(settings.pattern.zone, self.registry, settings.ttl)
+        authority = ZoneAuthority(
+            settings.pattern.zone, self.registry, settings.ttl, settings.nameservers
+        )
         self.dns = DNSServer(
             authority,
             port,
