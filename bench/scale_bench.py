@@ -209,9 +209,19 @@ class Node:
         return float("nan")
 
     def cpu_seconds(self):
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """
+        CPU time of all the node's threads, in nanoseconds from the
+        scheduler (/proc/PID/stat counts in 10 ms ticks).
+        """
+        total = 0
+        tasks = f"/proc/{self.process.pid}/task"
+        for task in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except FileNotFoundError:
+                pass  # a thread that just ended
+        return total / 1e9
 
     def stop(self):
         self.socket.close()
@@ -256,12 +266,13 @@ def measure_members(etcd, members, changes, workdir):
     prefix = f"/bench{members}/".encode()
     key = lambda index: prefix + f"worker{index}.{ZONE}".encode()
     value = lambda ip: Member("", (ip,)).to_value()
-    etcd.put_many([(key(i), value(address(i))) for i in range(1, members + 1)])
+    # M members in all: M - 1 written here, and the node's own.
+    etcd.put_many([(key(i), value(address(i))) for i in range(1, members)])
     directory = tempfile.mkdtemp(prefix=f"node{members}-", dir=workdir)
-    node = Node(directory, etcd.url, prefix.decode(), limit=members + 10)
+    node = Node(directory, etcd.url, prefix.decode(), limit=members)
     try:
-        node.wait_for(f"worker{members}.{ZONE}", [address(members)], READY_TIMEOUT)
-        node.wait_for(f"worker{members + 1}.{ZONE}", ["127.0.0.1"], READY_TIMEOUT)
+        node.wait_for(f"worker{members - 1}.{ZONE}", [address(members - 1)], READY_TIMEOUT)
+        node.wait_for(f"worker{members}.{ZONE}", ["127.0.0.1"], READY_TIMEOUT)
         ready = time.monotonic() - node.started
         time.sleep(1.0)  # let the start-up garbage settle
         rss = node.rss_mb()
@@ -269,7 +280,7 @@ def measure_members(etcd, members, changes, workdir):
         # Latency: a write, then ask until the node answers it.
         latencies = []
         for step in range(changes):
-            index = 4 + (step * 7919) % (members - 3)  # not a name server
+            index = 4 + (step * 7919) % (members - 4)  # not a name server, not the node
             ip = address(index, step + 1)
             start = time.perf_counter()
             etcd.put(key(index), value(ip))
@@ -282,12 +293,17 @@ def measure_members(etcd, members, changes, workdir):
         idle_rate = (node.cpu_seconds() - idle_cpu) / (time.perf_counter() - idle_start)
         start, cpu = time.perf_counter(), node.cpu_seconds()
         for step in range(changes):
-            index = 4 + (step * 104729) % (members - 3)
+            index = 4 + (step * 104729) % (members - 4)
             ip = address(index, 200 + step % 50)
             etcd.put(key(index), value(ip))
             time.sleep(CPU_GAP)
         node.wait_for(f"worker{index}.{ZONE}", [ip], VISIBLE_TIMEOUT)
         spent = node.cpu_seconds() - cpu - idle_rate * (time.perf_counter() - start)
+    except Exception:
+        with open(os.path.join(directory, "node.log"), "rb") as f:
+            sys.stderr.write(f.read()[-4000:].decode("utf-8", "replace"))
+        raise
+    else:
         return {
             "members": members,
             "ready_s": ready,

@@ -402,7 +402,7 @@ _SETTINGS = {
     "address": ("addresses", 1, None, _addresses),
     "endpoint": ("endpoints", 1, None, _endpoints),
     "lease": ("lease", 1, 1, _number("lease", 2, 3600, " of seconds")),
-    "limit": ("limit", 1, 1, _number("limit", 1, 100000)),
+    "limit": ("limit", 1, 1, _number("limit", 1, 50000)),
     "nameservers": ("nameservers", 1, 1, _number("nameservers", 1, 13)),
     "node": ("node", 1, 1, _text("node", "a name without spaces", spaces=False)),
     "pattern": ("pattern", 1, 1, lambda args: Pattern.parse(args[0])),

@@ -123,7 +123,7 @@ class SettingsTests(TestCase):
         """
         got = settings(
             "endpoint https://etcd1:2379 HTTP://[::1]:2380/ http://10.0.0.3",
-            "limit 100000",
+            "limit 50000",
             'pattern w{{ "%06d" % ID }}.tf.local.',
             "ttl 0",
             "lease 2",
@@ -137,7 +137,7 @@ class SettingsTests(TestCase):
         self.assertEqual(
             got.endpoints, ("https://etcd1:2379", "http://[::1]:2380", "http://10.0.0.3")
         )
-        self.assertEqual((got.limit, got.ttl, got.lease), (100000, 0, 2))
+        self.assertEqual((got.limit, got.ttl, got.lease), (50000, 0, 2))
         self.assertEqual(got.nameservers, 5)
         self.assertEqual(got.pattern.render(7), "w000007.tf.local.")
         self.assertEqual(got.addresses, ("10.0.0.1", "2001:db8::1", "::ffff:a00:2"))
@@ -150,7 +150,7 @@ class SettingsTests(TestCase):
         """
         for line, field, value in [
             ("limit 1", "limit", 1),
-            ("limit 100000", "limit", 100000),
+            ("limit 50000", "limit", 50000),
             ("ttl 0", "ttl", 0),
             ("ttl 86400", "ttl", 86400),
             ("lease 2", "lease", 2),
@@ -184,8 +184,8 @@ class SettingErrorTests(ErrorAssertions, TestCase):
     def test_errors(self):
         cases = [
             # (lines of the idetcd block, line of the error, words)
-            (["limit 0", "pattern w{{.ID}}.x."], 3, "limit must be a whole number from 1 to 100000, got '0'"),
-            (["limit 100001", "pattern w{{.ID}}.x."], 3, "from 1 to 100000", "'100001'"),
+            (["limit 0", "pattern w{{.ID}}.x."], 3, "limit must be a whole number from 1 to 50000, got '0'"),
+            (["limit 50001", "pattern w{{.ID}}.x."], 3, "from 1 to 50000", "'50001'"),
             (["limit five", "pattern w{{.ID}}.x."], 3, "whole number", "'five'"),
             (["limit -1", "pattern w{{.ID}}.x."], 3, "whole number", "'-1'"),
             (["limit 1" + "0" * 5000, "pattern w{{.ID}}.x."], 3, "whole number"),
