@@ -162,6 +162,8 @@ class RegistryTests(EtcdTestCase):
         client = self.make_client([proxy.url])
         yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
         registry = Registry(client, PREFIX, reactor)
+        changes = []
+        registry.subscribe_changes(changes.append)
         registry.startService()
         self.addCleanup(registry.stopService)
         yield registry.when_ready()
@@ -174,6 +176,8 @@ class RegistryTests(EtcdTestCase):
         yield wait_for(lambda: set(registry.members) == {"worker2.tf.local."}, timeout=15)
         self.assertEqual(registry.revision, revision)
         self.assertTrue(any("compacted" in e.get("why", "") for e in self.warnings))
+        # The second full read reports only what it found changed.
+        self.assertEqual(changes[-1], {"worker1.tf.local.", "worker2.tf.local."})
 
     @defer.inlineCallbacks
     def test_rereads_when_etcd_goes_back_in_time(self):
