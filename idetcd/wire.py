@@ -192,7 +192,6 @@ def _rrsets(records):
 # names written at or past this offset cannot be pointed at.
 _POINTABLE = 0x4000
 _POINTER = struct.Struct("!H")
-_RDATA_HEAD = struct.Struct("!HHIH")
 _SOA_TIMES = struct.Struct("!5I")
 
 
@@ -233,7 +232,7 @@ class _Message:
         """
         self.name(_labels(record.name.name))
         data = self.data
-        data += _RDATA_HEAD.pack(record.type, record.cls, record.ttl, 0)
+        data += _RECORD.pack(record.type, record.cls, record.ttl, 0)
         start = len(data)
         payload = record.payload
         if record.type in (dns.A, dns.AAAA):
