@@ -73,7 +73,7 @@ class StaticRegistry:
     revision = attr.ib(default=1)
     ready = attr.ib(default=True)
 
-    def subscribe(self, callback):
+    def subscribe_changes(self, callback):
         return lambda: None
 
 

@@ -11,6 +11,10 @@ resolver interface has no room for, and that L{idetcd.server} sends.
 
 from __future__ import annotations
 
+import bisect
+import collections
+import functools
+import re
 import types
 
 import attr
@@ -33,6 +37,13 @@ EXPIRE = 86400
 # size is fixed, and it tells the client plainly that ANY is not served.
 _RFC8482 = dns.Record_HINFO(cpu=b"RFC8482", os=b"")
 _EMPTY = types.MappingProxyType({})
+_DIGITS = re.compile(r"(\d+)")
+#: Name servers in the apex NS RRset, by default.
+NAMESERVERS = 3
+#: A change to more than this many names plus this share of the members
+#: is applied by a rebuild, which sorts once instead of inserting each.
+REBUILD_NAMES = 16
+REBUILD_SHARE = 0.125
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -74,6 +85,12 @@ def _rr(labels, record, ttl):
     return dns.RRHeader(b".".join(labels), record.TYPE, dns.IN, ttl, record, auth=True)
 
 
+@functools.lru_cache(maxsize=64)
+def _apex_any(apex, ttl):
+    # One object per zone, so the apex's ANY reply is not encoded again.
+    return Response(dns.OK, True, (_rr(apex, _RFC8482, ttl),))
+
+
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class _Owner:
     """
@@ -82,44 +99,57 @@ class _Owner:
     """
 
     labels: tuple
+    order: tuple  # (sort key, name): the lowest-numbered name first
     responses: dict
     ns: dns.RRHeader
     glue: tuple
 
 
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class _View:
+def _numbered(name):
     """
-    The zone at one registry revision.  C{nodes} maps the labels of every
-    name that exists (empty non-terminals too) to {type: positive Response}.
+    A sort key that puts C{worker2} before C{worker10}: runs of digits
+    compare as numbers.
     """
-
-    revision: int
-    nodes: dict
-    nxdomain: Response
-    nodata: Response
+    parts = _DIGITS.split(name)
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 class ZoneAuthority(common.ResolverBase):
     """
     Answers for one zone from C{registry.members}.
 
-    The records are rebuilt when C{registry.revision} moves, so this needs no
-    subscription of its own: the SOA serial is that revision, and a change
-    that did not move it could not move the serial either.
+    The records follow C{registry.revision}: L{update} applies the names a
+    change touched, and a revision that moved without an update (nobody
+    feeds this authority changes) rebuilds everything on the next question.
+    The SOA serial is that revision, so it moves with every change.
+
+    The apex NS RRset names the C{nameservers} lowest-numbered members, not
+    all of them: every member answers for the whole zone, so a few suffice,
+    and the set (and its glue) stays small and changes only when one of
+    those few comes or goes.
     """
 
-    def __init__(self, zone, registry, ttl):
+    def __init__(self, zone, registry, ttl, nameservers=NAMESERVERS):
         common.ResolverBase.__init__(self)
         if not isinstance(ttl, int) or not 0 <= ttl < 2**31:
             raise ValueError(f"ttl must be an integer in [0, 2**31), not {ttl!r}")
+        if not isinstance(nameservers, int) or nameservers < 1:
+            raise ValueError(f"nameservers must be a positive integer, not {nameservers!r}")
         self.zone = zone
         self.apex = domain_labels(zone)
         self.registry = registry
         self.ttl = ttl
+        self.nameservers = nameservers
         self._suffix = "".join("." + label.decode("ascii") for label in self.apex) + "."
-        self._view = None
-        self._owners = {}
+        self._revision = None  # the registry revision the records reflect
+        self._rebuilt = False  # rebuilt since the last update()
+        self._owners = {}  # name -> (member, _Owner or None if it cannot be served)
+        self._nodes = {}  # labels -> {type: positive Response}, empty non-terminals too
+        self._below = collections.Counter()  # labels -> members strictly below
+        self._order = []  # the order of every served member, sorted
+        self._ns = ((), None)  # (the NS owners, their NS response)
+        self._nxdomain = self._nodata = None
 
     def __repr__(self):
         return f"<ZoneAuthority {self.zone!r}>"
@@ -144,24 +174,55 @@ class ZoneAuthority(common.ResolverBase):
             # Before the first read from etcd nothing is known, not even
             # what does not exist: a cached NXDOMAIN would outlive this.
             return _NOT_READY
-        view = self._current()
-        rrsets = view.nodes.get(labels)
+        self._current()
+        rrsets = self._nodes.get(labels)
         if rrsets is None:
-            return view.nxdomain
-        return rrsets.get(type, view.nodata)
+            return self._nxdomain
+        return rrsets.get(type, self._nodata)
 
-    def positive(self):
+    def positive(self, labels=None):
         """
-        Every (labels, type, response) that carries data, for a server to
-        prepare.  Unchanged members give the very same response objects.
+        Every (labels, type, response) that carries data, or only those of
+        the node C{labels}, for a server to prepare.  Unchanged members give
+        the very same response objects.
         """
         if not self.registry.ready:
             return []
+        self._current()
+        if labels is not None:
+            return [(labels, type, response) for type, response in self._nodes.get(labels, _EMPTY).items()]
         return [
             (labels, type, response)
-            for labels, rrsets in self._current().nodes.items()
+            for labels, rrsets in self._nodes.items()
             for type, response in rrsets.items()
         ]
+
+    def update(self, names):
+        """
+        Apply a registry change to the members C{names}: the labels of every
+        node whose records may have changed (the apex always, for its SOA
+        serial), or L{None} when everything was rebuilt and may have changed.
+        On an exception the authority rebuilds everything on its next use.
+        """
+        if not self.registry.ready:
+            self._revision = None
+            return None
+        if (
+            names is None
+            or self._revision is None
+            or self._rebuilt
+            or len(names) > REBUILD_NAMES + REBUILD_SHARE * len(self._owners)
+        ):
+            self._build()
+            self._rebuilt = False
+            return None
+        self._revision = None
+        changed = {self.apex}
+        for name in names:
+            changed.update(self._apply(name))
+        self._apex_records(self.registry.revision)
+        self._revision = self.registry.revision
+        return changed
 
     def _lookup(self, name, cls, type, timeout):
         """
@@ -181,10 +242,9 @@ class ZoneAuthority(common.ResolverBase):
         )
 
     def _current(self):
-        revision = self.registry.revision
-        if self._view is None or self._view.revision != revision:
-            self._view = self._build(revision)
-        return self._view
+        if self._revision != self.registry.revision:
+            self._build()
+            self._rebuilt = True
 
     def _own(self, name, member):
         try:
@@ -204,24 +264,98 @@ class ZoneAuthority(common.ResolverBase):
                 responses[type] = Response(dns.OK, True, rrset)
                 glue += rrset
         ns = _rr(self.apex, dns.Record_NS(b".".join(labels), ttl), ttl)
-        return _Owner(labels, responses, ns, glue)
+        return _Owner(labels, (_numbered(name), name), responses, ns, glue)
 
-    def _build(self, revision):
-        owners = {}
-        for name, member in sorted(self.registry.members.items()):
-            if name.endswith(self._suffix) or name == self._suffix[1:]:
-                key = (name, member)
-                owners[key] = self._owners[key] if key in self._owners else self._own(name, member)
-        self._owners = owners
-        served = [owner for owner in owners.values() if owner is not None]
+    def _build(self):
+        """
+        Every record again from C{registry.members}; unchanged members keep
+        their L{_Owner}.
+        """
+        self._revision = None
+        owners, self._owners = self._owners, {}
+        self._nodes = {}
+        self._below = collections.Counter()
+        for name, member in self.registry.members.items():
+            if self._serves(name):
+                kept = owners.get(name)
+                self._add(name, member, kept[1] if kept and kept[0] == member else None)
+        self._order = sorted(owner.order for _, owner in self._owners.values() if owner)
+        self._apex_records(self.registry.revision)
+        self._revision = self.registry.revision
+
+    def _serves(self, name):
+        return name.endswith(self._suffix) or name == self._suffix[1:]
+
+    def _apply(self, name):
+        """
+        Bring C{name} in line with the registry; the labels of the nodes
+        that changed.
+        """
+        member = self.registry.members.get(name) if self._serves(name) else None
+        old = self._owners.get(name)
+        if old is not None and old[0] == member:
+            return ()
+        changed = []
+        if old is not None:
+            changed += self._remove(name)
+        if member is not None:
+            changed += self._add(name, member, None, ordered=True)
+        return changed
+
+    def _add(self, name, member, owner, ordered=False):
+        if owner is None:
+            owner = self._own(name, member)
+        self._owners[name] = (member, owner)
+        if owner is None:
+            return []
+        labels = owner.labels
+        if ordered:
+            bisect.insort(self._order, owner.order)
+        self._nodes[labels] = owner.responses
+        changed = [labels]
+        for ancestor in self._ancestors(labels):
+            self._below[ancestor] += 1
+            if ancestor not in self._nodes:
+                self._nodes[ancestor] = _EMPTY
+                changed.append(ancestor)
+        return changed
+
+    def _remove(self, name):
+        _, owner = self._owners.pop(name)
+        if owner is None:
+            return []
+        labels = owner.labels
+        del self._order[bisect.bisect_left(self._order, owner.order)]
+        if self._below[labels]:
+            self._nodes[labels] = _EMPTY
+        else:
+            del self._nodes[labels]
+        changed = [labels]
+        for ancestor in self._ancestors(labels):
+            self._below[ancestor] -= 1
+            if not self._below[ancestor]:
+                del self._below[ancestor]
+                if self._nodes.get(ancestor) is _EMPTY:
+                    del self._nodes[ancestor]
+                    changed.append(ancestor)
+        return changed
+
+    def _ancestors(self, labels):
+        """
+        The names between C{labels} and the apex, both left out.
+        """
+        return [labels[index:] for index in range(1, len(labels) - len(self.apex))]
+
+    def _apex_records(self, revision):
+        """
+        The apex's SOA, NS and ANY answers and the negative answers, for
+        C{revision}.
+        """
         ttl = self.ttl
         apex = self.apex
-        nodes = {owner.labels: owner.responses for owner in served}
-        for owner in served:
-            for ancestor in range(1, len(owner.labels) - len(apex)):
-                nodes.setdefault(owner.labels[ancestor:], _EMPTY)
+        owners = tuple(self._owners[name][1] for _, name in self._order[: self.nameservers])
         soa = dns.Record_SOA(
-            mname=b".".join(served[0].labels if served else apex),
+            mname=b".".join(owners[0].labels if owners else apex),
             rname=b".".join((b"hostmaster",) + apex),
             serial=revision % 2**32,
             refresh=REFRESH,
@@ -230,23 +364,25 @@ class ZoneAuthority(common.ResolverBase):
             minimum=ttl,
             ttl=ttl,
         )
-        top = dict(nodes.get(apex, _EMPTY))
+        apex_member = self._owners.get(self._suffix[1:], (None, None))[1]
+        top = dict(apex_member.responses if apex_member else _EMPTY)
         top[dns.SOA] = Response(dns.OK, True, (_rr(apex, soa, ttl),))
-        top[dns.ALL_RECORDS] = Response(dns.OK, True, (_rr(apex, _RFC8482, ttl),))
-        if served:
-            top[dns.NS] = Response(
-                dns.OK,
-                True,
-                tuple(owner.ns for owner in served),
-                additional=tuple(record for owner in served for record in owner.glue),
-            )
-        nodes[apex] = top
+        top[dns.ALL_RECORDS] = _apex_any(apex, ttl)
+        if owners != self._ns[0]:
+            response = None
+            if owners:
+                response = Response(
+                    dns.OK,
+                    True,
+                    tuple(owner.ns for owner in owners),
+                    additional=tuple(record for owner in owners for record in owner.glue),
+                )
+            self._ns = (owners, response)
+        if self._ns[1] is not None:
+            top[dns.NS] = self._ns[1]
+        self._nodes[apex] = top
         # RFC 2308 section 3: the negative TTL is the lesser of the SOA's TTL
         # and its minimum field.
         negative = (_rr(apex, soa, min(soa.ttl, soa.minimum)),)
-        return _View(
-            revision,
-            nodes,
-            nxdomain=Response(dns.ENAME, True, authority=negative),
-            nodata=Response(dns.OK, True, authority=negative),
-        )
+        self._nxdomain = Response(dns.ENAME, True, authority=negative)
+        self._nodata = Response(dns.OK, True, authority=negative)

@@ -491,7 +491,7 @@ class Claimer(Service):
             self._wake_call = None
             self.wake()
             return
-        if not self._holding or registry.revision < self.claim_revision:
+        if not self._holding or registry.applied < self.claim_revision:
             return
         member = registry.members.get(self._name)
         if member is None or member.lease != self._keeper.lease:

@@ -46,6 +46,7 @@ class IdetcdSettings:
     limit: int = 10
     ttl: int = 5
     lease: int = 10
+    nameservers: int = 3
     addresses: tuple = ()
     prefix: str = "/idetcd/"
     state: str = None
@@ -469,7 +470,8 @@ _SETTINGS = {
     "address": ("addresses", 1, None, _addresses),
     "endpoint": ("endpoints", 1, None, _endpoints),
     "lease": ("lease", 1, 1, _number("lease", 2, 3600, " of seconds")),
-    "limit": ("limit", 1, 1, _number("limit", 1, 100000)),
+    "limit": ("limit", 1, 1, _number("limit", 1, 50000)),
+    "nameservers": ("nameservers", 1, 1, _number("nameservers", 1, 13)),
     "node": ("node", 1, 1, _text("node", "a name without spaces", spaces=False)),
     "pattern": ("pattern", 1, 1, lambda args: Pattern.parse(args[0])),
     "prefix": ("prefix", 1, 1, lambda args: args[0]),

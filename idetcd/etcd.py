@@ -24,6 +24,9 @@ log = Logger()
 #: etcd's gRPC codes that say "this member cannot serve now, another may".
 _UNAVAILABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
 _NOT_FOUND = 5
+#: Keys per request of L{EtcdClient.range_paged}: about 250 KB of JSON
+#: for idetcd's members.
+RANGE_PAGE = 1000
 #: A watch line longer than this is a broken stream, not a result.
 MAX_WATCH_LINE = 64 * 1024 * 1024
 
@@ -338,6 +341,25 @@ class EtcdClient:
         data = yield self.call("/v3/kv/range", _range_body(key, range_end))
         kvs = [KeyValue.from_json(kv) for kv in data.get("kvs", ())]
         return kvs, int(data["header"]["revision"])
+
+    @defer.inlineCallbacks
+    def range_paged(self, key, range_end, page=RANGE_PAGE):
+        """
+        Read every key in C{[key, range_end)} like L{range}, in requests of
+        at most C{page} keys all read at the first one's revision, so a big
+        prefix never comes back as one multi-megabyte reply.  Fails with
+        L{EtcdError} if that revision is compacted away meanwhile.
+        """
+        body = {**_range_body(key, range_end), "limit": str(page)}
+        kvs = []
+        while True:
+            data = yield self.call("/v3/kv/range", body)
+            found = [KeyValue.from_json(kv) for kv in data.get("kvs", ())]
+            kvs.extend(found)
+            body.setdefault("revision", data["header"]["revision"])
+            if not (data.get("more") and found):
+                return kvs, int(body["revision"])
+            body["key"] = _b64(found[-1].key + b"\0")
 
     @defer.inlineCallbacks
     def create(self, key, value, lease=0, replacing=None, read_range=None):

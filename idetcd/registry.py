@@ -25,9 +25,12 @@ class Registry(Service):
     """
     The members under C{prefix}, by name (absolute, lower case).
 
-    Subscribers are called, with no arguments, after every change to
-    C{members}; C{revision} is the etcd revision of the last change applied,
-    and grows with every change.
+    Subscribers are called after every change to C{members}: those of
+    L{subscribe_changes} first, with the names that changed, then those of
+    L{subscribe}, with no arguments.  C{revision} is the etcd revision of
+    the last change to C{members}, and grows with every change; writes to
+    other keys in the watched range (every key in etcd, with prefix "")
+    move only C{applied}, the revision everything has been read up to.
     """
 
     client = attr.ib()
@@ -36,9 +39,13 @@ class Registry(Service):
     backoff = attr.ib(factory=Backoff)
     members = attr.ib(factory=dict, init=False)
     revision = attr.ib(default=0, init=False)
+    applied = attr.ib(default=0, init=False)
     _names = attr.ib(factory=dict, init=False)  # key -> name
     _bad = attr.ib(factory=dict, init=False)  # key -> mod_revision logged
     _subscribers = attr.ib(factory=list, init=False)
+    _change_subscribers = attr.ib(factory=list, init=False)
+    _changed_names = attr.ib(factory=set, init=False)
+    _progress_waiters = attr.ib(factory=list, init=False)
     _ready = attr.ib(default=False, init=False)
     _watch = attr.ib(default=None, init=False)
     _loading = attr.ib(default=None, init=False)
@@ -62,28 +69,43 @@ class Registry(Service):
         """
         Fires once every change up to C{revision} has been applied.
         """
-        return self._when(lambda: self._ready and self.revision >= revision)
+        return self._when(lambda: self._ready and self.applied >= revision)
 
     def _when(self, condition):
         if condition():
             return defer.succeed(self)
         d = defer.Deferred()
-
-        def check():
-            if condition() and not d.called:
-                unsubscribe()
-                d.callback(self)
-
-        unsubscribe = self.subscribe(check)
+        self._progress_waiters.append((condition, d))
         return d
+
+    def _progressed(self):
+        waiting, self._progress_waiters = self._progress_waiters, []
+        for condition, d in waiting:
+            if condition():
+                d.callback(self)
+            else:
+                self._progress_waiters.append((condition, d))
 
     def subscribe(self, callback):
         """
         Call C{callback()} after every change; returns a function that stops
         the calls.
         """
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+        return self._add(self._subscribers, callback)
+
+    def subscribe_changes(self, callback):
+        """
+        Call C{callback(names)} after every change, before the subscribers
+        of L{subscribe}: C{names} is the set of names added, changed or
+        removed (empty when only the revision moved).  Returns a function
+        that stops the calls.
+        """
+        return self._add(self._change_subscribers, callback)
+
+    @staticmethod
+    def _add(subscribers, callback):
+        subscribers.append(callback)
+        return lambda: subscribers.remove(callback) if callback in subscribers else None
 
     def startService(self):
         Service.startService(self)
@@ -101,7 +123,7 @@ class Registry(Service):
 
     def _load(self):
         self._retry = None
-        self._loading = self.client.range(self.prefix, prefix_range_end(self.prefix))
+        self._loading = self.client.range_paged(self.prefix, prefix_range_end(self.prefix))
         self._loading.addCallbacks(self._loaded, self._load_failed)
 
     def _load_failed(self, failure):
@@ -127,6 +149,9 @@ class Registry(Service):
         for kv in kvs:
             self._put(kv)
         self._advance(revision)
+        # Exactly what was read: after etcd went back in time this is lower
+        # than before, and waiters for the old revisions wait for new ones.
+        self.applied = revision
         self._ready = True
         log.info(
             "read {count} members under {prefix!r} at revision {revision}",
@@ -140,6 +165,7 @@ class Registry(Service):
         )
         self._watch.done.addErrback(self._watch_failed)
         self._changed()
+        self._progressed()
 
     def _watch_failed(self, failure):
         failure.trap(ResyncNeeded)
@@ -155,11 +181,13 @@ class Registry(Service):
                 changed |= self._forget(event.kv.key)
             else:
                 changed |= self._put(event.kv)
+        self.applied = max(self.applied, revision)
         if changed:
             # Writes to other keys (every key in etcd, with prefix "") do
             # not move the zone.
             self._advance(revision)
             self._changed()
+        self._progressed()
 
     def _advance(self, revision):
         # Normally etcd's revision.  After etcd went back in time it is still
@@ -189,6 +217,9 @@ class Registry(Service):
             return was_member
         self._bad.pop(kv.key, None)
         self._names[kv.key] = name
+        if self.members.get(name) == member:
+            return False
+        self._changed_names.add(name)
         self.members[name] = member
         return True
 
@@ -198,12 +229,18 @@ class Registry(Service):
         """
         self._bad.pop(key, None)
         name = self._names.pop(key, None)
-        if name is None:
+        if name is None or self.members.pop(name, None) is None:
             return False
-        self.members.pop(name, None)
+        self._changed_names.add(name)
         return True
 
     def _changed(self):
+        names, self._changed_names = frozenset(self._changed_names), set()
+        for callback in list(self._change_subscribers):
+            try:
+                callback(names)
+            except Exception:
+                log.failure("registry subscriber failed")
         for callback in list(self._subscribers):
             try:
                 callback()

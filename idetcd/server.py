@@ -80,6 +80,16 @@ class _Cache:
         self.table.update(prepared)
         self._order.clear()
 
+    def drop_cached(self):
+        """
+        Forget the cached entries and keep the prepared ones: the cost is
+        the cache's size, not the table's.
+        """
+        table = self.table
+        for key in self._order:
+            table.pop(key, None)
+        self._order.clear()
+
     def put(self, key, value):
         if key in self.table:
             return
@@ -141,29 +151,90 @@ class _Replies:
     authority = attr.ib()
     report = attr.ib()
     fast = attr.ib(init=False, factory=lambda: _Cache(CACHE_SIZE))
+    #: How many replies were encoded for the prepared tables so far.
+    encoded_count = attr.ib(init=False, default=0)
     _encoded = attr.ib(init=False, factory=lambda: _Cache(CACHE_SIZE))
-    _prepared = attr.ib(init=False, factory=dict)
+    _prepared = attr.ib(init=False, factory=dict)  # (labels, type) -> _Prepared
+    _types = attr.ib(init=False, factory=dict)  # labels -> the types prepared for them
 
     def rebuild(self):
         """
-        Prepare every positive reply again; called by the registry on each
-        change, so answers follow membership at once.  Replies whose response
-        did not change are kept, which makes a change cost little more than
-        the names it touched.
+        Prepare every positive reply again.  Replies whose response did not
+        change are kept, so only the names that changed are encoded.
         """
+        self.authority.update(None)
         prepared = {}
-        fast = {}
+        types = collections.defaultdict(set)
         for labels, type, response in self.authority.positive():
-            entry = self._prepared.get((labels, type))
-            if entry is None or entry.response != response:
-                entry = _prepare(labels, type, response)
-            prepared[labels, type] = entry
-            fast.update(entry.fast)
+            prepared[labels, type] = self._entry(labels, type, response)
+            types[labels].add(type)
         self._prepared = prepared
+        self._types = dict(types)
         self._encoded.reset(
             {(labels, type, dns.IN): entry.encoded for (labels, type), entry in prepared.items()}
         )
-        self.fast.reset(fast)
+        self.fast.reset(item for entry in prepared.values() for item in entry.fast)
+
+    def changed(self, names):
+        """
+        Follow a registry change to the members C{names}: only the replies
+        of the nodes it touched (and the apex) are prepared again, and the
+        cached ones dropped, so answers follow membership at once at a cost
+        that grows with the change, not the zone.  Should that fail, every
+        table is rebuilt, or, failing that, emptied for the slow path.
+        """
+        try:
+            nodes = self.authority.update(names)
+            if nodes is None:
+                self.rebuild()
+            else:
+                self._update(nodes)
+        except Exception as e:
+            self.report(
+                "update", "updating prepared replies failed ({why}); rebuilding them all",
+                why=repr(e),
+            )
+            self._prepared, self._types = {}, {}
+            self.fast.reset({})
+            self._encoded.reset({})
+            self.rebuild()
+
+    def _update(self, nodes):
+        self.fast.drop_cached()
+        self._encoded.drop_cached()
+        for labels in nodes:
+            current = {type: response for _, type, response in self.authority.positive(labels)}
+            for type in self._types.pop(labels, ()):
+                if type not in current:
+                    self._forget(self._prepared.pop((labels, type)), labels, type)
+            for type, response in current.items():
+                old = self._prepared.get((labels, type))
+                entry = self._entry(labels, type, response, old)
+                if entry is not old:
+                    if old is not None:
+                        self._forget(old, labels, type)
+                    self._prepared[labels, type] = entry
+                    self._encoded.table[labels, type, dns.IN] = entry.encoded
+                    self.fast.table.update(entry.fast)
+            if current:
+                self._types[labels] = set(current)
+
+    def _entry(self, labels, type, response, old=None):
+        """
+        The prepared reply for C{response}: C{old} (or the one prepared
+        before) while its response is unchanged, else a new encoding.
+        """
+        if old is None:
+            old = self._prepared.get((labels, type))
+        if old is not None and (old.response is response or old.response == response):
+            return old
+        self.encoded_count += 1
+        return _prepare(labels, type, response)
+
+    def _forget(self, entry, labels, type):
+        self._encoded.table.pop((labels, type, dns.IN), None)
+        for key, _ in entry.fast:
+            self.fast.table.pop(key, None)
 
     def udp(self, data, key, peer):
         """
@@ -396,7 +467,7 @@ class DNSServer(service.Service):
             except CannotListenError:
                 if attempt + 1 == attempts:
                     raise
-        self._unsubscribe = self.authority.registry.subscribe(self._replies.rebuild)
+        self._unsubscribe = self.authority.registry.subscribe_changes(self._replies.changed)
         service.Service.startService(self)
         log.info(
             "serving {zone} on port {port} of {interfaces}",

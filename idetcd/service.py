@@ -242,7 +242,9 @@ class IdetcdService(MultiService):
             on_claimed=self.state.remember_claim,
             on_identity=self._identity_replaced,
         )
-        authority = ZoneAuthority(settings.pattern.zone, self.registry, settings.ttl)
+        authority = ZoneAuthority(
+            settings.pattern.zone, self.registry, settings.ttl, settings.nameservers
+        )
         self.dns = DNSServer(
             authority,
             port,

@@ -188,33 +188,94 @@ def _rrsets(records):
         yield rrset
 
 
+# A compression pointer holds a 14-bit offset (RFC 1035 section 4.1.4):
+# names written at or past this offset cannot be pointed at.
+_POINTABLE = 0x4000
+_POINTER = struct.Struct("!H")
+_SOA_TIMES = struct.Struct("!5I")
+
+
+class _Message:
+    """
+    A reply's bytes from the question on, with name compression that only
+    ever points back to offsets a pointer can hold.
+    """
+
+    def __init__(self, labels, question):
+        self.data = bytearray(question)
+        self._pointers = {}
+        offset = HEADER.size
+        for index, label in enumerate(labels):
+            self._pointers.setdefault(labels[index:], offset)
+            offset += 1 + len(label)
+
+    def name(self, labels):
+        data = self.data
+        for index, label in enumerate(labels):
+            suffix = labels[index:]
+            pointer = self._pointers.get(suffix)
+            if pointer is not None:
+                data += _POINTER.pack(0xC000 | pointer)
+                return
+            offset = HEADER.size + len(data)
+            if offset < _POINTABLE:
+                self._pointers[suffix] = offset
+            data.append(len(label))
+            data += label
+        data.append(0)
+
+    def record(self, record):
+        """
+        Append one L{dns.RRHeader}; the names of NS and SOA data are
+        compressed (RFC 3597 section 4 allows it for them), other data is
+        written as twisted.names spells it, uncompressed.
+        """
+        self.name(_labels(record.name.name))
+        data = self.data
+        data += _RECORD.pack(record.type, record.cls, record.ttl, 0)
+        start = len(data)
+        payload = record.payload
+        if record.type in (dns.A, dns.AAAA):
+            data += payload.address
+        elif record.type == dns.NS:
+            self.name(_labels(payload.name.name))
+        elif record.type == dns.SOA:
+            self.name(_labels(payload.mname.name))
+            self.name(_labels(payload.rname.name))
+            data += _SOA_TIMES.pack(
+                payload.serial, payload.refresh, payload.retry, payload.expire, payload.minimum
+            )
+        else:
+            out = io.BytesIO()
+            payload.encode(out, None)
+            data += out.getvalue()
+        length = len(data) - start
+        if length > 0xFFFF:
+            raise ValueError(f"record data of {length} bytes")
+        _POINTER.pack_into(data, start - 2, length)
+
+
+def _labels(text):
+    return tuple(text.split(b".")) if text else ()
+
+
 def encode(labels, question, response):
     """
     Encode the records of C{response} (an L{idetcd.authority.Response}) for
     a reply to C{question}, the lower-case wire question for C{labels}.
     """
-    # Seed compression with the question's suffixes.  twisted.names spells a
-    # name with dots, so a suffix holding a label that contains a dot cannot
-    # be named and must not be pointed at.
-    compression = {}
-    offset = HEADER.size
-    for index, label in enumerate(labels):
-        suffix = labels[index:]
-        if not any(b"." in part for part in suffix):
-            compression.setdefault(b".".join(suffix), offset)
-        offset += 1 + len(label)
-    out = io.BytesIO()
-    out.write(question)
+    message = _Message(labels, question)
     counts = [0, 0, 0]
     cuts = []
     sections = (response.answers, response.authority, response.additional)
     for section, records in enumerate(sections):
         for rrset in _rrsets(records):
             for record in rrset:
-                record.encode(out, compression)
+                message.record(record)
             counts[section] += len(rrset)
-            cuts.append((out.tell() - len(question), *counts, section))
-    return Encoded(response.rCode, response.auth, out.getvalue()[len(question) :], tuple(cuts))
+            cuts.append((len(message.data) - len(question), *counts, section))
+    body = bytes(message.data[len(question) :])
+    return Encoded(response.rCode, response.auth, body, tuple(cuts))
 
 
 def _fit(encoded, room):

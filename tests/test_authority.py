@@ -18,7 +18,8 @@ from idetcd.members import Member
 
 class FakeRegistry:
     """
-    The registry's surface (members, revision, ready, subscribe), in memory.
+    The registry's surface (members, revision, ready, subscribe,
+    subscribe_changes), in memory.
     """
 
     def __init__(self, members=(), revision=1, ready=True):
@@ -26,21 +27,28 @@ class FakeRegistry:
         self.members = {member.name: member for member in members}
         self.revision = revision
         self.subscribers = []
+        self.change_subscribers = []
 
     def subscribe(self, callback):
         self.subscribers.append(callback)
         return lambda: self.subscribers.remove(callback)
 
+    def subscribe_changes(self, callback):
+        self.change_subscribers.append(callback)
+        return lambda: self.change_subscribers.remove(callback)
+
     def put(self, member):
         self.members[member.name] = member
-        self._changed()
+        self._changed({member.name})
 
     def delete(self, name):
         del self.members[name]
-        self._changed()
+        self._changed({name})
 
-    def _changed(self):
+    def _changed(self, names=()):
         self.revision += 1
+        for callback in list(self.change_subscribers):
+            callback(frozenset(names))
         for callback in list(self.subscribers):
             callback()
 
@@ -272,6 +280,10 @@ class ZoneAuthorityTests(unittest.TestCase):
         self.assertEqual(len(self.respond("worker1.tf.local", tdns.A).answers), 1)
         self.assertTrue(any("not serving" in e.get("log_format", "") for e in events))
 
+    def test_bad_nameservers(self):
+        for bad in (0, -1, "3", None):
+            self.assertRaises(ValueError, ZoneAuthority, "tf.local.", self.registry, 30, bad)
+
     def test_bad_arguments(self):
         """
         A zone that is no DNS name, or a TTL out of range, is refused early.
@@ -280,6 +292,120 @@ class ZoneAuthorityTests(unittest.TestCase):
         self.assertRaises(ValueError, ZoneAuthority, "x" * 64 + ".local", self.registry, 30)
         self.assertRaises(ValueError, ZoneAuthority, "tf.local", self.registry, -1)
         self.assertRaises(ValueError, ZoneAuthority, "tf.local", self.registry, "30")
+
+
+class IncrementalTests(unittest.TestCase):
+    """
+    L{ZoneAuthority.update} applies the names a change touched, and ends
+    where a rebuild from scratch would.
+    """
+
+    def setUp(self):
+        self.registry = FakeRegistry(sample_members(), revision=7)
+        self.authority = ZoneAuthority("tf.local.", self.registry, 30, nameservers=2)
+        self.assertIsNone(self.authority.update(None))
+        self.registry.subscribe_changes(self.record)
+        self.updates = []
+
+    def record(self, names):
+        self.updates.append(self.authority.update(names))
+
+    def assertLikeRebuilt(self):
+        fresh = ZoneAuthority("tf.local.", self.registry, 30, nameservers=2)
+        self.assertEqual(
+            sorted(self.authority.positive(), key=repr), sorted(fresh.positive(), key=repr)
+        )
+        for name in ("a.b.tf.local", "b.tf.local", "tf.local", "nobody.tf.local"):
+            for type in (tdns.A, tdns.NS):
+                question = tuple(name.encode().split(b".")), tdns.IN, type
+                self.assertEqual(
+                    self.authority.respond(*question), fresh.respond(*question), (name, type)
+                )
+
+    def test_a_change_touches_its_name_and_the_apex(self):
+        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        self.registry.put(Member("worker4.tf.local.", ("10.0.0.5",)))
+        self.registry.delete("worker4.tf.local.")
+        apex, worker4 = labels("tf.local"), labels("worker4.tf.local")
+        self.assertEqual(self.updates, [{apex, worker4}] * 3)
+        self.assertLikeRebuilt()
+
+    def test_empty_non_terminals_and_the_apex_member(self):
+        """
+        Names below names come and go with the empty non-terminals between
+        them and the apex; a member named like the apex keeps its SOA.
+        """
+        a_b = labels("a.b.tf.local")
+        self.registry.put(Member("a.b.tf.local.", ("10.0.0.8",)))
+        self.assertEqual(self.updates[-1], {labels("tf.local"), a_b, labels("b.tf.local")})
+        self.assertLikeRebuilt()
+        self.registry.put(Member("b.tf.local.", ("10.0.0.9",)))
+        self.registry.delete("a.b.tf.local.")
+        self.assertLikeRebuilt()
+        self.registry.put(Member("a.b.tf.local.", ("10.0.0.8",)))
+        self.registry.delete("b.tf.local.")
+        self.assertLikeRebuilt()
+        self.assertEqual(self.authority.respond(labels("b.tf.local"), tdns.IN, tdns.A).rCode, tdns.OK)
+        self.registry.delete("a.b.tf.local.")
+        self.assertEqual(
+            self.authority.respond(labels("b.tf.local"), tdns.IN, tdns.A).rCode, tdns.ENAME
+        )
+        self.registry.put(Member("tf.local.", ("10.0.0.10",)))
+        self.assertLikeRebuilt()
+        self.assertEqual(len(self.authority.respond(labels("tf.local"), tdns.IN, tdns.SOA).answers), 1)
+        self.registry.delete("tf.local.")
+        self.assertLikeRebuilt()
+
+    def test_bounded_ns_set(self):
+        """
+        The apex NS RRset names the lowest-numbered members (worker2 before
+        worker10), with glue for them only, and its response stays the same
+        object while they stay.
+        """
+        for index in (10, 11, 2):
+            self.registry.put(Member(f"worker{index}.tf.local.", (f"10.0.1.{index}",)))
+        ns = self.authority.respond(labels("tf.local"), tdns.IN, tdns.NS)
+        self.assertEqual(
+            [r.payload.name.name for r in ns.answers], [b"worker1.tf.local", b"worker2.tf.local"]
+        )
+        self.assertEqual(
+            {r.name.name for r in ns.additional}, {b"worker1.tf.local", b"worker2.tf.local"}
+        )
+        self.registry.put(Member("worker11.tf.local.", ("10.0.2.11",)))
+        self.assertIs(self.authority.respond(labels("tf.local"), tdns.IN, tdns.NS), ns)
+        self.registry.delete("worker1.tf.local.")
+        ns = self.authority.respond(labels("tf.local"), tdns.IN, tdns.NS)
+        self.assertEqual(
+            [r.payload.name.name for r in ns.answers], [b"worker2.tf.local", b"worker3.tf.local"]
+        )
+        self.assertLikeRebuilt()
+
+    def test_big_changes_rebuild(self):
+        """
+        A change to many members at once (a full read) is a rebuild, which
+        update() reports as None: everything may have changed.
+        """
+        for index in range(10, 50):
+            self.registry.members[f"worker{index}.tf.local."] = Member(
+                f"worker{index}.tf.local.", (f"10.0.1.{index}",)
+            )
+        self.registry._changed({f"worker{index}.tf.local." for index in range(10, 50)})
+        self.assertEqual(self.updates, [None])
+        self.assertLikeRebuilt()
+
+    def test_revision_moved_without_update(self):
+        """
+        Asked after a change nobody applied, the authority rebuilds, and the
+        next update says so.
+        """
+        self.registry.members["worker9.tf.local."] = Member("worker9.tf.local.", ("10.0.0.9",))
+        self.registry.revision += 1
+        self.assertEqual(
+            len(self.authority.respond(labels("worker9.tf.local"), tdns.IN, tdns.A).answers), 1
+        )
+        self.registry.put(Member("worker8.tf.local.", ("10.0.0.8",)))
+        self.assertEqual(self.updates, [None])
+        self.assertLikeRebuilt()
 
 
 class ResolverInterfaceTests(unittest.TestCase):

@@ -323,7 +323,7 @@ def lease_info(*keys, revision=9):
 class FakeRegistry:
     def __init__(self):
         self.members = {}
-        self.revision = 0
+        self.revision = self.applied = 0
         self._subscribers = []
 
     def subscribe(self, callback):
@@ -331,7 +331,7 @@ class FakeRegistry:
         return lambda: self._subscribers.remove(callback)
 
     def change(self, members, revision):
-        self.members, self.revision = members, revision
+        self.members, self.revision, self.applied = members, revision, revision
         for callback in list(self._subscribers):
             callback()
 

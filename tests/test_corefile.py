@@ -123,10 +123,11 @@ class SettingsTests(TestCase):
         """
         got = settings(
             "endpoint https://etcd1:2379 HTTP://[::1]:2380/ http://10.0.0.3",
-            "limit 100000",
+            "limit 50000",
             'pattern w{{ "%06d" % ID }}.tf.local.',
             "ttl 0",
             "lease 2",
+            "nameservers 5",
             "address 10.0.0.1 2001:DB8:0:0::1 ::ffff:10.0.0.2",
             "prefix /cluster/names/",
             "state /var/lib/idetcd",
@@ -136,7 +137,8 @@ class SettingsTests(TestCase):
         self.assertEqual(
             got.endpoints, ("https://etcd1:2379", "http://[::1]:2380", "http://10.0.0.3")
         )
-        self.assertEqual((got.limit, got.ttl, got.lease), (100000, 0, 2))
+        self.assertEqual((got.limit, got.ttl, got.lease), (50000, 0, 2))
+        self.assertEqual(got.nameservers, 5)
         self.assertEqual(got.pattern.render(7), "w000007.tf.local.")
         self.assertEqual(got.addresses, ("10.0.0.1", "2001:db8::1", "::ffff:a00:2"))
         self.assertEqual(got.prefix, "/cluster/names/")
@@ -148,11 +150,13 @@ class SettingsTests(TestCase):
         """
         for line, field, value in [
             ("limit 1", "limit", 1),
-            ("limit 100000", "limit", 100000),
+            ("limit 50000", "limit", 50000),
             ("ttl 0", "ttl", 0),
             ("ttl 86400", "ttl", 86400),
             ("lease 2", "lease", 2),
             ("lease 3600", "lease", 3600),
+            ("nameservers 1", "nameservers", 1),
+            ("nameservers 13", "nameservers", 13),
         ]:
             got = settings("pattern w{{.ID}}.x.", line)
             self.assertEqual(getattr(got, field), value, line)
@@ -180,8 +184,8 @@ class SettingErrorTests(ErrorAssertions, TestCase):
     def test_errors(self):
         cases = [
             # (lines of the idetcd block, line of the error, words)
-            (["limit 0", "pattern w{{.ID}}.x."], 3, "limit must be a whole number from 1 to 100000, got '0'"),
-            (["limit 100001", "pattern w{{.ID}}.x."], 3, "from 1 to 100000", "'100001'"),
+            (["limit 0", "pattern w{{.ID}}.x."], 3, "limit must be a whole number from 1 to 50000, got '0'"),
+            (["limit 50001", "pattern w{{.ID}}.x."], 3, "from 1 to 50000", "'50001'"),
             (["limit five", "pattern w{{.ID}}.x."], 3, "whole number", "'five'"),
             (["limit -1", "pattern w{{.ID}}.x."], 3, "whole number", "'-1'"),
             (["limit 1" + "0" * 5000, "pattern w{{.ID}}.x."], 3, "whole number"),
@@ -190,6 +194,8 @@ class SettingErrorTests(ErrorAssertions, TestCase):
             (["pattern w{{.ID}}.x.", "ttl 5s"], 4, "ttl", "'5s'"),
             (["pattern w{{.ID}}.x.", "lease 1"], 4, "lease must be a whole number of seconds from 2 to 3600", "'1'"),
             (["pattern w{{.ID}}.x.", "lease 3601"], 4, "lease", "3600"),
+            (["pattern w{{.ID}}.x.", "nameservers 0"], 4, "nameservers must be a whole number from 1 to 13", "'0'"),
+            (["pattern w{{.ID}}.x.", "nameservers 14"], 4, "nameservers", "'14'"),
             (["limit"], 3, "'limit' needs 1 argument", "got 0"),
             (["limit 1 2"], 3, "'limit' needs 1 argument", "got 2"),
             (["pattern"], 3, "'pattern' needs 1 argument"),
@@ -199,7 +205,7 @@ class SettingErrorTests(ErrorAssertions, TestCase):
             (["pattern w{{.ID}}.x.", "address"], 4, "'address' needs at least 1 argument"),
             (["pattern w{{.ID}}.x.", "wait yes"], 4, "'wait' takes no arguments", "got 1"),
             (["pattern w{{.ID}}.x.", "limit 3 {", "}"], 4, "'limit' takes no block"),
-            (["limt 3"], 3, "unknown directive 'limt' in idetcd", "expected one of: address, endpoint, lease, limit, node, pattern, prefix, state, ttl, wait"),
+            (["limt 3"], 3, "unknown directive 'limt' in idetcd", "expected one of: address, endpoint, lease, limit, nameservers, node, pattern, prefix, state, ttl, wait"),
             (["pattern w{{.ID}}.x.", "log"], 4, "unknown directive 'log' in idetcd"),
             (["limit 3", "ttl 1", "limit 4", "pattern w{{.ID}}.x."], 5, "duplicate 'limit'", "first on line 3"),
             (["pattern w{{.ID}}.x.", "pattern v{{.ID}}.x."], 4, "duplicate 'pattern'", "line 3"),

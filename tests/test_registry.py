@@ -4,6 +4,8 @@ The registry against a real etcd: one read, then a watch.
 
 import shutil
 
+import treq
+
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 
@@ -168,6 +170,8 @@ class RegistryTests(EtcdTestCase):
         client = self.make_client([proxy.url])
         yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
         registry = Registry(client, PREFIX, reactor)
+        changes = []
+        registry.subscribe_changes(changes.append)
         registry.startService()
         self.addCleanup(registry.stopService)
         yield registry.when_ready()
@@ -180,6 +184,8 @@ class RegistryTests(EtcdTestCase):
         yield wait_for(lambda: set(registry.members) == {"worker2.tf.local."}, timeout=15)
         self.assertEqual(registry.revision, revision)
         self.assertTrue(any("compacted" in e.get("why", "") for e in self.warnings))
+        # The second full read reports only what it found changed.
+        self.assertEqual(changes[-1], {"worker1.tf.local.", "worker2.tf.local."})
 
     @defer.inlineCallbacks
     def test_rereads_when_etcd_goes_back_in_time(self):
@@ -207,3 +213,70 @@ class RegistryTests(EtcdTestCase):
         yield restart(self.etcd)
         view = yield self.etcd_view()
         self.assertEqual(list(view), ["worker1.tf.local."])
+
+    @defer.inlineCallbacks
+    def test_change_subscribers_get_the_names(self):
+        """
+        Change subscribers learn which names were added, changed or removed,
+        before the plain subscribers are called; a put that changes nothing
+        calls nobody, and the registry still counts it as read.
+        """
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        registry = Registry(self.client, PREFIX, reactor)
+        calls = []
+        registry.subscribe_changes(lambda names: calls.append(names))
+        registry.subscribe(lambda: calls.append("plain"))
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        yield registry.when_ready()
+        self.assertEqual(calls, [{"worker1.tf.local."}, "plain"])
+        key1, key2 = PREFIX + b"worker1.tf.local.", PREFIX + b"worker2.tf.local."
+        changes = []
+        for change, args in (
+            (self.client.put, (key2, value("10.0.0.2"))),
+            (self.client.put, (key2, value("10.0.0.2"))),
+            (self.client.put, (key1, value("10.0.0.9"))),
+            (self.client.delete, (key2,)),
+        ):
+            del calls[:]
+            yield change(*args)
+            _, revision = yield self.client.range(PREFIX)
+            yield registry.when_caught_up(revision)
+            self.assertEqual(calls[1:], ["plain"] if calls else [])
+            changes.append(calls[0] if calls else None)
+        self.assertEqual(
+            changes,
+            [{"worker2.tf.local."}, None, {"worker1.tf.local."}, {"worker2.tf.local."}],
+        )
+
+    @defer.inlineCallbacks
+    def test_full_read_in_pages(self):
+        """
+        A full read comes in pages of at most C{page} keys, one request
+        each, all at the revision of the first page.
+        """
+        for i in range(25):
+            yield self.client.put(PREFIX + b"worker%02d.tf.local." % i, value())
+        yield self.client.put(b"/other/key", b"x")
+        _, revision = yield self.client.range(PREFIX)
+        before = yield self.range_requests()
+        kvs, read_at = yield self.client.range_paged(PREFIX, prefix_range_end(PREFIX), page=10)
+        after = yield self.range_requests()
+        self.assertEqual(after - before, 3)
+        self.assertEqual(read_at, revision)
+        self.assertEqual(
+            [kv.key for kv in kvs], [PREFIX + b"worker%02d.tf.local." % i for i in range(25)]
+        )
+
+    @defer.inlineCallbacks
+    def range_requests(self):
+        """
+        How many range requests etcd has served, from its own metrics.
+        """
+        response = yield treq.get(self.etcd.client_url + "/metrics", persistent=False)
+        text = yield response.text()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("grpc_server_handled_total") and 'grpc_method="Range"' in line
+        )

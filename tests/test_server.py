@@ -99,12 +99,13 @@ def question(name=b"\x07worker1\x02tf\x05local\x00", type=1, cls=1):
 class ServerTestCase(unittest.TestCase):
     idle_timeout = 10.0
     max_connections = 1000
+    nameservers = 3
 
     def setUp(self):
         self.registry = FakeRegistry(sample_members(), revision=100)
         self.registry.put(Member("big.tf.local.", tuple(f"10.1.0.{i}" for i in range(1, 41))))
         self.registry.put(Member("huge.tf.local.", tuple(f"10.2.0.{i}" for i in range(1, 81))))
-        self.authority = ZoneAuthority("tf.local.", self.registry, 30)
+        self.authority = ZoneAuthority("tf.local.", self.registry, 30, self.nameservers)
         self.server = DNSServer(
             self.authority,
             0,
@@ -246,21 +247,23 @@ class AnswerTests(ServerTestCase):
     @defer.inlineCallbacks
     def test_ns_with_glue(self):
         """
-        NS at the apex lists every member, sorted, with glue (over TCP, where
-        it all fits).
+        NS at the apex lists the three lowest-numbered members, with glue
+        for them only (over TCP, where it all fits).
         """
         response = yield self.tcp(dns.message.make_query("tf.local", "NS"))
         (ns,) = response.answer
-        names = [str(r.target) for r in ns]
-        self.assertEqual(
-            names,
-            ["big.tf.local.", "huge.tf.local.", "worker1.tf.local.", "worker2.tf.local.",
-             "worker3.tf.local."],
-        )
+        names = sorted(str(r.target) for r in ns)
+        self.assertEqual(names, ["big.tf.local.", "huge.tf.local.", "worker1.tf.local."])
         glue = {(str(r.name), r.rdtype): len(r) for r in response.additional}
-        self.assertEqual(glue[("huge.tf.local.", dns.rdatatype.A)], 80)
-        self.assertEqual(glue[("worker1.tf.local.", dns.rdatatype.AAAA)], 1)
-        self.assertEqual(glue[("worker3.tf.local.", dns.rdatatype.AAAA)], 1)
+        self.assertEqual(
+            glue,
+            {
+                ("big.tf.local.", dns.rdatatype.A): 40,
+                ("huge.tf.local.", dns.rdatatype.A): 80,
+                ("worker1.tf.local.", dns.rdatatype.A): 1,
+                ("worker1.tf.local.", dns.rdatatype.AAAA): 1,
+            },
+        )
 
     @defer.inlineCallbacks
     def test_serial_moves(self):
@@ -380,7 +383,77 @@ class EDNSTests(ServerTestCase):
         self.assertEqual(response.id, struct.unpack("!H", wire[:2])[0])
 
 
+class UpdateTests(ServerTestCase):
+    """
+    A membership change re-encodes only the replies it touched.
+    """
+
+    def encodes(self, change):
+        replies = self.server._replies
+        before = replies.encoded_count
+        change()
+        return replies.encoded_count - before
+
+    @defer.inlineCallbacks
+    def test_reencodes_only_what_changed(self):
+        """
+        Adding a member encodes its A and ANY replies and the apex SOA;
+        moving it, its A and the SOA; deleting it, the SOA.  Cached
+        negative answers are dropped, since their SOA serial moved.
+        """
+        nxdomain = yield self.udp(dns.message.make_query("worker7.tf.local", "A"))
+        self.assertEqual(nxdomain.rcode(), dns.rcode.NXDOMAIN)
+        member = Member("worker7.tf.local.", ("10.0.0.7",))
+        self.assertEqual(self.encodes(lambda: self.registry.put(member)), 3)
+        yield self.assertAnswers("worker7.tf.local", "10.0.0.7")
+        moved = Member("worker7.tf.local.", ("10.0.0.77",))
+        self.assertEqual(self.encodes(lambda: self.registry.put(moved)), 2)
+        yield self.assertAnswers("worker7.tf.local", "10.0.0.77")
+        self.assertEqual(self.encodes(lambda: self.registry.delete("worker7.tf.local.")), 1)
+        response = yield self.udp(dns.message.make_query("worker7.tf.local", "A"))
+        self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(response.authority[0][0].serial, self.registry.revision)
+        # A change to the NS set encodes the NS reply as well.
+        first = Member("a1.tf.local.", ("10.0.0.1",))
+        self.assertEqual(self.encodes(lambda: self.registry.put(first)), 4)
+        response = yield self.udp(dns.message.make_query("tf.local", "NS"))
+        self.assertIn("a1.tf.local.", [str(r.target) for r in response.answer[0]])
+
+    @defer.inlineCallbacks
+    def test_failed_update_falls_back_to_a_rebuild(self):
+        """
+        An update that fails is logged (rate-limited) and every table is
+        rebuilt, so no stale answer survives it.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        update = self.authority.update
+        failures = []
+
+        def failing(names):
+            if names is not None:
+                failures.append(names)
+                raise RuntimeError("broken")
+            return update(names)
+
+        self.authority.update = failing
+        for index in range(3):
+            self.registry.put(Member("worker1.tf.local.", (f"10.9.0.{index}",)))
+            yield self.assertAnswers(address=f"10.9.0.{index}")
+        self.registry.delete("worker2.tf.local.")
+        response = yield self.udp(dns.message.make_query("worker2.tf.local", "A"))
+        self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(len(failures), 4)
+        logged = [e for e in events if e.get("kind") == "update"]
+        self.assertEqual(len(logged), 1)
+        self.assertIn("broken", logged[0]["why"])
+
+
 class TruncationTests(ServerTestCase):
+    nameservers = 40  # an NS RRset big enough to be cut
     @defer.inlineCallbacks
     def test_truncated_without_edns(self):
         """
