@@ -102,7 +102,7 @@ class NodeProcessCase(unittest.TestCase):
         node = spawn_node(
             self.corefile,
             state or os.path.abspath(self.mktemp()),
-            dict(NODE_PORT=str(port), ETCD_URL=self.etcd.client_url, **env),
+            dict(dict(NODE_PORT=str(port), ETCD_URL=self.etcd.client_url), **env),
         )
         node.port = port
 

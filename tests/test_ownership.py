@@ -11,6 +11,7 @@ import dns.rcode
 from twisted.internet import defer, reactor
 
 from idetcd.etcd import EtcdClient
+from tests.faultproxy import FaultProxy
 from tests.test_claim_race import Holdings
 from tests.test_cluster import COREFILE, NodeProcessCase, query
 from tests.test_etcd import sleep
@@ -102,3 +103,30 @@ class FrozenNodeTests(OwnershipCase):
         finally:
             frozen.process.signalProcess(signal.SIGCONT)
         yield self.assert_held_throughout([frozen, other], names, 4)
+
+
+class SlowEtcdTests(OwnershipCase):
+    COREFILE = COREFILE.replace("lease {$LEASE:3}", "lease 9")
+
+    @defer.inlineCallbacks
+    def test_replies_three_seconds_late_keep_the_name(self):
+        """
+        An etcd that answers every request 3 s late (a loaded disk, a long
+        link) but answers: keepalives go out every 3 s from their send
+        times and may take 4.5 s, so the node keeps its name and lease.
+        """
+        proxy = FaultProxy(int(self.etcd.client_url.rsplit(":", 1)[1]))
+        proxy.start()
+        self.addCleanup(proxy.close)
+        node = self.start_node(ETCD_URL=proxy.url)
+        other = self.start_node()
+        names = yield defer.gatherResults([self.wait_claimed(node), self.wait_claimed(other)])
+        before = dict(self.holdings.holder)
+        proxy.delay(1.5)  # each way: every reply 3 s after its request
+        for _ in range(30):
+            reply = yield query(other.port, names[0])
+            self.assertEqual(reply.rcode(), dns.rcode.NOERROR)
+            yield sleep(1)
+        self.assertNotIn(b"not renewed in time", node.output)
+        self.assertEqual(self.holdings.holder, before)
+        yield self.assert_held_throughout([node, other], names, 0)
