@@ -218,13 +218,20 @@ class EtcdClientTests(EtcdTestCase):
         Cancelling a call fails it with CancelledError at once; it does not
         move on to the next endpoint.
         """
-        silent = self.silent_endpoint()
-        client = self.make_client([silent, self.etcd.client_url])
+        yield self.assert_cancel_stays_on(self.silent_endpoint())
+
+    @defer.inlineCallbacks
+    def assert_cancel_stays_on(self, stuck):
+        """
+        A put to C{stuck}, cancelled while it hangs there, fails with
+        CancelledError and is never sent to the next endpoint.
+        """
+        client = self.make_client([stuck, self.etcd.client_url])
         d = client.put(PREFIX + b"x", b"1")
-        yield sleep(0.1)
+        yield sleep(0.2)
         d.cancel()
         yield self.assertFailure(d, defer.CancelledError)
-        self.assertEqual(client.endpoint, silent)
+        self.assertEqual(client.endpoint, stuck)
         kvs, _ = yield self.client.range(PREFIX + b"x")
         self.assertEqual(kvs, [])
 
@@ -240,22 +247,12 @@ class EtcdClientTests(EtcdTestCase):
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
         port = listener.getsockname()[1]
-        fillers = []
         for _ in range(4):  # fill the accept queue: later SYNs get no answer
             filler = socket.socket()
             filler.setblocking(False)
             filler.connect_ex(("127.0.0.1", port))
-            fillers.append(filler)
             self.addCleanup(filler.close)
-        hanging = f"http://127.0.0.1:{port}"
-        client = self.make_client([hanging, self.etcd.client_url])
-        d = client.put(PREFIX + b"x", b"1")
-        yield sleep(0.2)
-        d.cancel()
-        yield self.assertFailure(d, defer.CancelledError)
-        self.assertEqual(client.endpoint, hanging)
-        kvs, _ = yield self.client.range(PREFIX + b"x")
-        self.assertEqual(kvs, [])
+        yield self.assert_cancel_stays_on(f"http://127.0.0.1:{port}")
 
     @defer.inlineCallbacks
     def test_connections_use_tcp_keepalive(self):

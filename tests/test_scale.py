@@ -184,5 +184,5 @@ class ScaleTests(unittest.TestCase):
 
         (reply,) = yield ask(port, [(f"worker{members}.tf.local", "A")])
         self.assertEqual(addresses(reply), [address(members)])
-        (reply,) = yield ask(port, [(node.name, "A")], tcp=True)
+        (reply,) = yield ask(port, [(node.held_name, "A")], tcp=True)
         self.assertEqual(addresses(reply), ["127.0.0.1"])
