@@ -20,6 +20,7 @@ ours until etcd confirms the same lease still holds the same key), failed
 and stopped.  Every input is handled in every state.
 """
 
+import hashlib
 import uuid
 
 import attr
@@ -28,11 +29,13 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from idetcd.backoff import Backoff
-from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, prefix_range_end
+from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound
 from idetcd.lease import LeaseKeeper
 from idetcd.members import Member
+from idetcd.registry import Registry
 
 log = Logger()
 
@@ -53,7 +56,8 @@ class Claimer(Service):
     announcing C{identity} (a L{Member} whose name is ignored).
 
     C{preferred} names a slot to try first, such as the one held before a
-    restart.  C{predecessor_lease} is the lease this node's previous
+    restart.  C{registry} (a L{Registry} of C{prefix}) is the claimer's view
+    of etcd; without one it runs its own.  C{predecessor_lease} is the lease this node's previous
     incarnation held, given only when that incarnation is known to have
     ended: a key on it is taken over at once.  C{on_claimed(name, lease)}
     is called on every claim, the first and those after a lost lease;
@@ -86,6 +90,8 @@ class Claimer(Service):
     _wake_call = attr.ib(default=None, init=False)
     _unsubscribe = attr.ib(default=None, init=False)
     _keeper = attr.ib(init=False)
+    _own_registry = attr.ib(default=False, init=False)
+    _tag = attr.ib(init=False)
     _names = attr.ib(init=False)
     _slots = attr.ib(init=False)
 
@@ -95,6 +101,11 @@ class Claimer(Service):
         # Rendered once: a large limit makes this the costly part of a claim.
         self._names = [self.pattern.render(slot) for slot in range(1, self.limit + 1)]
         self._slots = {name: slot for slot, name in enumerate(self._names, 1)}
+        # Nodes of one pattern queue together.
+        self._tag = hashlib.sha256(self.pattern.text.encode("utf-8")).hexdigest()[:16].encode("ascii")
+        if self.registry is None:
+            self.registry = Registry(self.client, self.prefix, self.reactor)
+            self._own_registry = True
         self._keeper = LeaseKeeper(
             self.client,
             self.lease_ttl,
@@ -148,8 +159,9 @@ class Claimer(Service):
 
     def startService(self):
         Service.startService(self)
-        if self.registry is not None:
-            self._unsubscribe = self.registry.subscribe(self._registry_changed)
+        if self._own_registry:
+            self.registry.startService()
+        self._unsubscribe = self.registry.subscribe(self._registry_changed)
         self.start()
 
     def stopService(self):
@@ -162,6 +174,8 @@ class Claimer(Service):
             self._unsubscribe()
             self._unsubscribe = None
         waiting = [d for d in self.stop() if isinstance(d, defer.Deferred)]
+        if self._own_registry:
+            self.registry.stopService()
         return defer.gatherResults(waiting).addCallback(lambda _: None)
 
     # States.
@@ -581,67 +595,89 @@ class Claimer(Service):
     @defer.inlineCallbacks
     def _take_slot(self, lease):
         """
-        Try free slots, best first, each in its own transaction; returns the
-        name won and the revision it was won at, or C{None}.
-
-        A lost race returns a fresh view of every slot in the same
-        transaction, so the next try goes straight to a slot that was free
-        at that moment: no re-read, no sleep.
+        Win a slot with C{lease}: the preferred one if it can be had, else
+        the one the queue assigns (see L{Registry.assignment}); returns the
+        name won and the revision it was won at, or C{None} when no slot is
+        free.  In the common case this costs one put and one transaction,
+        however many nodes start at once, and reads nothing but the
+        preferred slot's key.
         """
-        end = prefix_range_end(self.prefix)
-        kvs, _ = yield self.client.range(self.prefix, end)
-        holders = {kv.key: kv for kv in kvs}
-        for _ in range(2 * self.limit + 2):
-            name, existing = yield self._best_slot(holders, lease)
+        registry = self.registry
+        won = yield self._take_preferred(lease)
+        if won is not None:
+            return won
+        queue_key = registry.queue_key(self._tag, lease)
+        revision = yield self.client.put(queue_key, b"", lease=lease)
+        while True:
+            yield registry.when_caught_up(revision)
+            name = registry.assignment(self._tag, self._names).get(lease)
             if name is None:
-                return None
-            if existing is not None and existing.lease == lease:
-                # Won by an earlier try whose reply was lost.
-                return name, existing.mod_revision
+                if all(n in registry.members for n in self._names):
+                    return None
+                # Every free slot is promised to a node queued earlier:
+                # wait for it to claim, or for its lease to end.
+                revision = yield self._next_change(registry.applied)
+                continue
             result = yield self.client.create(
-                self._key(name), self._value(name), lease=lease, replacing=existing,
-                read_range=(self.prefix, end),
+                self._key(name), self._value(name), lease=lease, also_delete=queue_key
             )
             if result.succeeded:
-                if existing is not None and existing.lease:
-                    # Our own ended incarnation's lease: it holds nothing else.
-                    yield self.client.lease_revoke(existing.lease).addErrback(lambda _: None)
                 return name, result.revision
+            # Taken outside the queue's order (a node's own preferred slot):
+            # the registry's next view gives everyone a new share.
             log.debug("lost the race for {name}", name=name)
-            holders = {kv.key: kv for kv in result.kvs}
-        return None
+            revision = result.revision
+
+    def _next_change(self, revision):
+        """
+        Fires with the revision to wait for once the registry moved past
+        C{revision}, or after a third of the lease, whichever comes first.
+        """
+        changed = self.registry.when_caught_up(revision + 1)
+        timer = self.reactor.callLater(self.lease_ttl / 3, changed.cancel)
+
+        def settled(result):
+            if not timer.active():
+                return self.registry.applied  # our own timeout's cancel
+            timer.cancel()
+            if isinstance(result, Failure):
+                return result  # the claim itself was cancelled
+            return self.registry.applied
+
+        return changed.addBoth(settled)
 
     @defer.inlineCallbacks
-    def _best_slot(self, holders, lease):
+    def _take_preferred(self, lease):
         """
-        The slot to try next and the key now holding it, if any: the
-        preferred slot when free or held by this node's ended incarnation,
-        else the lowest free one.
+        Claim the preferred slot when it is free, ours already, or held by
+        this node's provably ended incarnation; returns C{(name, revision)},
+        or C{None} to queue instead.
         """
         preferred = self.preferred
         while preferred in self._slots:
-            kv = holders.get(self._key(preferred))
-            if kv is None or kv.lease == lease:
-                return preferred, kv
-            if not kv.lease or not self._carries_identity(kv):
-                break
-            if kv.lease == self.predecessor_lease:
-                return preferred, kv
-            # Ours by identity, but not provably: wait for its lease to end,
-            # unless someone keeps it alive.
-            kv = yield self._probe(kv)
-            if kv is not None:
-                self._take_fresh_identity(kv)
-                break
-            kvs, _ = yield self.client.range(self._key(preferred))
-            holders = dict(holders)
-            holders.pop(self._key(preferred), None)
-            holders.update((kv.key, kv) for kv in kvs)
-        for name in self._names:
-            kv = holders.get(self._key(name))
-            if kv is None or kv.lease == lease:
-                return name, kv
-        return None, None
+            key = self._key(preferred)
+            kvs, _ = yield self.client.range(key)
+            kv = kvs[0] if kvs else None
+            if kv is not None and kv.lease == lease:
+                return preferred, kv.mod_revision  # won by a try whose reply was lost
+            if kv is not None and kv.lease != self.predecessor_lease:
+                if not kv.lease or not self._carries_identity(kv):
+                    return None
+                # Ours by identity, but not provably: wait for its lease to
+                # end, unless someone keeps it alive.
+                twin = yield self._probe(kv)
+                if twin is not None:
+                    self._take_fresh_identity(twin)
+                    return None
+                continue
+            result = yield self.client.create(key, self._value(preferred), lease=lease, replacing=kv)
+            if not result.succeeded:
+                return None
+            if kv is not None and kv.lease:
+                # Our own ended incarnation's lease: it holds nothing else.
+                yield self.client.lease_revoke(kv.lease).addErrback(lambda _: None)
+            return preferred, result.revision
+        return None
 
     @defer.inlineCallbacks
     def _probe(self, kv):

@@ -362,11 +362,12 @@ class EtcdClient:
             body["key"] = _b64(found[-1].key + b"\0")
 
     @defer.inlineCallbacks
-    def create(self, key, value, lease=0, replacing=None, read_range=None):
+    def create(self, key, value, lease=0, replacing=None, read_range=None, also_delete=None):
         """
         Put C{key} only if it does not exist, or, with C{replacing} (a
         L{KeyValue}), only if it is still exactly that version.  One
-        transaction, so of many racing callers exactly one wins.
+        transaction, so of many racing callers exactly one wins; a winner
+        also deletes C{also_delete}, if given, in it.
 
         A loser learns who holds C{key}; with C{read_range} (start, end) it
         also gets every key in that range, read in the same transaction.
@@ -386,7 +387,8 @@ class EtcdClient:
             "/v3/kv/txn",
             {
                 "compare": [compare],
-                "success": [{"request_put": put}],
+                "success": [{"request_put": put}]
+                + ([{"request_delete_range": {"key": _b64(also_delete)}}] if also_delete else []),
                 "failure": [{"request_range": _range_body(*(read_range or (key, None)))}],
             },
         )

@@ -19,6 +19,10 @@ from idetcd.names import normalize_name
 
 log = Logger()
 
+#: Below the prefix, where nodes queue to claim a slot (see
+#: L{Registry.assignment}); "_" is never in a host name.
+QUEUE = b"_claims/"
+
 
 @attr.s(eq=False)
 class Registry(Service):
@@ -46,6 +50,8 @@ class Registry(Service):
     _change_subscribers = attr.ib(factory=list, init=False)
     _changed_names = attr.ib(factory=set, init=False)
     _progress_waiters = attr.ib(factory=list, init=False)
+    _queue = attr.ib(factory=dict, init=False)  # key -> (create_revision, lease)
+    _assignments = attr.ib(factory=dict, init=False)  # tag -> (applied, {lease: name})
     _ready = attr.ib(default=False, init=False)
     _watch = attr.ib(default=None, init=False)
     _loading = attr.ib(default=None, init=False)
@@ -81,10 +87,43 @@ class Registry(Service):
     def _progressed(self):
         waiting, self._progress_waiters = self._progress_waiters, []
         for condition, d in waiting:
+            if d.called:
+                continue  # cancelled by its waiter
             if condition():
                 d.callback(self)
             else:
                 self._progress_waiters.append((condition, d))
+
+    def queue_key(self, tag, lease):
+        """
+        The key under which a node with C{lease} queues for a slot of the
+        pattern C{tag}.
+        """
+        return self.prefix + QUEUE + tag + b"/%016x" % lease
+
+    def assignment(self, tag, names):
+        """
+        Which of C{names} (a pattern's names, lowest slot first) each queued
+        node of pattern C{tag} should claim: the node queued k-th (by create
+        revision) gets the k-th lowest free name.  Every node computes the
+        same matching from the same revision, and a node that claims its
+        name deletes its queue key in the same transaction, which leaves
+        everyone else's share unchanged: racing nodes do not collide.
+        Returns {lease: name}, computed once per revision.
+        """
+        cached = self._assignments.get(tag)
+        if cached is not None and cached[0] == self.applied:
+            return cached[1]
+        start = self.prefix + QUEUE + tag + b"/"
+        queued = sorted(entry for key, entry in self._queue.items() if key.startswith(start))
+        free = (
+            name
+            for name in names
+            if name not in self.members and self.prefix + name.encode("ascii") not in self._bad
+        )
+        matching = {lease: name for (_, lease), name in zip(queued, free)}
+        self._assignments[tag] = (self.applied, matching)
+        return matching
 
     def subscribe(self, callback):
         """
@@ -143,6 +182,9 @@ class Registry(Service):
         kvs, revision = result
         self.backoff.reset()
         present = {kv.key for kv in kvs}
+        for key in list(self._queue):
+            if key not in present:
+                self._forget(key)
         for key in list(self._names):
             if key not in present:
                 self._forget(key)
@@ -198,6 +240,9 @@ class Registry(Service):
         """
         Apply a put; returns whether C{members} changed.
         """
+        if kv.key.startswith(self.prefix + QUEUE):
+            self._queue[kv.key] = (kv.create_revision, kv.lease)
+            return False
         if not self.prefix and not kv.key.endswith(b"."):
             # With no prefix, etcd's other keys are not ours to judge.
             return False
@@ -228,6 +273,7 @@ class Registry(Service):
         Drop C{key}'s member, if it has one; returns whether it had.
         """
         self._bad.pop(key, None)
+        self._queue.pop(key, None)
         name = self._names.pop(key, None)
         if name is None or self.members.pop(name, None) is None:
             return False

@@ -5,6 +5,8 @@ data in the test's temporary directory.
 
 import os
 
+import treq
+
 import attr
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -110,3 +112,19 @@ class EtcdTestCase(unittest.TestCase):
         client = EtcdClient(endpoints, reactor, timeout=2.0)
         self.addCleanup(client.close)
         return client
+
+
+@defer.inlineCallbacks
+def handled(etcd, method):
+    """
+    How many requests of gRPC C{method} ("Range", "Txn", "Put", ...) etcd
+    has served, from its own metrics: the count that tells what a change
+    costs etcd, whatever the client believes it sent.
+    """
+    response = yield treq.get(etcd.client_url + "/metrics", persistent=False)
+    text = yield response.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_handled_total") and f'grpc_method="{method}"' in line
+    )

@@ -300,9 +300,12 @@ class ScriptedClient:
         return self._call("timetolive", lease, keys)
 
     def range(self, key, range_end=None):
-        return self._call("range", key, range_end)
+        return self._call("range", key)
 
-    def create(self, key, value, lease=0, replacing=None, read_range=None):
+    def put(self, key, value, lease=0):
+        return self._call("put", key, lease)
+
+    def create(self, key, value, lease=0, replacing=None, read_range=None, also_delete=None):
         return self._call("create", key, lease)
 
     def delete_on_lease(self, key, lease):
@@ -321,10 +324,36 @@ def lease_info(*keys, revision=9):
 
 
 class FakeRegistry:
+    """
+    The claimer's view of etcd, told by the test: queued nodes are assigned
+    the free slots in the order they queued.
+    """
+
     def __init__(self):
         self.members = {}
-        self.revision = self.applied = 0
+        self.revision = 0
+        self.applied = 100  # ahead of the revisions these tests' etcd gives
         self._subscribers = []
+        self._waiting = []
+        self.queued = []
+
+    def when_caught_up(self, revision):
+        if revision <= self.applied:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self._waiting.append((revision, d))
+        return d
+
+    def queue_key(self, tag, lease):
+        self.queued = [lease]  # one claimer here
+        return PREFIX + b"_claims/" + tag + b"/%016x" % lease
+
+    def assignment(self, tag, names):
+        free = [name for name in names if name not in self.members]
+        return dict(zip(self.queued, free))
+
+    def take_every_slot(self):
+        self.members = {PATTERN.render(i): identity("other") for i in (1, 2, 3)}
 
     def subscribe(self, callback):
         self._subscribers.append(callback)
@@ -334,6 +363,14 @@ class FakeRegistry:
         self.members, self.revision, self.applied = members, revision, revision
         for callback in list(self._subscribers):
             callback()
+        waiting, self._waiting = self._waiting, []
+        for wanted, d in waiting:
+            if d.called:
+                continue
+            if wanted <= revision:
+                d.callback(self)
+            else:
+                self._waiting.append((wanted, d))
 
 
 class TransitionTests(unittest.TestCase):
@@ -363,11 +400,16 @@ class TransitionTests(unittest.TestCase):
 
     def hold(self, lease=7):
         """
-        Start and win worker1 on C{lease} at t=0; returns when_claimed().
+        Start and win worker1 on C{lease} at t=0, through the queue the
+        first time, directly (the slot it held) after that; returns
+        when_claimed().
         """
         d = self.start()
         self.client.answer("grant", (lease, 9))
-        self.client.answer("range", ([], 1))
+        if self.claimer.preferred is None:
+            self.client.answer("put", 1)
+        else:
+            self.client.answer("range", ([], 1))
         self.client.answer("create", TxnResult(True, 2, None))
         self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
         return d
@@ -412,7 +454,7 @@ class TransitionTests(unittest.TestCase):
         self.claimer.stopService()
         self.failureResultOf(d, defer.CancelledError)
         self.assertEqual(self.client.revoked, [7])
-        self.assertEqual(self.client.pending("range"), [])
+        self.assertEqual(self.client.pending("put"), [])
 
     def test_claiming_keeps_the_lease_alive_while_it_claims(self):
         """
@@ -424,7 +466,7 @@ class TransitionTests(unittest.TestCase):
             self.clock.advance(3)
             self.keepalive()
         self.assertEqual(len(self.client.pending("keepalive")), 0)
-        self.client.answer("range", ([], 1))
+        self.client.answer("put", 1)
         self.client.answer("create", TxnResult(True, 2, None))
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
 
@@ -432,7 +474,7 @@ class TransitionTests(unittest.TestCase):
         d = self.start()
         self.client.answer("grant", (7, 9))
         self.clock.advance(9)  # no keepalive answered: the deadline passes
-        self.client.answer("range", ([], 1))
+        self.client.answer("put", 1)
         self.client.answer("create", TxnResult(True, 2, None))
         self.assertNoResult(d)
         self.assertIsNone(self.claimer.held_name)
@@ -447,7 +489,7 @@ class TransitionTests(unittest.TestCase):
         self.client.answer("keepalive", LeaseNotFound(5, "gone"))
         self.assertEqual(len(self.client.pending("grant")), 1)
         self.client.answer("grant", (8, 9))
-        self.client.answer("range", ([], 1))
+        self.client.answer("put", 1)
         self.client.answer("create", TxnResult(True, 2, None))
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
         self.assertEqual(self.claimer.lease, 8)
@@ -455,7 +497,7 @@ class TransitionTests(unittest.TestCase):
     def test_claiming_lost_reply_looks_at_its_own_lease_first(self):
         d = self.start()
         self.client.answer("grant", (7, 9))
-        self.client.answer("range", ([], 1))
+        self.client.answer("put", 1)
         self.client.answer("create", EtcdUnavailable("reply lost"))
         self.clock.advance(1)  # the backoff
         self.client.answer("timetolive", lease_info(KEY1, PREFIX + b"worker2.tf.local."))
@@ -463,11 +505,45 @@ class TransitionTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
         self.assertEqual(self.claimer.claim_revision, 9)
 
+    def test_claiming_lost_race_takes_the_next_share(self):
+        """
+        The assigned slot was taken outside the queue's order (a node
+        taking back its own slot): the next view gives another.
+        """
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.client.answer("put", 1)
+        self.registry.change({"worker1.tf.local.": identity("other")}, 3)
+        self.client.answer("create", TxnResult(False, 3, None))
+        self.assertEqual(self.client.answer("create", TxnResult(True, 4, None))[0], PREFIX + b"worker2.tf.local.")
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+
+    def test_claiming_waits_behind_a_node_queued_earlier(self):
+        """
+        The one free slot is another queued node's share: this node waits
+        for the registry to move (or a third of the lease), and takes the
+        share that is then its own.
+        """
+        self.registry.members = {PATTERN.render(i): identity("other") for i in (1, 2)}
+        self.registry.applied = 1
+        self.registry.queued = [5]
+        self.registry.queue_key = lambda tag, lease: self.registry.queued.append(lease) or b"q"
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.client.answer("put", 1)
+        self.assertEqual(self.client.pending("create"), [])
+        self.clock.advance(3)  # a third of the lease: look again, still nothing
+        self.assertEqual(self.client.pending("create"), [])
+        self.registry.queued.remove(5)  # the earlier node's lease ended
+        self.registry.change(dict(self.registry.members), 4)
+        self.client.answer("create", TxnResult(True, 5, None))
+        self.assertEqual(self.successResultOf(d), "worker3.tf.local.")
+
     def test_claiming_no_slot_fails(self):
         d = self.start()
         self.client.answer("grant", (7, 9))
-        taken = [KeyValue(PREFIX + PATTERN.render(i).encode(), b"{}", 1, 1, 0) for i in (1, 2, 3)]
-        self.client.answer("range", (taken, 1))
+        self.registry.take_every_slot()
+        self.client.answer("put", 1)
         self.failureResultOf(d, SlotsExhausted)
         self.failureResultOf(self.claimer.when_claimed(), SlotsExhausted)
         self.assertEqual(self.client.revoked, [7])
@@ -480,8 +556,10 @@ class TransitionTests(unittest.TestCase):
         """
         self.hold()
         self.registry.change({}, 5)  # the key is gone...
-        taken = [KeyValue(PREFIX + PATTERN.render(i).encode(), b"{}", 1, 1, 0) for i in (1, 2, 3)]
-        self.client.answer("range", (taken, 5))  # ...and every slot is someone else's
+        held = KeyValue(KEY1, identity("other").to_value(), 4, 4, 99)
+        self.client.answer("range", ([held], 5))  # ...by another node...
+        self.registry.take_every_slot()  # ...and every other slot too
+        self.client.answer("put", 5)
         self.assertEqual(self.client.revoked, [7])
         self.assertIsNone(self.claimer.held_name)
         self.assertIsNone(self.claimer._failure)
@@ -494,16 +572,17 @@ class TransitionTests(unittest.TestCase):
         self.claimer.wait = True
         d = self.start()
         self.client.answer("grant", (7, 9))
-        taken = [KeyValue(PREFIX + PATTERN.render(i).encode(), b"{}", 1, 1, 0) for i in (1, 2, 3)]
-        self.client.answer("range", (taken, 1))
+        self.registry.take_every_slot()
+        self.client.answer("put", 1)
         self.assertEqual(self.client.revoked, [7])  # no empty lease is kept
         return d
 
     def test_waiting_wakes_on_its_timer(self):
         d = self.wait_for_slot()
+        self.registry.members = {}
         self.clock.advance(3)
         self.client.answer("grant", (8, 9))
-        self.client.answer("range", ([], 1))
+        self.client.answer("put", 1)
         self.client.answer("create", TxnResult(True, 2, None))
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
 

@@ -4,7 +4,6 @@ The registry against a real etcd: one read, then a watch.
 
 import shutil
 
-import treq
 
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
@@ -12,7 +11,7 @@ from twisted.logger import globalLogPublisher
 from idetcd.etcd import prefix_range_end
 from idetcd.members import Member
 from idetcd.registry import Registry
-from tests.etcdserver import EtcdTestCase, restart
+from tests.etcdserver import EtcdTestCase, handled, restart
 from tests.proxy import CuttableProxy
 from tests.test_etcd import wait_for
 
@@ -268,15 +267,5 @@ class RegistryTests(EtcdTestCase):
             [kv.key for kv in kvs], [PREFIX + b"worker%02d.tf.local." % i for i in range(25)]
         )
 
-    @defer.inlineCallbacks
     def range_requests(self):
-        """
-        How many range requests etcd has served, from its own metrics.
-        """
-        response = yield treq.get(self.etcd.client_url + "/metrics", persistent=False)
-        text = yield response.text()
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("grpc_server_handled_total") and 'grpc_method="Range"' in line
-        )
+        return handled(self.etcd, "Range")
