@@ -200,17 +200,26 @@ class _Replies:
         if flags & wire.QR:
             self.report("response", "dropped a response from {peer}", peer=peer)
             raise _Unanswered(None)
-        if flags & wire.OPCODE:
-            self.report(
-                "opcode", "opcode {opcode} from {peer}: not implemented",
-                opcode=(flags & wire.OPCODE) >> 11, peer=peer,
-            )
-            raise _Unanswered(wire.header_only(data, dns.ENOTIMP))
         try:
-            return wire.read_query(data)
+            query = wire.read_query(data)
         except wire.FormatError as e:
+            if flags & wire.OPCODE:
+                raise _Unanswered(self._not_implemented(data, flags, peer, e.edns))
             self.report("malformed", "malformed query from {peer}: {why}", why=str(e), peer=peer)
-            raise _Unanswered(wire.header_only(data, dns.EFORMAT))
+            raise _Unanswered(wire.header_only(data, dns.EFORMAT, e.edns))
+        if flags & wire.OPCODE:
+            raise _Unanswered(self._not_implemented(data, flags, peer, query.edns))
+        if query.signed is not None:
+            self.report("tsig", "TSIG-signed query from {peer}: no keys here, BADKEY", peer=peer)
+            raise _Unanswered(wire.badkey(data, query))
+        return query
+
+    def _not_implemented(self, data, flags, peer, edns):
+        self.report(
+            "opcode", "opcode {opcode} from {peer}: not implemented",
+            opcode=(flags & wire.OPCODE) >> 11, peer=peer,
+        )
+        return wire.header_only(data, dns.ENOTIMP, edns)
 
     def _template(self, query, limit):
         if query.edns is not None and query.edns.version > 0:

@@ -19,7 +19,10 @@ import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import dns.serial
+import dns.tsig
+import dns.tsigkeyring
 from twisted.internet import defer, protocol, reactor, task, threads, utils
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
@@ -479,6 +482,48 @@ class MalformedTests(ServerTestCase):
             response = dns.message.from_wire(reply)
             self.assertEqual((response.id, response.rcode()), (0x1234, dns.rcode.FORMERR), payload)
         yield self.assertAnswers()
+
+    @defer.inlineCallbacks
+    def test_errors_carry_opt(self):
+        """
+        NOTIMP and FORMERR replies to a query with OPT carry our OPT (RFC
+        6891 section 7), DO copied; replies to one without OPT carry none.
+        """
+        for edns, expected in ((None, -1), (0, 0)):
+            query = dns.message.make_query("worker1.tf.local", "A", use_edns=edns, want_dnssec=edns == 0)
+            query.set_opcode(dns.opcode.NOTIFY)
+            response = yield self.udp(query)
+            self.assertEqual((response.rcode(), response.edns), (dns.rcode.NOTIMP, expected))
+            query = dns.message.make_query("worker1.tf.local", "A", use_edns=edns, want_dnssec=edns == 0)
+            query.answer.append(dns.rrset.from_text("worker1.tf.local.", 30, "IN", "A", "10.0.0.9"))
+            reply = yield self.raw(query.to_wire())
+            response = dns.message.from_wire(reply)
+            self.assertEqual((response.rcode(), response.edns), (dns.rcode.FORMERR, expected))
+            self.assertEqual(bool(response.ednsflags & dns.flags.DO), edns == 0)
+            self.assertEqual(response.payload, 1232 if edns == 0 else 0)
+
+    @defer.inlineCallbacks
+    def test_tsig_badkey(self):
+        """
+        This server holds no TSIG keys: a signed query gets NOTAUTH with an
+        unsigned BADKEY TSIG, which dnspython reports as such.
+        """
+        query = dns.message.make_query("worker1.tf.local", "A")
+        query.use_tsig(dns.tsigkeyring.from_text({"key.example.": "c2VjcmV0"}), "key.example.")
+        for exchange in (self.udp, self.tcp):
+            yield self.assertFailure(exchange(query), dns.tsig.PeerBadKey)
+
+    @defer.inlineCallbacks
+    def test_class_any(self):
+        """
+        A question of class ANY gets the IN data (RFC 1035 section 3.2.5),
+        its class echoed.
+        """
+        response = yield self.udp(dns.message.make_query("worker1.tf.local", "A", rdclass="ANY"))
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertEqual(response.question[0].rdclass, dns.rdataclass.ANY)
+        self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+        self.assertEqual(response.answer[0].rdclass, dns.rdataclass.IN)
 
     @defer.inlineCallbacks
     def test_dropped(self):
