@@ -174,11 +174,11 @@ def tcp_hostile(port, packets, final):
                 return replies
 
 
-def crowd(port, count):
+def crowd(port, count, sources=10):
     """
-    Open C{count} idle connections in quick bursts; for each, the seconds
-    from its connect until the server closed it, and how many it never
-    closed.
+    Open C{count} idle connections in quick bursts, from C{sources} loopback
+    addresses in turn; for each, the seconds from its connect until the
+    server closed it, and how many it never closed.
     """
     opened = {}
     lifetimes = []
@@ -202,7 +202,8 @@ def crowd(port, count):
                     # Give the server's accept loop a turn, as clients coming
                     # from many hosts would.
                     reap(0.005)
-                s = socket.create_connection((HOST, port), timeout=TIMEOUT)
+                source = (f"127.0.1.{index % sources + 1}", 0)
+                s = socket.create_connection((HOST, port), timeout=TIMEOUT, source_address=source)
                 opened[s] = time.monotonic()
                 selector.register(s, selectors.EVENT_READ)
             deadline = time.monotonic() + TIMEOUT
