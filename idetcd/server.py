@@ -45,8 +45,11 @@ TCP_BACKLOG = 511
 # a UDP port reads at most UDP_BATCH datagrams and a TCP connection answers
 # at most TCP_BATCH queries before the reactor serves its other sockets and
 # timers; whatever is left waits for the next turn.
-UDP_BATCH = 64
+# All TCP connections together answer at most TCP_TURN queries per turn,
+# taking turns in order, so many connections cannot crowd UDP out.
+UDP_BATCH = 128
 TCP_BATCH = 16
+TCP_TURN = 128
 # A TCP connection reads at most this much at once, and stops being read
 # while more than this many reply bytes wait for a client that does not
 # read them (one reply of up to 64 KB may go past it).
@@ -375,7 +378,8 @@ class _UDP(protocol.DatagramProtocol):
 class _TCP(protocol.Protocol, policies.TimeoutMixin):
     """
     One client on TCP (RFC 7766): pipelined queries answered in order, at
-    most L{TCP_BATCH} per reactor turn, closed when idle.  It is not read
+    most L{TCP_BATCH} per reactor turn and within the turn's budget for all
+    connections, closed when idle.  It is not read
     from while queries it sent wait for their turn, nor while more than
     L{TCP_BUFFER} bytes of replies wait for it to read them.
     """
@@ -387,7 +391,7 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._buffer = b""
         self._blocked = False  # the transport holds too many unread replies
         self._holding = False  # reading stopped until the buffer is answered
-        self._next_batch = None
+        self._waiting = False  # in the factory's queue for the next turn
         self._peer = None
 
     def connectionMade(self):
@@ -403,10 +407,12 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._answer()
 
     def _answer(self):
-        self._next_batch = None
+        self._waiting = False
         buffer = self._buffer
         offset = 0
-        for _ in range(TCP_BATCH):
+        answered = 0
+        budget = self.factory.budget()
+        while answered < budget:
             if self._blocked or len(buffer) - offset < 2:
                 break
             (length,) = _FLAGS.unpack_from(buffer, offset)
@@ -415,10 +421,12 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
                 break
             self.resetTimeout()
             reply = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer)
+            answered += 1
             offset = end
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
         self._buffer = buffer = buffer[offset:]
+        self.factory.spend(answered)
         if self._blocked:
             return  # resumeProducing goes on once the client reads
         if len(buffer) >= 2 and len(buffer) >= 2 + _FLAGS.unpack_from(buffer)[0]:
@@ -426,8 +434,9 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             if not self._holding:
                 self._holding = True
                 self.transport.pauseProducing()
-            if self._next_batch is None:
-                self._next_batch = self.callLater(0, self._answer)
+            if not self._waiting:
+                self._waiting = True
+                self.factory.wait(self, starved=not answered)
         elif self._holding:
             self._holding = False
             self.transport.resumeProducing()
@@ -440,7 +449,8 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._blocked = False
         if not self._holding:
             self.transport.resumeProducing()
-        self._answer()
+        if not self._waiting:
+            self._answer()
 
     def stopProducing(self):
         self._blocked = True
@@ -453,9 +463,7 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
 
     def connectionLost(self, reason):
         self.setTimeout(None)
-        if self._next_batch is not None:
-            self._next_batch.cancel()
-            self._next_batch = None
+        self._blocked = True  # so a turn that still lists it does nothing
         self.factory.closed(self)
         self.lost.callback(None)
 
@@ -471,6 +479,9 @@ class _TCPFactory(protocol.Factory):
     max_per_client = attr.ib()
     connections = attr.ib(init=False, factory=set)
     _per_client = attr.ib(init=False, factory=collections.Counter)
+    _spent = attr.ib(init=False, default=0)  # queries answered this turn
+    _waiting = attr.ib(init=False, factory=collections.deque)
+    _turn = attr.ib(init=False, default=None)
 
     def buildProtocol(self, address):
         # Returning None makes the port close the connection at once.
@@ -488,6 +499,49 @@ class _TCPFactory(protocol.Factory):
             )
             return None
         return _TCP(self)
+
+    def budget(self):
+        """
+        How many queries one connection may answer now.
+        """
+        return max(0, min(TCP_BATCH, TCP_TURN - self._spent))
+
+    def spend(self, answered):
+        if answered:
+            self._spent += answered
+            self._next_turn()
+
+    def wait(self, connection, starved):
+        """
+        Answer more of C{connection}'s queries next turn: after those
+        already waiting, or, when it was C{starved} of the budget this
+        turn, before those that had a share.
+        """
+        if starved:
+            self._waiting.appendleft(connection)
+        else:
+            self._waiting.append(connection)
+        self._next_turn()
+
+    def _next_turn(self):
+        if self._turn is None:
+            self._turn = self.clock.callLater(0, self._new_turn)
+
+    def _new_turn(self):
+        self._turn = None
+        self._spent = 0
+        waiting, self._waiting = self._waiting, collections.deque()
+        while waiting and self._spent < TCP_TURN:
+            waiting.popleft()._answer()
+        # Those the budget did not reach go first next turn.
+        waiting.extend(self._waiting)
+        self._waiting = waiting
+
+    def stop(self):
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
+        self._waiting.clear()
 
     def opened(self, connection):
         self.connections.add(connection)
@@ -601,6 +655,8 @@ class DNSServer(service.Service):
             self._unsubscribe = None
         waiting = [defer.maybeDeferred(port.stopListening) for port in self._listening]
         self._listening = []
+        if self._tcp is not None:
+            self._tcp.stop()
         for connection in list(self._tcp.connections if self._tcp else ()):
             waiting.append(connection.lost)
             connection.transport.abortConnection()

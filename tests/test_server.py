@@ -701,7 +701,7 @@ class FairTCPTests(unittest.TestCase):
         messages = [b"query %03d" % i for i in range(100)]
         connection.dataReceived(b"".join(struct.pack("!H", len(m)) + m for m in messages))
         answered = [len(self.replies.asked)]
-        while connection.transport.producerState == "paused":
+        while connection.transport.producerState == "paused" and len(answered) < 100:
             self.turn()
             answered.append(len(self.replies.asked))
         self.assertEqual(answered, [16, 32, 48, 64, 80, 96, 100])
@@ -736,11 +736,37 @@ class FairTCPTests(unittest.TestCase):
         first[0].connectionLost(None)
         self.assertIsNotNone(self.connect())
 
-    def test_lost_cancels_next_batch(self):
+    def test_turn_shared_by_all_connections(self):
+        """
+        All connections together answer at most TCP_TURN queries per turn,
+        taking turns in order: 20 connections with 100 queries each all
+        progress alike.
+        """
+        self.factory.max_per_client = 20
+        connections = [self.connect() for _ in range(20)]
+        for index, connection in enumerate(connections):
+            messages = [b"%02d %03d" % (index, i) for i in range(100)]
+            connection.dataReceived(b"".join(struct.pack("!H", len(m)) + m for m in messages))
+        per_turn = [len(self.replies.asked)]
+        while len(self.replies.asked) < 2000 and len(per_turn) < 100:
+            self.turn()
+            per_turn.append(len(self.replies.asked) - sum(per_turn))
+        self.assertEqual(sum(per_turn), 2000)
+        self.assertEqual(max(per_turn), server_module.TCP_TURN)
+        self.assertEqual(per_turn[:12], [server_module.TCP_TURN] * 12)
+        for index in range(20):
+            mine = [m for m in self.replies.asked if m.startswith(b"%02d " % index)]
+            self.assertEqual(mine, [b"%02d %03d" % (index, i) for i in range(100)])
+        halfway = self.replies.asked[:1000]
+        counts = {sum(m.startswith(b"%02d " % i) for m in halfway) for i in range(20)}
+        self.assertLessEqual(max(counts) - min(counts), server_module.TCP_BATCH)
+
+    def test_lost_connection_answers_nothing(self):
         connection = self.connect()
         connection.dataReceived(b"\x00\x01x" * 20)
         connection.connectionLost(None)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.turn()
+        self.assertEqual(len(self.replies.asked), 16)
 
 
 class BackpressureTests(ServerTestCase):

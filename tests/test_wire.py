@@ -12,26 +12,10 @@ import dns.tsigkeyring
 from twisted.trial import unittest
 
 from idetcd import wire
+from tests.flood import pointer_chain
 
 QUERY = dns.message.make_query("worker1.tf.local", "A", id=0x1234).to_wire()
 _RR = struct.Struct("!HHIH")
-
-
-def pointer_chain(size, section):
-    """
-    A query of about C{size} bytes whose records, in C{section} ("answer"
-    or "additional"), each own a name that points at the one before: a
-    reader that follows every owner does work quadratic in C{size}.
-    """
-    first = len(QUERY)
-    records = b"\x01a\x00" + _RR.pack(1, 1, 0, 0)
-    previous, offset = first, first + len(records)
-    while len(QUERY) + len(records) + 12 <= size:
-        records += struct.pack("!H", 0xC000 | previous) + _RR.pack(1, 1, 0, 0)
-        previous, offset = offset, offset + 12
-    count = 1 + (len(records) - 13) // 12
-    counts = (count, 0, 0) if section == "answer" else (0, 0, count)
-    return QUERY[:4] + struct.pack("!4H", 1, *counts) + QUERY[12:] + records
 
 
 def pointers(count):
