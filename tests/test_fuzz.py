@@ -18,6 +18,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.query
+import dns.tsigkeyring
 from twisted.internet import defer, reactor, task, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -26,12 +27,14 @@ from idetcd import server as server_module
 from idetcd.authority import ZoneAuthority
 from idetcd.server import LOG_INTERVAL, DNSServer
 from tests.test_authority import FakeRegistry, sample_members
+from tests.flood import pointer_chain
 from tests.test_server import HOST, TIMEOUT, read_message, wait_closed
 
 SEED = 20240229
 UDP_PACKETS = 20000
 BATCH = 50
 CACHE_SIZE = 500
+KEYRING = dns.tsigkeyring.from_text({"key.example.": "c2VjcmV0"})
 
 
 def valid_queries(rng):
@@ -129,13 +132,37 @@ def hostile_packets(rng, count):
         ]
         return rng.choice(variants)
 
+    def chained():
+        # Records whose owners point at each other, in any section.
+        return pointer_chain(rng.randrange(100, 3000), rng.choice(("answer", "additional")))
+
+    def many_pointers():
+        # A TSIG key name at the end of a long backward pointer chain.
+        packet = bytearray(rng.choice(seeds))
+        target = 12
+        for _ in range(rng.randrange(10, 40)):
+            packet += struct.pack("!H", 0xC000 | target)
+            target = len(packet) - 2
+        packet += b"\x00\xfa\x00\xff" + bytes(6)
+        packet[10:12] = struct.pack("!H", struct.unpack_from("!H", packet, 10)[0] + 1)
+        return bytes(packet)
+
+    def signed():
+        query = dns.message.make_query("worker1.tf.local", rng.choice(["A", "AAAA"]))
+        query.use_tsig(KEYRING, "key.example.")
+        return query.to_wire()
+
+    def class_any():
+        return dns.message.make_query("worker1.tf.local", "A", rdclass="ANY").to_wire()
+
     def unknown_name():
         label = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
         return dns.message.make_query(f"{label}.tf.local", "A").to_wire()
 
     kinds = [
         random_bytes, short_header, mutated, cut, appended, pointer_loop, long_label,
-        long_name, huge_counts, response, opcode, bad_opt, unknown_name,
+        long_name, huge_counts, response, opcode, bad_opt, unknown_name, chained,
+        many_pointers, signed, class_any,
     ]
     return [rng.choice(kinds)() for _ in range(count)]
 
@@ -252,7 +279,7 @@ class FuzzTests(unittest.TestCase):
 
     def assertWellFormed(self, replies):
         for reply in replies:
-            message = dns.message.from_wire(reply)
+            message = dns.message.from_wire(reply, keyring=False)
             self.assertTrue(message.flags & dns.flags.QR)
 
     @defer.inlineCallbacks
