@@ -23,6 +23,8 @@ import time
 
 import dns.message
 
+from tests.test_server import read_message
+
 HOST = "127.0.0.1"
 # Pipelining clients come from this many loopback addresses, each within
 # the server's per-client limit.
@@ -158,19 +160,8 @@ def chain(port, transport, count, seconds=30.0):
         for index in range(count):
             s.sendall(struct.pack("!H", len(packets[index % 2])) + packets[index % 2])
             counts["sent"] += 1
-            (length,) = struct.unpack("!H", _read(s, 2))
-            counts[_rcode(_read(s, length))] += 1
+            counts[_rcode(read_message(s))] += 1
     return counts
-
-
-def _read(sock, size):
-    data = b""
-    while len(data) < size:
-        more = sock.recv(size - len(data))
-        if not more:
-            raise EOFError("closed")
-        data += more
-    return data
 
 
 def _rcode(reply):
