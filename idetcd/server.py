@@ -11,11 +11,14 @@ until the next change.
 from __future__ import annotations
 
 import collections
+import ipaddress
+import socket
 import struct
+import sys
 
 import attr
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, udp
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.names import dns
@@ -38,6 +41,31 @@ PORT_ATTEMPTS = 20
 # Twisted's default of 50 pending connections overflows in a burst of new
 # clients, whose SYNs are then retried only after a second or more.
 TCP_BACKLOG = 511
+# Fair shares of one reactor turn, which the etcd keepalive shares with DNS:
+# a UDP port reads at most UDP_BATCH datagrams and a TCP connection answers
+# at most TCP_BATCH queries before the reactor serves its other sockets and
+# timers; whatever is left waits for the next turn.
+# All TCP connections together answer at most TCP_TURN queries per turn,
+# taking turns in order, so many connections cannot crowd UDP out.
+UDP_BATCH = 128
+TCP_BATCH = 16
+TCP_TURN = 128
+# A TCP connection reads at most this much at once, and stops being read
+# while more than this many reply bytes wait for a client that does not
+# read them (one reply of up to 64 KB may go past it).
+TCP_BUFFER = 16384
+# Open TCP connections one client address may hold, so no one can take
+# every slot from clients that retry over TCP after a truncated answer.
+MAX_TCP_PER_CLIENT = 32
+# UDP receive buffer: a few megabytes absorb bursts the default 208 KB
+# drops; the kernel may clamp it (net.core.rmem_max), which is logged.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+_LINUX = sys.platform.startswith("linux")
+# Linux's values; Python 3.11's socket module names neither.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if _LINUX else None)
+_PKTINFO_SPACE = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, local address, destination
 
 _FLAGS = struct.Struct("!H")
 _BADVERS = wire.Encoded(dns.EBADVERSION, auth=False)
@@ -271,17 +299,26 @@ class _Replies:
         if flags & wire.QR:
             self.report("response", "dropped a response from {peer}", peer=peer)
             raise _Unanswered(None)
-        if flags & wire.OPCODE:
-            self.report(
-                "opcode", "opcode {opcode} from {peer}: not implemented",
-                opcode=(flags & wire.OPCODE) >> 11, peer=peer,
-            )
-            raise _Unanswered(wire.header_only(data, dns.ENOTIMP))
         try:
-            return wire.read_query(data)
+            query = wire.read_query(data)
         except wire.FormatError as e:
+            if flags & wire.OPCODE:
+                raise _Unanswered(self._not_implemented(data, flags, peer, e.edns))
             self.report("malformed", "malformed query from {peer}: {why}", why=str(e), peer=peer)
-            raise _Unanswered(wire.header_only(data, dns.EFORMAT))
+            raise _Unanswered(wire.header_only(data, dns.EFORMAT, e.edns))
+        if flags & wire.OPCODE:
+            raise _Unanswered(self._not_implemented(data, flags, peer, query.edns))
+        if query.signed is not None:
+            self.report("tsig", "TSIG-signed query from {peer}: no keys here, BADKEY", peer=peer)
+            raise _Unanswered(wire.badkey(data, query))
+        return query
+
+    def _not_implemented(self, data, flags, peer, edns):
+        self.report(
+            "opcode", "opcode {opcode} from {peer}: not implemented",
+            opcode=(flags & wire.OPCODE) >> 11, peer=peer,
+        )
+        return wire.header_only(data, dns.ENOTIMP, edns)
 
     def _template(self, query, limit):
         if query.edns is not None and query.edns.version > 0:
@@ -298,20 +335,95 @@ class _Replies:
         return wire.template(entry, query.flags, len(query.question), limit, query.edns)
 
 
+def _reply_pktinfo(ancillary):
+    """
+    The ancillary data that sends a reply from the address the query was
+    sent to, from the query's IP_PKTINFO or IPV6_PKTINFO.
+    """
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+            _, _, destination = _IN_PKTINFO.unpack_from(data)
+            return [(level, kind, _IN_PKTINFO.pack(0, destination, bytes(4)))]
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+            return [(level, kind, data)]
+    return []
+
+
+class _UDPPort(udp.Port):
+    """
+    A UDP port that reads at most L{UDP_BATCH} datagrams per reactor turn,
+    with a receive buffer sized for bursts.  Bound to a wildcard address it
+    asks the kernel for each datagram's destination, so the reply leaves
+    from the address the client asked (a client drops a reply from any
+    other), on hosts with several addresses.
+    """
+
+    def createInternetSocket(self):
+        skt = udp.Port.createInternetSocket(self)
+        _size_receive_buffer(skt, self.interface)
+        self.wildcard = ipaddress.ip_address(self.interface or "0.0.0.0").is_unspecified
+        if self.wildcard:
+            # On "::" IPv4 clients arrive as mapped addresses, with IP_PKTINFO.
+            skt.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            if self.addressFamily == socket.AF_INET6:
+                skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        return skt
+
+    def doRead(self):
+        receive = self.socket.recvmsg
+        space = _PKTINFO_SPACE if self.wildcard else 0
+        for _ in range(UDP_BATCH):
+            try:
+                data, ancillary, flags, address = receive(self.maxPacketSize, space)
+            except OSError as e:
+                if e.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
+                    return
+                raise
+            try:
+                self.protocol.datagramReceived(data, address, _reply_pktinfo(ancillary), flags)
+            except BaseException:
+                log.failure("UDP datagram from {peer}", peer=address[0])
+
+
+def _size_receive_buffer(skt, interface):
+    wanted = UDP_RECEIVE_BUFFER
+    try:
+        # Past net.core.rmem_max, for a process allowed to (CAP_NET_ADMIN).
+        skt.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
+    except (TypeError, OSError):
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    granted = skt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if _LINUX:
+        granted //= 2  # Linux reports twice the size asked, for its overhead
+    if granted < wanted:
+        log.warn(
+            "UDP receive buffer on {interface} is {granted} bytes, not {wanted}: "
+            "the kernel's limit (sysctl net.core.rmem_max) clamped it; "
+            "bursts of queries may be dropped",
+            interface=interface, granted=granted, wanted=wanted,
+        )
+
+
 class _UDP(protocol.DatagramProtocol):
     noisy = False
 
     def __init__(self, replies):
         self._replies = replies
         self._fast = replies.fast.table
-        self._sendto = None
+        self._sendmsg = None
 
     def startProtocol(self):
-        # Addresses come from recvfrom, so the checks transport.write makes
+        # Addresses come from recvmsg, so the checks transport.write makes
         # on each of them (a few microseconds) buy nothing here.
-        self._sendto = self.transport.getHandle().sendto
+        self._sendmsg = self.transport.getHandle().sendmsg
 
-    def datagramReceived(self, data, address):
+    def datagramReceived(self, data, address, pktinfo=(), flags=0):
+        if flags & socket.MSG_TRUNC:
+            self._replies.report(
+                "long", "dropped a datagram from {peer}: longer than {limit} bytes",
+                peer=address[0], limit=len(data),
+            )
+            return
         # The fast key: the message after its id, with the first name
         # lower-cased.  Equal keys get equal replies, up to the id and the
         # echoed question.
@@ -326,7 +438,7 @@ class _UDP(protocol.DatagramProtocol):
             head, end, tail = hit
             reply = data[:2] + head + data[12:end] + tail
         try:
-            self._sendto(reply, address)
+            self._sendmsg((reply,), pktinfo, 0, address)
         except OSError as e:
             # A full socket buffer or an unreachable source loses one reply.
             self._replies.report(
@@ -336,8 +448,11 @@ class _UDP(protocol.DatagramProtocol):
 
 class _TCP(protocol.Protocol, policies.TimeoutMixin):
     """
-    One client on TCP (RFC 7766): pipelined queries answered in order,
-    closed when idle, and not read from while it does not read its replies.
+    One client on TCP (RFC 7766): pipelined queries answered in order, at
+    most L{TCP_BATCH} per reactor turn and within the turn's budget for all
+    connections, closed when idle.  It is not read
+    from while queries it sent wait for their turn, nor while more than
+    L{TCP_BUFFER} bytes of replies wait for it to read them.
     """
 
     def __init__(self, factory):
@@ -345,12 +460,16 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self.callLater = factory.clock.callLater
         self.lost = defer.Deferred()
         self._buffer = b""
-        self._paused = False
+        self._blocked = False  # the transport holds too many unread replies
+        self._holding = False  # reading stopped until the buffer is answered
+        self._waiting = False  # in the factory's queue for the next turn
         self._peer = None
 
     def connectionMade(self):
         self._peer = self.transport.getPeer().host
-        self.factory.connections.add(self)
+        self.factory.opened(self)
+        # The size of one read, and of the reply backlog that pauses us.
+        self.transport.bufferSize = TCP_BUFFER
         self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout)
 
@@ -359,31 +478,53 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._answer()
 
     def _answer(self):
+        self._waiting = False
         buffer = self._buffer
         offset = 0
-        while not self._paused and len(buffer) - offset >= 2:
+        answered = 0
+        budget = self.factory.budget()
+        while answered < budget:
+            if self._blocked or len(buffer) - offset < 2:
+                break
             (length,) = _FLAGS.unpack_from(buffer, offset)
             end = offset + 2 + length
             if len(buffer) < end:
                 break
             self.resetTimeout()
             reply = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer)
+            answered += 1
             offset = end
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
-        self._buffer = buffer[offset:]
+        self._buffer = buffer = buffer[offset:]
+        self.factory.spend(answered)
+        if self._blocked:
+            return  # resumeProducing goes on once the client reads
+        if len(buffer) >= 2 and len(buffer) >= 2 + _FLAGS.unpack_from(buffer)[0]:
+            # A whole query is still waiting: the next batch, next turn.
+            if not self._holding:
+                self._holding = True
+                self.transport.pauseProducing()
+            if not self._waiting:
+                self._waiting = True
+                self.factory.wait(self, starved=not answered)
+        elif self._holding:
+            self._holding = False
+            self.transport.resumeProducing()
 
     def pauseProducing(self):
-        self._paused = True
+        self._blocked = True
         self.transport.pauseProducing()
 
     def resumeProducing(self):
-        self._paused = False
-        self.transport.resumeProducing()
-        self._answer()
+        self._blocked = False
+        if not self._holding:
+            self.transport.resumeProducing()
+        if not self._waiting:
+            self._answer()
 
     def stopProducing(self):
-        self._paused = True
+        self._blocked = True
 
     def timeoutConnection(self):
         self.factory.replies.report(
@@ -393,7 +534,8 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
 
     def connectionLost(self, reason):
         self.setTimeout(None)
-        self.factory.connections.discard(self)
+        self._blocked = True  # so a turn that still lists it does nothing
+        self.factory.closed(self)
         self.lost.callback(None)
 
 
@@ -405,17 +547,83 @@ class _TCPFactory(protocol.Factory):
     clock = attr.ib()
     idle_timeout = attr.ib()
     max_connections = attr.ib()
+    max_per_client = attr.ib()
     connections = attr.ib(init=False, factory=set)
+    _per_client = attr.ib(init=False, factory=collections.Counter)
+    _spent = attr.ib(init=False, default=0)  # queries answered this turn
+    _waiting = attr.ib(init=False, factory=collections.deque)
+    _turn = attr.ib(init=False, default=None)
 
     def buildProtocol(self, address):
+        # Returning None makes the port close the connection at once.
         if len(self.connections) >= self.max_connections:
-            # Returning None makes the port close the connection at once.
             self.replies.report(
                 "tcp-full", "refused TCP connection from {peer}: {limit} already open",
                 peer=address.host, limit=self.max_connections,
             )
             return None
+        if self._per_client[address.host] >= self.max_per_client:
+            self.replies.report(
+                "tcp-client-full",
+                "refused TCP connection from {peer}: {limit} already open from there",
+                peer=address.host, limit=self.max_per_client,
+            )
+            return None
         return _TCP(self)
+
+    def budget(self):
+        """
+        How many queries one connection may answer now.
+        """
+        return max(0, min(TCP_BATCH, TCP_TURN - self._spent))
+
+    def spend(self, answered):
+        if answered:
+            self._spent += answered
+            self._next_turn()
+
+    def wait(self, connection, starved):
+        """
+        Answer more of C{connection}'s queries next turn: after those
+        already waiting, or, when it was C{starved} of the budget this
+        turn, before those that had a share.
+        """
+        if starved:
+            self._waiting.appendleft(connection)
+        else:
+            self._waiting.append(connection)
+        self._next_turn()
+
+    def _next_turn(self):
+        if self._turn is None:
+            self._turn = self.clock.callLater(0, self._new_turn)
+
+    def _new_turn(self):
+        self._turn = None
+        self._spent = 0
+        waiting, self._waiting = self._waiting, collections.deque()
+        while waiting and self._spent < TCP_TURN:
+            waiting.popleft()._answer()
+        # Those the budget did not reach go first next turn.
+        waiting.extend(self._waiting)
+        self._waiting = waiting
+
+    def stop(self):
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
+        self._waiting.clear()
+
+    def opened(self, connection):
+        self.connections.add(connection)
+        self._per_client[connection._peer] += 1
+
+    def closed(self, connection):
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self._per_client[connection._peer] -= 1
+            if not self._per_client[connection._peer]:
+                del self._per_client[connection._peer]
 
 
 @attr.s(eq=False)
@@ -430,6 +638,7 @@ class DNSServer(service.Service):
     reactor = attr.ib(default=None)
     tcp_idle_timeout = attr.ib(default=10.0)
     max_tcp_connections = attr.ib(default=1000)
+    max_tcp_per_client = attr.ib(default=MAX_TCP_PER_CLIENT)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -441,6 +650,10 @@ class DNSServer(service.Service):
         if not self.max_tcp_connections >= 1:
             raise ValueError(
                 f"max_tcp_connections must be at least 1, not {self.max_tcp_connections!r}"
+            )
+        if not self.max_tcp_per_client >= 1:
+            raise ValueError(
+                f"max_tcp_per_client must be at least 1, not {self.max_tcp_per_client!r}"
             )
         if not self.interfaces:
             raise ValueError("no interface to listen on")
@@ -457,7 +670,11 @@ class DNSServer(service.Service):
         self._replies = _Replies(self.authority, report)
         self._replies.rebuild()
         self._tcp = _TCPFactory(
-            self._replies, self.reactor, self.tcp_idle_timeout, self.max_tcp_connections
+            self._replies,
+            self.reactor,
+            self.tcp_idle_timeout,
+            self.max_tcp_connections,
+            self.max_tcp_per_client,
         )
         attempts = PORT_ATTEMPTS if self.port == 0 else 1
         for attempt in range(attempts):
@@ -482,7 +699,10 @@ class DNSServer(service.Service):
         ports = []
         try:
             for interface in self.interfaces:
-                udp = self.reactor.listenUDP(port, _UDP(self._replies), interface=interface)
+                udp = _UDPPort(
+                    port, _UDP(self._replies), interface, wire.MAX_MESSAGE, self.reactor
+                )
+                udp.startListening()
                 ports.append(udp)
                 port = port or udp.getHost().port
                 tcp = self.reactor.listenTCP(
@@ -506,6 +726,8 @@ class DNSServer(service.Service):
             self._unsubscribe = None
         waiting = [defer.maybeDeferred(port.stopListening) for port in self._listening]
         self._listening = []
+        if self._tcp is not None:
+            self._tcp.stop()
         for connection in list(self._tcp.connections if self._tcp else ()):
             waiting.append(connection.lost)
             connection.transport.abortConnection()

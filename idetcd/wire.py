@@ -23,6 +23,7 @@ TYPE_CLASS = struct.Struct("!HH")
 _RECORD = struct.Struct("!HHIH")
 _OPTION = struct.Struct("!HH")
 _OPT = struct.Struct("!BHHBBHH")
+_FLAGS = struct.Struct("!H")
 
 QR = 0x8000
 OPCODE = 0x7800
@@ -37,10 +38,32 @@ PAYLOAD = 1232
 MAX_MESSAGE = 65535
 
 
+# A name may follow this many compression pointers (RFC 1035 section 4.1.4
+# sets no limit; real messages need one or two), so one name costs at most
+# a few hundred bytes of work whatever the message holds.
+MAX_POINTERS = 16
+# A query carries its question and a few records at most (OPT, TSIG).  One
+# with more is refused before any record is read, so no message, however
+# long, costs more than a few records' worth of work (NSD refuses records
+# in the answer and authority sections too).
+MAX_RECORDS = 8
+TSIG = 250
+BADKEY = 17  # RFC 8945 section 5.2: the TSIG error for an unknown key
+NOTAUTH = 9
+_TSIG_TIMES = 8  # bytes of time signed and fudge
+_TSIG_TAIL = struct.Struct("!HHH")  # original id, error, other length
+
+
 class FormatError(ValueError):
     """
-    The message breaks the wire format; the text says where.
+    The message breaks the wire format; the text says where.  C{edns} is
+    the query's OPT, when it was read before the fault was found, so the
+    FORMERR can carry one (RFC 6891 section 7).
     """
+
+    def __init__(self, why, edns=None):
+        ValueError.__init__(self, why)
+        self.edns = edns
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -54,6 +77,10 @@ class EDNS:
 class Query:
     """
     A standard query: C{question} and C{labels} exactly as received.
+    C{cls} is the class to answer from: IN for a question of class ANY
+    (RFC 1035 section 3.2.5; this server holds nothing else).  C{signed},
+    for a query with a TSIG, is the unsigned BADKEY TSIG record to answer
+    it with: this server holds no keys (RFC 8945 section 5.2).
     """
 
     id: int
@@ -63,6 +90,7 @@ class Query:
     type: int
     cls: int
     edns: Optional[EDNS]
+    signed: Optional[bytes] = None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -79,16 +107,19 @@ class Encoded:
     cuts: tuple = ()
 
 
-def _read_name(data, offset):
+def _read_name(data, offset, follow=True):
     """
     The labels at C{offset} and the offset just past the name.  Compression
     pointers must point before the labels that hold them, which rules out
-    loops, and not into the header.
+    loops, and not into the header; at most L{MAX_POINTERS} are followed.
+    With C{follow} false a pointer ends the name unread and the labels are
+    L{None}: the cost of skipping a name is its own bytes, never more.
     """
     labels = []
     size = 1
     end = None
     start = offset
+    pointers = 0
     while True:
         if offset >= len(data):
             raise FormatError("name runs past the end of the message")
@@ -98,9 +129,14 @@ def _read_name(data, offset):
         if length >= 0xC0:
             if offset + 1 >= len(data):
                 raise FormatError("compression pointer cut short")
+            if not follow:
+                return None, offset + 2
             target = (length & 0x3F) << 8 | data[offset + 1]
             if not 12 <= target < start:
                 raise FormatError("compression pointer does not point back")
+            pointers += 1
+            if pointers > MAX_POINTERS:
+                raise FormatError(f"more than {MAX_POINTERS} compression pointers in a name")
             if end is None:
                 end = offset + 2
             offset = start = target
@@ -118,18 +154,24 @@ def _read_name(data, offset):
 
 
 def _read_record(data, offset):
-    labels, offset = _read_name(data, offset)
+    """
+    One record at C{offset}, its owner skipped, not read: (owner offset,
+    owner labels or L{None} if compressed, type, class, TTL, data start,
+    data end).
+    """
+    owner = offset
+    labels, offset = _read_name(data, offset, follow=False)
     if offset + _RECORD.size > len(data):
         raise FormatError("record header cut short")
     type, cls, ttl, length = _RECORD.unpack_from(data, offset)
     start = offset + _RECORD.size
     if start + length > len(data):
         raise FormatError("record data cut short")
-    return labels, type, cls, ttl, start, start + length
+    return owner, labels, type, cls, ttl, start, start + length
 
 
 def _read_edns(labels, cls, ttl, data, start, end):
-    if labels:
+    if labels != ():
         raise FormatError("OPT owner is not the root")
     while start < end:
         if start + _OPTION.size > end:
@@ -142,32 +184,84 @@ def _read_edns(labels, cls, ttl, data, start, end):
     return EDNS(max(cls, MIN_PAYLOAD), (ttl >> 16) & 0xFF, bool(ttl & 0x8000))
 
 
+def _badkey(data, owner, start, end):
+    """
+    The unsigned TSIG record that answers the TSIG at C{owner}, whose data
+    is C{data[start:end]}, with BADKEY: its key name, algorithm, time and
+    fudge, and original id (RFC 8945 sections 4.2 and 5.2).
+    """
+    key, _ = _read_name(data, owner)
+    algorithm, offset = _read_name(data, start)
+    if offset + _TSIG_TIMES + _FLAGS.size > end:
+        raise FormatError("TSIG cut short")
+    times = data[offset : offset + _TSIG_TIMES]
+    (mac_size,) = _FLAGS.unpack_from(data, offset + _TSIG_TIMES)
+    offset += _TSIG_TIMES + _FLAGS.size + mac_size
+    if offset + _TSIG_TAIL.size > end:
+        raise FormatError("TSIG cut short")
+    original, _, other = _TSIG_TAIL.unpack_from(data, offset)
+    if offset + _TSIG_TAIL.size + other != end:
+        raise FormatError("TSIG data does not fill its record")
+    rdata = name(algorithm) + times + _FLAGS.pack(0) + _TSIG_TAIL.pack(original, BADKEY, 0)
+    return name(key) + _RECORD.pack(TSIG, dns.ANY, 0, len(rdata)) + rdata
+
+
+def _read_records(data, offset, ancount, nscount, arcount):
+    """
+    The OPT, the BADKEY answer to a TSIG (or L{None}s) and the end of the
+    records at C{offset}.  Only the owners of those two are read.
+    """
+    edns = signed = None
+    records = ancount + nscount + arcount
+    try:
+        for index in range(records):
+            owner, labels, rtype, rcls, ttl, start, offset = _read_record(data, offset)
+            if rtype == dns.OPT:
+                if index < ancount + nscount:
+                    raise FormatError("OPT record outside the additional section")
+                if edns is not None:
+                    raise FormatError("more than one OPT record")
+                edns = _read_edns(labels, rcls, ttl, data, start, offset)
+            elif rtype == TSIG:
+                if index != records - 1:
+                    raise FormatError("TSIG is not the last record")
+                signed = _badkey(data, owner, start, offset)
+    except FormatError as e:
+        e.edns = edns
+        raise
+    return edns, signed, offset
+
+
 def read_query(data):
     """
     The query in C{data}, a message whose header says it is a standard
-    query; L{FormatError} if anything in it is malformed.
+    query; L{FormatError} if anything in it is malformed.  The work done is
+    linear in at most L{MAX_RECORDS} records, however long C{data} is.
     """
     id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
-    if qdcount != 1:
+    if qdcount > 1:
         raise FormatError(f"QDCOUNT is {qdcount}, not 1")
-    labels, offset = _read_name(data, HEADER.size)
-    if offset + TYPE_CLASS.size > len(data):
-        raise FormatError("question cut short")
-    type, cls = TYPE_CLASS.unpack_from(data, offset)
-    offset += TYPE_CLASS.size
-    question = data[HEADER.size : offset]
-    edns = None
-    for index in range(ancount + nscount + arcount):
-        owner, rtype, rcls, ttl, start, offset = _read_record(data, offset)
-        if rtype == dns.OPT:
-            if index < ancount + nscount:
-                raise FormatError("OPT record outside the additional section")
-            if edns is not None:
-                raise FormatError("more than one OPT record")
-            edns = _read_edns(owner, rcls, ttl, data, start, offset)
+    if ancount + nscount + arcount > MAX_RECORDS:
+        raise FormatError(f"more than {MAX_RECORDS} records in a query")
+    offset = HEADER.size
+    labels = question = None
+    if qdcount:
+        labels, offset = _read_name(data, offset)
+        if offset + TYPE_CLASS.size > len(data):
+            raise FormatError("question cut short")
+        type, cls = TYPE_CLASS.unpack_from(data, offset)
+        offset += TYPE_CLASS.size
+        question = data[HEADER.size : offset]
+    edns, signed, offset = _read_records(data, offset, ancount, nscount, arcount)
     if offset != len(data):
-        raise FormatError("bytes after the last record")
-    return Query(id, flags, question, labels, type, cls, edns)
+        raise FormatError("bytes after the last record", edns)
+    if question is None:
+        raise FormatError("QDCOUNT is 0, not 1", edns)
+    if ancount or nscount:
+        raise FormatError("records in the answer or authority section of a query", edns)
+    if cls == dns.ANY:
+        cls = dns.IN
+    return Query(id, flags, question, labels, type, cls, edns, signed)
 
 
 def name(labels):
@@ -317,10 +411,32 @@ def template(encoded, flags, question_length, limit, edns):
     return HEAD.pack(reply_flags, 1, an, ns, ar + (1 if opt else 0)), body + opt
 
 
-def header_only(data, rcode):
+def _opt(rcode, edns):
+    """
+    Our OPT record for a reply with C{rcode} to a query with C{edns}.
+    """
+    # RFC 6891 section 6.1.3: the top 8 bits of a 12-bit rcode go in the
+    # OPT; DO is copied (RFC 3225 section 3).
+    return _OPT.pack(0, dns.OPT, PAYLOAD, rcode >> 4, 0, 0x8000 if edns.dnssec_ok else 0, 0)
+
+
+def header_only(data, rcode, edns=None):
     """
     A reply that echoes nothing but the header of C{data}: for queries whose
-    question cannot be trusted or is not understood.
+    question cannot be trusted or is not understood.  With C{edns} (the
+    query's OPT) it carries our OPT (RFC 6891 section 7).
     """
     id, flags = struct.unpack_from("!HH", data)
-    return HEADER.pack(id, QR | flags & (OPCODE | RD | CD) | rcode, 0, 0, 0, 0)
+    head = HEADER.pack(id, QR | flags & (OPCODE | RD | CD) | rcode, 0, 0, 0, 0 if edns is None else 1)
+    return head if edns is None else head + _opt(rcode, edns)
+
+
+def badkey(data, query):
+    """
+    The NOTAUTH reply to a TSIG-signed C{query} (read from C{data}): its
+    question, our OPT if it had one, and its unsigned BADKEY TSIG.
+    """
+    opt = b"" if query.edns is None else _opt(NOTAUTH, query.edns)
+    flags = QR | query.flags & (OPCODE | RD | CD) | NOTAUTH
+    head = HEADER.pack(query.id, flags, 1, 0, 0, 1 + (1 if opt else 0))
+    return head + query.question + opt + query.signed

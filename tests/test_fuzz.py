@@ -18,6 +18,7 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.query
+import dns.tsigkeyring
 from twisted.internet import defer, reactor, task, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -26,12 +27,14 @@ from idetcd import server as server_module
 from idetcd.authority import ZoneAuthority
 from idetcd.server import LOG_INTERVAL, DNSServer
 from tests.test_authority import FakeRegistry, sample_members
+from tests.flood import pointer_chain
 from tests.test_server import HOST, TIMEOUT, read_message, wait_closed
 
 SEED = 20240229
 UDP_PACKETS = 20000
 BATCH = 50
 CACHE_SIZE = 500
+KEYRING = dns.tsigkeyring.from_text({"key.example.": "c2VjcmV0"})
 
 
 def valid_queries(rng):
@@ -129,13 +132,37 @@ def hostile_packets(rng, count):
         ]
         return rng.choice(variants)
 
+    def chained():
+        # Records whose owners point at each other, in any section.
+        return pointer_chain(rng.randrange(100, 3000), rng.choice(("answer", "additional")))
+
+    def many_pointers():
+        # A TSIG key name at the end of a long backward pointer chain.
+        packet = bytearray(rng.choice(seeds))
+        target = 12
+        for _ in range(rng.randrange(10, 40)):
+            packet += struct.pack("!H", 0xC000 | target)
+            target = len(packet) - 2
+        packet += b"\x00\xfa\x00\xff" + bytes(6)
+        packet[10:12] = struct.pack("!H", struct.unpack_from("!H", packet, 10)[0] + 1)
+        return bytes(packet)
+
+    def signed():
+        query = dns.message.make_query("worker1.tf.local", rng.choice(["A", "AAAA"]))
+        query.use_tsig(KEYRING, "key.example.")
+        return query.to_wire()
+
+    def class_any():
+        return dns.message.make_query("worker1.tf.local", "A", rdclass="ANY").to_wire()
+
     def unknown_name():
         label = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
         return dns.message.make_query(f"{label}.tf.local", "A").to_wire()
 
     kinds = [
         random_bytes, short_header, mutated, cut, appended, pointer_loop, long_label,
-        long_name, huge_counts, response, opcode, bad_opt, unknown_name,
+        long_name, huge_counts, response, opcode, bad_opt, unknown_name, chained,
+        many_pointers, signed, class_any,
     ]
     return [rng.choice(kinds)() for _ in range(count)]
 
@@ -174,11 +201,11 @@ def tcp_hostile(port, packets, final):
                 return replies
 
 
-def crowd(port, count):
+def crowd(port, count, sources=10):
     """
-    Open C{count} idle connections in quick bursts; for each, the seconds
-    from its connect until the server closed it, and how many it never
-    closed.
+    Open C{count} idle connections in quick bursts, from C{sources} loopback
+    addresses in turn; for each, the seconds from its connect until the
+    server closed it, and how many it never closed.
     """
     opened = {}
     lifetimes = []
@@ -202,7 +229,8 @@ def crowd(port, count):
                     # Give the server's accept loop a turn, as clients coming
                     # from many hosts would.
                     reap(0.005)
-                s = socket.create_connection((HOST, port), timeout=TIMEOUT)
+                source = (f"127.0.1.{index % sources + 1}", 0)
+                s = socket.create_connection((HOST, port), timeout=TIMEOUT, source_address=source)
                 opened[s] = time.monotonic()
                 selector.register(s, selectors.EVENT_READ)
             deadline = time.monotonic() + TIMEOUT
@@ -214,18 +242,21 @@ def crowd(port, count):
                 s.close()
 
 
-def probe(port, stop, outcomes):
+def probe(port, stop, outcomes, address="10.0.0.1"):
     """
-    A well-behaved client asking over and over until C{stop} is set.
+    A well-behaved client asking over and over until C{stop} is set; an
+    (answered right, seconds taken) pair for each query in C{outcomes}.
     """
     query = dns.message.make_query("worker1.tf.local", "A")
     while not stop.is_set():
+        start = time.monotonic()
         try:
             response = dns.query.udp(query, HOST, port=port, timeout=1.0)
         except dns.exception.Timeout:
-            outcomes.append(False)
+            outcomes.append((False, time.monotonic() - start))
         else:
-            outcomes.append([r.address for r in response.answer[0]] == ["10.0.0.1"])
+            answered = [r.address for r in response.answer[0]] == [address]
+            outcomes.append((answered, time.monotonic() - start))
         stop.wait(0.01)
 
 
@@ -248,7 +279,7 @@ class FuzzTests(unittest.TestCase):
 
     def assertWellFormed(self, replies):
         for reply in replies:
-            message = dns.message.from_wire(reply)
+            message = dns.message.from_wire(reply, keyring=False)
             self.assertTrue(message.flags & dns.flags.QR)
 
     @defer.inlineCallbacks
@@ -293,7 +324,8 @@ class FuzzTests(unittest.TestCase):
         self.assertGreater(len(replies), UDP_PACKETS // 3)
         self.assertWellFormed(replies)
         self.assertGreater(len(outcomes), 0)
-        self.assertGreaterEqual(outcomes.count(True), 0.9 * len(outcomes))
+        answered = [ok for ok, _ in outcomes]
+        self.assertGreaterEqual(answered.count(True), 0.9 * len(answered))
         replies_table = self.server._replies
         prepared = len(replies_table._prepared) * len(server_module.PREPARED_FLAGS)
         self.assertLessEqual(len(replies_table.fast.table), prepared + CACHE_SIZE)

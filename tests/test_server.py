@@ -19,13 +19,20 @@ import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import dns.serial
+import dns.tsig
+import dns.tsigkeyring
 from twisted.internet import defer, protocol, reactor, task, threads, utils
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from idetcd.authority import ZoneAuthority
 from idetcd.members import Member
+from idetcd import server as server_module
 from idetcd.server import DNSServer, RateLimitedLog
 from tests.test_authority import FakeRegistry, sample_members
 
@@ -554,6 +561,48 @@ class MalformedTests(ServerTestCase):
         yield self.assertAnswers()
 
     @defer.inlineCallbacks
+    def test_errors_carry_opt(self):
+        """
+        NOTIMP and FORMERR replies to a query with OPT carry our OPT (RFC
+        6891 section 7), DO copied; replies to one without OPT carry none.
+        """
+        for edns, expected in ((None, -1), (0, 0)):
+            query = dns.message.make_query("worker1.tf.local", "A", use_edns=edns, want_dnssec=edns == 0)
+            query.set_opcode(dns.opcode.NOTIFY)
+            response = yield self.udp(query)
+            self.assertEqual((response.rcode(), response.edns), (dns.rcode.NOTIMP, expected))
+            query = dns.message.make_query("worker1.tf.local", "A", use_edns=edns, want_dnssec=edns == 0)
+            query.answer.append(dns.rrset.from_text("worker1.tf.local.", 30, "IN", "A", "10.0.0.9"))
+            reply = yield self.raw(query.to_wire())
+            response = dns.message.from_wire(reply)
+            self.assertEqual((response.rcode(), response.edns), (dns.rcode.FORMERR, expected))
+            self.assertEqual(bool(response.ednsflags & dns.flags.DO), edns == 0)
+            self.assertEqual(response.payload, 1232 if edns == 0 else 0)
+
+    @defer.inlineCallbacks
+    def test_tsig_badkey(self):
+        """
+        This server holds no TSIG keys: a signed query gets NOTAUTH with an
+        unsigned BADKEY TSIG, which dnspython reports as such.
+        """
+        query = dns.message.make_query("worker1.tf.local", "A")
+        query.use_tsig(dns.tsigkeyring.from_text({"key.example.": "c2VjcmV0"}), "key.example.")
+        for exchange in (self.udp, self.tcp):
+            yield self.assertFailure(exchange(query), dns.tsig.PeerBadKey)
+
+    @defer.inlineCallbacks
+    def test_class_any(self):
+        """
+        A question of class ANY gets the IN data (RFC 1035 section 3.2.5),
+        its class echoed.
+        """
+        response = yield self.udp(dns.message.make_query("worker1.tf.local", "A", rdclass="ANY"))
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertEqual(response.question[0].rdclass, dns.rdataclass.ANY)
+        self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+        self.assertEqual(response.answer[0].rdclass, dns.rdataclass.IN)
+
+    @defer.inlineCallbacks
     def test_dropped(self):
         """
         Responses (QR set) and messages shorter than a header get no reply;
@@ -670,6 +719,235 @@ class TCPTests(ServerTestCase):
         self.assertIsNone(reply)
         self.server.startService()
         yield self.assertAnswers()
+
+
+class _EchoReplies:
+    """
+    The replies surface of a server, answering each message with itself.
+    """
+
+    def __init__(self):
+        self.asked = []
+
+    def tcp(self, data, peer):
+        self.asked.append(data)
+        return data
+
+    def report(self, kind, format, **fields):
+        pass
+
+
+class FairTCPTests(unittest.TestCase):
+    """
+    The batching of L{server._TCP}, on a fake transport and clock.
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.replies = _EchoReplies()
+        self.factory = server_module._TCPFactory(self.replies, self.clock, 10.0, 100, 2)
+
+    def turn(self):
+        """
+        Run the calls due now but not those they schedule: one reactor turn
+        (Clock.advance would run those too).
+        """
+        now = self.clock.seconds()
+        due = [call for call in self.clock.calls if call.getTime() <= now]
+        for call in due:
+            self.clock.calls.remove(call)
+            call.func(*call.args, **call.kw)
+
+    def connect(self, host="127.0.0.1"):
+        address = IPv4Address("TCP", host, 5353)
+        connection = self.factory.buildProtocol(address)
+        if connection is not None:
+            connection.makeConnection(StringTransport(peerAddress=address))
+        return connection
+
+    def test_batches_per_turn(self):
+        """
+        100 pipelined queries are answered 16 per reactor turn, in order;
+        the connection is not read from until all are answered.
+        """
+        connection = self.connect()
+        messages = [b"query %03d" % i for i in range(100)]
+        connection.dataReceived(b"".join(struct.pack("!H", len(m)) + m for m in messages))
+        answered = [len(self.replies.asked)]
+        while connection.transport.producerState == "paused" and len(answered) < 100:
+            self.turn()
+            answered.append(len(self.replies.asked))
+        self.assertEqual(answered, [16, 32, 48, 64, 80, 96, 100])
+        self.assertEqual(self.replies.asked, messages)
+
+    def test_backpressure(self):
+        """
+        While the transport says its replies are not being read, nothing
+        more is answered or read; when they are, the rest follows.
+        """
+        connection = self.connect()
+        messages = [b"query %03d" % i for i in range(40)]
+        connection.pauseProducing()
+        connection.dataReceived(b"".join(struct.pack("!H", len(m)) + m for m in messages))
+        self.turn()
+        self.assertEqual((self.replies.asked, connection.transport.producerState), ([], "paused"))
+        connection.resumeProducing()
+        self.assertEqual(len(self.replies.asked), 16)
+        self.turn()
+        self.turn()
+        self.assertEqual(self.replies.asked, messages)
+        self.assertEqual(connection.transport.producerState, "producing")
+
+    def test_per_client_limit(self):
+        """
+        One address holds at most max_per_client connections; others are
+        not affected, and a closed connection frees its slot.
+        """
+        first = [self.connect(), self.connect()]
+        self.assertIsNone(self.connect())
+        self.assertIsNotNone(self.connect("127.0.0.2"))
+        first[0].connectionLost(None)
+        self.assertIsNotNone(self.connect())
+
+    def test_turn_shared_by_all_connections(self):
+        """
+        All connections together answer at most TCP_TURN queries per turn,
+        taking turns in order: 20 connections with 100 queries each all
+        progress alike.
+        """
+        self.factory.max_per_client = 20
+        connections = [self.connect() for _ in range(20)]
+        for index, connection in enumerate(connections):
+            messages = [b"%02d %03d" % (index, i) for i in range(100)]
+            connection.dataReceived(b"".join(struct.pack("!H", len(m)) + m for m in messages))
+        per_turn = [len(self.replies.asked)]
+        while len(self.replies.asked) < 2000 and len(per_turn) < 100:
+            self.turn()
+            per_turn.append(len(self.replies.asked) - sum(per_turn))
+        self.assertEqual(sum(per_turn), 2000)
+        self.assertEqual(max(per_turn), server_module.TCP_TURN)
+        self.assertEqual(per_turn[:12], [server_module.TCP_TURN] * 12)
+        for index in range(20):
+            mine = [m for m in self.replies.asked if m.startswith(b"%02d " % index)]
+            self.assertEqual(mine, [b"%02d %03d" % (index, i) for i in range(100)])
+        halfway = self.replies.asked[:1000]
+        counts = {sum(m.startswith(b"%02d " % i) for m in halfway) for i in range(20)}
+        self.assertLessEqual(max(counts) - min(counts), server_module.TCP_BATCH)
+
+    def test_lost_connection_answers_nothing(self):
+        connection = self.connect()
+        connection.dataReceived(b"\x00\x01x" * 20)
+        connection.connectionLost(None)
+        self.turn()
+        self.assertEqual(len(self.replies.asked), 16)
+
+
+class BackpressureTests(ServerTestCase):
+    @defer.inlineCallbacks
+    def test_unread_replies_stop_reading(self):
+        """
+        A client that pipelines 2,000 queries for 1.3 KB answers without
+        reading gets no more answered than fits the kernel's buffers and
+        our cap; once it reads, it gets every answer, in order.
+        """
+        query = dns.message.make_query("huge.tf.local", "A", id=7).to_wire()
+        count = 2000
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        # A small window, so the kernel does not absorb every reply.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(TIMEOUT)
+        yield threads.deferToThread(sock.connect, (HOST, self.server.port))
+        yield threads.deferToThread(sock.sendall, (struct.pack("!H", len(query)) + query) * count)
+        asked = []
+        tcp = self.server._replies.tcp
+        self.patch(self.server._replies, "tcp", lambda data, peer: asked.append(1) or tcp(data, peer))
+        # Wait until the server stops answering: the count holds still.
+        before = -1
+        while before != len(asked):
+            before = len(asked)
+            yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertLess(len(asked), count - 100)
+        (connection,) = self.server._tcp.connections
+        self.assertTrue(connection._blocked)
+        transport = connection.transport
+        queued = len(transport.dataBuffer) + transport._tempDataLen
+        self.assertLessEqual(queued, server_module.TCP_BUFFER + 2 * 1500)
+
+        def read_all():
+            return [read_message(sock) for _ in range(count)]
+
+        replies = yield threads.deferToThread(read_all)
+        self.assertEqual({len(r) for r in replies}, {len(replies[0])})
+        self.assertEqual(len(dns.message.from_wire(replies[-1]).answer[0]), 80)
+
+
+class SourceAddressTests(unittest.TestCase):
+    """
+    Replies leave from the address the query was sent to, on a wildcard
+    bind, whatever the kernel's route would pick.
+    """
+
+    def setUp(self):
+        self.authority = ZoneAuthority("tf.local.", FakeRegistry(sample_members()), 30)
+
+    def serve(self, interface):
+        server = DNSServer(self.authority, 0, interfaces=(interface,))
+        try:
+            server.startService()
+        except CannotListenError:
+            raise unittest.SkipTest(f"cannot listen on {interface}")
+        self.addCleanup(server.stopService)
+        return server
+
+    @defer.inlineCallbacks
+    def assertRepliesFrom(self, server, hosts):
+        def ask(host):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.settimeout(TIMEOUT)
+                s.sendto(dns.message.make_query("worker1.tf.local", "A").to_wire(), (host, server.port))
+                data, source = s.recvfrom(65535)
+                return source[0], dns.message.from_wire(data)
+
+        for host in hosts:
+            source, response = yield threads.deferToThread(ask, host)
+            self.assertEqual(source, host)
+            self.assertEqual([r.address for r in response.answer[0]], ["10.0.0.1"])
+
+    def test_ipv4_wildcard(self):
+        return self.assertRepliesFrom(self.serve("0.0.0.0"), ["127.0.0.2", "127.0.0.1", "127.0.0.3"])
+
+    def test_ipv6_wildcard(self):
+        """
+        On "::" IPv6 queries and (mapped) IPv4 ones both get replies from
+        the address asked.
+        """
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            raise unittest.SkipTest("no IPv6 loopback")
+        return self.assertRepliesFrom(self.serve("::"), ["::1", "127.0.0.2"])
+
+    def test_receive_buffer(self):
+        """
+        The UDP socket asks for a receive buffer of a few MB; when the
+        kernel clamps it, that is logged.
+        """
+        with open("/proc/sys/net/core/rmem_max") as f:
+            limit = int(f.read())
+        udp = self.serve("127.0.0.1")._listening[0].getHandle()
+        granted = udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        self.assertGreaterEqual(granted, min(server_module.UDP_RECEIVE_BUFFER, limit))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.patch(server_module, "SO_RCVBUFFORCE", None)
+        self.patch(server_module, "UDP_RECEIVE_BUFFER", 2 * limit)
+        self.serve("127.0.0.1")
+        (warning,) = [e for e in events if "clamped" in e.get("log_format", "")]
+        self.assertEqual(warning["granted"], limit)
 
 
 class LifecycleTests(unittest.TestCase):

@@ -1,14 +1,22 @@
 """
-Tests for the reply encoder of L{idetcd.wire}, checked with dnspython.
+L{idetcd.wire}, checked with dnspython: replies the encoder writes, and
+hostile messages the reader refuses with work bounded by a few records,
+whatever their length.
 """
+
+import struct
 
 import dns.flags
 import dns.message
+import dns.rcode
+import dns.tsig
+import dns.tsigkeyring
 from twisted.names import dns as tdns
 from twisted.trial import unittest
 
 from idetcd import wire
 from idetcd.authority import Response, domain_labels
+from tests.flood import pointer_chain
 
 
 def reply(labels, type, response, limit=wire.MAX_MESSAGE):
@@ -89,3 +97,119 @@ class EncoderTests(unittest.TestCase):
         self.assertEqual(encoded.body, b"\xc0\x0c" + b"\x00\x01\x00\x01\x00\x00\x00\x1e\x00\x04\n\x00\x00\x01")
         (rrset,) = dns.message.from_wire(data).answer
         self.assertEqual(rrset[0].address, "10.0.0.1")
+
+
+QUERY = dns.message.make_query("worker1.tf.local", "A", id=0x1234).to_wire()
+_RR = struct.Struct("!HHIH")
+
+
+def pointers(count):
+    """
+    A message whose name at the end follows C{count} pointers, each to the
+    one before, down to worker1.tf.local in the question.
+    """
+    data = bytearray(QUERY)
+    target = 12
+    for _ in range(count):
+        data += struct.pack("!H", 0xC000 | target)
+        target = len(data) - 2
+    return bytes(data), target
+
+
+class ReadQueryTests(unittest.TestCase):
+    def test_pointer_chains_refused(self):
+        """
+        The pointer-chain queries of issue 9, 8 KB and 64 KB, with their
+        records in the answer or the additional section, are malformed
+        before a record is read.
+        """
+        for size in (8192, 65535):
+            for section in ("answer", "additional"):
+                packet = pointer_chain(size, section)
+                self.assertGreater(len(packet), size - 12)
+                error = self.assertRaises(wire.FormatError, wire.read_query, packet)
+                self.assertIn("more than 8 records", str(error))
+
+    def test_pointer_hops_capped(self):
+        """
+        A name may follow 16 compression pointers, not 17.
+        """
+        data, end = pointers(wire.MAX_POINTERS)
+        labels, _ = wire._read_name(data, end)
+        self.assertEqual(labels, (b"worker1", b"tf", b"local"))
+        data, end = pointers(wire.MAX_POINTERS + 1)
+        error = self.assertRaises(wire.FormatError, wire._read_name, data, end)
+        self.assertIn("more than 16 compression pointers", str(error))
+
+    def test_pointers_point_back(self):
+        for name in (b"\xc0\x0c", b"\x01a\xc0\x0c", b"\xc0\x0e\x00", b"\xc0\x02"):
+            packet = QUERY[:12] + name + b"\x00\x01\x00\x01"
+            self.assertRaises(wire.FormatError, wire.read_query, packet)
+
+    def test_additional_owners_not_followed(self):
+        """
+        The owner of an additional record other than OPT and TSIG is skipped
+        over, never followed: only the question's name is read.
+        """
+        calls = []
+        read_name = wire._read_name
+
+        def counting(data, offset, follow=True):
+            calls.append(follow)
+            return read_name(data, offset, follow)
+
+        self.patch(wire, "_read_name", counting)
+        record = b"\xc0\x0c" + _RR.pack(1, 1, 0, 4) + b"\x0a\x00\x00\x01"
+        packet = QUERY[:10] + struct.pack("!H", 8) + QUERY[12:] + record * 8
+        query = wire.read_query(packet)
+        self.assertEqual(query.labels, (b"worker1", b"tf", b"local"))
+        self.assertEqual(calls, [True] + [False] * 8)
+
+    def test_records_in_answer_or_authority(self):
+        """
+        FORMERR for records in the answer or authority section of a query,
+        as NSD does; the OPT, when there is one, is known to the error.
+        """
+        record = b"\xc0\x0c" + _RR.pack(1, 1, 0, 4) + b"\x0a\x00\x00\x01"
+        query = dns.message.make_query("worker1.tf.local", "A", use_edns=0, want_dnssec=True)
+        wire_query = query.to_wire()
+        opt = wire_query[-11:]
+        for counts in ((1, 0, 1), (0, 1, 1)):
+            packet = wire_query[:6] + struct.pack("!3H", *counts) + wire_query[12:-11] + record + opt
+            error = self.assertRaises(wire.FormatError, wire.read_query, packet)
+            self.assertIn("answer or authority", str(error))
+            self.assertEqual(error.edns, wire.EDNS(1232, 0, True))
+
+    def test_class_any_reads_as_in(self):
+        packet = dns.message.make_query("worker1.tf.local", "A", rdclass="ANY").to_wire()
+        query = wire.read_query(packet)
+        self.assertEqual(query.cls, 1)
+        self.assertEqual(query.question[-2:], b"\x00\xff")
+
+    def test_tsig(self):
+        """
+        A TSIG-signed query is answered NOTAUTH with an unsigned BADKEY TSIG
+        that dnspython reads as such (RFC 8945 section 5.2); a TSIG that is
+        not the last record, or is cut short, is malformed.
+        """
+        keyring = dns.tsigkeyring.from_text({"key.example.": "c2VjcmV0"})
+        query = dns.message.make_query("worker1.tf.local", "A", use_edns=0)
+        query.use_tsig(keyring, "key.example.")
+        packet = query.to_wire()
+        reply = wire.badkey(packet, wire.read_query(packet))
+        self.assertRaises(
+            dns.tsig.PeerBadKey, dns.message.from_wire, reply, keyring=keyring,
+            request_mac=query.mac,
+        )
+        response = dns.message.from_wire(reply, keyring=False)
+        self.assertEqual((response.id, response.rcode()), (query.id, dns.rcode.NOTAUTH))
+        self.assertEqual((response.tsig_error, response.edns), (dns.rcode.BADKEY, 0))
+        self.assertEqual(response.question, query.question)
+        self.assertRaises(wire.FormatError, wire.read_query, packet[:-1])
+        opt = dns.message.make_query("x", "A", use_edns=0).to_wire()[-11:]
+        unsigned = dns.message.make_query("worker1.tf.local", "A")
+        unsigned.use_tsig(keyring, "key.example.")
+        signed = unsigned.to_wire()
+        misplaced = signed[:10] + struct.pack("!H", 2) + signed[12:] + opt
+        error = self.assertRaises(wire.FormatError, wire.read_query, misplaced)
+        self.assertIn("TSIG is not the last record", str(error))
