@@ -144,7 +144,7 @@ class HostileTrafficTests(unittest.TestCase):
         self.assertGreater(counts["tcp bytes sent"], 200 * 1000)
         (after,), _ = yield self.node.client.range(key)
         self.assertEqual((after.lease, after.create_revision), (before.lease, before.create_revision))
-        self.assertEqual((self.node.name, self.node.claimer.lease), (self.name, before.lease))
+        self.assertEqual((self.node.held_name, self.node.claimer.lease), (self.name, before.lease))
         answered = [ok for ok, _ in outcomes]
         self.assertGreater(len(answered), 10)
         self.assertGreaterEqual(answered.count(True), 0.9 * len(answered))
