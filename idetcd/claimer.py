@@ -162,6 +162,7 @@ class Claimer(Service):
         if self._own_registry:
             self.registry.startService()
         self._unsubscribe = self.registry.subscribe(self._registry_changed)
+        self._held_before = False
         self.start()
 
     def stopService(self):
@@ -289,8 +290,7 @@ class Claimer(Service):
             lease=self._keeper.lease,
             ttl=self.lease_ttl,
         )
-        if self.on_claimed is not None:
-            self.on_claimed(name, self._keeper.lease)
+        self._report_claim(name)
         self._fire_waiters(name)
 
     @_machine.output()
@@ -310,8 +310,7 @@ class Claimer(Service):
             name=self._name,
             lease=self._keeper.lease,
         )
-        if self.on_claimed is not None:
-            self.on_claimed(self._name, self._keeper.lease)
+        self._report_claim(self._name)
         self._fire_waiters(self._name)
 
     @_machine.output()
@@ -334,10 +333,11 @@ class Claimer(Service):
     def _verify(self):
         self._cancel_verify()
         lease = self._keeper.lease
+        sent = self.reactor.seconds()
         d = self._verifying = self.client.lease_time_to_live(
             lease, keys=True, timeout=self._keeper.request_timeout
         )
-        d.addCallbacks(self._verified, self._verify_failed, callbackArgs=(d,), errbackArgs=(d,))
+        d.addCallbacks(self._verified, self._verify_failed, callbackArgs=(d, sent), errbackArgs=(d,))
 
     @_machine.output()
     def _stop_verifying(self):
@@ -404,7 +404,7 @@ class Claimer(Service):
 
     claiming.upon(stop, enter=stopped, outputs=[_abandon_claim, _cancel_waiters, _release])
     claiming.upon(won, enter=holding, outputs=[_announce])
-    claiming.upon(won_unsure, enter=unsure, outputs=[_hold_unconfirmed])
+    claiming.upon(won_unsure, enter=unsure, outputs=[_hold_unconfirmed, _verify])
     claiming.upon(no_slot, enter=failed, outputs=[_drop_lease, _fail])
     claiming.upon(no_slot_wait, enter=waiting, outputs=[_drop_lease, _sleep])
     # A new lease is needed; the claim starts over with it.
@@ -413,13 +413,13 @@ class Claimer(Service):
     waiting.upon(stop, enter=stopped, outputs=[_stop_sleeping, _cancel_waiters])
     waiting.upon(wake, enter=claiming, outputs=[_begin_claim])
 
-    holding.upon(stop, enter=stopped, outputs=[_release])
+    holding.upon(stop, enter=stopped, outputs=[_cancel_waiters, _release])
     holding.upon(lease_expired, enter=unsure, outputs=[_suspend])
     holding.upon(lease_gone, enter=claiming, outputs=[_lose_to_lease, _begin_claim])
     # The lease is fine: the claim goes on with it.
     holding.upon(key_lost, enter=claiming, outputs=[_lose_to_key, _begin_claim])
 
-    unsure.upon(stop, enter=stopped, outputs=[_stop_verifying, _release])
+    unsure.upon(stop, enter=stopped, outputs=[_stop_verifying, _cancel_waiters, _release])
     unsure.upon(lease_renewed, enter=unsure, outputs=[_verify])
     unsure.upon(key_confirmed, enter=holding, outputs=[_reconfirm])
     unsure.upon(key_missing, enter=claiming, outputs=[_lose_to_key, _begin_claim])
@@ -440,6 +440,14 @@ class Claimer(Service):
     del _state, _input, _every_input
 
     # The work behind the outputs.
+
+    def _report_claim(self, name):
+        if self.on_claimed is None:
+            return
+        try:
+            self.on_claimed(name, self._keeper.lease)
+        except Exception:
+            log.failure("could not record the claim of {name}", name=name)
 
     def _fire_waiters(self, name):
         waiters, self._waiters = self._waiters, []
@@ -474,12 +482,17 @@ class Claimer(Service):
         self._wake_call = None
         self.wake()
 
-    def _verified(self, info, d):
+    def _verified(self, info, d, sent):
         if d is not self._verifying:
             return
         self._verifying = None
+        self._keeper.confirmed(sent, info.ttl)
+        if not self._keeper.alive:
+            return  # too little left to count on: the next renewal asks again
         if self._key(self._name) in info.keys:
             self.key_confirmed()
+            # A delete the registry saw while etcd was being asked.
+            self._registry_changed()
         else:
             self.key_missing()
 
@@ -499,7 +512,7 @@ class Claimer(Service):
 
     def _registry_changed(self):
         registry = self.registry
-        if self._wake_call is not None and any(n not in registry.members for n in self._names):
+        if self._wake_call is not None and any(registry.is_free(n) for n in self._names):
             # Waiting, and a slot looks free: look now, not at the next tick.
             self._wake_call.cancel()
             self._wake_call = None
@@ -522,6 +535,8 @@ class Claimer(Service):
                 self.no_slot()
         elif self._keeper.alive:
             self.won(*result)
+            # A delete the registry saw while the claim was under way.
+            self._registry_changed()
         else:
             self.won_unsure(*result)
 
@@ -590,7 +605,12 @@ class Claimer(Service):
         for extra in names[1:]:
             log.warn("lease {lease:x} also held {name}: deleting it", lease=lease, name=extra)
             yield self.client.delete_on_lease(self._key(extra), lease)
-        return names[0], info.revision
+        # The queue key of the try that won, if it is still there.
+        yield self.client.delete_on_lease(self.registry.queue_key(self._tag, lease), lease)
+        kvs, _ = yield self.client.range(self._key(names[0]))
+        if not kvs or kvs[0].lease != lease:
+            return None  # gone meanwhile: claim afresh
+        return names[0], kvs[0].mod_revision
 
     @defer.inlineCallbacks
     def _take_slot(self, lease):
@@ -612,7 +632,7 @@ class Claimer(Service):
             yield registry.when_caught_up(revision)
             name = registry.assignment(self._tag, self._names).get(lease)
             if name is None:
-                if all(n in registry.members for n in self._names):
+                if not any(registry.is_free(n) for n in self._names):
                     return None
                 # Every free slot is promised to a node queued earlier:
                 # wait for it to claim, or for its lease to end.
@@ -621,12 +641,28 @@ class Claimer(Service):
             result = yield self.client.create(
                 self._key(name), self._value(name), lease=lease, also_delete=queue_key
             )
-            if result.succeeded:
-                return name, result.revision
+            won = self._won(result, lease)
+            if won is not None:
+                return name, won
             # Taken outside the queue's order (a node's own preferred slot):
-            # the registry's next view gives everyone a new share.
+            # the registry's next view gives everyone a new share.  Wait for
+            # that write, which is under the prefix, not for etcd's revision,
+            # which other users of etcd move.
             log.debug("lost the race for {name}", name=name)
-            revision = result.revision
+            revision = result.existing.mod_revision if result.existing else registry.applied + 1
+
+    @staticmethod
+    def _won(result, lease):
+        """
+        The revision a create won at, or C{None} if it lost.  A create sent
+        again (to the next endpoint, after a timeout) fails against the key
+        its first sending put: that is a win too.
+        """
+        if result.succeeded:
+            return result.revision
+        if result.existing is not None and result.existing.lease == lease:
+            return result.existing.mod_revision
+        return None
 
     def _next_change(self, revision):
         """
@@ -670,13 +706,17 @@ class Claimer(Service):
                     self._take_fresh_identity(twin)
                     return None
                 continue
-            result = yield self.client.create(key, self._value(preferred), lease=lease, replacing=kv)
-            if not result.succeeded:
+            result = yield self.client.create(
+                key, self._value(preferred), lease=lease, replacing=kv,
+                also_delete=self.registry.queue_key(self._tag, lease),
+            )
+            won = self._won(result, lease)
+            if won is None:
                 return None
             if kv is not None and kv.lease:
                 # Our own ended incarnation's lease: it holds nothing else.
                 yield self.client.lease_revoke(kv.lease).addErrback(lambda _: None)
-            return preferred, result.revision
+            return preferred, won
         return None
 
     @defer.inlineCallbacks
@@ -692,16 +732,25 @@ class Claimer(Service):
             name=self._name_of(kv.key),
             lease=kv.lease,
         )
-        first = self.reactor.seconds()
         try:
             remaining = (yield self.client.lease_time_to_live(kv.lease)).ttl
+            since = self.reactor.seconds()
+            rises = 0
             while True:
                 yield deferLater(self.reactor, PROBE_INTERVAL, lambda: None)
+                asked = self.reactor.seconds()
                 now_remaining = (yield self.client.lease_time_to_live(kv.lease)).ttl
-                elapsed = self.reactor.seconds() - first
-                # TTLs are whole seconds: allow for rounding.
-                if now_remaining > remaining - elapsed + 1.5:
-                    return kv
+                # A dead lease ages at least as long as from the reply that
+                # set the baseline to this request, however slow etcd is;
+                # TTLs are whole seconds, so allow for rounding.  One rise
+                # can be etcd renewing every lease on a leader change; a
+                # live holder renews every third of its TTL, so it rises
+                # again from the new baseline.
+                if now_remaining > remaining - (asked - since) + 1.5:
+                    rises += 1
+                    if rises >= 2:
+                        return kv
+                    remaining, since = now_remaining, self.reactor.seconds()
         except LeaseNotFound:
             return None
 

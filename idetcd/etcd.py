@@ -448,7 +448,7 @@ class EtcdClient:
         body = {"ID": str(lease), "keys": bool(keys)}
         data = yield self.call("/v3/lease/timetolive", body, timeout)
         ttl = int(data.get("TTL", -1))
-        if ttl <= 0:
+        if ttl < 0:  # 0 is a lease with under a second left
             raise LeaseNotFound(_NOT_FOUND, f"lease {lease:x} has expired")
         return LeaseInfo(
             ttl=ttl,

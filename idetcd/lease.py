@@ -125,6 +125,15 @@ class LeaseKeeper:
 
         return d.addCallbacks(lambda _: None, failed)
 
+    def confirmed(self, sent, ttl):
+        """
+        etcd said, to a question sent at C{sent}, that the lease has C{ttl}
+        seconds left: it surely lives until C{sent + ttl}.
+        """
+        self._extend(sent + ttl)
+        if self.clock.seconds() < self.deadline:
+            self._expired = False
+
     def _schedule(self, when):
         if self._next is not None and self._next.active():
             self._next.cancel()

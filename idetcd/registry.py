@@ -80,9 +80,13 @@ class Registry(Service):
     def _when(self, condition):
         if condition():
             return defer.succeed(self)
-        d = defer.Deferred()
-        self._progress_waiters.append((condition, d))
-        return d
+        def cancel(d):
+            if entry in self._progress_waiters:
+                self._progress_waiters.remove(entry)
+
+        entry = (condition, defer.Deferred(cancel))
+        self._progress_waiters.append(entry)
+        return entry[1]
 
     def _progressed(self):
         waiting, self._progress_waiters = self._progress_waiters, []
@@ -116,14 +120,16 @@ class Registry(Service):
             return cached[1]
         start = self.prefix + QUEUE + tag + b"/"
         queued = sorted(entry for key, entry in self._queue.items() if key.startswith(start))
-        free = (
-            name
-            for name in names
-            if name not in self.members and self.prefix + name.encode("ascii") not in self._bad
-        )
+        free = (name for name in names if self.is_free(name))
         matching = {lease: name for (_, lease), name in zip(queued, free)}
         self._assignments[tag] = (self.applied, matching)
         return matching
+
+    def is_free(self, name):
+        """
+        Whether no key holds C{name}: neither a member nor a garbage value.
+        """
+        return name not in self.members and self.prefix + name.encode("ascii") not in self._bad
 
     def subscribe(self, callback):
         """

@@ -331,14 +331,17 @@ class FakeRegistry:
 
     def __init__(self):
         self.members = {}
-        self.revision = 0
-        self.applied = 100  # ahead of the revisions these tests' etcd gives
+        self.revision = self.applied = 0
+        #: Whether waits for revisions not yet applied really wait; when
+        #: not, the view is taken as caught up but blind to the node's own
+        #: writes, as a registry whose watch lags is.
+        self.strict = False
         self._subscribers = []
         self._waiting = []
         self.queued = []
 
     def when_caught_up(self, revision):
-        if revision <= self.applied:
+        if revision <= self.applied or not self.strict:
             return defer.succeed(self)
         d = defer.Deferred()
         self._waiting.append((revision, d))
@@ -348,8 +351,11 @@ class FakeRegistry:
         self.queued = [lease]  # one claimer here
         return PREFIX + b"_claims/" + tag + b"/%016x" % lease
 
+    def is_free(self, name):
+        return name not in self.members
+
     def assignment(self, tag, names):
-        free = [name for name in names if name not in self.members]
+        free = [name for name in names if self.is_free(name)]
         return dict(zip(self.queued, free))
 
     def take_every_slot(self):
@@ -502,8 +508,10 @@ class TransitionTests(unittest.TestCase):
         self.clock.advance(1)  # the backoff
         self.client.answer("timetolive", lease_info(KEY1, PREFIX + b"worker2.tf.local."))
         self.assertEqual(self.client.answer("delete", True), (PREFIX + b"worker2.tf.local.", 7))
+        self.assertEqual(self.client.answer("delete", True)[0][:len(PREFIX) + 8], PREFIX + b"_claims/")
+        self.client.answer("range", ([KeyValue(KEY1, b"{}", 8, 8, 7)], 9))
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
-        self.assertEqual(self.claimer.claim_revision, 9)
+        self.assertEqual(self.claimer.claim_revision, 8)
 
     def test_claiming_lost_race_takes_the_next_share(self):
         """
@@ -525,7 +533,7 @@ class TransitionTests(unittest.TestCase):
         share that is then its own.
         """
         self.registry.members = {PATTERN.render(i): identity("other") for i in (1, 2)}
-        self.registry.applied = 1
+        self.registry.applied, self.registry.strict = 1, True
         self.registry.queued = [5]
         self.registry.queue_key = lambda tag, lease: self.registry.queued.append(lease) or b"q"
         d = self.start()
@@ -538,6 +546,36 @@ class TransitionTests(unittest.TestCase):
         self.registry.change(dict(self.registry.members), 4)
         self.client.answer("create", TxnResult(True, 5, None))
         self.assertEqual(self.successResultOf(d), "worker3.tf.local.")
+
+    def test_claiming_resent_create_that_won_counts_as_won(self):
+        """
+        A create sent again to the next endpoint after a timeout fails
+        against the key its first sending put, on our own lease: a win.
+        """
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.client.answer("put", 1)
+        ours = KeyValue(KEY1, b"{}", 5, 5, 7)
+        self.client.answer("create", TxnResult(False, 6, ours, (ours,)))
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+        self.assertEqual(self.claimer.claim_revision, 5)
+
+    def test_claiming_won_just_as_the_deadline_passed_asks_etcd(self):
+        """
+        A claim won when the lease's deadline has passed, before the expiry
+        timer ran: the node asks etcd at once rather than wait for a
+        renewal report that may never come.
+        """
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.client.answer("put", 1)
+        self.clock.rightNow = 9.5  # frozen past the deadline
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertNoResult(d)
+        # etcd: 5 s left on the lease, which holds our key.
+        self.assertEqual(self.client.answer("timetolive", lease_info(KEY1)), (7, True))
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+        self.assertEqual(self.claimer._keeper.deadline, 14.5)
 
     def test_claiming_no_slot_fails(self):
         d = self.start()
@@ -713,6 +751,20 @@ class TransitionTests(unittest.TestCase):
         self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 7))
         self.assertEqual(self.client.pending("grant") + self.client.pending("create"), [])
         self.assertEqual(self.client.revoked, [])
+
+    def test_unsure_delete_seen_while_asking_etcd_is_not_forgotten(self):
+        """
+        The key is deleted after etcd answered "still yours" but before the
+        answer arrived, and the registry shows the delete first: confirmed,
+        the node still notices the loss.
+        """
+        self.unsure()
+        self.clock.advance(1)
+        self.keepalive()
+        self.registry.change({}, 5)  # the delete, seen while unsure
+        self.client.answer("timetolive", lease_info(KEY1))
+        self.assertIsNone(self.claimer.held_name)
+        self.assertEqual(len(self.client.pending("range")), 1)  # claiming its slot again
 
     def test_unsure_key_missing_claims_again_on_the_lease(self):
         self.unsure()
