@@ -48,7 +48,34 @@ def start_etcd_cluster(case, size=3, network=None):
     Start a C{size}-member etcd cluster for C{case}.  With a
     L{tests.peerproxy.PeerNetwork}, every member's peer traffic goes through
     it, so that the test can cut members off from each other.
+
+    Ports are chosen free, then bound by etcd a moment later; another
+    process (or an outgoing connection's ephemeral port) can take one in
+    between, so a start that fails on a taken port is tried again on new
+    ports.
     """
+    if network is not None:
+        case.addCleanup(network.close)
+    for attempt in range(3):
+        try:
+            members = yield _start_members(case, size, network)
+            break
+        except defer.FirstError as e:
+            if attempt == 2 or "address already in use" not in str(e.subFailure.value):
+                raise
+    if network is not None:
+        client = EtcdClient([members[0].client_url], reactor)
+        try:
+            listed = yield client.call("/v3/cluster/member/list", {})
+        finally:
+            yield client.close()
+        for member in listed["members"]:
+            network.identify(member["name"], int(member["ID"]))
+    return members
+
+
+@defer.inlineCallbacks
+def _start_members(case, size, network):
     names = [f"m{i}" for i in range(size)]
     ports = free_ports(2 * size)
     peers = dict(zip(names, ports[size:]))
@@ -56,7 +83,6 @@ def start_etcd_cluster(case, size=3, network=None):
     if network is None:
         advertised = {name: f"http://127.0.0.1:{port}" for name, port in peers.items()}
     else:
-        case.addCleanup(network.close)
         advertised = {name: network.add(name, port).url for name, port in peers.items()}
     cluster = ",".join(f"{name}={url}" for name, url in advertised.items())
     members = [
@@ -72,17 +98,20 @@ def start_etcd_cluster(case, size=3, network=None):
         for name in names
     ]
     for etcd in members:
-        case.addCleanup(etcd.stopService)
-    # Members wait for each other before they report healthy: start together.
-    yield defer.gatherResults([etcd.startService() for etcd in members], consumeErrors=True)
-    if network is not None:
-        client = EtcdClient([members[0].client_url], reactor)
-        try:
-            listed = yield client.call("/v3/cluster/member/list", {})
-        finally:
-            yield client.close()
-        for member in listed["members"]:
-            network.identify(member["name"], int(member["ID"]))
+        case.addCleanup(lambda etcd=etcd: etcd.stopService() if etcd.running else None)
+    try:
+        # Members wait for each other before they report healthy: start together.
+        yield defer.gatherResults([etcd.startService() for etcd in members], consumeErrors=True)
+    except defer.FirstError:
+        yield defer.gatherResults(
+            [etcd.stopService() for etcd in members if etcd.running], consumeErrors=True
+        ).addErrback(lambda _: None)
+        if network is not None:
+            yield defer.gatherResults(
+                [defer.maybeDeferred(proxy.close) for proxy in network.proxies.values()]
+            )
+            network.proxies.clear()
+        raise
     return members
 
 

@@ -253,3 +253,34 @@ class IsolatedMemberTests(unittest.TestCase):
             {kv.key[len(PREFIX) :].decode() for kv in kvs},
             set(registry.members),
         )
+
+
+class ClusterStartTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_a_taken_port_is_chosen_again(self):
+        """
+        A port chosen free but taken before etcd binds it (here, by the
+        test) fails that start; the cluster starts on new ports.
+        """
+        import socket
+
+        from tests import etcdserver
+
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        real = etcdserver.free_ports
+        calls = []
+
+        def first_one_taken(count):
+            calls.append(count)
+            ports = real(count)
+            return ports if len(calls) > 1 else [taken.getsockname()[1]] + ports[1:]
+
+        self.patch(etcdserver, "free_ports", first_one_taken)
+        members = yield start_etcd_cluster(self, network=PeerNetwork())
+        self.assertEqual(len(calls), 2)
+        self.assertNotIn(taken.getsockname()[1], [m.client_port for m in members])
