@@ -181,14 +181,12 @@ class Event:
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class TxnResult:
     """
-    The outcome of a create: whether it won, and if not, what holds the key
-    and what was read with it.
+    The outcome of a create: whether it won, and if not, what holds the key.
     """
 
     succeeded: bool
     revision: int
     existing: "KeyValue | None"
-    kvs: tuple = ()
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -362,15 +360,14 @@ class EtcdClient:
             body["key"] = _b64(found[-1].key + b"\0")
 
     @defer.inlineCallbacks
-    def create(self, key, value, lease=0, replacing=None, read_range=None, also_delete=None):
+    def create(self, key, value, lease=0, replacing=None, also_delete=None):
         """
         Put C{key} only if it does not exist, or, with C{replacing} (a
         L{KeyValue}), only if it is still exactly that version.  One
         transaction, so of many racing callers exactly one wins; a winner
         also deletes C{also_delete}, if given, in it.
 
-        A loser learns who holds C{key}; with C{read_range} (start, end) it
-        also gets every key in that range, read in the same transaction.
+        A loser learns who holds C{key}, read in the same transaction.
         """
         if replacing is None:
             compare = {"key": _b64(key), "target": "CREATE", "create_revision": "0"}
@@ -389,7 +386,7 @@ class EtcdClient:
                 "compare": [compare],
                 "success": [{"request_put": put}]
                 + ([{"request_delete_range": {"key": _b64(also_delete)}}] if also_delete else []),
-                "failure": [{"request_range": _range_body(*(read_range or (key, None)))}],
+                "failure": [{"request_range": _range_body(key)}],
             },
         )
         succeeded = bool(data.get("succeeded", False))
@@ -400,7 +397,7 @@ class EtcdClient:
                     KeyValue.from_json(kv) for kv in response.get("response_range", {}).get("kvs", ())
                 )
         existing = next((kv for kv in kvs if kv.key == key), None)
-        return TxnResult(succeeded, int(data["header"]["revision"]), existing, tuple(kvs))
+        return TxnResult(succeeded, int(data["header"]["revision"]), existing)
 
 
     @defer.inlineCallbacks

@@ -305,7 +305,7 @@ class ScriptedClient:
     def put(self, key, value, lease=0):
         return self._call("put", key, lease)
 
-    def create(self, key, value, lease=0, replacing=None, read_range=None, also_delete=None):
+    def create(self, key, value, lease=0, replacing=None, also_delete=None):
         return self._call("create", key, lease)
 
     def delete_on_lease(self, key, lease):
@@ -556,7 +556,7 @@ class TransitionTests(unittest.TestCase):
         self.client.answer("grant", (7, 9))
         self.client.answer("put", 1)
         ours = KeyValue(KEY1, b"{}", 5, 5, 7)
-        self.client.answer("create", TxnResult(False, 6, ours, (ours,)))
+        self.client.answer("create", TxnResult(False, 6, ours))
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
         self.assertEqual(self.claimer.claim_revision, 5)
 
