@@ -788,4 +788,6 @@ class Claimer(Service):
         return name if name in self._slots else None
 
     def _value(self, name):
-        return attr.evolve(self.identity, name=name).to_value()
+        return attr.evolve(
+            self.identity, name=name, role=self.pattern.role, slot=self._slots[name]
+        ).to_value()

@@ -52,6 +52,7 @@ class IdetcdSettings:
     state: str = None
     node: str = None
     wait: bool = False
+    srv: int = 0
     filename: str = "Corefile"
     line: int = 0
 
@@ -475,6 +476,7 @@ _SETTINGS = {
     "node": ("node", 1, 1, _text("node", "a name without spaces", spaces=False)),
     "pattern": ("pattern", 1, 1, lambda args: Pattern.parse(args[0])),
     "prefix": ("prefix", 1, 1, lambda args: args[0]),
+    "srv": ("srv", 1, 1, _number("srv", 1, 65535)),
     "state": ("state", 1, 1, _text("state", "a directory", spaces=True)),
     "ttl": ("ttl", 1, 1, _number("ttl", 0, 86400, " of seconds")),
     "wait": ("wait", 0, 0, lambda args: True),

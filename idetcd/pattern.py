@@ -50,11 +50,15 @@ class Pattern:
 
     @ivar text: the pattern as the user wrote it, for messages.
     @ivar zone: the zone every name lies in, the parent of the first label.
+    @ivar role: what its names are for, the literal text of the first label
+        (``worker`` for ``worker{{.ID}}.tf.local.``, ``node`` if none); nodes
+        of several patterns share a zone, one role each.
     """
 
     text = attr.ib()
     zone = attr.ib()
     _macro = attr.ib(eq=False, repr=False)
+    role = attr.ib(default="node")
 
     @classmethod
     def parse(cls, text):
@@ -89,7 +93,9 @@ class Pattern:
                 f"pattern {text!r} puts slots 1 and 2 in different zones"
                 f" ({first!r}, {second!r}): the ID must be in the first label"
             )
-        return cls(text, zone, macro)
+        label = _ACTION.sub("", text).partition(".")[0]
+        role = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "node"
+        return cls(text, zone, macro, role)
 
     def render(self, slot):
         """

@@ -357,6 +357,7 @@ class IdetcdService(MultiService):
             ipv6=tuple(a for a in addresses if ":" in a),
             port=str(self.dns.port),
             node=node,
+            srv=settings.srv,
         )
 
     @defer.inlineCallbacks

@@ -58,8 +58,10 @@ class ClaimerTests(EtcdTestCase):
     def test_value_is_the_original_plugins_shape(self):
         yield self.claimer("a").when_claimed()
         kvs, _ = yield self.client.range(PREFIX + b"worker1.tf.local.")
+        # The original plugin's fields first; it ignores the rest.
         self.assertEqual(
-            kvs[0].value, b'{"ipv4":"127.0.0.1","ipv6":"","port":"53","node":"a"}'
+            kvs[0].value,
+            b'{"ipv4":"127.0.0.1","ipv6":"","port":"53","node":"a","role":"worker","slot":1}',
         )
         self.assertNotEqual(kvs[0].lease, 0)
 
