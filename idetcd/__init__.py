@@ -8,7 +8,8 @@ from idetcd.claimer import SlotsExhausted
 from idetcd.corefile import CorefileError, IdetcdSettings, ServerBlock, load, parse
 from idetcd.members import Member
 from idetcd.pattern import Pattern, PatternError
-from idetcd.service import IdetcdService, StateDirectoryBusy
+from idetcd.service import IdetcdService
+from idetcd.state import StateDirectoryBusy
 
 __version__ = "0.1.0"
 

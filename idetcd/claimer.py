@@ -9,7 +9,7 @@ as long as the claim takes and the name is held.
 A name belongs to a lease, not to a node identity: this node takes over an
 existing key only when it is on the lease this node's own previous
 incarnation held and that incarnation provably ended (see
-L{idetcd.service.NodeState}).  A key carrying this node's identity that it
+L{idetcd.state.NodeState}).  A key carrying this node's identity that it
 cannot prove its own is watched until its lease expires; if the lease is
 renewed instead, another live node shares the identity, and this node takes
 a fresh one.

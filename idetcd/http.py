@@ -106,7 +106,9 @@ class HttpEndpoint(Service):
     _listening = attr.ib(default=None, init=False)
     _connections = attr.ib(default=None, init=False)
 
-    def startService(self):
+    def privilegedStartService(self):
+        if self._listening is not None:
+            return
         # WrappingFactory keeps the open connections, to drop them on stop.
         self._connections = WrappingFactory(_QuietSite(self.root))
         self._connections.noisy = False
@@ -114,16 +116,21 @@ class HttpEndpoint(Service):
             self.address.port, self._connections, interface=self.address.interface
         )
         self.port = self._listening.getHost().port
-        Service.startService(self)
         log.info(
             "{endpoint} endpoint on http://{address}/{endpoint}",
             endpoint=self.name,
             address=str(attr.evolve(self.address, host=self.address.interface, port=self.port)),
         )
 
+    def startService(self):
+        self.privilegedStartService()
+        Service.startService(self)
+
     def stopService(self):
         Service.stopService(self)
         listening, self._listening = self._listening, None
+        if listening is None:
+            return None
         for connection in list(self._connections.protocols):
             connection.transport.abortConnection()
         return listening.stopListening()

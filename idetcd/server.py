@@ -662,10 +662,13 @@ class DNSServer(service.Service):
 
             self.reactor = reactor
 
-    def startService(self):
+    def privilegedStartService(self):
         """
         Listen on UDP and TCP; L{CannotListenError} if a port is taken.
+        Queries are answered from the registry from now on.
         """
+        if self._listening:
+            return
         report = RateLimitedLog(self.reactor)
         self._replies = _Replies(self.authority, report)
         self._replies.rebuild()
@@ -684,6 +687,15 @@ class DNSServer(service.Service):
             except CannotListenError:
                 if attempt + 1 == attempts:
                     raise
+
+    def startService(self):
+        """
+        Listen, unless L{privilegedStartService} has, and follow the
+        registry's changes.
+        """
+        self.privilegedStartService()
+        # What the registry learnt since the ports were bound.
+        self._replies.rebuild()
         self._unsubscribe = self.authority.registry.subscribe_changes(self._replies.changed)
         service.Service.startService(self)
         log.info(

@@ -9,10 +9,11 @@ import socket
 
 import dns.rcode
 from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
 from idetcd import IdetcdService, StateDirectoryBusy
-from idetcd.service import announced_address
+from idetcd.identity import announced_address
 from idetcd.etcd import EtcdClient, prefix_range_end
 from tests.etcdserver import start_etcd, start_etcd_cluster
 from tests.test_cluster import query
@@ -112,6 +113,58 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual((yield node.when_claimed()), name)
         addresses = yield self.answers(node, name)
         self.assertEqual(addresses, ["127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_parts_are_named_children_in_start_order(self):
+        """
+        An embedding application sees the node's parts as its children, in
+        the order they start (they stop in reverse: the claimer first,
+        while the etcd client is still open, so the name is given back).
+        """
+        etcd = yield start_etcd(self)
+        node = self.node([etcd.client_url])
+        yield node.when_claimed()
+        self.assertEqual(
+            [child.name for child in node],
+            ["etcd-client", "registry", "dns", "identity", "claimer"],
+        )
+        self.assertTrue(all(child.running for child in node))
+        self.assertIs(node.getServiceNamed("claimer"), node.claimer)
+        self.assertIs(node.getServiceNamed("dns"), node.dns)
+        self.assertEqual(node.getServiceNamed("identity").member.ipv4, ("127.0.0.1",))
+        yield node.stopService()
+        self.assertFalse(any(child.running for child in node))
+        client = EtcdClient([etcd.client_url], reactor)
+        self.addCleanup(client.close)
+        kvs, _ = yield client.range(b"/idetcd/", prefix_range_end(b"/idetcd/"))
+        self.assertEqual(kvs, [])
+
+    @defer.inlineCallbacks
+    def test_a_taken_port_fails_the_start_and_leaves_nothing_behind(self):
+        """
+        A taken HTTP port fails the start at once, before anything talks to
+        etcd; the DNS port bound before it and the state directory are let
+        go, so the same node starts once the port is free.
+        """
+        etcd = yield start_etcd(self)
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        text = COREFILE.format(endpoints=etcd.client_url, lease=3, address=1).replace(
+            "    idetcd {", f"    ready 127.0.0.1:{port}\n    idetcd {{"
+        )
+        state = os.path.abspath(self.mktemp())
+        node = IdetcdService.from_corefile(reactor, text=text, state_dir=state)
+        self.assertRaises(CannotListenError, node.startService)
+        self.assertFalse(node.running)
+        self.assertFalse(node.dns._listening)
+        taken.close()
+        yield sleep(0)  # the DNS sockets close at the reactor's next turn
+        node.startService()
+        self.addCleanup(node.stopService)
+        self.assertEqual((yield node.when_claimed()), "worker1.tf.local.")
 
     @defer.inlineCallbacks
     def test_two_live_nodes_never_share_a_state_directory(self):
