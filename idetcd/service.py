@@ -26,6 +26,7 @@ from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
 from idetcd.http import HttpEndpoint, health_site, ready_site
 from idetcd.members import Member
+from idetcd.peers import reverse_zones
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 
@@ -243,7 +244,11 @@ class IdetcdService(MultiService):
             on_identity=self._identity_replaced,
         )
         authority = ZoneAuthority(
-            settings.pattern.zone, self.registry, settings.ttl, settings.nameservers
+            settings.pattern.zone,
+            self.registry,
+            settings.ttl,
+            settings.nameservers,
+            reverse=reverse_zones(self.block.zones),
         )
         self.dns = DNSServer(
             authority,

@@ -353,6 +353,30 @@ def _labels(text):
     return tuple(text.split(b".")) if text else ()
 
 
+def record_size(record, pointer=False):
+    """
+    The most bytes C{record} takes in a reply: its owner written out, or,
+    with C{pointer}, a pointer to the question; its data as L{_Message}
+    writes it (names in NS and SOA data may take fewer, compressed).
+    """
+    owner = 2 if pointer else len(name(_labels(record.name.name)))
+    if record.type in (dns.A, dns.AAAA):
+        data = len(record.payload.address)
+    else:
+        out = io.BytesIO()
+        record.payload.encode(out, None)
+        data = len(out.getvalue())
+    return owner + _RECORD.size + data
+
+
+def answer_room(labels):
+    """
+    The bytes a TCP reply to a question for C{labels} has for its records,
+    our OPT included.
+    """
+    return MAX_MESSAGE - HEADER.size - len(name(labels)) - TYPE_CLASS.size - _OPT.size
+
+
 def encode(labels, question, response):
     """
     Encode the records of C{response} (an L{idetcd.authority.Response}) for
