@@ -20,7 +20,7 @@ from twisted.names import dns
 from idetcd import wire
 
 #: Where reverse names live (RFC 1035 section 3.5, RFC 3596 section 2.5).
-REVERSE_TREES = ((b"in-addr", b"arpa"), (b"ip6", b"arpa"))
+REVERSE_TREES = _IN_ADDR, _IP6 = ((b"in-addr", b"arpa"), (b"ip6", b"arpa"))
 # A role becomes the label "_ROLE" (RFC 2782), at most 63 bytes.
 _ROLE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,60}[a-z0-9])?\Z")
 
@@ -39,10 +39,13 @@ def service_labels(role, apex):
 
 def reverse_labels(address):
     """
-    The labels of the reverse name of C{address} (an IPv4 or IPv6 address
-    in text form).
+    The labels of the reverse name of C{address}, an IPv4 or IPv6 address
+    in the text form members hold (dotted quad, or IPv6 in any form).
     """
-    return tuple(ipaddress.ip_address(address).reverse_pointer.encode("ascii").split(b"."))
+    if ":" in address:
+        address = ipaddress.ip_address(address).exploded.replace(":", "")
+        return tuple(digit.encode("ascii") for digit in reversed(address)) + _IP6
+    return tuple(address.encode("ascii").split(b".")[::-1]) + _IN_ADDR
 
 
 def holds_reverse_names(labels):

@@ -359,14 +359,23 @@ def record_size(record, pointer=False):
     with C{pointer}, a pointer to the question; its data as L{_Message}
     writes it (names in NS and SOA data may take fewer, compressed).
     """
-    owner = 2 if pointer else len(name(_labels(record.name.name)))
+    payload = record.payload
     if record.type in (dns.A, dns.AAAA):
-        data = len(record.payload.address)
+        data = len(payload.address)
+    elif record.type == dns.SRV:
+        data = 6 + _name_size(payload.target.name)
+    elif record.type in (dns.PTR, dns.NS):
+        data = _name_size(payload.name.name)
     else:
         out = io.BytesIO()
-        record.payload.encode(out, None)
+        payload.encode(out, None)
         data = len(out.getvalue())
-    return owner + _RECORD.size + data
+    return (2 if pointer else _name_size(record.name.name)) + _RECORD.size + data
+
+
+def _name_size(text):
+    # The wire form of the name "a.b" is 1 a 1 b 0: two bytes more.
+    return len(text) + 2 if text else 1
 
 
 def answer_room(labels):

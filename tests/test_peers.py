@@ -395,6 +395,10 @@ class PeerRRsetTests(unittest.TestCase):
         data, _ = reply(labels("_worker._tcp.tf.local"), tdns.SRV, self.response([entry.record]))
         self.assertEqual(len(data), 12 + len(wire.name(labels("_worker._tcp.tf.local"))) + 4 + entry.size)
         self.assertEqual(entry.extra_size, len(wire.name(labels("worker12.tf.local"))) + 10 + 4)
+        owner = reverse("fd00::1").encode()
+        ptr = tdns.RRHeader(owner, tdns.PTR, tdns.IN, 30, tdns.Record_PTR(b"worker12.tf.local", 30))
+        data, _ = reply(labels(reverse("fd00::1")), tdns.PTR, self.response([ptr]))
+        self.assertEqual(len(data), 12 + len(owner) + 2 + 4 + wire.record_size(ptr, True))
 
     def response(self, answers):
         return Response(tdns.OK, True, tuple(answers))
