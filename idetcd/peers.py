@@ -106,6 +106,7 @@ class PeerRRset:
     type = attr.ib()
     response = attr.ib(default=None, init=False)
     _entries = attr.ib(factory=list, init=False)  # sorted by key
+    _keys = attr.ib(factory=list, init=False)  # their keys, for bisect (Python 3.9 has no key=)
 
     def __len__(self):
         return len(self._entries)
@@ -116,18 +117,20 @@ class PeerRRset:
         follow before the next L{fitting} (a rebuild adds many, then sorts
         once).
         """
-        if ordered:
-            bisect.insort(self._entries, entry, key=_key)
-        else:
-            self._entries.append(entry)
+        index = bisect.bisect_left(self._keys, entry.key) if ordered else len(self._keys)
+        self._keys.insert(index, entry.key)
+        self._entries.insert(index, entry)
         self.response = None
 
     def sort(self):
-        self._entries.sort(key=_key)
+        self._entries.sort(key=lambda entry: entry.key)
+        self._keys = [entry.key for entry in self._entries]
         self.response = None
 
     def remove(self, key):
-        del self._entries[bisect.bisect_left(self._entries, key, key=_key)]
+        index = bisect.bisect_left(self._keys, key)
+        del self._keys[index]
+        del self._entries[index]
         self.response = None
 
     def fitting(self):
@@ -150,7 +153,3 @@ class PeerRRset:
             used += entry.extra_size
             additional.extend(entry.extra)
         return tuple(entry.record for entry in taken), tuple(additional)
-
-
-def _key(entry):
-    return entry.key

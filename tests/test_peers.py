@@ -12,6 +12,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import dns.reversename
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, threads
 from twisted.logger import globalLogPublisher
 from twisted.names import dns as tdns
@@ -372,6 +374,55 @@ class IncrementalPeerTests(PeerCase):
             self.targets("_worker._tcp.tf.local", tdns.SRV)[3:],
             [(f"worker{slot}.tf.local".encode(), 2222) for slot in range(100, 200)],
         )
+
+
+ADDRESSES = ["10.0.0.1", "10.0.0.2", "10.0.1.2", "10.9.0.1", "127.0.0.1", "fd00::1", "fd00::2"]
+_change = st.tuples(
+    st.sampled_from(["worker", "ps", "chief"]),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.lists(st.sampled_from(ADDRESSES), min_size=1, max_size=3)),
+    st.sampled_from([0, 2222, 2223]),
+)
+
+
+class PropertyTests(unittest.TestCase):
+    """
+    Any sequence of joins, moves and leaves, applied change by change,
+    answers every SRV and PTR question as a rebuild from scratch does.
+    """
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(_change, max_size=25))
+    def test_incremental_is_rebuilt(self, changes):
+        registry = FakeRegistry()
+
+        def make():
+            return ZoneAuthority("tf.local.", registry, 30, reverse=("10.in-addr.arpa.", "."))
+
+        authority = make()
+        authority.update(None)
+        registry.subscribe_changes(authority.update)
+        questions = [labels(f"_{role}._tcp.tf.local") for role in ("worker", "ps", "chief")]
+        questions += [labels("_tcp.tf.local"), labels("0.0.10.in-addr.arpa"), labels("0.10.in-addr.arpa")]
+        questions += [labels(reverse(address)) for address in ADDRESSES]
+        for role, slot, addresses, srv in changes:
+            name = f"{role}{slot}.tf.local."
+            if addresses is None:
+                if name in registry.members:
+                    registry.delete(name)
+            else:
+                ipv4 = tuple(a for a in addresses if ":" not in a)
+                ipv6 = tuple(a for a in addresses if ":" in a)
+                registry.put(Member(name, ipv4, ipv6, role=role, slot=slot, srv=srv))
+            # Ask between changes, so that built RRsets must follow.
+            authority.respond(questions[0], tdns.IN, tdns.SRV)
+            authority.respond(questions[-1], tdns.IN, tdns.PTR)
+        fresh = make()
+        for question in questions:
+            for type in (tdns.SRV, tdns.PTR, tdns.A):
+                self.assertEqual(
+                    authority.respond(question, tdns.IN, type), fresh.respond(question, tdns.IN, type)
+                )
 
 
 class PeerRRsetTests(unittest.TestCase):
