@@ -277,7 +277,10 @@ class ZoneAuthority(common.ResolverBase):
         if not self.registry.ready:
             return []
         self._current()
-        nodes = self._nodes.items() if labels is None else [(labels, self._nodes.get(labels, _EMPTY))]
+        if labels is None:
+            nodes = self._nodes.items()
+        else:
+            nodes = [(labels, self._nodes.get(labels, _EMPTY))]
         return [
             (labels, type, response)
             for labels, rrsets in nodes
@@ -352,7 +355,8 @@ class ZoneAuthority(common.ResolverBase):
                 responses[type] = Response(dns.OK, True, rrset)
                 glue += rrset
         order = (_numbered(name), name)
-        return _Owner(labels, order, responses, glue, self._peer_entries(member, labels, order, glue))
+        peer_entries = self._peer_entries(member, labels, order, glue)
+        return _Owner(labels, order, responses, glue, peer_entries)
 
     def _peer_entries(self, member, labels, order, glue):
         """
@@ -381,7 +385,8 @@ class ZoneAuthority(common.ResolverBase):
             apex = self._reverse_apex(owner)
             if apex is not None:
                 record = _rr(owner, dns.Record_PTR(target, ttl), ttl)
-                entries.append((owner, apex, peers.Entry(order, record, wire.record_size(record, True))))
+                entry = peers.Entry(order, record, wire.record_size(record, True))
+                entries.append((owner, apex, entry))
         return tuple(entries)
 
     def _build(self):

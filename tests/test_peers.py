@@ -96,7 +96,8 @@ class ServiceTests(PeerCase):
         response = self.respond("_worker._tcp.tf.local", tdns.SRV)
         self.assertEqual(
             [
-                (r.name.name, r.ttl, r.payload.priority, r.payload.weight, r.payload.port, r.payload.target.name)
+                (r.name.name, r.ttl, r.payload.priority, r.payload.weight, r.payload.port,
+                 r.payload.target.name)
                 for r in response.answers
             ],
             [
@@ -433,9 +434,11 @@ class PeerRRsetTests(unittest.TestCase):
     def srv(self, slot):
         owner = labels("_worker._tcp.tf.local")
         target = b"worker%d.tf.local" % slot
-        record = tdns.RRHeader(b".".join(owner), tdns.SRV, tdns.IN, 30, tdns.Record_SRV(0, 0, 2222, target, 30))
+        payload = tdns.Record_SRV(0, 0, 2222, target, 30)
+        record = tdns.RRHeader(b".".join(owner), tdns.SRV, tdns.IN, 30, payload)
         glue = (tdns.RRHeader(target, tdns.A, tdns.IN, 30, tdns.Record_A("10.0.0.1", 30)),)
-        return peers.Entry((slot,), record, wire.record_size(record, True), glue, wire.record_size(glue[0]))
+        size = wire.record_size(record, True)
+        return peers.Entry((slot,), record, size, glue, wire.record_size(glue[0]))
 
     def test_record_size(self):
         """
@@ -488,7 +491,10 @@ class PeerRRsetTests(unittest.TestCase):
         for slot in range(1, 4):
             rrset.add(self.srv(slot))
         answers, additional = rrset.fitting()
-        self.assertEqual([r.name.name for r in additional], [b"worker1.tf.local", b"worker2.tf.local", b"worker3.tf.local"])
+        self.assertEqual(
+            [r.name.name for r in additional],
+            [b"worker1.tf.local", b"worker2.tf.local", b"worker3.tf.local"],
+        )
 
 
 class PeerServerTests(unittest.TestCase):
