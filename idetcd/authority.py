@@ -3,7 +3,10 @@ The records of one zone, read from the registry of claimed names.
 
 Every claimed name inside the zone owns its A and AAAA records, and every
 claimed name is a name server of the zone (each node answers for all of
-them).  L{ZoneAuthority} is a twisted.names resolver, so a stock
+them).  A member with an SRV port is listed in the SRV RRset of its role
+(C{_worker._tcp.ZONE}), and each member's address gives its name back in
+a PTR RRset, in the reverse zones the server block serves.
+L{ZoneAuthority} is a twisted.names resolver, so a stock
 L{twisted.names.server.DNSServerFactory} can serve it; L{ZoneAuthority.respond}
 gives the complete answer (response code, AA, negative SOA) that the stock
 resolver interface has no room for, and that L{idetcd.server} sends.
@@ -22,6 +25,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DomainError
+
+from idetcd import peers, wire
 
 log = Logger()
 
@@ -60,6 +65,10 @@ class Response:
 
 
 _NOT_READY = Response(dns.ESERVER, auth=False)
+_REFUSED = Response(dns.EREFUSED, auth=False)
+# NODATA at a reverse name served through the root zone only: there is no
+# zone of ours above it whose SOA could go with it.
+_BARE_NODATA = Response(dns.OK, True)
 
 
 def domain_labels(name):
@@ -85,6 +94,21 @@ def _rr(labels, record, ttl):
     return dns.RRHeader(b".".join(labels), record.TYPE, dns.IN, ttl, record, auth=True)
 
 
+def _within(labels, apex):
+    """
+    Whether C{labels} name C{apex} or something below it.
+    """
+    cut = len(labels) - len(apex)
+    return cut >= 0 and labels[cut:] == apex
+
+
+def _ancestors(labels, apex):
+    """
+    The names between C{labels} and C{apex}, both left out.
+    """
+    return [labels[index:] for index in range(1, len(labels) - len(apex))]
+
+
 @functools.lru_cache(maxsize=64)
 def _apex_any(apex, ttl):
     # One object per zone, so the apex's ANY reply is not encoded again.
@@ -101,8 +125,8 @@ class _Owner:
     labels: tuple
     order: tuple  # (sort key, name): the lowest-numbered name first
     responses: dict
-    ns: dns.RRHeader
     glue: tuple
+    peers: tuple  # (owner, apex, peers.Entry) of its SRV and PTR records
 
 
 def _numbered(name):
@@ -128,9 +152,18 @@ class ZoneAuthority(common.ResolverBase):
     all of them: every member answers for the whole zone, so a few suffice,
     and the set (and its glue) stays small and changes only when one of
     those few comes or goes.
+
+    C{reverse} lists the zones that serve reverse names besides: each
+    (C{10.in-addr.arpa.}) gets its SOA and NS and answers every name in it,
+    with NXDOMAIN where no member's address is; the root zone (C{.})
+    serves the reverse names of members' addresses and refuses every
+    other name outside C{zone}, as if it were not listed.
+
+    The SRV and PTR RRsets grow with the members (see L{idetcd.peers}): a
+    change only marks them, and the first question after it builds them.
     """
 
-    def __init__(self, zone, registry, ttl, nameservers=NAMESERVERS):
+    def __init__(self, zone, registry, ttl, nameservers=NAMESERVERS, reverse=()):
         common.ResolverBase.__init__(self)
         if not isinstance(ttl, int) or not 0 <= ttl < 2**31:
             raise ValueError(f"ttl must be an integer in [0, 2**31), not {ttl!r}")
@@ -142,24 +175,57 @@ class ZoneAuthority(common.ResolverBase):
         self.ttl = ttl
         self.nameservers = nameservers
         self._suffix = "".join("." + label.decode("ascii") for label in self.apex) + "."
+        apexes = set()
+        self._reverse_anywhere = False  # the root zone serves members' reverse names
+        for text in reverse:
+            labels = domain_labels(text)
+            if not labels:
+                self._reverse_anywhere = True
+            elif peers.holds_reverse_names(labels):
+                apexes.add(labels)
+            else:
+                raise ValueError(f"{text!r} holds no reverse names")
+        # Longest first, so a name belongs to the closest zone above it.
+        self._reverse = tuple(sorted(apexes, key=len, reverse=True))
+        self._apexes = (self.apex,) + self._reverse
+        #: How many times an SRV or PTR response was built, for tests.
+        self.peer_builds = 0
         self._revision = None  # the registry revision the records reflect
         self._rebuilt = False  # rebuilt since the last update()
         self._owners = {}  # name -> (member, _Owner or None if it cannot be served)
-        self._nodes = {}  # labels -> {type: positive Response}, empty non-terminals too
-        self._below = collections.Counter()  # labels -> members strictly below
+        # labels -> {type: positive Response or PeerRRset}, empty non-terminals too
+        self._nodes = {}
+        self._below = collections.Counter()  # labels -> owners strictly below
+        self._peers = {}  # labels -> the PeerRRset there
         self._order = []  # the order of every served member, sorted
-        self._ns = ((), None)  # (the NS owners, their NS response)
-        self._nxdomain = self._nodata = None
+        self._ns = ((), {})  # (the NS owners, {apex: their NS response})
+        self._negative = {}  # apex -> (NXDOMAIN, NODATA) response
 
     def __repr__(self):
         return f"<ZoneAuthority {self.zone!r}>"
 
-    def _in_zone(self, labels):
+    def _apex_of(self, labels):
         """
-        Whether lower-case C{labels} name something at or below the apex.
+        The apex of the zone that holds lower-case C{labels}, or L{None}.
         """
-        cut = len(labels) - len(self.apex)
-        return cut >= 0 and labels[cut:] == self.apex
+        if _within(labels, self.apex):
+            return self.apex
+        for apex in self._reverse:
+            if _within(labels, apex):
+                return apex
+        return None
+
+    def _reverse_apex(self, labels):
+        """
+        The apex of the zone that serves the reverse name C{labels}: a
+        reverse zone, C{()} for the root zone, or L{None} for none.
+        """
+        apex = self._apex_of(labels)
+        if apex == self.apex:
+            return None  # a zone of names under arpa: not reverse names here
+        if apex is None and self._reverse_anywhere:
+            return ()
+        return apex
 
     def respond(self, labels, cls, type):
         """
@@ -167,40 +233,65 @@ class ZoneAuthority(common.ResolverBase):
         any case, as a question carries them.
         """
         labels = tuple(label.lower() for label in labels)
-        if cls != dns.IN or not self._in_zone(labels) or type in (dns.AXFR, dns.IXFR):
+        if cls != dns.IN or type in (dns.AXFR, dns.IXFR):
             # Only IN data lives here; zone transfers are not offered.
-            return Response(dns.EREFUSED, auth=False)
+            return _REFUSED
+        apex = self._apex_of(labels)
+        if apex is None and not (self._reverse_anywhere and peers.is_reverse(labels)):
+            return _REFUSED
         if not self.registry.ready:
             # Before the first read from etcd nothing is known, not even
             # what does not exist: a cached NXDOMAIN would outlive this.
             return _NOT_READY
         self._current()
         rrsets = self._nodes.get(labels)
-        if rrsets is None:
-            return self._nxdomain
-        return rrsets.get(type, self._nodata)
+        if apex is None:
+            # A reverse name served through the root zone only: refused
+            # unless a member's address gives it, as every name outside
+            # the zones.
+            if rrsets is None:
+                return _REFUSED
+            nodata = _BARE_NODATA
+        else:
+            nxdomain, nodata = self._negative[apex]
+            if rrsets is None:
+                return nxdomain
+        answer = rrsets.get(type, nodata)
+        if answer.__class__ is peers.PeerRRset:
+            return answer.response or self._build_peers(answer)
+        return answer
+
+    def _build_peers(self, rrset):
+        answers, additional = rrset.fitting()
+        rrset.response = Response(dns.OK, True, answers, additional=additional)
+        self.peer_builds += 1
+        return rrset.response
 
     def positive(self, labels=None):
         """
         Every (labels, type, response) that carries data, or only those of
         the node C{labels}, for a server to prepare.  Unchanged members give
-        the very same response objects.
+        the very same response objects.  The SRV and PTR RRsets are left
+        out: L{respond} builds them when asked, once per change at most.
         """
         if not self.registry.ready:
             return []
         self._current()
-        if labels is not None:
-            return [(labels, type, response) for type, response in self._nodes.get(labels, _EMPTY).items()]
+        if labels is None:
+            nodes = self._nodes.items()
+        else:
+            nodes = [(labels, self._nodes.get(labels, _EMPTY))]
         return [
             (labels, type, response)
-            for labels, rrsets in self._nodes.items()
+            for labels, rrsets in nodes
             for type, response in rrsets.items()
+            if response.__class__ is Response
         ]
 
     def update(self, names):
         """
         Apply a registry change to the members C{names}: the labels of every
-        node whose records may have changed (the apex always, for its SOA
+        node whose records may have changed (every apex always, for its SOA
         serial), or L{None} when everything was rebuilt and may have changed.
         On an exception the authority rebuilds everything on its next use.
         """
@@ -217,7 +308,7 @@ class ZoneAuthority(common.ResolverBase):
             self._rebuilt = False
             return None
         self._revision = None
-        changed = {self.apex}
+        changed = set(self._apexes)
         for name in names:
             changed.update(self._apply(name))
         self._apex_records(self.registry.revision)
@@ -263,8 +354,40 @@ class ZoneAuthority(common.ResolverBase):
                 rrset = tuple(_rr(labels, record(a, ttl), ttl) for a in addresses)
                 responses[type] = Response(dns.OK, True, rrset)
                 glue += rrset
-        ns = _rr(self.apex, dns.Record_NS(b".".join(labels), ttl), ttl)
-        return _Owner(labels, (_numbered(name), name), responses, ns, glue)
+        order = (_numbered(name), name)
+        peer_entries = self._peer_entries(member, labels, order, glue)
+        return _Owner(labels, order, responses, glue, peer_entries)
+
+    def _peer_entries(self, member, labels, order, glue):
+        """
+        The (owner, apex, L{peers.Entry}) of the SRV record and the PTR
+        records C{member} (served as C{labels}) brings.
+        """
+        ttl = self.ttl
+        target = b".".join(labels)
+        entries = []
+        if member.srv:
+            service = peers.service_labels(member.role, self.apex)
+            if service is None:
+                log.warn(
+                    "no SRV record for {name!r}: its role {role!r} cannot be a DNS label",
+                    name=member.name, role=member.role,
+                )
+            else:
+                record = _rr(service, dns.Record_SRV(0, 0, member.srv, target, ttl), ttl)
+                extra_size = sum(wire.record_size(r) for r in glue)
+                entry = peers.Entry(
+                    (member.slot, order), record, wire.record_size(record, True), glue, extra_size
+                )
+                entries.append((service, self.apex, entry))
+        for address in dict.fromkeys(member.ipv4 + member.ipv6):
+            owner = peers.reverse_labels(address)
+            apex = self._reverse_apex(owner)
+            if apex is not None:
+                record = _rr(owner, dns.Record_PTR(target, ttl), ttl)
+                entry = peers.Entry(order, record, wire.record_size(record, True))
+                entries.append((owner, apex, entry))
+        return tuple(entries)
 
     def _build(self):
         """
@@ -275,11 +398,14 @@ class ZoneAuthority(common.ResolverBase):
         owners, self._owners = self._owners, {}
         self._nodes = {}
         self._below = collections.Counter()
+        self._peers = {}
         for name, member in self.registry.members.items():
             if self._serves(name):
                 kept = owners.get(name)
                 self._add(name, member, kept[1] if kept and kept[0] == member else None)
         self._order = sorted(owner.order for _, owner in self._owners.values() if owner)
+        for rrset in self._peers.values():
+            rrset.sort()
         self._apex_records(self.registry.revision)
         self._revision = self.registry.revision
 
@@ -312,12 +438,9 @@ class ZoneAuthority(common.ResolverBase):
         if ordered:
             bisect.insort(self._order, owner.order)
         self._nodes[labels] = owner.responses
-        changed = [labels]
-        for ancestor in self._ancestors(labels):
-            self._below[ancestor] += 1
-            if ancestor not in self._nodes:
-                self._nodes[ancestor] = _EMPTY
-                changed.append(ancestor)
+        changed = [labels] + self._link(labels, self.apex)
+        for peer_labels, apex, entry in owner.peers:
+            changed += self._enter(peer_labels, apex, entry, ordered)
         return changed
 
     def _remove(self, name):
@@ -330,8 +453,61 @@ class ZoneAuthority(common.ResolverBase):
             self._nodes[labels] = _EMPTY
         else:
             del self._nodes[labels]
+        changed = [labels] + self._unlink(labels, self.apex)
+        for peer_labels, apex, entry in owner.peers:
+            changed += self._leave(peer_labels, apex, entry.key)
+        return changed
+
+    def _enter(self, labels, apex, entry, ordered):
+        """
+        Add C{entry} to the SRV or PTR RRset at C{labels}, in the zone
+        C{apex}; the labels of the nodes that changed.
+        """
         changed = [labels]
-        for ancestor in self._ancestors(labels):
+        rrset = self._peers.get(labels)
+        if rrset is None:
+            type = entry.record.type
+            rrset = self._peers[labels] = peers.PeerRRset(labels, type)
+            hinfo = Response(dns.OK, True, (_rr(labels, _RFC8482, self.ttl),))
+            self._nodes[labels] = {type: rrset, dns.ALL_RECORDS: hinfo}
+            if apex:
+                changed += self._link(labels, apex)
+        rrset.add(entry, ordered)
+        return changed
+
+    def _leave(self, labels, apex, key):
+        """
+        Take the entry C{key} out of the SRV or PTR RRset at C{labels}.
+        """
+        changed = [labels]
+        rrset = self._peers[labels]
+        rrset.remove(key)
+        if not rrset:
+            del self._peers[labels]
+            self._nodes.pop(labels, None)
+            if apex:
+                changed += self._unlink(labels, apex)
+        return changed
+
+    def _link(self, labels, apex):
+        """
+        Count an owner at C{labels} in every name between it and C{apex}:
+        the empty non-terminals that appear.
+        """
+        changed = []
+        for ancestor in _ancestors(labels, apex):
+            self._below[ancestor] += 1
+            if ancestor not in self._nodes:
+                self._nodes[ancestor] = _EMPTY
+                changed.append(ancestor)
+        return changed
+
+    def _unlink(self, labels, apex):
+        """
+        Undo L{_link}: the empty non-terminals that go.
+        """
+        changed = []
+        for ancestor in _ancestors(labels, apex):
             self._below[ancestor] -= 1
             if not self._below[ancestor]:
                 del self._below[ancestor]
@@ -340,49 +516,51 @@ class ZoneAuthority(common.ResolverBase):
                     changed.append(ancestor)
         return changed
 
-    def _ancestors(self, labels):
-        """
-        The names between C{labels} and the apex, both left out.
-        """
-        return [labels[index:] for index in range(1, len(labels) - len(self.apex))]
-
     def _apex_records(self, revision):
         """
-        The apex's SOA, NS and ANY answers and the negative answers, for
-        C{revision}.
+        The SOA, NS and ANY answers and the negative answers of the zone
+        and of each reverse zone, for C{revision}.
         """
         ttl = self.ttl
-        apex = self.apex
         owners = tuple(self._owners[name][1] for _, name in self._order[: self.nameservers])
-        soa = dns.Record_SOA(
-            mname=b".".join(owners[0].labels if owners else apex),
-            rname=b".".join((b"hostmaster",) + apex),
-            serial=revision % 2**32,
-            refresh=REFRESH,
-            retry=RETRY,
-            expire=EXPIRE,
-            minimum=ttl,
-            ttl=ttl,
-        )
-        apex_member = self._owners.get(self._suffix[1:], (None, None))[1]
-        top = dict(apex_member.responses if apex_member else _EMPTY)
-        top[dns.SOA] = Response(dns.OK, True, (_rr(apex, soa, ttl),))
-        top[dns.ALL_RECORDS] = _apex_any(apex, ttl)
         if owners != self._ns[0]:
-            response = None
+            self._ns = (owners, {apex: self._ns_response(apex, owners) for apex in self._apexes})
+        apex_member = self._owners.get(self._suffix[1:], (None, None))[1]
+        for apex in self._apexes:
+            soa = dns.Record_SOA(
+                mname=b".".join(owners[0].labels if owners else apex),
+                rname=b".".join((b"hostmaster",) + self.apex),
+                serial=revision % 2**32,
+                refresh=REFRESH,
+                retry=RETRY,
+                expire=EXPIRE,
+                minimum=ttl,
+                ttl=ttl,
+            )
+            if apex == self.apex:
+                top = dict(apex_member.responses if apex_member else _EMPTY)
+            else:
+                # A reverse zone as small as one address has its PTR here.
+                rrset = self._peers.get(apex)
+                top = {rrset.type: rrset} if rrset else {}
+            top[dns.SOA] = Response(dns.OK, True, (_rr(apex, soa, ttl),))
+            top[dns.ALL_RECORDS] = _apex_any(apex, ttl)
             if owners:
-                response = Response(
-                    dns.OK,
-                    True,
-                    tuple(owner.ns for owner in owners),
-                    additional=tuple(record for owner in owners for record in owner.glue),
-                )
-            self._ns = (owners, response)
-        if self._ns[1] is not None:
-            top[dns.NS] = self._ns[1]
-        self._nodes[apex] = top
-        # RFC 2308 section 3: the negative TTL is the lesser of the SOA's TTL
-        # and its minimum field.
-        negative = (_rr(apex, soa, min(soa.ttl, soa.minimum)),)
-        self._nxdomain = Response(dns.ENAME, True, authority=negative)
-        self._nodata = Response(dns.OK, True, authority=negative)
+                top[dns.NS] = self._ns[1][apex]
+            self._nodes[apex] = top
+            # RFC 2308 section 3: the negative TTL is the lesser of the SOA's
+            # TTL and its minimum field.
+            negative = (_rr(apex, soa, min(soa.ttl, soa.minimum)),)
+            self._negative[apex] = (
+                Response(dns.ENAME, True, authority=negative),
+                Response(dns.OK, True, authority=negative),
+            )
+
+    def _ns_response(self, apex, owners):
+        ttl = self.ttl
+        return Response(
+            dns.OK,
+            True,
+            tuple(_rr(apex, dns.Record_NS(b".".join(owner.labels), ttl), ttl) for owner in owners),
+            additional=tuple(record for owner in owners for record in owner.glue),
+        )

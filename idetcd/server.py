@@ -172,8 +172,8 @@ class _Replies:
     Wire replies for one zone.
 
     C{fast.table} maps the fast key of a UDP query (see L{_UDP}) to (head,
-    question end, tail): prepared for every question with data, filled from
-    the slow path for the rest.
+    question end, tail): prepared for every question with data (the SRV and
+    PTR RRsets when first asked), filled from the slow path for the rest.
     """
 
     authority = attr.ib()
@@ -259,6 +259,20 @@ class _Replies:
         self.encoded_count += 1
         return _prepare(labels, type, response)
 
+    def _prepare_late(self, labels, type, response):
+        """
+        Prepare a positive reply the authority builds only when asked (an
+        SRV or PTR RRset that grows with the members): like the others it
+        stays until a change touches its node, whatever the cache evicts,
+        so it is encoded once per change at most.
+        """
+        entry = self._entry(labels, type, response)
+        self._prepared[labels, type] = entry
+        self._types.setdefault(labels, set()).add(type)
+        self._encoded.table[labels, type, dns.IN] = entry.encoded
+        self.fast.table.update(entry.fast)
+        return entry.encoded
+
     def _forget(self, entry, labels, type):
         self._encoded.table.pop((labels, type, dns.IN), None)
         for key, _ in entry.fast:
@@ -328,10 +342,13 @@ class _Replies:
             key = (labels, query.type, query.cls)
             entry = self._encoded.table.get(key)
             if entry is None:
-                question = wire.name(labels) + query.question[-wire.TYPE_CLASS.size :]
                 response = self.authority.respond(labels, query.cls, query.type)
-                entry = wire.encode(labels, question, response)
-                self._encoded.put(key, entry)
+                if response.answers:
+                    entry = self._prepare_late(labels, query.type, response)
+                else:
+                    question = wire.name(labels) + query.question[-wire.TYPE_CLASS.size :]
+                    entry = wire.encode(labels, question, response)
+                    self._encoded.put(key, entry)
         return wire.template(entry, query.flags, len(query.question), limit, query.edns)
 
 

@@ -21,6 +21,7 @@ from idetcd.etcd import EtcdClient
 from idetcd.http import HttpEndpoint, health_site, ready_site
 from idetcd.identity import NodeIdentity
 from idetcd.ordered import OrderedMultiService
+from idetcd.peers import reverse_zones
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 from idetcd.state import NodeState, default_state_dir
@@ -105,7 +106,11 @@ class IdetcdService(OrderedMultiService):
         prefix = settings.prefix.encode("utf-8")
         self.registry = self._add("registry", Registry(self.client, prefix, self.reactor))
         authority = ZoneAuthority(
-            settings.pattern.zone, self.registry, settings.ttl, settings.nameservers
+            settings.pattern.zone,
+            self.registry,
+            settings.ttl,
+            settings.nameservers,
+            reverse=reverse_zones(self.block.zones),
         )
         self.dns = self._add(
             "dns",

@@ -353,6 +353,39 @@ def _labels(text):
     return tuple(text.split(b".")) if text else ()
 
 
+def record_size(record, pointer=False):
+    """
+    The most bytes C{record} takes in a reply: its owner written out, or,
+    with C{pointer}, a pointer to the question; its data as L{_Message}
+    writes it (names in NS and SOA data may take fewer, compressed).
+    """
+    payload = record.payload
+    if record.type in (dns.A, dns.AAAA):
+        data = len(payload.address)
+    elif record.type == dns.SRV:
+        data = 6 + _name_size(payload.target.name)
+    elif record.type in (dns.PTR, dns.NS):
+        data = _name_size(payload.name.name)
+    else:
+        out = io.BytesIO()
+        payload.encode(out, None)
+        data = len(out.getvalue())
+    return (2 if pointer else _name_size(record.name.name)) + _RECORD.size + data
+
+
+def _name_size(text):
+    # The wire form of the name "a.b" is 1 a 1 b 0: two bytes more.
+    return len(text) + 2 if text else 1
+
+
+def answer_room(labels):
+    """
+    The bytes a TCP reply to a question for C{labels} has for its records,
+    our OPT included.
+    """
+    return MAX_MESSAGE - HEADER.size - len(name(labels)) - TYPE_CLASS.size - _OPT.size
+
+
 def encode(labels, question, response):
     """
     Encode the records of C{response} (an L{idetcd.authority.Response}) for

@@ -11,6 +11,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
@@ -18,6 +19,8 @@ from idetcd import IdetcdService
 from idetcd.etcd import EtcdClient, _b64
 from idetcd.members import Member
 from tests.etcdserver import start_etcd
+from tests.test_etcd import sleep
+from tests.test_server import tcp_session
 
 COREFILE = """\
 tf.local.:0 {{
@@ -39,10 +42,15 @@ def address(index, generation=0):
     return f"10.{generation}.{index >> 8}.{index & 255}"
 
 
+def plain_member(index):
+    return Member("", (address(index),))
+
+
 @defer.inlineCallbacks
-def write_members(client, prefix, count, parallel=4):
+def write_members(client, prefix, count, parallel=4, member=plain_member):
     """
-    Put worker1 … worker{count} under C{prefix}, 128 to a transaction.
+    Put worker1 … worker{count} under C{prefix}, 128 to a transaction; the
+    value of worker{index} is C{member(index)}'s.
     """
 
     def txn(start):
@@ -50,7 +58,7 @@ def write_members(client, prefix, count, parallel=4):
             {
                 "request_put": {
                     "key": _b64(prefix + f"worker{index}.tf.local.".encode()),
-                    "value": _b64(Member("", (address(index),)).to_value()),
+                    "value": _b64(member(index).to_value()),
                 }
             }
             for index in range(start, min(start + TXN_OPS, count + 1))
@@ -85,11 +93,39 @@ def addresses(reply):
     return sorted(rr.address for rrset in reply.answer for rr in rrset)
 
 
+#: The same node with an SRV port, serving the reverse names of 10.0.0.0/8.
+PEERS_COREFILE = COREFILE.replace("tf.local.:0 {{", "tf.local.:0 10.in-addr.arpa.:0 {{").replace(
+    "address 127.0.0.1\n", "address 127.0.0.1\n        srv 2222\n"
+)
+
+
+def peer_member(index):
+    return Member("", (address(index),), role="worker", slot=index, srv=2222)
+
+
+def fitting_srv_targets(question_name, names):
+    """
+    The first of C{names} whose SRV records fit a 65,535-byte reply with an
+    OPT: 12 bytes of header, the question, 11 of OPT; each record a pointer
+    to the question, 10 bytes of type to length, 6 of priority, weight and
+    port, and its target written out.
+    """
+    room = 65535 - 12 - (len(question_name) + 1 + 4) - 11
+    used = 0
+    fitting = []
+    for name in names:
+        used += 2 + 10 + 6 + len(name) + 1
+        if used > room:
+            break
+        fitting.append(name)
+    return fitting
+
+
 class ScaleTests(unittest.TestCase):
     timeout = 600
 
     @defer.inlineCallbacks
-    def node(self, etcd, members):
+    def node(self, etcd, members, corefile=COREFILE, member=plain_member):
         """
         A node over C{members} members, written into C{etcd} under a prefix
         of their own, once it holds its name (worker{members + 1}).
@@ -97,8 +133,8 @@ class ScaleTests(unittest.TestCase):
         prefix = f"/scale{members}/"
         client = EtcdClient([etcd.client_url], reactor, timeout=60.0)
         self.addCleanup(client.close)
-        yield write_members(client, prefix.encode(), members)
-        text = COREFILE.format(endpoint=etcd.client_url, prefix=prefix)
+        yield write_members(client, prefix.encode(), members, member=member)
+        text = corefile.format(endpoint=etcd.client_url, prefix=prefix)
         node = IdetcdService.from_corefile(
             reactor, text=text, state_dir=os.path.abspath(self.mktemp())
         )
@@ -186,3 +222,81 @@ class ScaleTests(unittest.TestCase):
         self.assertEqual(addresses(reply), [address(members)])
         (reply,) = yield ask(port, [(node.held_name, "A")], tcp=True)
         self.assertEqual(addresses(reply), ["127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_ten_thousand_peers(self):
+        """
+        A role of 10,001 members: its SRV RRset does not fit one reply, so
+        UDP says TC and TCP carries the lowest slots that fit in 65,535
+        bytes; PTR answers for every address.  A storm of 1,000 joins of
+        another role builds that role's SRV reply at most once per question
+        asked during it, and never the first role's.
+        """
+        members = 10000
+        etcd = yield start_etcd(self)
+        node, client, prefix = yield self.node(etcd, members, PEERS_COREFILE, peer_member)
+        port = node.dns.port
+        authority = node.dns.authority
+
+        (reply,) = yield ask(port, [("_worker._tcp.tf.local", "SRV")])
+        self.assertTrue(reply.flags & dns.flags.TC)
+        self.assertEqual(reply.answer, [])
+        query = dns.message.make_query("_worker._tcp.tf.local", "SRV", use_edns=0)
+        (data,) = yield threads.deferToThread(tcp_session, port, [query.to_wire()])
+        self.assertLessEqual(len(data), 65535)
+        reply = dns.message.from_wire(data)
+        self.assertFalse(reply.flags & dns.flags.TC)
+        (rrset,) = reply.answer
+        names = [f"worker{slot}.tf.local." for slot in range(1, members + 2)]
+        self.assertEqual(
+            [str(r.target) for r in rrset], fitting_srv_targets("_worker._tcp.tf.local.", names)
+        )
+        self.assertGreater(len(rrset), 1500)
+        self.assertEqual({r.port for r in rrset}, {2222})
+
+        sample = random.Random(11).sample(range(1, members + 1), 100)
+        replies = yield ask(port, [(dns.reversename.from_address(address(i)), "PTR") for i in sample])
+        self.assertEqual(
+            [[str(r.target) for r in reply.answer[0]] for reply in replies],
+            [[f"worker{i}.tf.local."] for i in sample],
+        )
+        (reply,) = yield ask(port, [(dns.reversename.from_address("10.255.255.255"), "PTR")])
+        self.assertEqual(reply.rcode(), dns.rcode.NXDOMAIN)
+
+        changes = []
+        node.registry.subscribe_changes(changes.append)
+        builds = authority.peer_builds
+        asked = []
+        storm_over = []
+
+        @defer.inlineCallbacks
+        def keep_asking():
+            while not storm_over and len(asked) < 10000:
+                (reply,) = yield ask(port, [("_ps._tcp.tf.local", "SRV")], tcp=True)
+                asked.append(reply.rcode())
+                yield sleep(0.02)
+
+        def join(slot):
+            member = Member("", (f"10.250.{slot >> 8}.{slot & 255}",), role="ps", slot=slot, srv=2223)
+            return client.put(prefix + f"ps{slot}.tf.local.".encode(), member.to_value())
+
+        asking = keep_asking()
+        limit = defer.DeferredSemaphore(10)
+        yield defer.gatherResults([limit.run(join, slot) for slot in range(1, 1001)], consumeErrors=True)
+        _, revision = yield client.range(prefix + b"worker1.tf.local.")
+        yield node.registry.when_caught_up(revision)
+        storm_over.append(True)
+        yield asking
+
+        (reply,) = yield ask(port, [("_ps._tcp.tf.local", "SRV")], tcp=True)
+        self.assertEqual(
+            [str(r.target) for r in reply.answer[0]], [f"ps{slot}.tf.local." for slot in range(1, 1001)]
+        )
+        (reply,) = yield ask(port, [("_worker._tcp.tf.local", "SRV")], tcp=True)
+        self.assertEqual(len(reply.answer[0]), len(rrset))
+        # Builds: one per question after a change at most (and the last
+        # one), however many changes came; the workers' RRset none.
+        built = authority.peer_builds - builds
+        self.assertLessEqual(built, min(len(asked), len(changes)) + 1)
+        self.assertGreater(len(changes), 100)
+        self.assertTrue(asked)

@@ -1019,24 +1019,29 @@ class RateLimitedLogTests(unittest.TestCase):
         self.assertEqual([(e["kind"], e["skipped"]) for e in ours], [("a", 0), ("b", 0), ("a", 4)])
 
 
+@defer.inlineCallbacks
+def run_tool(case, port, tool, *args):
+    """
+    The output of C{tool} (dig, kdig) asking the server on C{port}, once
+    it exited cleanly; C{case} is skipped where the tool is not installed.
+    """
+    path = shutil.which(tool)
+    if path is None:
+        raise unittest.SkipTest(f"{tool} is not installed")
+    out, err, code = yield utils.getProcessOutputAndValue(
+        path, ("@" + HOST, "-p", str(port)) + args + ("+time=2",), env=os.environ
+    )
+    case.assertEqual(code, 0, (out + err).decode())
+    return out.decode()
+
+
 class ToolTests(ServerTestCase):
     """
     dig and kdig, when installed.
     """
 
-    @defer.inlineCallbacks
     def run_tool(self, tool, *args):
-        """
-        The output of C{tool} asking our server, once it exited cleanly.
-        """
-        path = shutil.which(tool)
-        if path is None:
-            raise unittest.SkipTest(f"{tool} is not installed")
-        out, err, code = yield utils.getProcessOutputAndValue(
-            path, ("@" + HOST, "-p", str(self.server.port)) + args + ("+time=2",), env=os.environ
-        )
-        self.assertEqual(code, 0, (out + err).decode())
-        return out.decode()
+        return run_tool(self, self.server.port, tool, *args)
 
     @defer.inlineCallbacks
     def test_dig(self):
