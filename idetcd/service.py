@@ -24,6 +24,7 @@ from idetcd.claimer import Claimer
 from idetcd.corefile import CorefileError, load, parse
 from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
+from idetcd.forward import Forwarder
 from idetcd.http import HttpEndpoint, health_site, ready_site
 from idetcd.members import Member
 from idetcd.registry import Registry
@@ -245,11 +246,15 @@ class IdetcdService(MultiService):
         authority = ZoneAuthority(
             settings.pattern.zone, self.registry, settings.ttl, settings.nameservers
         )
+        forward = self.block.forward
         self.dns = DNSServer(
             authority,
             port,
             interfaces=tuple(self.interfaces or self.block.binds or DEFAULT_BINDS),
             reactor=self.reactor,
+            forwarder=None if forward is None else Forwarder(
+                forward, settings.pattern.zone, self.block.zones, self.reactor
+            ),
         )
         # Child services, each listening only when its directive is present.
         if self.block.health is not None:
