@@ -2,7 +2,7 @@
 Relaying queries for names outside the served zone to upstream servers
 (the Corefile's C{forward}), for allowed clients only.
 
-The work is bounded: a query in flight holds one socket and two timers,
+The work is bounded: a query in flight holds one socket and one timer,
 and at most C{max_concurrent} are in flight; beyond that queries are
 dropped, so a flood cannot take the reactor from the lease keepalive.
 Each try leaves from a socket of its own, connected to the upstream (a
@@ -35,8 +35,12 @@ log = Logger()
 #: Seconds one upstream gets to answer one try, at most; the C{timeout}
 #: setting bounds all the tries of a query together.
 ATTEMPT = 2.0
+#: A try with less time than this left is not started: the time is up.
+MIN_ATTEMPT = 0.05
 #: Datagrams read from one upstream socket per reactor turn.
 READ_BATCH = 4
+#: Client addresses whose verdict (allowed or not) is remembered.
+VERDICTS = 4096
 #: The most of a resolv.conf file that is read.
 RESOLV_CONF_SIZE = 65536
 RA = 0x0080
@@ -122,6 +126,7 @@ class Forwarder:
     dropped = attr.ib(init=False, default=0)
     report = attr.ib(init=False, default=None)
     _closing = attr.ib(init=False, factory=set)  # TCP connections not yet closed
+    _verdicts = attr.ib(init=False, factory=dict)  # client address -> allowed
     _turn = attr.ib(init=False, default=0)
     _random = attr.ib(init=False, factory=random.Random)
 
@@ -199,6 +204,14 @@ class Forwarder:
         """
         Whether the client at address C{peer} may have its queries forwarded.
         """
+        verdict = self._verdicts.get(peer)
+        if verdict is None:
+            if len(self._verdicts) >= VERDICTS:
+                self._verdicts.clear()
+            verdict = self._verdicts[peer] = self._judge(peer)
+        return verdict
+
+    def _judge(self, peer):
         try:
             address = ipaddress.ip_address(peer)
         except ValueError:
@@ -267,28 +280,25 @@ class _Exchange:
     tcp = attr.ib()
     order = attr.ib()
     _fallback = attr.ib(init=False, default=None)  # an upstream's SERVFAIL or REFUSED
-    _deadline = attr.ib(init=False, default=None)
+    _deadline = attr.ib(init=False, default=None)  # when the time is up
     _attempt = attr.ib(init=False, default=None)
-    _timer = attr.ib(init=False, default=None)
+    _timer = attr.ib(init=False, default=None)  # the one timer: the try's
 
     def start(self):
-        self._deadline = self.forwarder.reactor.callLater(
-            self.forwarder.settings.timeout, self._expired
-        )
+        self._deadline = self.forwarder.reactor.seconds() + self.forwarder.settings.timeout
         self._next()
-
-    def _expired(self):
-        self.forwarder.report(
-            "forward-expired", "no answer from any upstream within {timeout} s",
-            timeout=self.forwarder.settings.timeout,
-        )
-        self._finish(None)
 
     def _next(self):
         self._stop_attempt()
         clock = self.forwarder.reactor
-        wait = min(ATTEMPT, self._deadline.getTime() - clock.seconds())
-        if not self.order or wait <= 0:
+        wait = min(ATTEMPT, self._deadline - clock.seconds())
+        if wait < MIN_ATTEMPT:
+            self.forwarder.report(
+                "forward-expired", "no answer from any upstream within {timeout} s",
+                timeout=self.forwarder.settings.timeout,
+            )
+            return self._finish(None)
+        if not self.order:
             return self._finish(None)
         upstream = self.order.popleft()
         id = secrets.randbits(16)
@@ -359,10 +369,8 @@ class _Exchange:
 
     def end(self):
         """
-        Stop every timer and close every socket of this query.
+        Stop the timer and close every socket of this query.
         """
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
         self._stop_attempt()
         self.forwarder.in_flight.discard(self)
 

@@ -23,7 +23,7 @@ from twisted.trial import unittest
 from idetcd import IdetcdService, wire
 from idetcd.authority import ZoneAuthority
 from idetcd.corefile import CorefileError, ForwardSettings, Upstream
-from idetcd.forward import Forwarder, reaches_itself, resolv_conf
+from idetcd.forward import VERDICTS, Forwarder, reaches_itself, resolv_conf
 from idetcd.server import DNSServer
 from tests.etcdserver import start_etcd
 from tests.test_authority import FakeRegistry, sample_members
@@ -644,6 +644,21 @@ class ChoiceTests(unittest.TestCase):
         refused = ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2001:db8::1", "::ffff:8.8.8.8", "nonsense"]
         self.assertEqual([a for a in allowed if not forwarder.allows(a)], [])
         self.assertEqual([a for a in refused if forwarder.allows(a)], [])
+
+    def test_verdicts_remembered_within_a_bound(self):
+        """
+        Verdicts are remembered per client address, but never more than
+        L{VERDICTS}: a client with many addresses cannot grow them.
+        """
+        forwarder = Forwarder(ForwardSettings((Upstream("192.0.2.1"),)), "tf.local.", (".",), reactor)
+        sizes = set()
+        for index in range(3 * VERDICTS):
+            address = f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"
+            self.assertTrue(forwarder.allows(address))
+            sizes.add(len(forwarder._verdicts))
+        self.assertEqual(max(sizes), VERDICTS)
+        self.assertFalse(forwarder.allows("192.0.2.9"))
+        self.assertFalse(forwarder.allows("192.0.2.9"))
 
     def test_covers(self):
         forwarder = Forwarder(
