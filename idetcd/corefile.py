@@ -92,6 +92,46 @@ HTTP_DEFAULTS = {"health": ":8080", "ready": ":8181"}
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class Upstream:
+    """
+    A DNS server that C{forward} relays queries to.
+    """
+
+    host: str
+    port: int = DEFAULT_PORT
+
+    def __str__(self):
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+#: Clients that may use C{forward} unless C{allow_recursion} says otherwise:
+#: loopback and the private, shared (CGNAT) and link-local ranges.
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+        "::1/128", "fc00::/7", "fe80::/10",
+    )
+)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ForwardSettings:
+    """
+    The C{forward} directive: C{upstreams} holds L{Upstream}s and the paths
+    of resolv.conf files, read when the node starts.  See the README.
+    """
+
+    upstreams: tuple
+    policy: str = "random"
+    max_concurrent: int = 1000
+    timeout: float = 4.0
+    allowed: tuple = PRIVATE_NETWORKS
+    filename: str = "Corefile"
+    line: int = 0
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class ServerBlock:
     """
     One server block: the zones it answers for, where, its idetcd block,
@@ -106,6 +146,7 @@ class ServerBlock:
     line: int = 0
     health: HttpAddress = None
     ready: HttpAddress = None
+    forward: ForwardSettings = None
 
 
 def parse(text, filename="Corefile", environ=None):
@@ -454,6 +495,77 @@ def _http_address(directive, text):
     return HttpAddress(host, int(port))
 
 
+def _upstream(text):
+    """
+    A C{forward} upstream: C{IP}, C{IP:PORT}, C{[IPv6]:PORT}, each maybe
+    after C{dns://}, or the path of a resolv.conf file (kept as text).
+    """
+    rest = text
+    scheme, separator, after = text.partition("://")
+    if separator:
+        if scheme.lower() != "dns":
+            raise ValueError(f"forward to {text!r}: only plain DNS (dns://) is supported")
+        rest = after
+    elif "/" in text:
+        return text
+    expected = (
+        "forward takes upstreams such as 10.0.0.1, 10.0.0.1:5353, [fd00::1]:53"
+        f" or /etc/resolv.conf, got {text!r}"
+    )
+    port = str(DEFAULT_PORT)
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or ":" not in host or tail[:1] not in ("", ":"):
+            raise ValueError(f"{expected} (brackets hold an IPv6 address)")
+        port = tail[1:] or port
+    elif rest.count(":") == 1:
+        host, _, port = rest.partition(":")
+    else:
+        host = rest
+    if not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        raise ValueError(f"{expected} (the port must be 1 to 65535)")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{expected} (the host must be an IP address)") from None
+    return Upstream(address.compressed, int(port))
+
+
+def _networks(args):
+    out = []
+    for arg in args:
+        try:
+            network = ipaddress.ip_network(arg)
+        except ValueError as e:
+            raise ValueError(
+                "allow_recursion takes networks such as 10.0.0.0/8 or addresses such as"
+                f" 192.0.2.7, got {arg!r} ({e})"
+            ) from None
+        if network in out:
+            raise ValueError(f"allow_recursion lists {network} twice")
+        out.append(network)
+    return tuple(out)
+
+
+def _seconds(name, low, high):
+    def convert(args):
+        text = args[0]
+        if not (re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3})?", text) and low <= float(text) <= high):
+            raise ValueError(f"{name} must be a number of seconds from {low} to {high}, got {text!r}")
+        return float(text)
+
+    return convert
+
+
+def _choice(name, choices):
+    def convert(args):
+        if args[0] not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {args[0]!r}")
+        return args[0]
+
+    return convert
+
+
 def _text(name, what, spaces):
     def convert(args):
         text = args[0]
@@ -480,6 +592,20 @@ _SETTINGS = {
     "state": ("state", 1, 1, _text("state", "a directory", spaces=True)),
     "ttl": ("ttl", 1, 1, _number("ttl", 0, 86400, " of seconds")),
     "wait": ("wait", 0, 0, lambda args: True),
+}
+
+
+#: How C{forward} orders its upstreams for each query (CoreDNS's policies).
+POLICIES = ("random", "round_robin", "sequential")
+#: The most upstreams one C{forward} takes (CoreDNS's limit).
+MAX_UPSTREAMS = 15
+
+# forward's block: directive: (ForwardSettings field, fewest, most, convert)
+_FORWARD_SETTINGS = {
+    "allow_recursion": ("allowed", 1, None, _networks),
+    "max_concurrent": ("max_concurrent", 1, 1, _number("max_concurrent", 1, 10000)),
+    "policy": ("policy", 1, 1, _choice("policy", POLICIES)),
+    "timeout": ("timeout", 1, 1, _seconds("timeout", 0.1, 10)),
 }
 
 
@@ -524,7 +650,7 @@ class _Reader(_Failing):
     def server_block(self, keys, body):
         zones, port = self.keys(keys)
         binds = ()
-        idetcd = None
+        idetcd = forward = None
         seen = {}
         http = {}
         for directive in body:
@@ -537,21 +663,85 @@ class _Reader(_Failing):
             elif directive.name in HTTP_DEFAULTS:
                 self.once(seen, directive, "this server block")
                 http[directive.name] = self.http(directive, http)
+            elif directive.name == "forward":
+                self.once(seen, directive, "this server block")
+                forward = self.forward(directive)
             else:
                 self.fail(
                     directive.line,
                     f"unknown directive {directive.name!r}"
-                    f" (expected one of: bind, {', '.join(HTTP_DEFAULTS)}, idetcd)",
+                    f" (expected one of: bind, forward, {', '.join(HTTP_DEFAULTS)}, idetcd)",
                 )
         if http and idetcd is None:
             first = min(http, key=seen.get)
             self.fail(seen[first], f"{first!r} reports on idetcd: this server block has no idetcd directive")
+        if forward is not None and idetcd is None:
+            self.fail(
+                forward.line,
+                "'forward' serves beside idetcd: this server block has no idetcd directive",
+            )
         self.endpoints.extend(
             (f"{name} of the block on line {keys[0].line}", address) for name, (address, _) in http.items()
         )
         return ServerBlock(
-            zones, port, binds, idetcd, self.filename, keys[0].line, **{k: a for k, (a, _) in http.items()}
+            zones, port, binds, idetcd, self.filename, keys[0].line,
+            forward=forward, **{k: a for k, (a, _) in http.items()},
         )
+
+    def forward(self, directive):
+        """
+        C{forward . UPSTREAM… [{ settings }]}: only C{.} as FROM, which
+        relays every name outside the node's zone.
+        """
+        args = self.arguments(directive, 0, None, block=True)
+        if len(args) < 2:
+            self.fail(
+                directive.line,
+                "forward needs FROM and at least one upstream, such as: forward . 10.0.0.1"
+                " (or forward . /etc/resolv.conf)",
+            )
+        origin = args[0][len("dns://") :] if args[0].lower().startswith("dns://") else args[0]
+        if origin != ".":
+            self.fail(
+                directive.line,
+                f"forward relays every name outside this node's zones: FROM must be '.',"
+                f" got {args[0]!r}",
+            )
+        upstreams = []
+        for text in args[1:]:
+            upstream = self.convert(directive, lambda: _upstream(text))
+            if upstream in upstreams:
+                self.fail(directive.line, f"forward lists {upstream} twice")
+            upstreams.append(upstream)
+        if len(upstreams) > MAX_UPSTREAMS:
+            self.fail(
+                directive.line,
+                f"forward takes at most {MAX_UPSTREAMS} upstreams, got {len(upstreams)}",
+            )
+        _, values = self.settings(directive, _FORWARD_SETTINGS)
+        return ForwardSettings(
+            tuple(upstreams), filename=self.filename, line=directive.line, **values
+        )
+
+    def settings(self, directive, table):
+        """
+        The settings in C{directive}'s block, each at most once, by the
+        C{table} of their directives: (the line of each, values by field).
+        """
+        seen = {}
+        values = {}
+        for setting in directive.block or ():
+            if setting.name not in table:
+                self.fail(
+                    setting.line,
+                    f"unknown directive {setting.name!r} in {directive.name}"
+                    f" (expected one of: {', '.join(table)})",
+                )
+            self.once(seen, setting, directive.name)
+            field, fewest, most, convert = table[setting.name]
+            args = self.arguments(setting, fewest, most)
+            values[field] = self.convert(setting, lambda: convert(args))
+        return seen, values
 
     def http(self, directive, others):
         """
@@ -626,19 +816,7 @@ class _Reader(_Failing):
                 "idetcd needs a block with at least a pattern:"
                 " idetcd { pattern worker{{.ID}}.tf.local. }",
             )
-        seen = {}
-        values = {}
-        for setting in directive.block:
-            if setting.name not in _SETTINGS:
-                self.fail(
-                    setting.line,
-                    f"unknown directive {setting.name!r} in idetcd"
-                    f" (expected one of: {', '.join(_SETTINGS)})",
-                )
-            self.once(seen, setting, "idetcd")
-            field, fewest, most, convert = _SETTINGS[setting.name]
-            args = self.arguments(setting, fewest, most)
-            values[field] = self.convert(setting, lambda: convert(args))
+        seen, values = self.settings(directive, _SETTINGS)
         if "pattern" not in values:
             self.fail(
                 directive.line,

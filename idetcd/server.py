@@ -11,6 +11,7 @@ until the next change.
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import socket
 import struct
@@ -178,6 +179,8 @@ class _Replies:
 
     authority = attr.ib()
     report = attr.ib()
+    #: Relays queries outside the zone, or None (they are refused).
+    forwarder = attr.ib(default=None)
     fast = attr.ib(init=False, factory=lambda: _Cache(CACHE_SIZE))
     #: How many replies were encoded for the prepared tables so far.
     encoded_count = attr.ib(init=False, default=0)
@@ -278,13 +281,14 @@ class _Replies:
         for key, _ in entry.fast:
             self.fast.table.pop(key, None)
 
-    def udp(self, data, key, peer):
+    def udp(self, data, key, peer, send):
         """
         The reply to a datagram the fast table missed; a reply to a query
-        goes into that table under C{key}.
+        goes into that table under C{key}.  A forwarded query's reply goes
+        to C{send} later.
         """
         try:
-            query = self._read(data, peer)
+            query = self._read(data, peer, send, tcp=False)
         except _Unanswered as e:
             return e.reply
         head, tail = self._template(query, _udp_limit(query.edns))
@@ -292,18 +296,19 @@ class _Replies:
             self.fast.put(key, (head, wire.HEADER.size + len(query.question), tail))
         return data[:2] + head + query.question + tail
 
-    def tcp(self, data, peer):
+    def tcp(self, data, peer, send):
         """
-        The reply to one message from a TCP stream, or L{None}.
+        The reply to one message from a TCP stream, or L{None}; a forwarded
+        query's reply goes to C{send} later.
         """
         try:
-            query = self._read(data, peer)
+            query = self._read(data, peer, send, tcp=True)
         except _Unanswered as e:
             return e.reply
         head, tail = self._template(query, wire.MAX_MESSAGE)
         return data[:2] + head + query.question + tail
 
-    def _read(self, data, peer):
+    def _read(self, data, peer, send, tcp):
         if len(data) < wire.HEADER.size:
             self.report(
                 "short", "dropped {size} bytes from {peer}: no header", size=len(data), peer=peer
@@ -325,6 +330,15 @@ class _Replies:
         if query.signed is not None:
             self.report("tsig", "TSIG-signed query from {peer}: no keys here, BADKEY", peer=peer)
             raise _Unanswered(wire.badkey(data, query))
+        forwarder = self.forwarder
+        if forwarder is not None and forwarder.covers(query):
+            if forwarder.allows(peer):
+                forwarder.relay(data, query, send, tcp)
+                raise _Unanswered(None)
+            # REFUSED, as without forward, but never cached: an allowed
+            # client asking the same gets an answer.
+            head, tail = self._template(query, wire.MAX_MESSAGE)
+            raise _Unanswered(data[:2] + head + query.question + tail)
         return query
 
     def _not_implemented(self, data, flags, peer, edns):
@@ -448,12 +462,16 @@ class _UDP(protocol.DatagramProtocol):
         key = data[2:12] + data[12:zero].lower() + data[zero:]
         hit = self._fast.get(key)
         if hit is None:
-            reply = self._replies.udp(data, key, address[0])
+            send = functools.partial(self._send, pktinfo, address)
+            reply = self._replies.udp(data, key, address[0], send)
             if reply is None:
                 return
         else:
             head, end, tail = hit
             reply = data[:2] + head + data[12:end] + tail
+        self._send(pktinfo, address, reply)
+
+    def _send(self, pktinfo, address, reply):
         try:
             self._sendmsg((reply,), pktinfo, 0, address)
         except OSError as e:
@@ -508,7 +526,7 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             if len(buffer) < end:
                 break
             self.resetTimeout()
-            reply = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer)
+            reply = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer, self._send)
             answered += 1
             offset = end
             if reply is not None:
@@ -528,6 +546,15 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         elif self._holding:
             self._holding = False
             self.transport.resumeProducing()
+
+    def _send(self, reply):
+        """
+        Send a reply that came later (RFC 7766 allows any order), unless
+        the client has gone.
+        """
+        if self.transport.connected and not self.transport.disconnecting:
+            self.resetTimeout()
+            self.transport.write(_FLAGS.pack(len(reply)) + reply)
 
     def pauseProducing(self):
         self._blocked = True
@@ -656,6 +683,8 @@ class DNSServer(service.Service):
     tcp_idle_timeout = attr.ib(default=10.0)
     max_tcp_connections = attr.ib(default=1000)
     max_tcp_per_client = attr.ib(default=MAX_TCP_PER_CLIENT)
+    #: An L{idetcd.forward.Forwarder} for names outside the zone, or None.
+    forwarder = attr.ib(default=None)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -687,7 +716,7 @@ class DNSServer(service.Service):
         if self._listening:
             return
         report = RateLimitedLog(self.reactor)
-        self._replies = _Replies(self.authority, report)
+        self._replies = _Replies(self.authority, report, self.forwarder)
         self._replies.rebuild()
         self._tcp = _TCPFactory(
             self._replies,
@@ -704,6 +733,14 @@ class DNSServer(service.Service):
             except CannotListenError:
                 if attempt + 1 == attempts:
                     raise
+        if self.forwarder is not None:
+            try:
+                self.forwarder.start(self.port, self.interfaces, report)
+            except BaseException:
+                for listening in self._listening:
+                    listening.stopListening()
+                self._listening = []
+                raise
 
     def startService(self):
         """
@@ -754,6 +791,8 @@ class DNSServer(service.Service):
             self._unsubscribe()
             self._unsubscribe = None
         waiting = [defer.maybeDeferred(port.stopListening) for port in self._listening]
+        if self.forwarder is not None:
+            waiting.append(self.forwarder.stop())
         self._listening = []
         if self._tcp is not None:
             self._tcp.stop()

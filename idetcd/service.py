@@ -18,6 +18,7 @@ from idetcd.claimer import Claimer
 from idetcd.corefile import CorefileError, load, parse
 from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
+from idetcd.forward import Forwarder
 from idetcd.http import HttpEndpoint, health_site, ready_site
 from idetcd.identity import NodeIdentity
 from idetcd.ordered import OrderedMultiService
@@ -119,6 +120,9 @@ class IdetcdService(OrderedMultiService):
                 port,
                 interfaces=tuple(self.interfaces or self.block.binds or DEFAULT_BINDS),
                 reactor=self.reactor,
+                forwarder=None if self.block.forward is None else Forwarder(
+                    self.block.forward, settings.pattern.zone, self.block.zones, self.reactor
+                ),
             ),
         )
         # Each HTTP endpoint listens only when its directive is present.

@@ -49,10 +49,10 @@ def pointer_chain(size, section):
     return query[:4] + struct.pack("!4H", 1, *counts) + query[12:] + records
 
 
-def udp_mix(rng, count):
+def udp_mix(rng, count, zone="tf.local"):
     """
-    C{count} datagrams: known names, unknown ones (each a cache miss) and
-    malformed queries.
+    C{count} datagrams: known names, unknown ones in C{zone} (each a cache
+    miss) and malformed queries.
     """
     known = [
         dns.message.make_query(f"worker{i}.tf.local", "A").to_wire() for i in range(1, 6)
@@ -64,7 +64,7 @@ def udp_mix(rng, count):
             packets.append(rng.choice(known))
         elif kind == 2:
             label = "".join(rng.choice("abcdefghij") for _ in range(12))
-            packets.append(dns.message.make_query(f"{label}.tf.local", "A").to_wire())
+            packets.append(dns.message.make_query(f"{label}.{zone}", "A").to_wire())
         else:
             packets.append(pointer_chain(rng.choice((200, 1000)), "additional"))
     return packets
@@ -86,17 +86,17 @@ def _pipeliners(port, count):
     return sockets
 
 
-def flood(port, seconds, tcp=0, udp=False, rate=None, limit=10_000_000, seed=9):
+def flood(port, seconds, tcp=0, udp=False, rate=None, limit=10_000_000, seed=9, zone="tf.local"):
     """
     For C{seconds}: C{tcp} connections pipelining queries for 1.3 KB
     answers without ever reading one, and, with C{udp}, a stream of
     datagrams, C{rate} a second or as fast as the socket takes them (at
-    most C{limit}).
+    most C{limit}), whose unknown names lie in C{zone}.
     """
     counts = collections.Counter()
     query = dns.message.make_query("huge.tf.local", "A").to_wire()
     chunk = (struct.pack("!H", len(query)) + query) * 64
-    packets = udp_mix(random.Random(seed), 4096)
+    packets = udp_mix(random.Random(seed), 4096, zone)
     pipeliners = _pipeliners(port, tcp)
     counts["tcp connections"] = len(pipeliners)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -178,11 +178,14 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=10_000_000, help="UDP datagrams at most")
     parser.add_argument("--chain", choices=("udp", "tcp"), help="pointer-chain queries instead")
     parser.add_argument("--count", type=int, default=100, help="pointer-chain queries to send")
+    parser.add_argument("--zone", default="tf.local", help="the zone of the unknown UDP names")
     args = parser.parse_args(argv)
     if args.chain:
         counts = chain(args.port, args.chain, args.count, args.seconds)
     else:
-        counts = flood(args.port, args.seconds, args.tcp, args.udp, args.rate, args.limit)
+        counts = flood(
+            args.port, args.seconds, args.tcp, args.udp, args.rate, args.limit, zone=args.zone
+        )
     json.dump(dict(counts), sys.stdout)
     print()
 

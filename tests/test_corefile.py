@@ -7,7 +7,17 @@ import os
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from idetcd.corefile import CorefileError, HttpAddress, IdetcdSettings, ServerBlock, load, parse
+from idetcd.corefile import (
+    PRIVATE_NETWORKS,
+    CorefileError,
+    ForwardSettings,
+    HttpAddress,
+    IdetcdSettings,
+    ServerBlock,
+    Upstream,
+    load,
+    parse,
+)
 from idetcd.pattern import Pattern
 
 ORIGINAL = """\
@@ -354,8 +364,7 @@ class ServerBlockTests(ErrorAssertions, TestCase):
 
     def test_directive_errors(self):
         cases = [
-            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, health, ready, idetcd)"),
-            (". {\n    forward . 8.8.8.8\n}", 2, "unknown directive 'forward'"),
+            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, forward, health, ready, idetcd)"),
             (". {\n    import snippet\n}", 2, "unknown directive 'import'"),
             (". {\n    idetcd\n}", 2, "idetcd needs a block", "pattern"),
             (". {\n    idetcd x {\n    pattern w{{.ID}}.x.\n    }\n}", 2, "'idetcd' takes no arguments, got 1"),
@@ -716,3 +725,95 @@ class HttpEndpointTests(TestCase, ErrorAssertions):
         )
         blocks = parse(with_http("ready :0") + second.replace(":8181", ":0"), environ={})
         self.assertEqual([b.ready for b in blocks], [HttpAddress("", 0), None])
+
+
+class ForwardTests(TestCase, ErrorAssertions):
+    """
+    C{forward . UPSTREAM…}: CoreDNS's syntax, with only C{.} as FROM.
+    """
+
+    def forward(self, *lines):
+        (block,) = parse(with_http(*lines), environ={})
+        return block.forward
+
+    def test_absent(self):
+        self.assertIsNone(self.forward())
+
+    def test_defaults(self):
+        self.assertEqual(
+            self.forward("forward . 10.0.0.1"),
+            ForwardSettings(
+                (Upstream("10.0.0.1", 53),), "random", 1000, 4.0, PRIVATE_NETWORKS, "Corefile", 2
+            ),
+        )
+        self.assertEqual(
+            [str(network) for network in PRIVATE_NETWORKS],
+            [
+                "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                "::1/128", "fc00::/7", "fe80::/10",
+            ],
+        )
+
+    def test_upstream_shapes(self):
+        forward = self.forward(
+            "forward dns://. 10.0.0.1:5353 DNS://10.0.0.2 [fd00::1]:54 fd00::2 [fd00::3]"
+            " dns://[::1]:55 /etc/resolv.conf ./resolv.conf"
+        )
+        self.assertEqual(
+            forward.upstreams,
+            (
+                Upstream("10.0.0.1", 5353), Upstream("10.0.0.2"), Upstream("fd00::1", 54),
+                Upstream("fd00::2"), Upstream("fd00::3"), Upstream("::1", 55),
+                "/etc/resolv.conf", "./resolv.conf",
+            ),
+        )
+        self.assertEqual([str(u) for u in forward.upstreams[:4]], ["10.0.0.1:5353", "10.0.0.2:53", "[fd00::1]:54", "[fd00::2]:53"])
+
+    def test_settings(self):
+        forward = self.forward(
+            "forward . 10.0.0.1 {",
+            "    policy sequential",
+            "    max_concurrent 20",
+            "    timeout 1.5",
+            "    allow_recursion 10.1.0.0/16 192.0.2.7 fd00::/8",
+            "}",
+        )
+        self.assertEqual(
+            (forward.policy, forward.max_concurrent, forward.timeout, [str(n) for n in forward.allowed]),
+            ("sequential", 20, 1.5, ["10.1.0.0/16", "192.0.2.7/32", "fd00::/8"]),
+        )
+        self.assertEqual(self.forward("forward . 10.0.0.1 {", "}").policy, "random")
+        self.assertEqual(self.forward("forward . 10.0.0.1 {", "policy round_robin", "}").policy, "round_robin")
+
+    def test_errors(self):
+        cases = [
+            (["forward"], 2, "forward needs FROM and at least one upstream, such as: forward . 10.0.0.1"),
+            (["forward ."], 2, "forward needs FROM and at least one upstream"),
+            (["forward example.com 10.0.0.1"], 2, "FROM must be '.', got 'example.com'"),
+            (["forward . tls://9.9.9.9"], 2, "forward to 'tls://9.9.9.9': only plain DNS (dns://) is supported"),
+            (["forward . dns.google"], 2, "got 'dns.google' (the host must be an IP address)"),
+            (["forward . 10.0.0.1:0"], 2, "the port must be 1 to 65535"),
+            (["forward . 10.0.0.1:dns"], 2, "the port must be 1 to 65535"),
+            (["forward . [10.0.0.1]:53"], 2, "brackets hold an IPv6 address"),
+            (["forward . [fd00::1]53"], 2, "brackets hold an IPv6 address"),
+            (["forward . 10.0.0.1 10.0.0.1:53"], 2, "forward lists 10.0.0.1:53 twice"),
+            (["forward . " + " ".join(f"10.0.0.{i}" for i in range(1, 17))], 2, "at most 15 upstreams, got 16"),
+            (["forward . 10.0.0.1", "forward . 10.0.0.2"], 3, "duplicate 'forward' in this server block", "first on line 2"),
+            (["forward . 10.0.0.1 {", "force_tcp", "}"], 3, "unknown directive 'force_tcp' in forward", "expected one of: allow_recursion, max_concurrent, policy, timeout"),
+            (["forward . 10.0.0.1 {", "policy fastest", "}"], 3, "policy must be one of random, round_robin, sequential, got 'fastest'"),
+            (["forward . 10.0.0.1 {", "max_concurrent 0", "}"], 3, "max_concurrent must be a whole number from 1 to 10000"),
+            (["forward . 10.0.0.1 {", "timeout 0.05", "}"], 3, "timeout must be a number of seconds from 0.1 to 10"),
+            (["forward . 10.0.0.1 {", "timeout 5s", "}"], 3, "timeout must be a number of seconds"),
+            (["forward . 10.0.0.1 {", "timeout 2", "timeout 3", "}"], 4, "duplicate 'timeout' in forward"),
+            (["forward . 10.0.0.1 {", "allow_recursion", "}"], 3, "'allow_recursion' needs at least 1 argument"),
+            (["forward . 10.0.0.1 {", "allow_recursion 10.0.0.1/8", "}"], 3, "allow_recursion takes networks", "has host bits set"),
+            (["forward . 10.0.0.1 {", "allow_recursion any", "}"], 3, "allow_recursion takes networks", "got 'any'"),
+            (["forward . 10.0.0.1 {", "allow_recursion ::1 0::1", "}"], 3, "allow_recursion lists ::1/128 twice"),
+        ]
+        for lines, line, *words in cases:
+            self.assertCorefileError(with_http(*lines), line, *words)
+
+    def test_needs_idetcd(self):
+        self.assertCorefileError(
+            ".:1053 {\n    forward . 10.0.0.1\n}\n", 2, "'forward' serves beside idetcd", "no idetcd directive"
+        )
