@@ -94,7 +94,7 @@ class WatchLineTests(unittest.TestCase):
         return self.client.opened[-1][2]
 
     def watch_logs(self):
-        return [e for e in self.logged if e.get("log_namespace") == "idetcd.etcd"]
+        return [e for e in self.logged if e.get("log_namespace") == "idetcd.etcd.watch"]
 
     def test_error_line_resumes_on_next_endpoint(self):
         """
@@ -212,7 +212,7 @@ class IsolatedMemberTests(unittest.TestCase):
         logged = []
 
         def observe(event):
-            if event.get("log_namespace") == "idetcd.etcd":
+            if event.get("log_namespace") == "idetcd.etcd.watch":
                 logged.append(event)
 
         globalLogPublisher.addObserver(observe)

@@ -1,25 +1,23 @@
 """
-etcd's v3 API, spoken through its JSON gateway with treq.
-
-All etcd I/O of idetcd lives here.  The gateway answers on ``/v3`` from etcd
-3.4 on; keys and values travel base64-encoded and int64 fields come back as
-JSON strings, so this module turns them into L{bytes} and L{int}.
+The request side of etcd's v3 API, spoken through its JSON gateway with
+treq: each call goes to the current endpoint and moves on to the next one
+when that one does not answer.
 """
 
 import base64
 import json
-import socket
+
 import attr
 import treq
 from twisted.internet import defer
 from twisted.internet.error import ConnectingCancelledError
-from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool
 
-from idetcd.backoff import Backoff
-
-log = Logger()
+from idetcd.etcd.connections import _EtcdConnections
+from idetcd.etcd.errors import EtcdError, EtcdUnavailable, LeaseNotFound
+from idetcd.etcd.values import KeyValue, LeaseInfo, TxnResult, _b64, _range_body
+from idetcd.etcd.watch import Watch
 
 #: etcd's gRPC codes that say "this member cannot serve now, another may".
 _UNAVAILABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
@@ -27,8 +25,6 @@ _NOT_FOUND = 5
 #: Keys per request of L{EtcdClient.range_paged}: about 250 KB of JSON
 #: for idetcd's members.
 RANGE_PAGE = 1000
-#: A watch line longer than this is a broken stream, not a result.
-MAX_WATCH_LINE = 64 * 1024 * 1024
 
 #: Every request asks etcd to refuse it (gRPC code 14, "etcdserver: no
 #: leader") on a member that has lost its leader, before it is proposed:
@@ -43,78 +39,6 @@ _HEADERS = {
 }
 
 
-#: TCP keepalive on etcd connections: a watch on a peer that vanished
-#: without a reset (host down, partition) is noticed in about 11 s, where
-#: etcd's own progress notifications come every 10 minutes.
-KEEPALIVE = (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
-
-
-def _keep_alive(transport):
-    sock = transport.getHandle()
-    if not isinstance(sock, socket.socket):
-        return  # TLS: the handle is the TLS connection, left as it is
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in KEEPALIVE:
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-
-
-class _EtcdConnections(_HTTP11ClientFactory):
-    # One log line per etcd connection would drown the node's own log.
-    noisy = False
-
-    def buildProtocol(self, addr):
-        protocol = _HTTP11ClientFactory.buildProtocol(self, addr)
-        made = protocol.connectionMade
-
-        def connectionMade():
-            _keep_alive(protocol.transport)
-            made()
-
-        protocol.connectionMade = connectionMade
-        return protocol
-
-
-class EtcdError(Exception):
-    """
-    etcd refused a request; C{code} is its gRPC status code.
-    """
-
-    def __init__(self, code, message):
-        super().__init__(f"etcd error {code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class LeaseNotFound(EtcdError):
-    """
-    The lease named in a request does not exist (any more).
-    """
-
-
-class EtcdUnavailable(Exception):
-    """
-    No endpoint answered.
-    """
-
-
-class ResyncNeeded(Exception):
-    """
-    A watch cannot go on from where it was: the caller must read everything
-    again and start a new one.
-    """
-
-
-class Compacted(ResyncNeeded):
-    """
-    A watch asked for revisions that etcd has compacted away.
-    """
-
-    def __init__(self, compact_revision):
-        super().__init__(f"revisions before {compact_revision} are compacted")
-        self.compact_revision = compact_revision
-
-
 def _cancelled(failure):
     """
     Whether C{failure} comes from cancelling the request, directly or
@@ -123,83 +47,6 @@ def _cancelled(failure):
     if failure.check(defer.CancelledError, ConnectingCancelledError):
         return True
     return any(_cancelled(reason) for reason in getattr(failure.value, "reasons", ()))
-
-
-def _range_body(key, range_end=None):
-    # etcd reads an empty key as "no key given"; "\0" with a range end
-    # means the same start: the very first key.
-    body = {"key": _b64(key or b"\0")}
-    if range_end is not None:
-        body["range_end"] = _b64(range_end)
-    return body
-
-
-def _b64(data):
-    return base64.b64encode(data).decode("ascii")
-
-
-def prefix_range_end(prefix):
-    """
-    The C{range_end} that makes a range or watch cover every key starting
-    with C{prefix}; for the empty prefix, every key.
-    """
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return b"\0"
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class KeyValue:
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    lease: int
-
-    @classmethod
-    def from_json(cls, kv):
-        return cls(
-            key=base64.b64decode(kv.get("key", "")),
-            value=base64.b64decode(kv.get("value", "")),
-            create_revision=int(kv.get("create_revision", 0)),
-            mod_revision=int(kv.get("mod_revision", 0)),
-            lease=int(kv.get("lease", 0)),
-        )
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class Event:
-    """
-    One change seen by a watch; C{deleted} tells a delete from a put.
-    """
-
-    deleted: bool
-    kv: KeyValue
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class TxnResult:
-    """
-    The outcome of a create: whether it won, and if not, what holds the key.
-    """
-
-    succeeded: bool
-    revision: int
-    existing: "KeyValue | None"
-
-
-@attr.s(frozen=True, slots=True, auto_attribs=True)
-class LeaseInfo:
-    """
-    A lease as etcd reports it: seconds left, the TTL it was granted with,
-    and (when asked for) the keys attached to it.
-    """
-
-    ttl: int
-    granted_ttl: int
-    keys: frozenset
-    revision: int
 
 
 @attr.s(eq=False)
@@ -528,223 +375,3 @@ class EtcdClient:
         for d in list(self._pending):
             d.cancel()
         return self._pool.closeCachedConnections()
-
-
-class _WatchStream:
-    """
-    Reads a watch's never-ending body: newline-separated JSON objects that a
-    TCP read may split anywhere.
-    """
-
-    def __init__(self, on_result):
-        self._on_result = on_result
-        self._pieces = []
-        self._size = 0
-        self.transport = None
-        self.finished = defer.Deferred()
-
-    def makeConnection(self, transport):
-        self.transport = transport
-
-    def dataReceived(self, data):
-        # Look for line ends only in the new data, so a long line costs
-        # linear time however many pieces it arrives in.
-        while self.transport is not None:
-            end = data.find(b"\n")
-            if end < 0:
-                break
-            line = b"".join(self._pieces) + data[:end]
-            self._pieces, self._size, data = [], 0, data[end + 1 :]
-            if line.strip():
-                self._on_result(line)
-        if data:
-            self._pieces.append(data)
-            self._size += len(data)
-            if self._size > MAX_WATCH_LINE:
-                self._pieces, self._size = [], 0
-                self.stop()
-
-    def connectionLost(self, reason):
-        self.transport = None
-        if reason.check(ResponseDone) and self._pieces:
-            # etcd ends a watch with an error object and no line end.
-            line, self._pieces, self._size = b"".join(self._pieces), [], 0
-            if line.strip():
-                self._on_result(line)
-        self.finished.callback(None)
-
-    def stop(self):
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-
-def _watch_result(line):
-    """
-    The C{result} object of one watch line; raises L{EtcdError} for the
-    error object etcd (3.4, 3.5) sends, as the stream's last chunk and with
-    no line end, when it ends a watch; L{ValueError} for anything else that
-    is not a result.
-    """
-    data = json.loads(line)
-    if not isinstance(data, dict):
-        raise ValueError(f"not a JSON object: {line[:100]!r}")
-    result = data.get("result")
-    if isinstance(result, dict):
-        return result
-    error = data.get("error")
-    if isinstance(error, dict):
-        # The gateway's stream error: {"error": {"grpc_code", "http_code",
-        # "message", "http_status"}}.
-        raise EtcdError(error.get("grpc_code", -1), error.get("message") or "watch failed")
-    if error is not None:
-        raise EtcdError(data.get("code", -1), data.get("message") or str(error))
-    raise ValueError(f"neither a result nor an error: {line[:100]!r}")
-
-
-@attr.s(eq=False)
-class Watch:
-    """
-    A watch over a key range that, when its stream breaks or etcd ends it
-    (as it does a few seconds after the member loses its leader), resumes on
-    the client's next endpoint after the last revision it delivered, so no
-    change is lost or seen twice across an etcd restart or a member cut off
-    from its peers.
-
-    C{on_events(events, revision)} gets each batch of L{Event}s.  C{done}
-    fires when the watch is stopped, and fails with L{ResyncNeeded} (or its
-    L{Compacted}) when it cannot resume: etcd no longer has the revisions,
-    or cancelled the watch.  The caller must then read everything again.
-    """
-
-    client = attr.ib()
-    key = attr.ib()
-    range_end = attr.ib()
-    next_revision = attr.ib()
-    on_events = attr.ib()
-    backoff = attr.ib(factory=lambda: Backoff(maximum=2.0))
-    done = attr.ib(factory=defer.Deferred, init=False)
-    _stream = attr.ib(default=None, init=False)
-    _opening = attr.ib(default=None, init=False)
-    _retry = attr.ib(default=None, init=False)
-    #: Consecutive streams that broke, and when that was last logged.
-    _breaks = attr.ib(default=0, init=False)
-    _logged_at = attr.ib(default=0.0, init=False)
-    log_interval = 30.0
-
-    def start(self):
-        if self.done.called:
-            return
-        self._retry = None
-        body = {
-            "create_request": {
-                **_range_body(self.key, self.range_end),
-                "start_revision": str(self.next_revision),
-                "progress_notify": True,
-            }
-        }
-        index = self.client._current
-        stream = self._stream = _WatchStream(lambda line: self._line(stream, index, line))
-        self._opening = self.client._open_watch_stream(index, body, stream)
-        self._opening.addErrback(lambda failure: self._broken(stream, index, failure))
-        stream.finished.addCallback(lambda _: self._broken(stream, index, None))
-
-    def _line(self, stream, index, line):
-        if stream is not self._stream:
-            return  # more of a stream already given up
-        try:
-            result = _watch_result(line)
-            compact_revision = int(result.get("compact_revision", 0))
-            current = int(result.get("header", {}).get("revision", 0))
-            events = [
-                Event(raw.get("type") == "DELETE", KeyValue.from_json(raw.get("kv", {})))
-                for raw in result.get("events", ())
-            ]
-        except (EtcdError, ValueError, TypeError, AttributeError) as e:
-            # etcd ended the watch ("no leader": this member is cut off from
-            # its peers), or the stream is garbled and a line with events
-            # may be lost.  Either way, resume from the last revision
-            # delivered, elsewhere.
-            stream.stop()
-            self._broken(stream, index, Failure(e))
-            return
-        self._working(index)
-        if compact_revision:
-            self._finish(Compacted(compact_revision))
-            return
-        if result.get("created") and current < self.next_revision - 1:
-            # The store went back in time (restored from a snapshot, or a new
-            # cluster): the revisions we resume from are not the same ones.
-            self._finish(ResyncNeeded(f"etcd's revision went back to {current}"))
-            return
-        if result.get("canceled"):
-            # etcd gave up on this watch for a reason of its own.
-            self._finish(ResyncNeeded(result.get("cancel_reason") or "etcd cancelled the watch"))
-            return
-        if events:
-            revision = max(event.kv.mod_revision for event in events)
-            self.next_revision = revision + 1
-            self.on_events(events, revision)
-        elif not result.get("created"):
-            # A progress notification: everything up to here was delivered.
-            self.next_revision = max(self.next_revision, current + 1)
-
-    def _working(self, index):
-        self.backoff.reset()
-        if self._breaks:
-            log.info(
-                "etcd watch resumed on {endpoint} from revision {revision} after {breaks} broken streams",
-                endpoint=self.client.endpoints[index],
-                revision=self.next_revision,
-                breaks=self._breaks,
-            )
-            self._breaks = 0
-
-    def _broken(self, stream, index, failure):
-        """
-        The stream on endpoint C{index} ended or failed: resume on the next
-        endpoint, after a backoff.
-        """
-        if stream is not self._stream or self.done.called:
-            return None
-        self._stream = None
-        self.client._next_endpoint(index)
-        delay = self.backoff.next()
-        self._breaks += 1
-        now = self.client.reactor.seconds()
-        if self._breaks == 1 or now - self._logged_at >= self.log_interval:
-            # The first break of a run, then one line per interval at most.
-            self._logged_at = now
-            log.emit(
-                LogLevel.warn if failure is not None and failure.check(EtcdError) else LogLevel.info,
-                "etcd watch on {endpoint} ended ({why}); resuming from revision {revision}"
-                " on {next} in {delay:.2f}s ({breaks} broken streams in a row)",
-                endpoint=self.client.endpoints[index],
-                why=failure.getErrorMessage() if failure else "closed",
-                revision=self.next_revision,
-                next=self.client.endpoint,
-                delay=delay,
-                breaks=self._breaks,
-            )
-        self._retry = self.client.reactor.callLater(delay, self.start)
-        return None
-
-    def _finish(self, result):
-        if self.done.called:
-            return
-        stream, self._stream = self._stream, None
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        if self._opening is not None and not self._opening.called:
-            self._opening.cancel()
-        if stream is not None:
-            stream.stop()
-        if isinstance(result, Exception):
-            self.done.errback(result)
-        else:
-            self.done.callback(result)
-
-    def stop(self):
-        """
-        End the watch; C{done} fires with C{None}.
-        """
-        self._finish(None)
