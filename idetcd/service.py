@@ -226,7 +226,9 @@ class IdetcdService(MultiService):
             endpoints = [self.etcd.client_url]
         else:
             endpoints = settings.endpoints
-        self.client = EtcdClient(endpoints, self.reactor)
+        self.client = EtcdClient(
+            endpoints, self.reactor, tls=settings.tls, credentials=settings.credentials
+        )
         prefix = settings.prefix.encode("utf-8")
         self.registry = Registry(self.client, prefix, self.reactor)
         self.claimer = Claimer(
@@ -315,6 +317,8 @@ class IdetcdService(MultiService):
         self.claimer.predecessor_lease = self.state.predecessor_lease()
         if self.etcd is not None:
             yield self.etcd.startService()
+        # A wrong URL, an old etcd or a wrong password fails the start here.
+        yield self.client.check(self.registry.prefix)
         self.registry.startService()
         self.claimer.startService()
         name = yield self.claimer.when_claimed()

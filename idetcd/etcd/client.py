@@ -12,10 +12,12 @@ import treq
 from twisted.internet import defer
 from twisted.internet.error import ConnectingCancelledError
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
 
-from idetcd.etcd.connections import _EtcdConnections
-from idetcd.etcd.errors import EtcdError, EtcdUnavailable, LeaseNotFound
+from idetcd.etcd.auth import TokenKeeper, authenticate, token_refused
+from idetcd.etcd.check import check
+from idetcd.etcd.connections import http_client
+from idetcd.etcd.errors import EtcdError, EtcdSetupError, EtcdUnavailable, LeaseNotFound, TokenRefused
+from idetcd.etcd.replies import connection_error, json_reply
 from idetcd.etcd.values import KeyValue, LeaseInfo, TxnResult, _b64, _range_body
 from idetcd.etcd.watch import Watch
 
@@ -39,6 +41,12 @@ _HEADERS = {
 }
 
 
+def _headers(token):
+    if not token:
+        return _HEADERS
+    return {**_HEADERS, b"Authorization": [token.encode("ascii")]}
+
+
 def _cancelled(failure):
     """
     Whether C{failure} comes from cancelling the request, directly or
@@ -54,11 +62,18 @@ class EtcdClient:
     """
     A Deferred-based etcd v3 client that moves to the next endpoint when one
     does not answer.
+
+    C{tls} (a L{idetcd.etcd.tls.TlsSettings}) sets up C{https://} endpoints;
+    with C{credentials} (a L{idetcd.etcd.auth.Credentials}) every request
+    and watch carries a token, traded again when etcd refuses it.
     """
 
     endpoints = attr.ib(converter=tuple)
     reactor = attr.ib()
     timeout = attr.ib(default=5.0)
+    tls = attr.ib(default=None)
+    credentials = attr.ib(default=None)
+    _auth = attr.ib(default=None, init=False)
     _current = attr.ib(default=0, init=False)
     _pool = attr.ib(default=None, init=False)
     _http = attr.ib(default=None, init=False)
@@ -67,10 +82,9 @@ class EtcdClient:
     _closed = attr.ib(default=False, init=False)
 
     def __attrs_post_init__(self):
-        self._pool = HTTPConnectionPool(self.reactor, persistent=True)
-        self._pool._factory = _EtcdConnections
-        self._pool.retryAutomatically = False
-        self._http = treq.client.HTTPClient(Agent(self.reactor, pool=self._pool))
+        self._pool, self._http = http_client(self.reactor, self.tls)
+        if self.credentials is not None:
+            self._auth = TokenKeeper(lambda: authenticate(self, self.credentials))
 
     @property
     def endpoint(self):
@@ -93,17 +107,36 @@ class EtcdClient:
 
         return d.addBoth(untrack)
 
-    def _post_once(self, index, path, body, timeout):
-        url = self.endpoints[index].rstrip("/") + path
-        d = self._http.post(
-            url,
-            data=json.dumps(body).encode("ascii"),
-            headers=_HEADERS,
-        )
-        d.addCallback(lambda response: treq.json_content(response).addCallback(
-            lambda data: (response.code, data)
-        ))
-        return self._track(self._bounded(d, timeout))
+    def _request(self, index, method, path, read=None, timeout=None, **kwargs):
+        """
+        One request to endpoint C{index}; fires with the response, or with
+        what C{read} makes of it, within C{timeout}, and fails with
+        L{TlsFailed} when TLS does not work.
+        """
+        endpoint = self.endpoints[index].rstrip("/")
+        d = self._http.request(method, endpoint + path, **kwargs)
+        if read is not None:
+            d.addCallback(read)
+        d = self._bounded(d, timeout)
+        d.addErrback(lambda failure: Failure(connection_error(endpoint, failure)))
+        return self._track(d)
+
+    def _get_once(self, index, path):
+        """
+        GET C{path} from endpoint C{index}: the status and the JSON reply.
+        """
+        return self._post_once(index, path, None, None, None, method="GET")
+
+    def _post_once(self, index, path, body, timeout, token, method="POST"):
+        endpoint = self.endpoints[index]
+
+        def read(response):
+            d = treq.content(response)
+            d.addCallback(lambda content: (response.code, json_reply(endpoint, path, response, content)))
+            return d
+
+        data = {} if body is None else {"data": json.dumps(body).encode("ascii")}
+        return self._request(index, method, path, read, timeout, headers=_headers(token), **data)
 
     def _bounded(self, d, timeout=None):
         """
@@ -133,21 +166,39 @@ class EtcdClient:
         """
         POST C{body} to C{path} (e.g. C{/v3/kv/range}) and return the decoded
         reply, trying each endpoint once, starting with the current one,
-        each try bounded by C{timeout} (default: the client's).
+        each try bounded by C{timeout} (default: the client's).  A request
+        whose token etcd refused is sent again, once, with a new token.
         """
+        if self._auth is None:
+            return (yield self._call(path, body, timeout, None))
+        token = yield self._auth.token()
+        try:
+            return (yield self._call(path, body, timeout, token))
+        except TokenRefused:
+            self._auth.forget(token)
+        token = yield self._auth.token()
+        return (yield self._call(path, body, timeout, token))
+
+    @defer.inlineCallbacks
+    def _call(self, path, body, timeout, token):
         errors = []
+        setup_error = None
         for _ in range(len(self.endpoints)):
             if self._closed:
                 raise defer.CancelledError()
             index = self._current
             try:
-                code, data = yield self._post_once(index, path, body, timeout)
+                code, data = yield self._post_once(index, path, body, timeout, token)
             except defer.CancelledError:
                 raise
             except Exception as e:
                 if self._closed:
                     raise defer.CancelledError()
-                errors.append(f"{self.endpoints[index]}: {e.__class__.__name__}: {e}")
+                if isinstance(e, EtcdSetupError):
+                    setup_error = setup_error or e
+                    errors.append(str(e))
+                else:
+                    errors.append(f"{self.endpoints[index]}: {e.__class__.__name__}: {e}")
                 self._next_endpoint(index)
                 continue
             if not isinstance(data, dict):
@@ -161,21 +212,33 @@ class EtcdClient:
                     continue
                 if error_code == _NOT_FOUND and "lease" in message:
                     raise LeaseNotFound(error_code, message)
+                if self._auth is not None and token_refused(message):
+                    raise TokenRefused(error_code, message)
                 raise EtcdError(error_code, message)
             return data
+        if setup_error is not None:
+            # An endpoint answered, but is set up wrong: say that, not that
+            # nothing answered.
+            raise setup_error
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
 
     def healthy(self):
         """
         Whether the current endpoint says it is healthy; never fails.
         """
-        d = self._bounded(self._http.get(self.endpoint.rstrip("/") + "/health"))
-        d.addCallback(treq.json_content)
+        d = self._get_once(self._current, "/health")
         d.addCallbacks(
-            lambda body: isinstance(body, dict) and body.get("health") == "true",
+            lambda reply: isinstance(reply[1], dict) and reply[1].get("health") == "true",
             lambda failure: False,
         )
-        return self._track(d)
+        return d
+
+    def check(self, prefix):
+        """
+        Fires once etcd can be relied on for C{prefix}; see
+        L{idetcd.etcd.check.check}.
+        """
+        return check(self, prefix)
 
     @defer.inlineCallbacks
     def range(self, key, range_end=None):
@@ -332,19 +395,37 @@ class EtcdClient:
         watch.start()
         return watch
 
+    def forget_token(self, token):
+        """
+        etcd refused C{token} (a watch's): the next request authenticates
+        again.  Returns whether that can help: whether there are
+        credentials.
+        """
+        if self._auth is None:
+            return False
+        self._auth.forget(token)
+        return True
+
     def _open_watch_stream(self, index, body, protocol):
         """
         Open one watch stream on endpoint C{index} and feed its body to
-        C{protocol}; fires when the stream is open (headers received).
+        C{protocol}, telling it the token it was opened with; fires when
+        the stream is open (headers received).
         """
-        url = self.endpoints[index].rstrip("/") + "/v3/watch"
-        d = self._http.post(
-            url,
-            data=json.dumps(body).encode("ascii"),
-            headers=_HEADERS,
-            unbuffered=True,
-        )
-        d = self._bounded(d)
+        d = self._auth.token() if self._auth is not None else defer.succeed(None)
+
+        def post(token):
+            protocol.token = token
+            return self._request(
+                index,
+                "POST",
+                "/v3/watch",
+                headers=_headers(token),
+                data=json.dumps(body).encode("ascii"),
+                unbuffered=True,
+            )
+
+        d.addCallback(post)
 
         def opened(response):
             if response.code != 200:

@@ -20,6 +20,13 @@ class LeaseNotFound(EtcdError):
     """
 
 
+class TokenRefused(EtcdError):
+    """
+    etcd refused the request's auth token (it expired, or users and roles
+    changed since); the request was not applied.
+    """
+
+
 class EtcdUnavailable(Exception):
     """
     No endpoint answered.
@@ -41,3 +48,48 @@ class Compacted(ResyncNeeded):
     def __init__(self, compact_revision):
         super().__init__(f"revisions before {compact_revision} are compacted")
         self.compact_revision = compact_revision
+
+
+class EtcdSetupError(EtcdUnavailable):
+    """
+    An endpoint answers, but cannot be used as configured (not etcd, too
+    old, a wrong password or certificate): no retry helps until someone
+    fixes it.  The message is one line that says what to fix.
+
+    It is a kind of L{EtcdUnavailable}, so that code that retries etcd
+    trouble retries it too, while a node runs; a node's start-up check
+    fails on it instead.
+    """
+
+
+class NotEtcdGateway(EtcdSetupError):
+    """
+    The endpoint answers HTTP, but not as etcd's JSON gateway does.
+    """
+
+
+class EtcdTooOld(EtcdSetupError):
+    """
+    The endpoint is an etcd older than 3.4, which has no C{/v3} gateway.
+    """
+
+
+class AuthenticationFailed(EtcdSetupError):
+    """
+    etcd refused the user name and password, or wants a user and none is
+    configured.
+    """
+
+
+class PermissionDenied(EtcdSetupError):
+    """
+    The user may not use idetcd's key prefix.
+    """
+
+
+class TlsFailed(EtcdSetupError):
+    """
+    TLS does not work with this etcd: its certificate did not verify, or it
+    refused ours (in the handshake, or on its gateway for having a Common
+    Name while users are on).
+    """

@@ -11,7 +11,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from idetcd.backoff import Backoff
+from idetcd.backoff import Backoff, LogThrottle
+from idetcd.etcd.auth import watch_refused
 from idetcd.etcd.errors import Compacted, EtcdError, ResyncNeeded
 from idetcd.etcd.values import Event, KeyValue, _range_body
 
@@ -32,6 +33,8 @@ class _WatchStream:
         self._pieces = []
         self._size = 0
         self.transport = None
+        #: The auth token the stream was opened with, if any.
+        self.token = None
         self.finished = defer.Deferred()
 
     def makeConnection(self, transport):
@@ -105,6 +108,9 @@ class Watch:
     fires when the watch is stopped, and fails with L{ResyncNeeded} (or its
     L{Compacted}) when it cannot resume: etcd no longer has the revisions,
     or cancelled the watch.  The caller must then read everything again.
+
+    A watch whose auth token etcd refused (it expired while the watch was
+    away) resumes once with a new token before it gives up.
     """
 
     client = attr.ib()
@@ -117,10 +123,14 @@ class Watch:
     _stream = attr.ib(default=None, init=False)
     _opening = attr.ib(default=None, init=False)
     _retry = attr.ib(default=None, init=False)
-    #: Consecutive streams that broke, and when that was last logged.
+    #: Consecutive streams that broke, and when to log that.
     _breaks = attr.ib(default=0, init=False)
-    _logged_at = attr.ib(default=0.0, init=False)
-    log_interval = 30.0
+    _throttle = attr.ib(default=None, init=False)
+    #: Whether the stream now opening follows one whose token was refused.
+    _new_token = attr.ib(default=False, init=False)
+
+    def __attrs_post_init__(self):
+        self._throttle = LogThrottle(self.client.reactor)
 
     def start(self):
         if self.done.called:
@@ -158,6 +168,8 @@ class Watch:
             stream.stop()
             self._broken(stream, index, Failure(e))
             return
+        if result.get("canceled") and self._token_refused(stream, result):
+            return
         self._working(index)
         if compact_revision:
             self._finish(Compacted(compact_revision))
@@ -171,6 +183,8 @@ class Watch:
             # etcd gave up on this watch for a reason of its own.
             self._finish(ResyncNeeded(result.get("cancel_reason") or "etcd cancelled the watch"))
             return
+        if result.get("created"):
+            self._new_token = False
         if events:
             revision = max(event.kv.mod_revision for event in events)
             self.next_revision = revision + 1
@@ -179,8 +193,29 @@ class Watch:
             # A progress notification: everything up to here was delivered.
             self.next_revision = max(self.next_revision, current + 1)
 
+    def _token_refused(self, stream, result):
+        """
+        If etcd cancelled the watch for its token, and a new token may help
+        (the last one was not new already), resume with one; returns
+        whether it did.
+        """
+        reason = result.get("cancel_reason") or ""
+        if not watch_refused(reason) or self._new_token or not self.client.forget_token(stream.token):
+            return False
+        log.info(
+            "etcd refused the watch's token ({why}); resuming from revision {revision} with a new one",
+            why=reason,
+            revision=self.next_revision,
+        )
+        self._new_token = True
+        self._stream = None
+        stream.stop()
+        self._retry = self.client.reactor.callLater(0, self.start)
+        return True
+
     def _working(self, index):
         self.backoff.reset()
+        self._throttle.reset()
         if self._breaks:
             log.info(
                 "etcd watch resumed on {endpoint} from revision {revision} after {breaks} broken streams",
@@ -201,10 +236,7 @@ class Watch:
         self.client._next_endpoint(index)
         delay = self.backoff.next()
         self._breaks += 1
-        now = self.client.reactor.seconds()
-        if self._breaks == 1 or now - self._logged_at >= self.log_interval:
-            # The first break of a run, then one line per interval at most.
-            self._logged_at = now
+        if self._throttle.due():
             log.emit(
                 LogLevel.warn if failure is not None and failure.check(EtcdError) else LogLevel.info,
                 "etcd watch on {endpoint} ended ({why}); resuming from revision {revision}"
