@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import attr
 
+from idetcd.etcd.auth import Credentials
+from idetcd.etcd.tls import TlsSettings
 from idetcd.names import absolute, name_problem
 from idetcd.pattern import Pattern, PatternError
 
@@ -53,6 +55,8 @@ class IdetcdSettings:
     node: str = None
     wait: bool = False
     srv: int = 0
+    tls: TlsSettings = None
+    credentials: Credentials = None
     filename: str = "Corefile"
     line: int = 0
 
@@ -565,6 +569,39 @@ def _choice(name, choices):
 
     return convert
 
+def _tls(args):
+    tls = TlsSettings.from_args(args)
+    tls.policy()  # reads the files: a bad one is reported at its line
+    return tls
+
+
+def _read_password(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            password = f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise ValueError(f"credentials cannot read the password file {path}: {reason}") from None
+    if not password:
+        raise ValueError(f"credentials: the password file {path} is empty")
+    return password
+
+
+def _credentials(args):
+    """
+    C{USERNAME PASSWORD}, as CoreDNS's etcd plugin has it, or C{USERNAME
+    file PATH} to keep the password out of the Corefile.
+    """
+    if len(args) == 3 and args[1] != "file":
+        raise ValueError(
+            f"credentials takes USERNAME PASSWORD or USERNAME file PATH, got {' '.join(map(repr, args))}"
+        )
+    user = args[0]
+    password = args[1] if len(args) == 2 else _read_password(args[2])
+    if not user.strip() or not password:
+        raise ValueError("credentials needs a user name and a password that are not empty")
+    return Credentials(user, password)
+
 
 def _text(name, what, spaces):
     def convert(args):
@@ -581,6 +618,7 @@ def _text(name, what, spaces):
 # directive: (IdetcdSettings field, fewest arguments, most (None: any), convert)
 _SETTINGS = {
     "address": ("addresses", 1, None, _addresses),
+    "credentials": ("credentials", 2, 3, _credentials),
     "endpoint": ("endpoints", 1, None, _endpoints),
     "lease": ("lease", 1, 1, _number("lease", 2, 3600, " of seconds")),
     "limit": ("limit", 1, 1, _number("limit", 1, 50000)),
@@ -590,6 +628,7 @@ _SETTINGS = {
     "prefix": ("prefix", 1, 1, lambda args: args[0]),
     "srv": ("srv", 1, 1, _number("srv", 1, 65535)),
     "state": ("state", 1, 1, _text("state", "a directory", spaces=True)),
+    "tls": ("tls", 0, 3, _tls),
     "ttl": ("ttl", 1, 1, _number("ttl", 0, 86400, " of seconds")),
     "wait": ("wait", 0, 0, lambda args: True),
 }
@@ -634,6 +673,8 @@ class _Reader(_Failing):
             self.fail(directive.line, f"{name} needs 1 argument, got {n}")
         if fewest == 0 and most == 1 and n > 1:
             self.fail(directive.line, f"{name} takes at most 1 argument, got {n}")
+        if n < fewest or (most is not None and n > most):
+            self.fail(directive.line, f"{name} takes {fewest} to {most} arguments, got {n}")
         if directive.block is not None and not block:
             self.fail(directive.line, f"{name} takes no block")
         return directive.args
@@ -828,6 +869,12 @@ class _Reader(_Failing):
             pattern.check(settings.limit)
         except PatternError as e:
             self.fail(seen["pattern"], str(e))
+        if settings.tls is not None and not any(url.startswith("https://") for url in settings.endpoints):
+            self.fail(
+                seen["tls"],
+                "tls is for https:// endpoints, and this idetcd block has none:"
+                " list etcd as https://HOST:PORT in 'endpoint'",
+            )
         if not any(_within(pattern.zone, zone) for zone in zones):
             self.fail(
                 seen["pattern"],

@@ -195,6 +195,12 @@ class EtcdProcess(Service):
         )
         return self.wait_healthy()
 
+    def make_client(self, **kwargs):
+        """
+        A client of this member alone.
+        """
+        return EtcdClient([self.client_url], self.reactor, **kwargs)
+
     @defer.inlineCallbacks
     def wait_healthy(self):
         """
@@ -202,7 +208,7 @@ class EtcdProcess(Service):
         longer than C{start_timeout}.
         """
         deadline = self.reactor.seconds() + self.start_timeout
-        client = EtcdClient([self.client_url], self.reactor, timeout=1.0)
+        client = self.make_client(timeout=1.0)
         try:
             yield self._poll_health(client, deadline)
         finally:

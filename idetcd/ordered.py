@@ -13,7 +13,8 @@ class OrderedMultiService(MultiService):
     A L{MultiService} whose children start in the order they were added,
     each after the Deferred the one before returned from C{startService}
     (if any) has fired, and stop in the reverse order, each after the ones
-    after it have stopped.
+    after it have stopped.  Every child's C{stopService} must cope with
+    a child that never started.
 
     Ports are bound in C{privilegedStartService} (as twistd calls it before
     dropping privileges); C{startService} binds them first if that has not
@@ -22,7 +23,7 @@ class OrderedMultiService(MultiService):
     """
 
     _bound = False
-    _starting = None
+    _children_starting = None
     _start_result = None
 
     def privilegedStartService(self):
@@ -47,7 +48,7 @@ class OrderedMultiService(MultiService):
         self._bound = False
         Service.startService(self)  # not MultiService's: the children start below
         self._start_result = None
-        self._starting = self._start_children(list(self))
+        self._children_starting = self._start_children(list(self))
 
     @defer.inlineCallbacks
     def _start_children(self, children):
@@ -66,7 +67,7 @@ class OrderedMultiService(MultiService):
         Fires once every child has started; fails with the first failure to
         start, or with L{defer.CancelledError} if stopped before.
         """
-        if self._starting is None:
+        if self._children_starting is None:
             return defer.fail(RuntimeError("not started"))
         d = defer.Deferred()
 
@@ -77,15 +78,16 @@ class OrderedMultiService(MultiService):
             else:
                 d.callback(None)
 
-        self._starting.addCallback(relay)
+        self._children_starting.addCallback(relay)
         return d
 
     @defer.inlineCallbacks
     def stopService(self):
         Service.stopService(self)
-        starting = self._starting
+        starting = self._children_starting
         if starting is not None and not starting.called:
             starting.cancel()
+        # Every child, started or not: one that only bound its ports (the
+        # start stopped, or failed, before its turn) closes them.
         for child in reversed(list(self)):
-            if child.running:
-                yield child.stopService()
+            yield child.stopService()

@@ -36,11 +36,15 @@ DEFAULT_BINDS = ("0.0.0.0",)
 class EtcdConnection(Service):
     """
     The etcd client as a part of the node: open while the node runs, every
-    watch and request ended when it stops.  With an embedded etcd, it talks
-    to wherever that etcd listens now (its ports may change at start).
+    watch and request ended when it stops.  It has started once etcd is
+    known to work for C{prefix}: a wrong URL, an etcd older than 3.4, a
+    wrong password or certificate fails the start here, while an etcd not
+    answering yet is waited for.  With an embedded etcd, it talks to
+    wherever that etcd listens now (its ports may change at start).
     """
 
     client = attr.ib()
+    prefix = attr.ib()
     etcd = attr.ib(default=None)
 
     def startService(self):
@@ -48,6 +52,7 @@ class EtcdConnection(Service):
             self.client.endpoints = (self.etcd.client_url,)
         self.client.open()
         Service.startService(self)
+        return self.client.check(self.prefix)
 
     def stopService(self):
         Service.stopService(self)
@@ -102,9 +107,11 @@ class IdetcdService(OrderedMultiService):
             endpoints = [self.etcd.client_url]
         else:
             endpoints = settings.endpoints
-        self.client = EtcdClient(endpoints, self.reactor)
-        self._add("etcd-client", EtcdConnection(self.client, self.etcd))
+        self.client = EtcdClient(
+            endpoints, self.reactor, tls=settings.tls, credentials=settings.credentials
+        )
         prefix = settings.prefix.encode("utf-8")
+        self._add("etcd-client", EtcdConnection(self.client, prefix, self.etcd))
         self.registry = self._add("registry", Registry(self.client, prefix, self.reactor))
         authority = ZoneAuthority(
             settings.pattern.zone,

@@ -5,14 +5,15 @@ data in the test's temporary directory.
 
 import os
 
-import treq
-
 import attr
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from idetcd.embedded import EtcdProcess, free_ports
-from idetcd.etcd import EtcdClient
+from idetcd.etcd import EtcdClient, _b64, prefix_range_end
+from idetcd.etcd.auth import Credentials
+from idetcd.etcd.tls import TlsSettings
+from tests.certs import make_certificates
 
 
 @defer.inlineCallbacks
@@ -115,6 +116,91 @@ def _start_members(case, size, network):
     return members
 
 
+@attr.s(eq=False)
+class SecureEtcd(EtcdProcess):
+    """
+    A member that serves clients over TLS only and wants a client
+    certificate signed by the test's CA (C{certs}, a
+    L{tests.certs.Certificates}), started with C{extra_args} too.
+    """
+
+    certs = attr.ib(default=None)
+    extra_args = attr.ib(default=())
+
+    @property
+    def client_url(self):
+        return f"https://127.0.0.1:{self.client_port}"
+
+    @property
+    def tls(self):
+        """
+        The C{tls} settings of a client it accepts.
+        """
+        return TlsSettings(self.certs.client_cert, self.certs.client_key, self.certs.ca)
+
+    def _args(self):
+        return EtcdProcess._args(self) + [
+            "--cert-file", self.certs.server_cert,
+            "--key-file", self.certs.server_key,
+            "--client-cert-auth",
+            "--trusted-ca-file", self.certs.ca,
+            *self.extra_args,
+        ]
+
+    def make_client(self, **kwargs):
+        return EtcdProcess.make_client(self, tls=self.tls, **kwargs)
+
+
+@defer.inlineCallbacks
+def start_secure_etcd(case, extra_args=(), binary=None):
+    """
+    Start a L{SecureEtcd} for C{case}, with certificates made for it; it is
+    stopped when the test ends.
+    """
+    certs = make_certificates(os.path.abspath(case.mktemp()))
+    options = {} if binary is None else {"binary": binary}
+    etcd = SecureEtcd(reactor, os.path.abspath(case.mktemp()), certs=certs, extra_args=extra_args, **options)
+    case.addCleanup(etcd.stopService)
+    yield etcd.startService()
+    return etcd
+
+
+@defer.inlineCallbacks
+def enable_auth(etcd, user, password, prefix=b"/idetcd/"):
+    """
+    Turn authentication on in C{etcd}, as an operator does: a C{root} user
+    with the C{root} role (etcd wants one), and C{user} with a role that may
+    read and write the keys under C{prefix} only.  Returns C{user}'s
+    L{Credentials}.
+    """
+    client = etcd.make_client()
+    role = f"{user}-role"
+    try:
+        for path, body in [
+            ("/v3/auth/user/add", {"name": "root", "password": "root-" + password}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/role/add", {"name": role}),
+            (
+                "/v3/auth/role/grant",
+                {
+                    "name": role,
+                    "perm": {
+                        "key": _b64(prefix),
+                        "range_end": _b64(prefix_range_end(prefix)),
+                        "permType": "READWRITE",
+                    },
+                },
+            ),
+            ("/v3/auth/user/add", {"name": user, "password": password}),
+            ("/v3/auth/user/grant", {"user": user, "role": role}),
+            ("/v3/auth/enable", {}),
+        ]:
+            yield client.call(path, body)
+    finally:
+        yield client.close()
+    return Credentials(user, password)
+
+
 @defer.inlineCallbacks
 def restart(etcd, sig=9):
     """
@@ -150,8 +236,12 @@ def handled(etcd, method):
     has served, from its own metrics: the count that tells what a change
     costs etcd, whatever the client believes it sent.
     """
-    response = yield treq.get(etcd.client_url + "/metrics", persistent=False)
-    text = yield response.text()
+    client = etcd.make_client()
+    try:
+        response = yield client._http.get(etcd.client_url + "/metrics")
+        text = yield response.text()
+    finally:
+        yield client.close()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

@@ -18,7 +18,10 @@ from idetcd.corefile import (
     load,
     parse,
 )
+from idetcd.etcd.auth import Credentials
+from idetcd.etcd.tls import TlsSettings
 from idetcd.pattern import Pattern
+from tests.certs import make_certificates
 
 ORIGINAL = """\
 . {
@@ -217,7 +220,7 @@ class SettingErrorTests(ErrorAssertions, TestCase):
             (["pattern w{{.ID}}.x.", "address"], 4, "'address' needs at least 1 argument"),
             (["pattern w{{.ID}}.x.", "wait yes"], 4, "'wait' takes no arguments", "got 1"),
             (["pattern w{{.ID}}.x.", "limit 3 {", "}"], 4, "'limit' takes no block"),
-            (["limt 3"], 3, "unknown directive 'limt' in idetcd", "expected one of: address, endpoint, lease, limit, nameservers, node, pattern, prefix, srv, state, ttl, wait"),
+            (["limt 3"], 3, "unknown directive 'limt' in idetcd", "expected one of: address, credentials, endpoint, lease, limit, nameservers, node, pattern, prefix, srv, state, tls, ttl, wait"),
             (["pattern w{{.ID}}.x.", "log"], 4, "unknown directive 'log' in idetcd"),
             (["limit 3", "ttl 1", "limit 4", "pattern w{{.ID}}.x."], 5, "duplicate 'limit'", "first on line 3"),
             (["pattern w{{.ID}}.x.", "pattern v{{.ID}}.x."], 4, "duplicate 'pattern'", "line 3"),
@@ -289,6 +292,96 @@ class SettingErrorTests(ErrorAssertions, TestCase):
         self.assertCorefileError(
             "w1.tf.local {\n idetcd {\n pattern w{{.ID}}.tf.local.\n }\n}", 3, "outside"
         )
+
+
+class EtcdAccessTests(ErrorAssertions, TestCase):
+    """
+    C{tls} and C{credentials} take CoreDNS's etcd plugin's arguments; the
+    files they name are read when the Corefile is, so a bad one is reported
+    at its line.
+    """
+
+    def setUp(self):
+        self.certs = make_certificates(self.mktemp())
+        self.password_file = os.path.abspath(self.mktemp())
+        with open(self.password_file, "w") as f:
+            f.write("s3cret pass\n")
+
+    def access(self, *lines, environ=None):
+        return settings("pattern w{{.ID}}.x.", "endpoint https://127.0.0.1:2379", *lines, environ=environ)
+
+    def test_tls_arguments(self):
+        c = self.certs
+        for line, expected in [
+            ("tls", TlsSettings()),
+            (f"tls {c.ca}", TlsSettings(ca=c.ca)),
+            (f"tls {c.client_cert} {c.client_key}", TlsSettings(c.client_cert, c.client_key)),
+            (
+                f"tls {c.client_cert} {c.client_key} {c.ca}",
+                TlsSettings(c.client_cert, c.client_key, c.ca),
+            ),
+        ]:
+            self.assertEqual(self.access(line).tls, expected, line)
+        self.assertIsNone(self.access().tls)
+
+    def test_credentials(self):
+        got = self.access("credentials idetcd {$ETCD_PASSWORD}", environ={"ETCD_PASSWORD": "from env"})
+        self.assertEqual(got.credentials, Credentials("idetcd", "from env"))
+        got = self.access(f"credentials idetcd file {self.password_file}")
+        self.assertEqual(got.credentials, Credentials("idetcd", "s3cret pass"))
+        # A password that is the word "file" is still a password.
+        self.assertEqual(self.access("credentials idetcd file").credentials.password, "file")
+        self.assertNotIn("s3cret", repr(got))
+
+    def test_errors(self):
+        c = self.certs
+        missing = os.path.abspath(self.mktemp())
+        empty = os.path.abspath(self.mktemp())
+        open(empty, "w").close()
+        cases = [
+            ([f"tls {missing}"], f"cannot read the CA file {missing}"),
+            ([f"tls {c.client_key}"], f"the CA file {c.client_key} holds no PEM certificate"),
+            ([f"tls {c.client_cert} {missing}"], f"cannot read the client key {missing}"),
+            ([f"tls {c.client_cert} {c.client_cert}"], f"the client key {c.client_cert} holds no PEM private key"),
+            ([f"tls {c.client_cert} {c.server_key} {c.ca}"], f"{c.server_key} does not belong to the certificate {c.client_cert}"),
+            ([f"tls {c.client_cert} {c.client_key} {c.ca} {c.ca}"], "'tls' takes 0 to 3 arguments, got 4"),
+            (["credentials idetcd"], "'credentials' takes 2 to 3 arguments, got 1"),
+            (["credentials idetcd secret more words"], "'credentials' takes 2 to 3 arguments, got 4"),
+            (["credentials idetcd from /path"], "credentials takes USERNAME PASSWORD or USERNAME file PATH", "'from'"),
+            ([f"credentials idetcd file {missing}"], f"cannot read the password file {missing}", "No such file"),
+            ([f"credentials idetcd file {empty}"], f"the password file {empty} is empty"),
+            (['credentials "" secret'], "not empty"),
+            (["credentials idetcd \"\""], "not empty"),
+        ]
+        for lines, *words in cases:
+            text = idetcd("pattern w{{.ID}}.x.", "endpoint https://127.0.0.1:2379", *lines)
+            self.assertCorefileError(text, 5, *words)
+
+    def test_encrypted_key(self):
+        from cryptography.hazmat.primitives import serialization
+
+        with open(self.certs.client_key, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+        encrypted = os.path.abspath(self.mktemp())
+        with open(encrypted, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(b"pw"),
+                )
+            )
+        text = idetcd("endpoint https://h:1", f"tls {self.certs.client_cert} {encrypted}", "pattern w{{.ID}}.x.")
+        self.assertCorefileError(text, 4, f"the client key {encrypted} is encrypted")
+
+    def test_tls_needs_https(self):
+        for lines in [["tls"], ["endpoint http://h:2379", "tls"], ["endpoint embedded", "tls"]]:
+            text = idetcd("pattern w{{.ID}}.x.", *lines)
+            self.assertCorefileError(
+                text, 3 + len(lines), "tls is for https:// endpoints", "this idetcd block has none"
+            )
+        got = settings("pattern w{{.ID}}.x.", "endpoint http://a:2379 https://b:2379", "tls")
+        self.assertEqual(got.tls, TlsSettings())
 
 
 class ServerBlockTests(ErrorAssertions, TestCase):

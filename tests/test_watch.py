@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import ResponseDone, ResponseFailed
 
-from idetcd.etcd import EtcdClient, EtcdUnavailable, Watch, prefix_range_end
+from idetcd.etcd import EtcdClient, EtcdUnavailable, ResyncNeeded, Watch, prefix_range_end
 from idetcd.registry import Registry
 from tests.etcdserver import start_etcd_cluster
 from tests.peerproxy import PeerNetwork
@@ -65,6 +65,9 @@ class FakeClient:
     reactor = attr.ib(factory=Clock)
     _current = attr.ib(default=0)
     opened = attr.ib(factory=list)
+    #: With credentials, the tokens a watch said etcd refused.
+    credentials = attr.ib(default=False)
+    forgotten = attr.ib(factory=list)
 
     @property
     def endpoint(self):
@@ -74,7 +77,12 @@ class FakeClient:
         if self._current == failed_index:
             self._current = (failed_index + 1) % len(self.endpoints)
 
+    def forget_token(self, token):
+        self.forgotten.append(token)
+        return self.credentials
+
     def _open_watch_stream(self, index, body, protocol):
+        protocol.token = f"token{len(self.opened)}"
         protocol.makeConnection(FakeTransport())
         self.opened.append((index, int(body["create_request"]["start_revision"]), protocol))
         return defer.succeed(None)
@@ -94,7 +102,7 @@ class WatchLineTests(unittest.TestCase):
         return self.client.opened[-1][2]
 
     def watch_logs(self):
-        return [e for e in self.logged if e.get("log_namespace") == "idetcd.etcd"]
+        return [e for e in self.logged if e.get("log_namespace") == "idetcd.etcd.watch"]
 
     def test_error_line_resumes_on_next_endpoint(self):
         """
@@ -194,6 +202,71 @@ def until_written(write, timeout=30.0):
     raise AssertionError(f"no write succeeded in {timeout}s")
 
 
+def refused(reason):
+    """
+    The line etcd sends when it refuses a watch's token.
+    """
+    body = {"header": {"revision": "9"}, "created": True, "canceled": True, "cancel_reason": reason}
+    return json.dumps({"result": body}).encode() + b"\n"
+
+
+#: etcd 3.5's and 3.4's words for a watch whose token is dead.
+REFUSED_35 = "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+REFUSED_34 = "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"
+
+
+class WatchTokenTests(unittest.TestCase):
+    """
+    A watch whose token etcd refused resumes once with a new one.
+    """
+
+    def setUp(self):
+        self.client = FakeClient(["http://a", "http://b"], credentials=True)
+        self.seen = []
+        self.watch = Watch(self.client, b"/a", b"/b", 5, lambda events, rev: self.seen.append(rev))
+        self.watch.start()
+        self.stream().dataReceived(result(6, created=True) + result(6, 6))
+
+    def stream(self):
+        return self.client.opened[-1][2]
+
+    def test_resumes_with_a_new_token(self):
+        for reason in [REFUSED_35, REFUSED_34]:
+            resume_from = self.watch.next_revision
+            first = self.stream()
+            first.connectionLost(Failure(ConnectionLost()))
+            self.client.reactor.advance(3)
+            again = self.stream()
+            again.dataReceived(refused(reason))
+            self.assertTrue(again.transport.stopped)
+            self.assertEqual(self.client.forgotten[-1], again.token)
+            self.client.reactor.advance(0)
+            index, start_revision, renewed = self.client.opened[-1]
+            self.assertEqual(start_revision, resume_from)
+            self.assertNotEqual(renewed.token, again.token)
+            renewed.dataReceived(result(resume_from, created=True) + result(resume_from, resume_from))
+            self.assertFalse(self.watch.done.called)
+        self.assertEqual(self.seen, [6, 7, 8])
+        self.assertEqual(self.watch.next_revision, 9)
+
+    def test_refused_twice_in_a_row_gives_up(self):
+        """
+        A new token refused too: the user lost its permission, which the
+        caller learns by reading everything again.
+        """
+        self.stream().dataReceived(refused(REFUSED_35))
+        self.client.reactor.advance(0)
+        self.stream().dataReceived(refused(REFUSED_35))
+        self.failureResultOf(self.watch.done, ResyncNeeded)
+        self.assertEqual(len(self.client.forgotten), 1)
+
+    def test_without_credentials_gives_up(self):
+        self.client.credentials = False
+        self.stream().dataReceived(refused(REFUSED_34))
+        self.failureResultOf(self.watch.done, ResyncNeeded)
+        self.assertEqual(len(self.client.opened), 1)
+
+
 class IsolatedMemberTests(unittest.TestCase):
     """
     A 3-member etcd whose peer traffic goes through proxies; the member
@@ -212,7 +285,7 @@ class IsolatedMemberTests(unittest.TestCase):
         logged = []
 
         def observe(event):
-            if event.get("log_namespace") == "idetcd.etcd":
+            if event.get("log_namespace") == "idetcd.etcd.watch":
                 logged.append(event)
 
         globalLogPublisher.addObserver(observe)

@@ -1,0 +1,57 @@
+"""
+etcd's v3 API, spoken through its JSON gateway with treq.
+
+All etcd I/O of idetcd lives in this package: requests (L{client}), watches
+(L{watch}), the connections under them (L{connections}, with L{tls}), users
+and tokens (L{auth}), the check a node makes before it relies on etcd
+(L{check}), and the values and errors they hand back (L{values},
+L{replies}, L{errors}).  The gateway answers on ``/v3`` from etcd 3.4 on.
+"""
+
+from idetcd.etcd.auth import Credentials
+from idetcd.etcd.client import RANGE_PAGE, EtcdClient
+from idetcd.etcd.connections import KEEPALIVE
+from idetcd.etcd.errors import (
+    AuthenticationFailed,
+    Compacted,
+    EtcdError,
+    EtcdSetupError,
+    EtcdTooOld,
+    EtcdUnavailable,
+    LeaseNotFound,
+    NotEtcdGateway,
+    PermissionDenied,
+    ResyncNeeded,
+    TlsFailed,
+)
+from idetcd.etcd.tls import TlsSettings
+from idetcd.etcd.values import Event, KeyValue, LeaseInfo, TxnResult, _b64, prefix_range_end
+from idetcd.etcd.watch import MAX_WATCH_LINE, Watch, _WatchStream
+
+__all__ = [
+    "AuthenticationFailed",
+    "Compacted",
+    "Credentials",
+    "EtcdClient",
+    "EtcdError",
+    "EtcdSetupError",
+    "EtcdTooOld",
+    "EtcdUnavailable",
+    "Event",
+    "KEEPALIVE",
+    "KeyValue",
+    "LeaseInfo",
+    "LeaseNotFound",
+    "MAX_WATCH_LINE",
+    "NotEtcdGateway",
+    "PermissionDenied",
+    "RANGE_PAGE",
+    "ResyncNeeded",
+    "TlsFailed",
+    "TlsSettings",
+    "TxnResult",
+    "Watch",
+    "_WatchStream",
+    "_b64",
+    "prefix_range_end",
+]

@@ -1,0 +1,458 @@
+"""
+The request side of etcd's v3 API, spoken through its JSON gateway with
+treq: each call goes to the current endpoint and moves on to the next one
+when that one does not answer.
+"""
+
+import base64
+import json
+
+import attr
+import treq
+from twisted.internet import defer
+from twisted.internet.error import ConnectingCancelledError
+from twisted.python.failure import Failure
+
+from idetcd.etcd.auth import TokenKeeper, authenticate, token_refused
+from idetcd.etcd.check import check
+from idetcd.etcd.connections import http_client
+from idetcd.etcd.errors import EtcdError, EtcdSetupError, EtcdUnavailable, LeaseNotFound, TokenRefused
+from idetcd.etcd.replies import connection_error, json_reply
+from idetcd.etcd.values import KeyValue, LeaseInfo, TxnResult, _b64, _range_body
+from idetcd.etcd.watch import Watch
+
+#: etcd's gRPC codes that say "this member cannot serve now, another may".
+_UNAVAILABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
+_NOT_FOUND = 5
+#: Keys per request of L{EtcdClient.range_paged}: about 250 KB of JSON
+#: for idetcd's members.
+RANGE_PAGE = 1000
+
+#: Every request asks etcd to refuse it (gRPC code 14, "etcdserver: no
+#: leader") on a member that has lost its leader, before it is proposed:
+#: such a member can serve none of our requests in time, and a refused
+#: request is safe to send to the next endpoint, where a timed-out one may
+#: have been applied.  On a watch, etcd also ends the stream a few seconds
+#: after the member loses its leader, where it would otherwise stay open and
+#: silent for as long as the member is cut off.
+_HEADERS = {
+    b"Content-Type": [b"application/json"],
+    b"Grpc-Metadata-Hasleader": [b"true"],
+}
+
+
+def _headers(token):
+    if not token:
+        return _HEADERS
+    return {**_HEADERS, b"Authorization": [token.encode("ascii")]}
+
+
+def _cancelled(failure):
+    """
+    Whether C{failure} comes from cancelling the request, directly or
+    wrapped by the HTTP client.
+    """
+    if failure.check(defer.CancelledError, ConnectingCancelledError):
+        return True
+    return any(_cancelled(reason) for reason in getattr(failure.value, "reasons", ()))
+
+
+@attr.s(eq=False)
+class EtcdClient:
+    """
+    A Deferred-based etcd v3 client that moves to the next endpoint when one
+    does not answer.
+
+    C{tls} (a L{idetcd.etcd.tls.TlsSettings}) sets up C{https://} endpoints;
+    with C{credentials} (a L{idetcd.etcd.auth.Credentials}) every request
+    and watch carries a token, traded again when etcd refuses it.
+    """
+
+    endpoints = attr.ib(converter=tuple)
+    reactor = attr.ib()
+    timeout = attr.ib(default=5.0)
+    tls = attr.ib(default=None)
+    credentials = attr.ib(default=None)
+    _auth = attr.ib(default=None, init=False)
+    _current = attr.ib(default=0, init=False)
+    _pool = attr.ib(default=None, init=False)
+    _http = attr.ib(default=None, init=False)
+    _pending = attr.ib(factory=set, init=False)
+    _watches = attr.ib(factory=set, init=False)
+    _closed = attr.ib(default=False, init=False)
+
+    def __attrs_post_init__(self):
+        self._pool, self._http = http_client(self.reactor, self.tls)
+        if self.credentials is not None:
+            self._auth = TokenKeeper(lambda: authenticate(self, self.credentials))
+
+    @property
+    def endpoint(self):
+        """
+        The endpoint requests go to now.
+        """
+        return self.endpoints[self._current]
+
+    def _next_endpoint(self, failed_index):
+        # Only move on if nobody else moved on in the meantime.
+        if self._current == failed_index:
+            self._current = (failed_index + 1) % len(self.endpoints)
+
+    def _track(self, d):
+        self._pending.add(d)
+
+        def untrack(result):
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(untrack)
+
+    def _request(self, index, method, path, read=None, timeout=None, **kwargs):
+        """
+        One request to endpoint C{index}; fires with the response, or with
+        what C{read} makes of it, within C{timeout}, and fails with
+        L{TlsFailed} when TLS does not work.
+        """
+        endpoint = self.endpoints[index].rstrip("/")
+        d = self._http.request(method, endpoint + path, **kwargs)
+        if read is not None:
+            d.addCallback(read)
+        d = self._bounded(d, timeout)
+        d.addErrback(lambda failure: Failure(connection_error(endpoint, failure)))
+        return self._track(d)
+
+    def _get_once(self, index, path):
+        """
+        GET C{path} from endpoint C{index}: the status and the JSON reply.
+        """
+        return self._post_once(index, path, None, None, None, method="GET")
+
+    def _post_once(self, index, path, body, timeout, token, method="POST"):
+        endpoint = self.endpoints[index]
+
+        def read(response):
+            d = treq.content(response)
+            d.addCallback(lambda content: (response.code, json_reply(endpoint, path, response, content)))
+            return d
+
+        data = {} if body is None else {"data": json.dumps(body).encode("ascii")}
+        return self._request(index, method, path, read, timeout, headers=_headers(token), **data)
+
+    def _bounded(self, d, timeout=None):
+        """
+        Fail C{d} with L{defer.TimeoutError} after C{timeout} (default: the
+        client's); a cancel from the caller fails it with
+        L{defer.CancelledError}, however deep in the HTTP stack the cancel
+        was turned into another error, so that a cancelled call never moves
+        on to the next endpoint.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        timer = self.reactor.callLater(timeout, d.cancel)
+
+        def settle(result):
+            if not timer.active():
+                if isinstance(result, Failure):
+                    raise defer.TimeoutError(f"no answer in {timeout}s")
+                return result
+            timer.cancel()
+            if isinstance(result, Failure) and _cancelled(result):
+                raise defer.CancelledError()
+            return result
+
+        return d.addBoth(settle)
+
+    @defer.inlineCallbacks
+    def call(self, path, body, timeout=None):
+        """
+        POST C{body} to C{path} (e.g. C{/v3/kv/range}) and return the decoded
+        reply, trying each endpoint once, starting with the current one,
+        each try bounded by C{timeout} (default: the client's).  A request
+        whose token etcd refused is sent again, once, with a new token.
+        """
+        if self._auth is None:
+            return (yield self._call(path, body, timeout, None))
+        token = yield self._auth.token()
+        try:
+            return (yield self._call(path, body, timeout, token))
+        except TokenRefused:
+            self._auth.forget(token)
+        token = yield self._auth.token()
+        return (yield self._call(path, body, timeout, token))
+
+    @defer.inlineCallbacks
+    def _call(self, path, body, timeout, token):
+        errors = []
+        setup_error = None
+        for _ in range(len(self.endpoints)):
+            if self._closed:
+                raise defer.CancelledError()
+            index = self._current
+            try:
+                code, data = yield self._post_once(index, path, body, timeout, token)
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                if self._closed:
+                    raise defer.CancelledError()
+                if isinstance(e, EtcdSetupError):
+                    setup_error = setup_error or e
+                    errors.append(str(e))
+                else:
+                    errors.append(f"{self.endpoints[index]}: {e.__class__.__name__}: {e}")
+                self._next_endpoint(index)
+                continue
+            if not isinstance(data, dict):
+                raise EtcdError(-1, f"unexpected reply from {self.endpoints[index]}")
+            if "error" in data or code != 200:
+                error_code = data.get("code", -1)
+                message = data.get("message") or data.get("error") or f"HTTP {code}"
+                if error_code in _UNAVAILABLE_CODES or code >= 500:
+                    errors.append(f"{self.endpoints[index]}: {message}")
+                    self._next_endpoint(index)
+                    continue
+                if error_code == _NOT_FOUND and "lease" in message:
+                    raise LeaseNotFound(error_code, message)
+                if self._auth is not None and token_refused(message):
+                    raise TokenRefused(error_code, message)
+                raise EtcdError(error_code, message)
+            return data
+        if setup_error is not None:
+            # An endpoint answered, but is set up wrong: say that, not that
+            # nothing answered.
+            raise setup_error
+        raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(errors))
+
+    def healthy(self):
+        """
+        Whether the current endpoint says it is healthy; never fails.
+        """
+        d = self._get_once(self._current, "/health")
+        d.addCallbacks(
+            lambda reply: isinstance(reply[1], dict) and reply[1].get("health") == "true",
+            lambda failure: False,
+        )
+        return d
+
+    def check(self, prefix):
+        """
+        Fires once etcd can be relied on for C{prefix}; see
+        L{idetcd.etcd.check.check}.
+        """
+        return check(self, prefix)
+
+    @defer.inlineCallbacks
+    def range(self, key, range_end=None):
+        """
+        Read C{key}, or every key in C{[key, range_end)}; returns the list of
+        L{KeyValue} and the store revision they were read at.
+        """
+        data = yield self.call("/v3/kv/range", _range_body(key, range_end))
+        kvs = [KeyValue.from_json(kv) for kv in data.get("kvs", ())]
+        return kvs, int(data["header"]["revision"])
+
+    @defer.inlineCallbacks
+    def range_paged(self, key, range_end, page=RANGE_PAGE):
+        """
+        Read every key in C{[key, range_end)} like L{range}, in requests of
+        at most C{page} keys all read at the first one's revision, so a big
+        prefix never comes back as one multi-megabyte reply.  Fails with
+        L{EtcdError} if that revision is compacted away meanwhile.
+        """
+        body = {**_range_body(key, range_end), "limit": str(page)}
+        kvs = []
+        while True:
+            data = yield self.call("/v3/kv/range", body)
+            found = [KeyValue.from_json(kv) for kv in data.get("kvs", ())]
+            kvs.extend(found)
+            body.setdefault("revision", data["header"]["revision"])
+            if not (data.get("more") and found):
+                return kvs, int(body["revision"])
+            body["key"] = _b64(found[-1].key + b"\0")
+
+    @defer.inlineCallbacks
+    def create(self, key, value, lease=0, replacing=None, also_delete=None):
+        """
+        Put C{key} only if it does not exist, or, with C{replacing} (a
+        L{KeyValue}), only if it is still exactly that version.  One
+        transaction, so of many racing callers exactly one wins; a winner
+        also deletes C{also_delete}, if given, in it.
+
+        A loser learns who holds C{key}, read in the same transaction.
+        """
+        if replacing is None:
+            compare = {"key": _b64(key), "target": "CREATE", "create_revision": "0"}
+        else:
+            compare = {
+                "key": _b64(key),
+                "target": "MOD",
+                "mod_revision": str(replacing.mod_revision),
+            }
+        put = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        data = yield self.call(
+            "/v3/kv/txn",
+            {
+                "compare": [compare],
+                "success": [{"request_put": put}]
+                + ([{"request_delete_range": {"key": _b64(also_delete)}}] if also_delete else []),
+                "failure": [{"request_range": _range_body(key)}],
+            },
+        )
+        succeeded = bool(data.get("succeeded", False))
+        kvs = []
+        if not succeeded:
+            for response in data.get("responses", ()):
+                kvs.extend(
+                    KeyValue.from_json(kv) for kv in response.get("response_range", {}).get("kvs", ())
+                )
+        existing = next((kv for kv in kvs if kv.key == key), None)
+        return TxnResult(succeeded, int(data["header"]["revision"]), existing)
+
+
+    @defer.inlineCallbacks
+    def put(self, key, value, lease=0):
+        body = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        data = yield self.call("/v3/kv/put", body)
+        return int(data["header"]["revision"])
+
+    @defer.inlineCallbacks
+    def delete(self, key, range_end=None):
+        data = yield self.call("/v3/kv/deleterange", _range_body(key, range_end))
+        return int(data.get("deleted", 0))
+
+    @defer.inlineCallbacks
+    def lease_grant(self, ttl):
+        """
+        Returns the new lease's ID and the TTL etcd granted.
+        """
+        data = yield self.call("/v3/lease/grant", {"TTL": str(ttl)})
+        if data.get("error"):
+            raise EtcdError(-1, data["error"])
+        return int(data["ID"]), int(data["TTL"])
+
+    @defer.inlineCallbacks
+    def lease_keepalive(self, lease, timeout=None):
+        """
+        Refresh C{lease}; returns its TTL, or raises L{LeaseNotFound} when
+        etcd no longer has it.
+        """
+        data = yield self.call("/v3/lease/keepalive", {"ID": str(lease)}, timeout)
+        ttl = int(data.get("result", {}).get("TTL", 0))
+        if ttl <= 0:
+            raise LeaseNotFound(_NOT_FOUND, f"lease {lease:x} has expired")
+        return ttl
+
+    @defer.inlineCallbacks
+    def lease_time_to_live(self, lease, keys=False, timeout=None):
+        """
+        What etcd knows of C{lease}: a L{LeaseInfo}, with the keys attached
+        to it when C{keys} is set; raises L{LeaseNotFound} when etcd no
+        longer has the lease.
+        """
+        body = {"ID": str(lease), "keys": bool(keys)}
+        data = yield self.call("/v3/lease/timetolive", body, timeout)
+        ttl = int(data.get("TTL", -1))
+        if ttl < 0:  # 0 is a lease with under a second left
+            raise LeaseNotFound(_NOT_FOUND, f"lease {lease:x} has expired")
+        return LeaseInfo(
+            ttl=ttl,
+            granted_ttl=int(data.get("grantedTTL", 0)),
+            keys=frozenset(base64.b64decode(key) for key in data.get("keys", ())),
+            revision=int(data["header"]["revision"]),
+        )
+
+    @defer.inlineCallbacks
+    def delete_on_lease(self, key, lease):
+        """
+        Delete C{key} only while it is attached to C{lease}; returns whether
+        it was.
+        """
+        data = yield self.call(
+            "/v3/kv/txn",
+            {
+                "compare": [{"key": _b64(key), "target": "LEASE", "lease": str(lease)}],
+                "success": [{"request_delete_range": {"key": _b64(key)}}],
+            },
+        )
+        return bool(data.get("succeeded", False))
+
+    def lease_revoke(self, lease):
+        """
+        Drop C{lease} and every key attached to it, at once.
+        """
+        return self.call("/v3/lease/revoke", {"ID": str(lease)})
+
+    def watch(self, key, range_end, start_revision, on_events):
+        """
+        Start a L{Watch} over C{[key, range_end)} from C{start_revision}.
+        """
+        watch = Watch(self, key, range_end, start_revision, on_events)
+        self._watches.add(watch)
+        watch.done.addBoth(lambda result: (self._watches.discard(watch), result)[1])
+        watch.start()
+        return watch
+
+    def forget_token(self, token):
+        """
+        etcd refused C{token} (a watch's): the next request authenticates
+        again.  Returns whether that can help: whether there are
+        credentials.
+        """
+        if self._auth is None:
+            return False
+        self._auth.forget(token)
+        return True
+
+    def _open_watch_stream(self, index, body, protocol):
+        """
+        Open one watch stream on endpoint C{index} and feed its body to
+        C{protocol}, telling it the token it was opened with; fires when
+        the stream is open (headers received).
+        """
+        d = self._auth.token() if self._auth is not None else defer.succeed(None)
+
+        def post(token):
+            protocol.token = token
+            return self._request(
+                index,
+                "POST",
+                "/v3/watch",
+                headers=_headers(token),
+                data=json.dumps(body).encode("ascii"),
+                unbuffered=True,
+            )
+
+        d.addCallback(post)
+
+        def opened(response):
+            if response.code != 200:
+                # Read and drop the error body so the connection is freed.
+                return treq.content(response).addCallback(
+                    lambda content: defer.fail(
+                        EtcdError(response.code, content[:200].decode("utf-8", "replace"))
+                    )
+                )
+            response.deliverBody(protocol)
+
+        return self._track(d.addCallback(opened))
+
+    def open(self):
+        """
+        Take requests again after L{close}.
+        """
+        self._closed = False
+
+    def close(self):
+        """
+        Stop every watch, cancel every request and drop idle connections;
+        L{open} makes the client usable again.
+        """
+        self._closed = True
+        for watch in list(self._watches):
+            watch.stop()
+        for d in list(self._pending):
+            d.cancel()
+        return self._pool.closeCachedConnections()
