@@ -124,6 +124,8 @@ class HttpEndpoint(Service):
     def stopService(self):
         Service.stopService(self)
         listening, self._listening = self._listening, None
+        if listening is None:
+            return None  # it never listened: its port was taken
         for connection in list(self._connections.protocols):
             connection.transport.abortConnection()
         return listening.stopListening()

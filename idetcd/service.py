@@ -40,6 +40,12 @@ class StateDirectoryBusy(Exception):
     """
 
 
+class NoAddress(Exception):
+    """
+    No address to announce could be found, and the Corefile gives none.
+    """
+
+
 def default_state_dir(block, port):
     """
     Where a node keeps its identity and embedded etcd data by default: one
@@ -383,7 +389,7 @@ class IdetcdService(MultiService):
                 continue
             log.info("announcing {address} (set 'address' to choose)", address=address)
             return [address]
-        raise RuntimeError(
+        raise NoAddress(
             "cannot tell which address to announce (" + "; ".join(errors) + "); set 'address'"
         )
 
