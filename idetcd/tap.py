@@ -20,6 +20,7 @@ from idetcd import failures
 from idetcd.corefile import CorefileError, load
 from idetcd.http import HttpEndpoint
 from idetcd.service import IdetcdService
+from idetcd.systemd import SystemdNotifier, from_environment
 
 log = Logger()
 
@@ -75,23 +76,44 @@ def _exit_after_shutdown(status):
     atexit.register(leave)
 
 
+def _ready_status(nodes):
+    """
+    What C{STATUS=} says once every node holds its name.
+    """
+    return "; ".join(f"{node.held_name} answers DNS on port {node.dns.port}" for node in nodes)
+
+
 @attr.s(eq=False)
 class Nodes(MultiService):
     """
     The nodes of one Corefile, failing together: when one cannot start, the
     reason is logged as one line, every node stops and the process exits
     with the status L{failures.explain} gives (70 for an unexpected error,
-    logged with its traceback).
+    logged with its traceback).  Under systemd (C{notify}: the address and
+    watchdog period of L{from_environment}), a L{SystemdNotifier} child
+    reports readiness once every node holds its name.
     """
 
     nodes = attr.ib()
     reactor = attr.ib()
+    notify = attr.ib(default=(None, None))
     status = attr.ib(default=None, init=False)
+    notifier = attr.ib(default=None, init=False)
 
     def __attrs_post_init__(self):
         MultiService.__init__(self)
         for node in self.nodes:
             node.setServiceParent(self)
+        address, watchdog = self.notify
+        if address:
+            # Added last: started last, stopped first (STOPPING=1 before the
+            # names are given back).
+            self.notifier = SystemdNotifier(address, self._all_named, self.reactor, watchdog)
+            self.notifier.setServiceParent(self)
+
+    def _all_named(self):
+        named = defer.gatherResults([node.when_claimed() for node in self.nodes], consumeErrors=True)
+        return named.addCallback(lambda _: _ready_status(self.nodes))
 
     def startService(self):
         # Wait for the names before starting: a node that fails at once then
@@ -131,6 +153,8 @@ class Nodes(MultiService):
         else:
             line, self.status = explained
             log.critical("cannot start: {why}", why=line, exit_status=self.status)
+        if self.notifier is not None:
+            self.notifier.notify(STATUS=f"cannot start: {line}")
         _exit_after_shutdown(self.status)
         if self.reactor.running:
             self.reactor.stop()
@@ -150,4 +174,4 @@ def makeService(options, reactor=global_reactor):
         if explained is None:
             raise
         _leave(*explained)
-    return Nodes(nodes, reactor)
+    return Nodes(nodes, reactor, from_environment())
