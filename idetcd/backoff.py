@@ -1,6 +1,5 @@
 """
-Capped exponential backoff with jitter, for everything that retries etcd,
-and a throttle for the warnings those retries log.
+Capped exponential backoff with jitter, for everything that retries etcd.
 """
 
 import random
@@ -28,29 +27,3 @@ class Backoff:
 
     def reset(self):
         self._failures = 0
-
-
-@attr.s(eq=False)
-class LogThrottle:
-    """
-    When a warning repeated on every retry is due: the first of a run of
-    failures, then one per C{interval} seconds, so an outage of an hour
-    logs a hundred lines rather than thousands.
-    """
-
-    clock = attr.ib()
-    interval = attr.ib(default=30.0)
-    _logged_at = attr.ib(default=None, init=False)
-
-    def due(self):
-        now = self.clock.seconds()
-        if self._logged_at is not None and now - self._logged_at < self.interval:
-            return False
-        self._logged_at = now
-        return True
-
-    def reset(self):
-        """
-        The run of failures is over: the next one is logged at once.
-        """
-        self._logged_at = None

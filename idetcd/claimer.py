@@ -28,13 +28,14 @@ from automat import MethodicalMachine
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from idetcd.backoff import Backoff
 from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound
 from idetcd.lease import LeaseKeeper
 from idetcd.members import Member
+from idetcd.ratelimit import RateLimitedLog
 from idetcd.registry import Registry
 
 log = Logger()
@@ -78,6 +79,8 @@ class Claimer(Service):
     on_claimed = attr.ib(default=None)
     on_identity = attr.ib(default=None)
     backoff = attr.ib(factory=Backoff)
+    #: How often, at most, "cannot claim a name yet" is logged.
+    warn_interval = attr.ib(default=30.0)
     #: The etcd revision at which the name held now was won.
     claim_revision = attr.ib(default=0, init=False)
     _name = attr.ib(default=None, init=False)
@@ -94,6 +97,7 @@ class Claimer(Service):
     _tag = attr.ib(init=False)
     _names = attr.ib(init=False)
     _slots = attr.ib(init=False)
+    _warn = attr.ib(init=False)
 
     _machine = MethodicalMachine()
 
@@ -101,6 +105,7 @@ class Claimer(Service):
         # Rendered once: a large limit makes this the costly part of a claim.
         self._names = [self.pattern.render(slot) for slot in range(1, self.limit + 1)]
         self._slots = {name: slot for slot, name in enumerate(self._names, 1)}
+        self._warn = RateLimitedLog(self.reactor, log, self.warn_interval, LogLevel.warn)
         # Nodes of one pattern queue together.
         self._tag = hashlib.sha256(self.pattern.text.encode("utf-8")).hexdigest()[:16].encode("ascii")
         if self.registry is None:
@@ -575,17 +580,16 @@ class Claimer(Service):
                 if isinstance(e, (EtcdUnavailable, EtcdError, defer.TimeoutError)):
                     error = str(e)
                 else:
-                    log.failure("unexpected error while claiming")
+                    # A traceback per retry would flood the log: one per interval.
+                    self._warn("unexpected", "unexpected error while claiming", log_failure=Failure())
                     error = repr(e)
             else:
                 self.backoff.reset()
+                self._warn.reset("claim")
+                self._warn.reset("unexpected")
                 return result
             delay = self.backoff.next()
-            log.warn(
-                "cannot claim a name yet ({error}); retrying in {delay:.2f}s",
-                error=error,
-                delay=delay,
-            )
+            self._warn("claim", "cannot claim a name yet ({error}); retrying in {delay:.2f}s", error=error, delay=delay)
             yield deferLater(self.reactor, delay, lambda: None)
 
     @defer.inlineCallbacks

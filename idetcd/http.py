@@ -130,7 +130,7 @@ class HttpEndpoint(Service):
         Service.stopService(self)
         listening, self._listening = self._listening, None
         if listening is None:
-            return None
+            return None  # it never listened: its port was taken
         for connection in list(self._connections.protocols):
             connection.transport.abortConnection()
         return listening.stopListening()

@@ -17,6 +17,12 @@ from idetcd.members import Member
 
 log = Logger()
 
+
+class NoAddress(Exception):
+    """
+    No address to announce could be found, and the Corefile gives none.
+    """
+
 #: Documentation addresses (RFC 5737, RFC 3849): connecting a UDP socket
 #: to one picks the default route's source address, and sends nothing.
 _ELSEWHERE = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
@@ -115,6 +121,6 @@ class NodeIdentity(Service):
                 continue
             log.info("announcing {address} (set 'address' to choose)", address=address)
             return [address]
-        raise RuntimeError(
+        raise NoAddress(
             "cannot tell which address to announce (" + "; ".join(errors) + "); set 'address'"
         )

@@ -10,12 +10,13 @@ compaction makes it read everything again.
 import attr
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from idetcd.backoff import Backoff
 from idetcd.etcd import ResyncNeeded, prefix_range_end
 from idetcd.members import Member
 from idetcd.names import normalize_name
+from idetcd.ratelimit import RateLimitedLog
 
 log = Logger()
 
@@ -41,6 +42,8 @@ class Registry(Service):
     prefix = attr.ib()
     reactor = attr.ib()
     backoff = attr.ib(factory=Backoff)
+    #: How often, at most, a failed read of every member is logged.
+    warn_interval = attr.ib(default=30.0)
     members = attr.ib(factory=dict, init=False)
     revision = attr.ib(default=0, init=False)
     applied = attr.ib(default=0, init=False)
@@ -56,6 +59,10 @@ class Registry(Service):
     _watch = attr.ib(default=None, init=False)
     _loading = attr.ib(default=None, init=False)
     _retry = attr.ib(default=None, init=False)
+    _warn = attr.ib(init=False)
+
+    def __attrs_post_init__(self):
+        self._warn = RateLimitedLog(self.reactor, log, self.warn_interval, LogLevel.warn)
 
     @property
     def ready(self):
@@ -176,7 +183,8 @@ class Registry(Service):
         if failure.check(defer.CancelledError) or not self.running:
             return
         delay = self.backoff.next()
-        log.warn(
+        self._warn(
+            "load",
             "cannot read members from etcd ({error}); answering from what is known, retrying in {delay:.2f}s",
             error=failure.getErrorMessage(),
             delay=delay,
@@ -187,6 +195,7 @@ class Registry(Service):
         self._loading = None
         kvs, revision = result
         self.backoff.reset()
+        self._warn.reset("load")
         present = {kv.key for kv in kvs}
         for key in list(self._queue):
             if key not in present:

@@ -26,6 +26,7 @@ from twisted.names import dns
 from twisted.protocols import policies
 
 from idetcd import wire
+from idetcd.ratelimit import RateLimitedLog
 
 log = Logger()
 
@@ -70,27 +71,6 @@ _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, local address, destination
 
 _FLAGS = struct.Struct("!H")
 _BADVERS = wire.Encoded(dns.EBADVERSION, auth=False)
-
-
-@attr.s(eq=False)
-class RateLimitedLog:
-    """
-    Logs at most one event of each kind per C{interval} seconds, so hostile
-    traffic cannot flood the log; each event says how many were left out.
-    """
-
-    clock = attr.ib()
-    interval = attr.ib(default=LOG_INTERVAL)
-    _last = attr.ib(init=False, factory=dict)
-
-    def __call__(self, kind, format, **fields):
-        now = self.clock.seconds()
-        last, skipped = self._last.get(kind, (None, 0))
-        if last is not None and now - last < self.interval:
-            self._last[kind] = (last, skipped + 1)
-            return
-        self._last[kind] = (now, 0)
-        log.info(format + " ({skipped} more not logged)", kind=kind, skipped=skipped, **fields)
 
 
 @attr.s(eq=False)
@@ -715,7 +695,7 @@ class DNSServer(service.Service):
         """
         if self._listening:
             return
-        report = RateLimitedLog(self.reactor)
+        report = RateLimitedLog(self.reactor, log, LOG_INTERVAL)
         self._replies = _Replies(self.authority, report, self.forwarder)
         self._replies.rebuild()
         self._tcp = _TCPFactory(

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 
 from idetcd.embedded import free_port
 from idetcd.etcd import EtcdClient, prefix_range_end
+from idetcd.failures import EXIT_UNAVAILABLE
 from tests.etcdserver import start_etcd
 from tests.test_etcd import sleep
 
@@ -63,11 +64,11 @@ def query(port, name, rdtype="A", tcp=False):
     return threads.deferToThread(send, message, "127.0.0.1", timeout=2, port=port)
 
 
-def spawn_node(corefile, state, env):
+def spawn_node(corefile, state, env, options=()):
     """
     Start ``twistd -n idetcd`` on C{corefile} with the state directory
-    C{state} and C{env} added to the environment; returns its L{_Output},
-    with the process as C{process}.
+    C{state}, C{options} for idetcd, and C{env} added to the environment;
+    returns its L{_Output}, with the process as C{process}.
     """
     node = _Output()
     args = [
@@ -75,8 +76,9 @@ def spawn_node(corefile, state, env):
         "-n", "--pidfile=", "idetcd",
         "--corefile", corefile,
         "--state", state,
+        *options,
     ]
-    env = dict(os.environ, PYTHONPATH=ROOT, **env)
+    env = dict(dict(os.environ, PYTHONPATH=ROOT), **env)
     node.process = reactor.spawnProcess(node, sys.executable, args, env=env)
     return node
 
@@ -97,12 +99,13 @@ class NodeProcessCase(unittest.TestCase):
         with open(self.corefile, "w") as f:
             f.write(self.COREFILE)
 
-    def start_node(self, state=None, **env):
+    def start_node(self, state=None, options=(), **env):
         port = free_port()
         node = spawn_node(
             self.corefile,
             state or os.path.abspath(self.mktemp()),
             dict(dict(NODE_PORT=str(port), ETCD_URL=self.etcd.client_url), **env),
+            options,
         )
         node.port = port
 
@@ -146,10 +149,10 @@ class ClusterTests(NodeProcessCase):
         self.assertTrue(reply.flags & dns.flags.AA)
         self.assertEqual(reply.authority[0].rdtype, dns.rdatatype.SOA)
 
-        # A fourth node finds no free slot and exits non-zero, saying why.
+        # A fourth node finds no free slot and exits, saying why.
         late = self.start_node()
         status = yield late.ended
-        self.assertNotEqual(status, 0)
+        self.assertEqual(status, EXIT_UNAVAILABLE)
         self.assertIn(b"all 3 slots of pattern 'worker{{.ID}}.tf.local.' are taken", late.output)
 
         # A node stopped with SIGTERM gives its name back; the others stop

@@ -33,7 +33,7 @@ from twisted.trial import unittest
 from idetcd.authority import ZoneAuthority
 from idetcd.members import Member
 from idetcd import server as server_module
-from idetcd.server import DNSServer, RateLimitedLog
+from idetcd.server import DNSServer
 from tests.test_authority import FakeRegistry, sample_members
 
 HOST = "127.0.0.1"
@@ -995,28 +995,6 @@ class LifecycleTests(unittest.TestCase):
         self.assertRaises(ValueError, DNSServer, self.authority, 0, tcp_idle_timeout=0)
         self.assertRaises(ValueError, DNSServer, self.authority, 0, max_tcp_connections=0)
         self.assertRaises(ValueError, DNSServer, self.authority, 0, interfaces=())
-
-
-class RateLimitedLogTests(unittest.TestCase):
-    def test_one_line_per_kind_per_interval(self):
-        """
-        Within an interval only the first event of a kind is logged; the next
-        logged one counts those left out.
-        """
-        events = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        clock = task.Clock()
-        report = RateLimitedLog(clock, interval=10)
-        for _ in range(5):
-            report("a", "event a {n}", n=1)
-            report("b", "event b")
-        clock.advance(10)
-        report("a", "event a {n}", n=2)
-        ours = [e for e in events if e.get("log_namespace") == "idetcd.server"]
-        self.assertEqual([(e["kind"], e["skipped"]) for e in ours], [("a", 0), ("b", 0), ("a", 4)])
 
 
 @defer.inlineCallbacks

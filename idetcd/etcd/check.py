@@ -11,9 +11,10 @@ import re
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
-from idetcd.backoff import Backoff, LogThrottle
+from idetcd.backoff import Backoff
+from idetcd.ratelimit import RateLimitedLog
 from idetcd.etcd.errors import (
     AuthenticationFailed,
     EtcdError,
@@ -107,7 +108,7 @@ def check(client, prefix):
     backoff and a warning every 30 s at most.
     """
     backoff = Backoff()
-    throttle = LogThrottle(client.reactor)
+    warn = RateLimitedLog(client.reactor, log, 30.0, LogLevel.warn)
     tries = 0
     while True:
         tries += 1
@@ -117,13 +118,13 @@ def check(client, prefix):
             raise
         except (EtcdUnavailable, EtcdError, defer.TimeoutError) as e:
             delay = backoff.next()
-            if throttle.due():
-                log.warn(
-                    "cannot reach etcd yet ({error}); trying again in {delay:.2f}s ({tries} tries so far)",
-                    error=str(e),
-                    delay=delay,
-                    tries=tries,
-                )
+            warn(
+                "unreachable",
+                "cannot reach etcd yet ({error}); trying again in {delay:.2f}s ({tries} tries so far)",
+                error=str(e),
+                delay=delay,
+                tries=tries,
+            )
             yield deferLater(client.reactor, delay, lambda: None)
             continue
         log.info(

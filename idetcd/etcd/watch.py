@@ -11,7 +11,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from idetcd.backoff import Backoff, LogThrottle
+from idetcd.backoff import Backoff
+from idetcd.ratelimit import RateLimitedLog
 from idetcd.etcd.auth import watch_refused
 from idetcd.etcd.errors import Compacted, EtcdError, ResyncNeeded
 from idetcd.etcd.values import Event, KeyValue, _range_body
@@ -125,12 +126,12 @@ class Watch:
     _retry = attr.ib(default=None, init=False)
     #: Consecutive streams that broke, and when to log that.
     _breaks = attr.ib(default=0, init=False)
-    _throttle = attr.ib(default=None, init=False)
+    _warn = attr.ib(default=None, init=False)
     #: Whether the stream now opening follows one whose token was refused.
     _new_token = attr.ib(default=False, init=False)
 
     def __attrs_post_init__(self):
-        self._throttle = LogThrottle(self.client.reactor)
+        self._warn = RateLimitedLog(self.client.reactor, log, 30.0)
 
     def start(self):
         if self.done.called:
@@ -215,7 +216,7 @@ class Watch:
 
     def _working(self, index):
         self.backoff.reset()
-        self._throttle.reset()
+        self._warn.reset("broken")
         if self._breaks:
             log.info(
                 "etcd watch resumed on {endpoint} from revision {revision} after {breaks} broken streams",
@@ -236,18 +237,18 @@ class Watch:
         self.client._next_endpoint(index)
         delay = self.backoff.next()
         self._breaks += 1
-        if self._throttle.due():
-            log.emit(
-                LogLevel.warn if failure is not None and failure.check(EtcdError) else LogLevel.info,
-                "etcd watch on {endpoint} ended ({why}); resuming from revision {revision}"
-                " on {next} in {delay:.2f}s ({breaks} broken streams in a row)",
-                endpoint=self.client.endpoints[index],
-                why=failure.getErrorMessage() if failure else "closed",
-                revision=self.next_revision,
-                next=self.client.endpoint,
-                delay=delay,
-                breaks=self._breaks,
-            )
+        self._warn(
+            "broken",
+            "etcd watch on {endpoint} ended ({why}); resuming from revision {revision}"
+            " on {next} in {delay:.2f}s ({breaks} broken streams in a row)",
+            endpoint=self.client.endpoints[index],
+            why=failure.getErrorMessage() if failure else "closed",
+            revision=self.next_revision,
+            next=self.client.endpoint,
+            delay=delay,
+            breaks=self._breaks,
+            level=LogLevel.warn if failure is not None and failure.check(EtcdError) else LogLevel.info,
+        )
         self._retry = self.client.reactor.callLater(delay, self.start)
         return None
 

@@ -1,0 +1,97 @@
+"""
+The files in contrib/: the systemd unit and the cloud-init user-data agree
+with each other and with the code they run.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import yaml
+from twisted.trial import unittest
+
+from idetcd.corefile import parse
+from idetcd.failures import PERMANENT
+from tests.test_cluster import ROOT
+
+UNIT = os.path.join(ROOT, "contrib", "systemd", "idetcd.service")
+USER_DATA = os.path.join(ROOT, "contrib", "cloud-init", "user-data.yaml")
+
+
+def settings(unit_text):
+    """
+    Every C{Key=value} of a unit, as lists (a key may repeat).
+    """
+    found = {}
+    for line in unit_text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+class UnitTests(unittest.TestCase):
+    def setUp(self):
+        with open(UNIT) as f:
+            self.text = f.read()
+        self.settings = settings(self.text)
+
+    def test_readiness_state_and_restarts(self):
+        """
+        Type=notify, the state directory systemd makes is the one given to
+        the node, and the statuses a restart cannot cure are those of
+        L{idetcd.failures.PERMANENT}.
+        """
+        self.assertEqual(self.settings["Type"], ["notify"])
+        self.assertEqual(self.settings["StateDirectory"], ["idetcd"])
+        self.assertIn("--state %S/idetcd", self.settings["ExecStart"][0])
+        self.assertEqual(self.settings["Restart"], ["on-failure"])
+        restart_prevented = [int(status) for status in self.settings["RestartPreventExitStatus"][0].split()]
+        self.assertEqual(sorted(restart_prevented), sorted(PERMANENT))
+        self.assertEqual(self.settings["RestrictAddressFamilies"], ["AF_INET AF_INET6 AF_UNIX"])
+
+    def test_systemd_accepts_it(self):
+        """
+        C{systemd-analyze verify}, with ExecStart= pointing at a program
+        that exists here (the unit's /opt/idetcd is not installed).
+        """
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise unittest.SkipTest("systemd-analyze is not installed")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "idetcd.service"), "w") as f:
+            f.write(self.text.replace("/opt/idetcd/bin/twistd", sys.executable))
+        result = subprocess.run(
+            [analyze, "verify", "idetcd.service"], cwd=directory, capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+
+
+class UserDataTests(unittest.TestCase):
+    def setUp(self):
+        with open(USER_DATA) as f:
+            self.text = f.read()
+        self.data = yaml.safe_load(self.text)
+        self.files = {entry["path"]: entry["content"] for entry in self.data["write_files"]}
+
+    def test_cloud_config(self):
+        self.assertTrue(self.text.startswith("#cloud-config\n"))
+        self.assertEqual(self.data["packages"], ["python3-venv"])
+        self.assertIn("systemctl enable --now --no-block idetcd.service", self.data["runcmd"])
+
+    def test_installs_the_contrib_unit(self):
+        with open(UNIT) as f:
+            self.assertEqual(self.files["/etc/systemd/system/idetcd.service"], f.read())
+
+    def test_corefile_is_valid_and_routed(self):
+        """
+        The Corefile parses; systemd-resolved sends its zone, and only it,
+        to the address idetcd listens on.
+        """
+        (block,) = parse(self.files["/etc/idetcd/Corefile"])
+        self.assertEqual((block.port, block.binds), (53, ("127.0.0.1",)))
+        zone = block.idetcd.pattern.zone.rstrip(".")
+        resolved = settings(self.files["/etc/systemd/resolved.conf.d/idetcd.conf"])
+        self.assertEqual(resolved, {"DNS": ["127.0.0.1"], "Domains": [f"~{zone}"]})
