@@ -26,6 +26,7 @@ from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
 from idetcd.http import HttpEndpoint, health_site, ready_site
 from idetcd.members import Member
+from idetcd.membership import when_members
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 
@@ -48,6 +49,15 @@ def default_state_dir(block, port):
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     zone = block.idetcd.pattern.zone.rstrip(".") or "root"
     return os.path.join(base, "idetcd", f"{zone}-{port}")
+
+
+def state_path(block, port=None, state_dir=None):
+    """
+    The state directory of the node of C{block}, given the C{--port} and
+    C{--state} it was started with, if any.
+    """
+    port = block.port if port is None else port
+    return state_dir or block.idetcd.state or default_state_dir(block, port)
 
 
 def _boot_id():
@@ -116,6 +126,28 @@ class NodeState:
 
     def replace_node_id(self, node):
         self._write("node-id", node)
+
+    def existing_node_id(self):
+        """
+        This node's identity if it has one yet; never makes one.
+        """
+        return self._read("node-id")
+
+    def remember_etcd_url(self, url):
+        """
+        Where the embedded etcd of the node running now listens, for the
+        C{idetcd} command to find it.
+        """
+        self._write("etcd-url", url)
+
+    def forget_etcd_url(self):
+        try:
+            os.remove(os.path.join(self.path, "etcd-url"))
+        except FileNotFoundError:
+            pass
+
+    def etcd_url(self):
+        return self._read("etcd-url")
 
     def last_name(self):
         return self._read("name")
@@ -211,6 +243,7 @@ class IdetcdService(MultiService):
     _starting = attr.ib(default=None, init=False)
     _waiters = attr.ib(factory=list, init=False)
     _failure = attr.ib(default=None, init=False)
+    _member_waits = attr.ib(factory=set, init=False)
 
     def __attrs_post_init__(self):
         MultiService.__init__(self)
@@ -218,9 +251,7 @@ class IdetcdService(MultiService):
         if settings is None:
             raise CorefileError(self.block.filename, self.block.line, "server block has no idetcd directive")
         port = self.block.port if self.port is None else self.port
-        self.state = NodeState(
-            self.state_dir or settings.state or default_state_dir(self.block, port)
-        )
+        self.state = NodeState(state_path(self.block, port, self.state_dir))
         if settings.endpoints == ("embedded",):
             self.etcd = EtcdProcess(self.reactor, os.path.join(self.state.path, "etcd"))
             endpoints = [self.etcd.client_url]
@@ -279,8 +310,35 @@ class IdetcdService(MultiService):
         return self.claimer.held_name
 
     @property
+    def slot(self):
+        """
+        The slot of the name held now (3 for C{worker3.tf.local.}), or
+        C{None}: the node's rank, kept across restarts.
+        """
+        return self.claimer.slot
+
+    @property
     def members(self):
         return self.registry.members
+
+    def when_members(self, count, role=None):
+        """
+        Fires with the members of C{role} (of every role for C{None}) in
+        this node's zone, by role then slot, once at least C{count} are
+        present.  Cancel it to stop waiting; stopping the node cancels it.
+        """
+        d = when_members(self.registry, count, role, self.settings.pattern.zone)
+        self._member_waits.add(d)
+        return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
+
+    def subscribe(self, callback):
+        """
+        Call C{callback(names)} after every change to C{members}, with the
+        set of names that came, changed or left (look each up in
+        C{members}: a name not there has left).  Returns a function that
+        ends the subscription.
+        """
+        return self.registry.subscribe_changes(lambda names: callback(names) if names else None)
 
     def when_claimed(self):
         """
@@ -315,6 +373,9 @@ class IdetcdService(MultiService):
         self.claimer.predecessor_lease = self.state.predecessor_lease()
         if self.etcd is not None:
             yield self.etcd.startService()
+            # Its ports are known for sure only now (taken ports are retried).
+            self.client.endpoints = (self.etcd.client_url,)
+            self.state.remember_etcd_url(self.etcd.client_url)
         self.registry.startService()
         self.claimer.startService()
         name = yield self.claimer.when_claimed()
@@ -392,6 +453,8 @@ class IdetcdService(MultiService):
         children = MultiService.stopService(self)
         if self._starting is not None:
             self._starting.cancel()
+        for d in list(self._member_waits):
+            d.cancel()
         # Release the name first, while etcd and the client are still up.
         yield self.claimer.stopService() if self.claimer.running else None
         yield self.dns.stopService()
@@ -400,5 +463,6 @@ class IdetcdService(MultiService):
         yield self.client.close()
         if self.etcd is not None and self.etcd.running:
             yield self.etcd.stopService()
+            self.state.forget_etcd_url()
         self.state.release()
         yield children
