@@ -97,10 +97,10 @@ class NodeProcessCase(unittest.TestCase):
         with open(self.corefile, "w") as f:
             f.write(self.COREFILE)
 
-    def start_node(self, state=None, **env):
+    def start_node(self, state=None, corefile=None, **env):
         port = free_port()
         node = spawn_node(
-            self.corefile,
+            corefile or self.corefile,
             state or os.path.abspath(self.mktemp()),
             dict(dict(NODE_PORT=str(port), ETCD_URL=self.etcd.client_url), **env),
         )
