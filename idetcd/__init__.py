@@ -5,6 +5,7 @@ The public API; everything else may change.
 """
 
 from idetcd.claimer import SlotsExhausted
+from idetcd.clusterspec import ClusterSpec, SpecError
 from idetcd.corefile import CorefileError, IdetcdSettings, ServerBlock, load, parse
 from idetcd.members import Member
 from idetcd.pattern import Pattern, PatternError
@@ -13,6 +14,7 @@ from idetcd.service import IdetcdService, StateDirectoryBusy
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClusterSpec",
     "CorefileError",
     "IdetcdService",
     "IdetcdSettings",
@@ -21,6 +23,7 @@ __all__ = [
     "PatternError",
     "ServerBlock",
     "SlotsExhausted",
+    "SpecError",
     "StateDirectoryBusy",
     "load",
     "parse",

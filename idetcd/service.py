@@ -313,7 +313,7 @@ class IdetcdService(MultiService):
     def slot(self):
         """
         The slot of the name held now (3 for C{worker3.tf.local.}), or
-        C{None}: the node's rank, kept across restarts.
+        C{None}; a node restarted with its state directory takes it back.
         """
         return self.claimer.slot
 

@@ -30,6 +30,17 @@ JOB_COREFILE = """\
 """
 
 
+#: The idetcd command, as the console script runs it.
+IDETCD = (sys.executable, "-m", "idetcd.cli")
+EXAMPLES = os.path.join(ROOT, "examples")
+
+#: Stand-ins for torchrun and python in the examples' launch scripts: they
+#: print what they were given (TF_CONFIG and their arguments).
+STAND_IN = """#!/bin/sh
+printf '%s\\n' "${TF_CONFIG:-}" "$@"
+"""
+
+
 class _Command(_Output):
     """
     An C{idetcd} run: C{stdout} alone, and C{output} with stderr.
@@ -55,9 +66,10 @@ class CommandCase(NodeProcessCase):
             f.write(JOB_COREFILE % (role, f"        srv {srv}\n" if srv else ""))
         return path
 
-    def start(self, *args, etcd_url=None):
+    def start(self, *args, etcd_url=None, program=IDETCD, **env):
         """
-        Start C{idetcd ARGS}; returns its L{_Command}, killed at the end of
+        Start C{idetcd ARGS} (or C{program} with C{args}, and C{env} added
+        to the environment); returns its L{_Command}, killed at the end of
         the test if still running.
         """
         command = _Command()
@@ -66,24 +78,19 @@ class CommandCase(NodeProcessCase):
             PYTHONPATH=ROOT,
             NODE_PORT="0",
             ETCD_URL=etcd_url or self.etcd.client_url,
+            **env,
         )
-        argv = [sys.executable, "-m", "idetcd.cli", *args]
-        command.process = reactor.spawnProcess(command, sys.executable, argv, env=env)
-
-        def stop():
-            if not command.ended.called:
-                command.process.signalProcess(signal.SIGKILL)
-                return command.ended
-
-        self.addCleanup(stop)
-        return command
+        argv = [*program, *args]
+        command.process = reactor.spawnProcess(command, argv[0], argv, env=env)
+        return self.kill_at_end(command)
 
     @defer.inlineCallbacks
-    def idetcd(self, *args, etcd_url=None):
+    def idetcd(self, *args, **kwargs):
         """
-        Run C{idetcd ARGS} to its end: (status, stdout, stdout and stderr).
+        Run C{idetcd ARGS} (or as L{start} says) to its end: (status,
+        stdout, stdout and stderr).
         """
-        command = self.start(*args, etcd_url=etcd_url)
+        command = self.start(*args, **kwargs)
         yield command.ended
         return command.status, command.stdout.decode(), command.output.decode()
 
@@ -102,6 +109,41 @@ class CommandCase(NodeProcessCase):
         return node
 
 
+    @defer.inlineCallbacks
+    def check_examples(self, node, tf_config):
+        """
+        The examples' launch scripts pass what idetcd says to the framework.
+        """
+        stand_in = os.path.abspath(self.mktemp())
+        os.makedirs(stand_in)
+        for name in ("torchrun", "python"):
+            with open(os.path.join(stand_in, name), "w") as f:
+                f.write(STAND_IN)
+            os.chmod(os.path.join(stand_in, name), 0o755)
+        env = dict(
+            IDETCD=" ".join(IDETCD),
+            IDETCD_NODE=f"--corefile {node.corefile} --state {node.state}",
+            WORKERS="3",
+            PATH=stand_in + os.pathsep + os.environ["PATH"],
+            PYTHON=os.path.join(stand_in, "python"),
+        )
+        torch = os.path.join(EXAMPLES, "pytorch")
+        status, out, output = yield self.idetcd(
+            os.path.join(torch, "launch.sh"), "--epochs=1", program=("/bin/sh",), **env
+        )
+        self.assertEqual(status, 0, output)
+        self.assertEqual(out.splitlines(), [
+            "", "--nnodes=3", "--node_rank=2", "--master_addr=worker1.tf.local", "--master_port=2222",
+            "--nproc_per_node=1", os.path.join(torch, "train_ddp.py"), "--epochs=1",
+        ])
+        tf = os.path.join(EXAMPLES, "tensorflow")
+        status, out, output = yield self.idetcd(os.path.join(tf, "launch.sh"), program=("/bin/sh",), **env)
+        self.assertEqual(status, 0, output)
+        lines = out.splitlines()
+        self.assertEqual(json.loads(lines[0]), tf_config)
+        self.assertEqual(lines[1:], [os.path.join(tf, "train_mwms.py")])
+
+
 def _torchrun(text):
     return dict(line.split("=", 1) for line in text.splitlines())
 
@@ -113,8 +155,12 @@ class TrainingJobTests(CommandCase):
         workers = self.corefile_for("worker", 2222)
         ps = self.corefile_for("ps", 2223)
         nodes = [self.node(workers), self.node(workers), self.node(ps)]
+        names = []
         for node in nodes:
-            yield self.wait_claimed(node)
+            names.append((yield self.wait_claimed(node)))
+        # The first two workers race for slots 1 and 2: list them by slot.
+        if names[0] == "worker2.tf.local.":
+            nodes[:2] = nodes[1::-1]
 
         # The barrier: it waits, following etcd, until the third worker.
         waiting = self.start("wait", "3", "--role", "worker", "--corefile", workers)
@@ -122,7 +168,7 @@ class TrainingJobTests(CommandCase):
         self.assertIn(b"(2 present)", waiting.output)
         self.assertFalse(waiting.ended.called)
         nodes.insert(2, self.node(workers))
-        yield self.wait_claimed(nodes[2])
+        self.assertEqual((yield self.wait_claimed(nodes[2])), "worker3.tf.local.")
         status = yield waiting.ended
         self.assertEqual(status, 0, waiting.output)
         self.assertEqual(
@@ -164,6 +210,7 @@ class TrainingJobTests(CommandCase):
         self.assertEqual(ranks, ["0", "1", "2"])
         hostfile = yield self.env(nodes[0], "hostfile")
         self.assertEqual(hostfile, "".join(f"worker{i}.tf.local slots=1\n" for i in (1, 2, 3)))
+        yield self.check_examples(nodes[2], configs[2])
 
         # A worker stopped: its name is gone, its state says so; the others
         # get dense ranks meanwhile.  Started again, it has its rank back.

@@ -11,7 +11,7 @@ import dns.rcode
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd import IdetcdService, StateDirectoryBusy
+from idetcd import ClusterSpec, IdetcdService, StateDirectoryBusy
 from idetcd.service import announced_address
 from idetcd.etcd import EtcdClient, prefix_range_end
 from tests.etcdserver import start_etcd, start_etcd_cluster
@@ -192,6 +192,7 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual([m.name for m in members], [f"worker{i}.tf.local." for i in (1, 2, 3)])
         self.assertEqual(sorted(node.slot for node in [first] + others), [1, 2, 3])
         self.assertEqual(first.members[first.held_name].slot, first.slot)
+        self.assertEqual(ClusterSpec.of(members, first.held_name).index, first.slot - 1)
         yield wait_for(lambda: set().union(*changes) == {m.name for m in members})
         self.assertTrue(all(changes))
 

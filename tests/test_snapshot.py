@@ -53,6 +53,14 @@ class _CountingClient:
 
 class SnapshotTests(EtcdTestCase):
     @defer.inlineCallbacks
+    def grant(self, count):
+        leases = []
+        for _ in range(count):
+            lease, _ = yield self.client.lease_grant(60)
+            leases.append(lease)
+        return leases
+
+    @defer.inlineCallbacks
     def test_read_members_of_the_zone(self):
         yield put_member(self.client, "worker", 1)
         yield put_member(self.client, "ps", 1)
@@ -67,10 +75,7 @@ class SnapshotTests(EtcdTestCase):
 
     @defer.inlineCallbacks
     def test_lease_times_with_bounded_lookups(self):
-        leases = []
-        for _ in range(120):
-            lease, _ = yield self.client.lease_grant(60)
-            leases.append(lease)
+        leases = yield self.grant(120)
         yield self.client.lease_revoke(leases[-1])
         counting = _CountingClient(self.client)
         times = yield lease_times(counting, leases + leases[:10] + [0], concurrency=8)
@@ -82,10 +87,7 @@ class SnapshotTests(EtcdTestCase):
 
     @defer.inlineCallbacks
     def test_lease_times_stop_at_the_first_failure(self):
-        leases = []
-        for _ in range(100):
-            lease, _ = yield self.client.lease_grant(60)
-            leases.append(lease)
+        leases = yield self.grant(100)
         yield self.etcd.kill()
         counting = _CountingClient(self.client)
         yield self.assertFailure(lease_times(counting, leases, concurrency=8), EtcdUnavailable)
