@@ -5,6 +5,7 @@ The public API; everything else may change.
 """
 
 from idetcd.claimer import SlotsExhausted
+from idetcd.clusterspec import ClusterSpec, SpecError
 from idetcd.corefile import CorefileError, IdetcdSettings, ServerBlock, load, parse
 from idetcd.members import Member
 from idetcd.pattern import Pattern, PatternError
@@ -14,6 +15,7 @@ from idetcd.state import StateDirectoryBusy
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClusterSpec",
     "CorefileError",
     "IdetcdService",
     "IdetcdSettings",
@@ -22,6 +24,7 @@ __all__ = [
     "PatternError",
     "ServerBlock",
     "SlotsExhausted",
+    "SpecError",
     "StateDirectoryBusy",
     "load",
     "parse",

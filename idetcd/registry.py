@@ -25,6 +25,19 @@ log = Logger()
 QUEUE = b"_claims/"
 
 
+def member_from(prefix, kv):
+    """
+    The member that C{kv}, read under C{prefix}, holds; C{None} for a key
+    that is not a name (a claim queue's, or, with prefix "", one of etcd's
+    other keys, which are not ours to judge).  L{ValueError} says what is
+    wrong with a value that is not a valid record.
+    """
+    if kv.key.startswith(prefix + QUEUE) or (not prefix and not kv.key.endswith(b".")):
+        return None
+    name = normalize_name(kv.key[len(prefix) :].decode("ascii"))
+    return Member.from_value(name, kv.value, lease=kv.lease)
+
+
 @attr.s(eq=False)
 class Registry(Service):
     """
@@ -258,13 +271,9 @@ class Registry(Service):
         if kv.key.startswith(self.prefix + QUEUE):
             self._queue[kv.key] = (kv.create_revision, kv.lease)
             return False
-        if not self.prefix and not kv.key.endswith(b"."):
-            # With no prefix, etcd's other keys are not ours to judge.
-            return False
         try:
-            name = normalize_name(kv.key[len(self.prefix) :].decode("ascii"))
-            member = Member.from_value(name, kv.value, lease=kv.lease)
-        except (ValueError, UnicodeDecodeError) as e:
+            member = member_from(self.prefix, kv)
+        except ValueError as e:
             logged = self._bad.get(kv.key) is not None
             was_member = self._forget(kv.key)
             if not logged:
@@ -275,6 +284,9 @@ class Registry(Service):
                 )
             self._bad[kv.key] = kv.mod_revision
             return was_member
+        if member is None:
+            return False
+        name = member.name
         self._bad.pop(kv.key, None)
         self._names[kv.key] = name
         if self.members.get(name) == member:

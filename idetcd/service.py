@@ -23,9 +23,10 @@ from idetcd.http import HttpEndpoint, health_site, ready_site
 from idetcd.identity import NodeIdentity
 from idetcd.ordered import OrderedMultiService
 from idetcd.peers import reverse_zones
+from idetcd.membership import when_members
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
-from idetcd.state import NodeState, default_state_dir
+from idetcd.state import NodeState, state_path
 
 log = Logger()
 
@@ -46,10 +47,13 @@ class EtcdConnection(Service):
     client = attr.ib()
     prefix = attr.ib()
     etcd = attr.ib(default=None)
+    #: Called with the embedded etcd's URL, once it is known for sure.
+    on_embedded = attr.ib(default=None)
 
     def startService(self):
         if self.etcd is not None:
             self.client.endpoints = (self.etcd.client_url,)
+            self.on_embedded(self.etcd.client_url)
         self.client.open()
         Service.startService(self)
         return self.client.check(self.prefix)
@@ -91,6 +95,7 @@ class IdetcdService(OrderedMultiService):
     _starting = attr.ib(default=None, init=False)
     _waiters = attr.ib(factory=list, init=False)
     _failure = attr.ib(default=None, init=False)
+    _member_waits = attr.ib(factory=set, init=False)
 
     def __attrs_post_init__(self):
         OrderedMultiService.__init__(self)
@@ -98,9 +103,7 @@ class IdetcdService(OrderedMultiService):
         if settings is None:
             raise CorefileError(self.block.filename, self.block.line, "server block has no idetcd directive")
         port = self.block.port if self.port is None else self.port
-        self.state = NodeState(
-            self.state_dir or settings.state or default_state_dir(self.block, port)
-        )
+        self.state = NodeState(state_path(self.block, port, self.state_dir))
         if settings.endpoints == ("embedded",):
             self.etcd = EtcdProcess(self.reactor, os.path.join(self.state.path, "etcd"))
             self._add("etcd", self.etcd)
@@ -111,7 +114,7 @@ class IdetcdService(OrderedMultiService):
             endpoints, self.reactor, tls=settings.tls, credentials=settings.credentials
         )
         prefix = settings.prefix.encode("utf-8")
-        self._add("etcd-client", EtcdConnection(self.client, prefix, self.etcd))
+        self._add("etcd-client", EtcdConnection(self.client, prefix, self.etcd, self.state.remember_etcd_url))
         self.registry = self._add("registry", Registry(self.client, prefix, self.reactor))
         authority = ZoneAuthority(
             settings.pattern.zone,
@@ -187,8 +190,35 @@ class IdetcdService(OrderedMultiService):
         return self.claimer.held_name
 
     @property
+    def slot(self):
+        """
+        The slot of the name held now (3 for C{worker3.tf.local.}), or
+        C{None}; a node restarted with its state directory takes it back.
+        """
+        return self.claimer.slot
+
+    @property
     def members(self):
         return self.registry.members
+
+    def when_members(self, count, role=None):
+        """
+        Fires with the members of C{role} (of every role for C{None}) in
+        this node's zone, by role then slot, once at least C{count} are
+        present.  Cancel it to stop waiting; stopping the node cancels it.
+        """
+        d = when_members(self.registry, count, role, self.settings.pattern.zone)
+        self._member_waits.add(d)
+        return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
+
+    def subscribe(self, callback):
+        """
+        Call C{callback(names)} after every change to C{members}, with the
+        set of names that came, changed or left (look each up in
+        C{members}: a name not there has left).  Returns a function that
+        ends the subscription.
+        """
+        return self.registry.subscribe_changes(lambda names: callback(names) if names else None)
 
     def when_claimed(self):
         """
@@ -248,7 +278,11 @@ class IdetcdService(OrderedMultiService):
     def stopService(self):
         if self._starting is not None:
             self._starting.cancel()
+        for d in list(self._member_waits):
+            d.cancel()
         try:
             yield OrderedMultiService.stopService(self)
         finally:
+            if self.etcd is not None:
+                self.state.forget_etcd_url()
             self.state.release()

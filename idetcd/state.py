@@ -29,6 +29,15 @@ def default_state_dir(block, port):
     return os.path.join(base, "idetcd", f"{zone}-{port}")
 
 
+def state_path(block, port=None, state_dir=None):
+    """
+    The state directory of the node of C{block}, given the C{--port} and
+    C{--state} it was started with, if any.
+    """
+    port = block.port if port is None else port
+    return state_dir or block.idetcd.state or default_state_dir(block, port)
+
+
 def _boot_id():
     """
     This kernel's boot, or C{None} where the system does not say.
@@ -95,6 +104,28 @@ class NodeState:
 
     def replace_node_id(self, node):
         self._write("node-id", node)
+
+    def existing_node_id(self):
+        """
+        This node's identity if it has one yet; never makes one.
+        """
+        return self._read("node-id")
+
+    def remember_etcd_url(self, url):
+        """
+        Where the embedded etcd of the node running now listens, for the
+        C{idetcd} command to find it.
+        """
+        self._write("etcd-url", url)
+
+    def forget_etcd_url(self):
+        try:
+            os.remove(os.path.join(self.path, "etcd-url"))
+        except FileNotFoundError:
+            pass
+
+    def etcd_url(self):
+        return self._read("etcd-url")
 
     def last_name(self):
         return self._read("name")

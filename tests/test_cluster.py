@@ -99,23 +99,30 @@ class NodeProcessCase(unittest.TestCase):
         with open(self.corefile, "w") as f:
             f.write(self.COREFILE)
 
-    def start_node(self, state=None, options=(), **env):
+    def start_node(self, state=None, options=(), corefile=None, **env):
         port = free_port()
         node = spawn_node(
-            self.corefile,
+            corefile or self.corefile,
             state or os.path.abspath(self.mktemp()),
             dict(dict(NODE_PORT=str(port), ETCD_URL=self.etcd.client_url), **env),
             options,
         )
         node.port = port
+        return self.kill_at_end(node)
+
+    def kill_at_end(self, started):
+        """
+        Kill C{started} (an L{_Output} with its C{process}) when the test
+        ends, if it still runs; returns it.
+        """
 
         def stop():
-            if not node.ended.called:
-                node.process.signalProcess(signal.SIGKILL)
-                return node.ended
+            if not started.ended.called:
+                started.process.signalProcess(signal.SIGKILL)
+                return started.ended
 
         self.addCleanup(stop)
-        return node
+        return started
 
     @defer.inlineCallbacks
     def wait_claimed(self, node, timeout=30):

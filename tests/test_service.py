@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
-from idetcd import IdetcdService, StateDirectoryBusy
+from idetcd import ClusterSpec, IdetcdService, StateDirectoryBusy
 from idetcd.identity import announced_address
 from idetcd.etcd import EtcdClient, prefix_range_end
 from tests.etcdserver import start_etcd, start_etcd_cluster
@@ -226,6 +226,43 @@ class ServiceTests(unittest.TestCase):
         self.assertNotEqual(nodes[0].client.endpoint, victim.client_url)
         yield self.node(endpoints, address=3).when_claimed()
         yield wait_for(lambda: all(len(node.members) == 3 for node in nodes))
+
+    @defer.inlineCallbacks
+    def test_slots_when_members_and_subscriptions(self):
+        """
+        The embedding API: a node's slot, a barrier on members, and the
+        names that change; waits still pending end when the node stops.
+        """
+        etcd = yield start_etcd(self)
+        first = self.node([etcd.client_url])
+        changes = []
+        unsubscribe = first.subscribe(changes.append)
+        three = first.when_members(3)
+        too_many = first.when_members(4, role="worker")
+        others = [self.node([etcd.client_url], address=i) for i in (2, 3)]
+        yield defer.gatherResults([node.when_claimed() for node in [first] + others])
+        members = yield three
+        self.assertEqual([m.name for m in members], [f"worker{i}.tf.local." for i in (1, 2, 3)])
+        self.assertEqual(sorted(node.slot for node in [first] + others), [1, 2, 3])
+        self.assertEqual(first.members[first.held_name].slot, first.slot)
+        self.assertEqual(ClusterSpec.of(members, first.held_name).index, first.slot - 1)
+        yield wait_for(lambda: set().union(*changes) == {m.name for m in members})
+        self.assertTrue(all(changes))
+
+        leaving = others[0].held_name
+        yield others[0].stopService()
+        yield wait_for(lambda: leaving in changes[-1])
+        self.assertNotIn(leaving, first.members)
+        unsubscribe()
+        seen = len(changes)
+        yield others[1].stopService()
+        yield wait_for(lambda: len(first.members) == 1)
+        self.assertEqual(len(changes), seen)
+
+        self.assertFalse(too_many.called)
+        yield first.stopService()
+        yield self.assertFailure(too_many, defer.CancelledError)
+        self.assertIsNone(first.slot)
 
 
 class AnnouncedAddressTests(unittest.TestCase):

@@ -1,0 +1,162 @@
+"""
+A node's place in its training job, in the forms the frameworks read:
+TensorFlow's ``TF_CONFIG``, ``torchrun``'s rank variables, an MPI or
+DeepSpeed hostfile.
+
+Frameworks need dense ranks (0 to N-1), where slots may have gaps (a node
+that left for good): a node's rank is its position among its role's members
+present, lowest slot first.  With every slot from 1 to N held, which is
+what ``idetcd wait N`` makes sure of, that is exactly SLOT-1; and since a
+restarted node takes its slot back, it keeps its rank.
+"""
+
+import json
+import shlex
+
+import attr
+
+
+class SpecError(Exception):
+    """
+    The members present do not make a cluster spec; the message says why.
+    """
+
+
+def member_order(member):
+    """
+    How members are listed everywhere: by role, then slot.
+    """
+    return member.role, member.slot, member.name
+
+
+def host(member):
+    """
+    The name frameworks connect to: without the trailing dot.
+    """
+    return member.name.rstrip(".")
+
+
+@attr.s(frozen=True)
+class ClusterSpec:
+    """
+    Every role's members, lowest slot first, and this node's member.
+    """
+
+    roles = attr.ib()  # {role: (Member, ...)}
+    member = attr.ib()
+
+    @classmethod
+    def of(cls, members, name):
+        """
+        The spec for the node holding C{name} among C{members} (L{Member}s
+        of one zone).
+        """
+        roles = {}
+        own = None
+        for member in sorted(members, key=member_order):
+            roles.setdefault(member.role, []).append(member)
+            if member.name == name:
+                own = member
+        if own is None:
+            raise SpecError(f"{name} is not among the members")
+        return cls({role: tuple(listed) for role, listed in roles.items()}, own)
+
+    @property
+    def peers(self):
+        """
+        The members of this node's role, lowest slot first.
+        """
+        return self.roles[self.member.role]
+
+    @property
+    def index(self):
+        """
+        This node's rank within its role: its position among the peers.
+        """
+        return self.peers.index(self.member)
+
+    def tf_config(self):
+        """
+        TensorFlow's C{TF_CONFIG}: every role's C{host:port}, and this task.
+        """
+        cluster = {role: [_address(m) for m in members] for role, members in self.roles.items()}
+        return {"cluster": cluster, "task": {"type": self.member.role, "index": self.index}}
+
+    def torchrun(self):
+        """
+        C{torchrun}'s rendezvous settings: the master is the peer with the
+        lowest slot.
+        """
+        master = self.peers[0]
+        return {
+            "NODE_RANK": self.index,
+            "NNODES": len(self.peers),
+            "MASTER_ADDR": host(master),
+            "MASTER_PORT": _srv(master),
+        }
+
+    def hostfile(self, slots=1):
+        """
+        An MPI/DeepSpeed hostfile: one line per peer, C{name slots=K}.
+        """
+        return "".join(f"{host(m)} slots={slots}\n" for m in self.peers)
+
+    def as_json(self):
+        """
+        Everything above as plain data: this node, and every role's members.
+        """
+        return {
+            "name": self.member.name,
+            "role": self.member.role,
+            "slot": self.member.slot,
+            "index": self.index,
+            "cluster": {
+                role: [member_json(m) for m in members] for role, members in self.roles.items()
+            },
+        }
+
+    def render(self, form, slots=1):
+        """
+        The text C{idetcd env --format FORM} prints.
+        """
+        if form == "tf-config":
+            return json.dumps(self.tf_config(), separators=(",", ":")) + "\n"
+        if form == "torchrun":
+            return "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in self.torchrun().items())
+        if form == "hostfile":
+            return self.hostfile(slots)
+        if form == "json":
+            return json.dumps(self.as_json(), indent=2) + "\n"
+        raise ValueError(f"unknown format {form!r}")
+
+
+#: The formats of L{ClusterSpec.render}.
+FORMATS = ("tf-config", "torchrun", "hostfile", "json")
+
+
+def member_json(member):
+    """
+    A member as plain data, as C{idetcd members --json} and C{env} show it.
+    """
+    return {
+        "name": member.name,
+        "role": member.role,
+        "slot": member.slot,
+        "addresses": list(member.ipv4 + member.ipv6),
+        "port": member.port,
+        "srv": member.srv or None,
+        "node": member.node,
+        "lease": f"{member.lease:x}" if member.lease else None,
+    }
+
+
+def _srv(member):
+    if not member.srv:
+        raise SpecError(
+            f"{member.name} has no srv port: set 'srv PORT' in the idetcd block of its Corefile"
+        )
+    return member.srv
+
+
+def _address(member):
+    return f"{host(member)}:{_srv(member)}"
