@@ -206,12 +206,14 @@ class LeaseInfo:
 class EtcdClient:
     """
     A Deferred-based etcd v3 client that moves to the next endpoint when one
-    does not answer.
+    does not answer.  C{on_call}, if set, is told of every settled L{call}
+    as C{on_call(path, result)}, with the reply or the failure (metrics).
     """
 
     endpoints = attr.ib(converter=tuple)
     reactor = attr.ib()
     timeout = attr.ib(default=5.0)
+    on_call = attr.ib(default=None, kw_only=True)
     _current = attr.ib(default=0, init=False)
     _pool = attr.ib(default=None, init=False)
     _http = attr.ib(default=None, init=False)
@@ -281,13 +283,23 @@ class EtcdClient:
 
         return d.addBoth(settle)
 
-    @defer.inlineCallbacks
     def call(self, path, body, timeout=None):
         """
         POST C{body} to C{path} (e.g. C{/v3/kv/range}) and return the decoded
         reply, trying each endpoint once, starting with the current one,
         each try bounded by C{timeout} (default: the client's).
         """
+        d = self._call(path, body, timeout)
+        if self.on_call is not None:
+            d.addBoth(self._observed, path)
+        return d
+
+    def _observed(self, result, path):
+        self.on_call(path, result)
+        return result
+
+    @defer.inlineCallbacks
+    def _call(self, path, body, timeout):
         errors = []
         for _ in range(len(self.endpoints)):
             if self._closed:

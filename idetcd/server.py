@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.protocols import policies
 
-from idetcd import wire
+from idetcd import tally, wire
 
 log = Logger()
 
@@ -68,6 +68,7 @@ _PKTINFO_SPACE = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, local address, destination
 
 _FLAGS = struct.Struct("!H")
+_now = tally.now
 _BADVERS = wire.Encoded(dns.EBADVERSION, auth=False)
 
 
@@ -129,13 +130,14 @@ class _Cache:
 
 class _Unanswered(Exception):
     """
-    The message gets C{reply} (bytes, or L{None} for no reply at all) and
-    no lookup.
+    The message gets C{reply} (bytes, or L{None} for no reply at all), of
+    L{tally.kind} C{kind}, and no lookup.
     """
 
-    def __init__(self, reply):
+    def __init__(self, reply, kind=None):
         Exception.__init__(self, reply)
         self.reply = reply
+        self.kind = kind
 
 
 def _udp_limit(edns):
@@ -158,11 +160,12 @@ def _prepare(labels, type, response):
     """
     question = wire.name(labels) + wire.TYPE_CLASS.pack(type, dns.IN)
     encoded = wire.encode(labels, question, response)
+    kind = tally.kind(type, encoded.rcode)
     fast = []
     for flags in PREPARED_FLAGS:
         head, tail = wire.template(encoded, flags, len(question), wire.MIN_PAYLOAD, None)
         key = wire.HEAD.pack(flags, 1, 0, 0, 0) + question
-        fast.append((key, (head, wire.HEADER.size + len(question), tail)))
+        fast.append((key, (head, wire.HEADER.size + len(question), tail, kind)))
     return _Prepared(response, encoded, tuple(fast))
 
 
@@ -172,8 +175,8 @@ class _Replies:
     Wire replies for one zone.
 
     C{fast.table} maps the fast key of a UDP query (see L{_UDP}) to (head,
-    question end, tail): prepared for every question with data, filled from
-    the slow path for the rest.
+    question end, tail, L{tally.kind}): prepared for every question with
+    data, filled from the slow path for the rest.
     """
 
     authority = attr.ib()
@@ -266,28 +269,29 @@ class _Replies:
 
     def udp(self, data, key, peer):
         """
-        The reply to a datagram the fast table missed; a reply to a query
-        goes into that table under C{key}.
+        The reply to a datagram the fast table missed (or L{None}) and its
+        L{tally.kind}; a reply to a query goes into that table under C{key}.
         """
         try:
             query = self._read(data, peer)
         except _Unanswered as e:
-            return e.reply
-        head, tail = self._template(query, _udp_limit(query.edns))
+            return e.reply, e.kind
+        head, tail, kind = self._template(query, _udp_limit(query.edns))
         if len(data) <= CACHEABLE_QUERY:
-            self.fast.put(key, (head, wire.HEADER.size + len(query.question), tail))
-        return data[:2] + head + query.question + tail
+            self.fast.put(key, (head, wire.HEADER.size + len(query.question), tail, kind))
+        return data[:2] + head + query.question + tail, kind
 
     def tcp(self, data, peer):
         """
-        The reply to one message from a TCP stream, or L{None}.
+        The reply to one message from a TCP stream (or L{None}) and its
+        L{tally.kind}.
         """
         try:
             query = self._read(data, peer)
         except _Unanswered as e:
-            return e.reply
-        head, tail = self._template(query, wire.MAX_MESSAGE)
-        return data[:2] + head + query.question + tail
+            return e.reply, e.kind
+        head, tail, kind = self._template(query, wire.MAX_MESSAGE)
+        return data[:2] + head + query.question + tail, kind
 
     def _read(self, data, peer):
         if len(data) < wire.HEADER.size:
@@ -303,22 +307,24 @@ class _Replies:
             query = wire.read_query(data)
         except wire.FormatError as e:
             if flags & wire.OPCODE:
-                raise _Unanswered(self._not_implemented(data, flags, peer, e.edns))
+                raise self._not_implemented(data, flags, peer, e.edns, tally.NO_TYPE)
             self.report("malformed", "malformed query from {peer}: {why}", why=str(e), peer=peer)
-            raise _Unanswered(wire.header_only(data, dns.EFORMAT, e.edns))
+            raise _Unanswered(
+                wire.header_only(data, dns.EFORMAT, e.edns), tally.kind(tally.NO_TYPE, dns.EFORMAT)
+            )
         if flags & wire.OPCODE:
-            raise _Unanswered(self._not_implemented(data, flags, peer, query.edns))
+            raise self._not_implemented(data, flags, peer, query.edns, query.type)
         if query.signed is not None:
             self.report("tsig", "TSIG-signed query from {peer}: no keys here, BADKEY", peer=peer)
-            raise _Unanswered(wire.badkey(data, query))
+            raise _Unanswered(wire.badkey(data, query), tally.kind(query.type, wire.NOTAUTH))
         return query
 
-    def _not_implemented(self, data, flags, peer, edns):
+    def _not_implemented(self, data, flags, peer, edns, qtype):
         self.report(
             "opcode", "opcode {opcode} from {peer}: not implemented",
             opcode=(flags & wire.OPCODE) >> 11, peer=peer,
         )
-        return wire.header_only(data, dns.ENOTIMP, edns)
+        return _Unanswered(wire.header_only(data, dns.ENOTIMP, edns), tally.kind(qtype, dns.ENOTIMP))
 
     def _template(self, query, limit):
         if query.edns is not None and query.edns.version > 0:
@@ -332,7 +338,8 @@ class _Replies:
                 response = self.authority.respond(labels, query.cls, query.type)
                 entry = wire.encode(labels, question, response)
                 self._encoded.put(key, entry)
-        return wire.template(entry, query.flags, len(query.question), limit, query.edns)
+        head, tail = wire.template(entry, query.flags, len(query.question), limit, query.edns)
+        return head, tail, tally.kind(query.type, entry.rcode)
 
 
 def _reply_pktinfo(ancillary):
@@ -405,12 +412,21 @@ def _size_receive_buffer(skt, interface):
 
 
 class _UDP(protocol.DatagramProtocol):
+    """
+    Answers the datagrams of one UDP socket, counting the answers in
+    C{lane} (a L{tally.Lane}, or L{None} to count nothing); on an IPv6
+    socket, those to IPv4 clients (arriving as mapped addresses) in
+    C{mapped}.
+    """
+
     noisy = False
 
-    def __init__(self, replies):
+    def __init__(self, replies, lane=None, mapped=None):
         self._replies = replies
         self._fast = replies.fast.table
         self._sendmsg = None
+        self._lane = lane
+        self._mapped = mapped
 
     def startProtocol(self):
         # Addresses come from recvmsg, so the checks transport.write makes
@@ -418,6 +434,9 @@ class _UDP(protocol.DatagramProtocol):
         self._sendmsg = self.transport.getHandle().sendmsg
 
     def datagramReceived(self, data, address, pktinfo=(), flags=0):
+        lane = self._lane
+        if lane is not None:
+            started = _now()
         if flags & socket.MSG_TRUNC:
             self._replies.report(
                 "long", "dropped a datagram from {peer}: longer than {limit} bytes",
@@ -431,11 +450,11 @@ class _UDP(protocol.DatagramProtocol):
         key = data[2:12] + data[12:zero].lower() + data[zero:]
         hit = self._fast.get(key)
         if hit is None:
-            reply = self._replies.udp(data, key, address[0])
+            reply, kind = self._replies.udp(data, key, address[0])
             if reply is None:
                 return
         else:
-            head, end, tail = hit
+            head, end, tail, kind = hit
             reply = data[:2] + head + data[12:end] + tail
         try:
             self._sendmsg((reply,), pktinfo, 0, address)
@@ -444,6 +463,10 @@ class _UDP(protocol.DatagramProtocol):
             self._replies.report(
                 "send", "reply to {peer} lost: {why}", peer=address[0], why=str(e)
             )
+        if lane is not None:
+            if self._mapped is not None and address[0].startswith("::ffff:"):
+                lane = self._mapped
+            lane.count(kind, started)
 
 
 class _TCP(protocol.Protocol, policies.TimeoutMixin):
@@ -464,9 +487,12 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._holding = False  # reading stopped until the buffer is answered
         self._waiting = False  # in the factory's queue for the next turn
         self._peer = None
+        self._lane = None  # where answers are counted, if they are
 
     def connectionMade(self):
         self._peer = self.transport.getPeer().host
+        if self.factory.tally is not None:
+            self._lane = self.factory.tally.lane("tcp", tally.family(self._peer))
         self.factory.opened(self)
         # The size of one read, and of the reply backlog that pauses us.
         self.transport.bufferSize = TCP_BUFFER
@@ -483,6 +509,7 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         offset = 0
         answered = 0
         budget = self.factory.budget()
+        lane = self._lane
         while answered < budget:
             if self._blocked or len(buffer) - offset < 2:
                 break
@@ -491,11 +518,14 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             if len(buffer) < end:
                 break
             self.resetTimeout()
-            reply = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer)
+            started = _now() if lane is not None else 0
+            reply, kind = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer)
             answered += 1
             offset = end
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
+                if lane is not None:
+                    lane.count(kind, started)
         self._buffer = buffer = buffer[offset:]
         self.factory.spend(answered)
         if self._blocked:
@@ -548,6 +578,7 @@ class _TCPFactory(protocol.Factory):
     idle_timeout = attr.ib()
     max_connections = attr.ib()
     max_per_client = attr.ib()
+    tally = attr.ib(default=None)
     connections = attr.ib(init=False, factory=set)
     _per_client = attr.ib(init=False, factory=collections.Counter)
     _spent = attr.ib(init=False, default=0)  # queries answered this turn
@@ -629,7 +660,8 @@ class _TCPFactory(protocol.Factory):
 @attr.s(eq=False)
 class DNSServer(service.Service):
     """
-    Serves C{authority} over UDP and TCP on C{port} of every interface.
+    Serves C{authority} over UDP and TCP on C{port} of every interface,
+    counting its answers in C{tally} (a L{tally.DnsTally}) if given.
     """
 
     authority = attr.ib()
@@ -639,6 +671,7 @@ class DNSServer(service.Service):
     tcp_idle_timeout = attr.ib(default=10.0)
     max_tcp_connections = attr.ib(default=1000)
     max_tcp_per_client = attr.ib(default=MAX_TCP_PER_CLIENT)
+    tally = attr.ib(default=None)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -675,6 +708,7 @@ class DNSServer(service.Service):
             self.tcp_idle_timeout,
             self.max_tcp_connections,
             self.max_tcp_per_client,
+            self.tally,
         )
         attempts = PORT_ATTEMPTS if self.port == 0 else 1
         for attempt in range(attempts):
@@ -700,7 +734,11 @@ class DNSServer(service.Service):
         try:
             for interface in self.interfaces:
                 udp = _UDPPort(
-                    port, _UDP(self._replies), interface, wire.MAX_MESSAGE, self.reactor
+                    port,
+                    _UDP(self._replies, *self._udp_lanes(interface)),
+                    interface,
+                    wire.MAX_MESSAGE,
+                    self.reactor,
                 )
                 udp.startListening()
                 ports.append(udp)
@@ -714,6 +752,18 @@ class DNSServer(service.Service):
                 listening.stopListening()
             raise
         return port, ports
+
+    def _udp_lanes(self, interface):
+        """
+        Where a UDP socket on C{interface} counts its answers: the lane of
+        its family, and on IPv6 the IPv4 lane for mapped clients.
+        """
+        if self.tally is None:
+            return None, None
+        ipv4 = self.tally.lane("udp", "1")
+        if ":" in interface:
+            return self.tally.lane("udp", "2"), ipv4
+        return ipv4, None
 
     def stopService(self):
         """

@@ -24,7 +24,7 @@ from idetcd.claimer import Claimer
 from idetcd.corefile import CorefileError, load, parse
 from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
-from idetcd.http import HttpEndpoint, health_site, ready_site
+from idetcd.http import HttpEndpoint, health_site, metrics_site, ready_site
 from idetcd.members import Member
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
@@ -256,6 +256,8 @@ class IdetcdService(MultiService):
             HttpEndpoint("health", self.block.health, health_site(), self.reactor).setServiceParent(self)
         if self.block.ready is not None:
             HttpEndpoint("ready", self.block.ready, ready_site(self), self.reactor).setServiceParent(self)
+        if self.block.prometheus is not None:
+            HttpEndpoint("metrics", self.block.prometheus, metrics_site(self), self.reactor).setServiceParent(self)
 
     @classmethod
     def from_corefile(cls, reactor, path=None, text=None, **kwargs):
