@@ -14,8 +14,6 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 
-from idetcd.metrics import node_registry
-
 log = Logger()
 
 #: What generate_latest() writes for idetcd's metric names: Prometheus's
@@ -85,17 +83,13 @@ def ready_site(node):
     return _root(b"ready", _Page(b"application/json", render))
 
 
-def metrics_site(node):
+def metrics_site(registry):
     """
-    C{/metrics}: the metrics of C{node} in Prometheus's text format, made
-    in the reactor's thread (they read the node's state) when asked for.
-    C{node} starts counting them (see L{node_registry}).
+    C{/metrics}: what the collectors of C{registry} (a prometheus_client
+    CollectorRegistry) report, in Prometheus's text format, made in the
+    reactor's thread (they read the node's state) when asked for.
     """
-    registry = node_registry(node)
-    return _root(
-        b"metrics",
-        _Page(PROMETHEUS_TEXT, lambda: (200, generate_latest(registry))),
-    )
+    return _root(b"metrics", _Page(PROMETHEUS_TEXT, lambda: (200, generate_latest(registry))))
 
 
 class _QuietSite(server.Site):

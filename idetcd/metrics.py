@@ -5,7 +5,8 @@ over.
 Nothing here runs per DNS query: the DNS server counts in plain structures
 (L{idetcd.tally}), the lease keeper counts its keepalives, the etcd client
 tells L{EtcdCalls} of each call, and L{NodeCollector} reads those counts and
-the registry's and claimer's state only when Prometheus scrapes.  Each node
+the registry's and claimer's state only when Prometheus scrapes
+(L{DnsCollector}, L{NodeCollector}).  Each node
 has a registry of its own, so several nodes in one process (an embedding
 application, the tests) each report their own.
 """
@@ -75,19 +76,51 @@ def _counter(name, documentation, labels, counts):
 
 
 @attr.s(eq=False)
+class DnsCollector:
+    """
+    A prometheus_client collector of the answers counted in C{tally} (a
+    L{tally.DnsTally}).
+    """
+
+    tally = attr.ib()
+
+    def collect(self):
+        zone = self.tally.zone
+        yield _counter(
+            "idetcd_dns_requests",
+            "DNS requests answered, per zone, protocol, family and query type.",
+            ("zone", "proto", "family", "type"),
+            {(zone, *key): count for key, count in self.tally.requests().items()},
+        )
+        yield _counter(
+            "idetcd_dns_responses", "DNS responses, per zone and response code.",
+            ("zone", "rcode"),
+            {(zone, rcode): count for rcode, count in self.tally.responses().items()},
+        )
+        cumulative, count, seconds = self.tally.durations()
+        durations = HistogramMetricFamily(
+            "idetcd_dns_request_duration_seconds",
+            "Time from reading a DNS request to handing its response to the kernel, per zone.",
+            labels=("zone",),
+        )
+        buckets = [(floatToGoString(bound), n) for bound, n in zip(tally.BOUNDS, cumulative)]
+        durations.add_metric((zone,), buckets + [("+Inf", count)], seconds)
+        yield durations
+
+
+@attr.s(eq=False)
 class NodeCollector:
     """
-    A prometheus_client collector of one node's metrics.  C{dns} is its DNS
-    server's L{tally.DnsTally}, C{etcd} its client's L{EtcdCalls}.
+    A prometheus_client collector of one node's state: its registry, its
+    claim, its lease keepalives, and its etcd calls as C{etcd} (its
+    client's L{EtcdCalls}) counted them.
     """
 
     node = attr.ib()
-    dns = attr.ib()
     etcd = attr.ib()
     _claimed = attr.ib(factory=set, init=False)  # every name seen held
 
     def collect(self):
-        yield from self._dns_metrics()
         node = self.node
         yield GaugeMetricFamily(
             "idetcd_members", "Names claimed in etcd, as this node's registry holds them.",
@@ -119,29 +152,6 @@ class NodeCollector:
             ("method", "outcome"), self.etcd.counts,
         )
 
-    def _dns_metrics(self):
-        zone = self.dns.zone
-        yield _counter(
-            "idetcd_dns_requests",
-            "DNS requests answered, per zone, protocol, family and query type.",
-            ("zone", "proto", "family", "type"),
-            {(zone, *key): count for key, count in self.dns.requests().items()},
-        )
-        yield _counter(
-            "idetcd_dns_responses", "DNS responses, per zone and response code.",
-            ("zone", "rcode"),
-            {(zone, rcode): count for rcode, count in self.dns.responses().items()},
-        )
-        cumulative, count, seconds = self.dns.durations()
-        durations = HistogramMetricFamily(
-            "idetcd_dns_request_duration_seconds",
-            "Time from reading a DNS request to handing its response to the kernel, per zone.",
-            labels=("zone",),
-        )
-        buckets = [(floatToGoString(bound), n) for bound, n in zip(tally.BOUNDS, cumulative)]
-        durations.add_metric((zone,), buckets + [("+Inf", count)], seconds)
-        yield durations
-
 
 def node_registry(node):
     """
@@ -153,7 +163,8 @@ def node_registry(node):
     node.dns.tally = dns
     calls = node.client.on_call = EtcdCalls()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node, dns, calls))
+    registry.register(DnsCollector(dns))
+    registry.register(NodeCollector(node, calls))
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     return registry

@@ -363,7 +363,21 @@ class _UDPPort(udp.Port):
     asks the kernel for each datagram's destination, so the reply leaves
     from the address the client asked (a client drops a reply from any
     other), on hosts with several addresses.
+
+    With a C{tally} (a L{tally.DnsTally}) it counts the answers its
+    protocol gives, by the L{tally.kind} it returns, and times each batch.
     """
+
+    def __init__(self, port, proto, interface, maxPacketSize, reactor, tally=None):
+        udp.Port.__init__(self, port, proto, interface, maxPacketSize, reactor)
+        self._tally = tally
+        # The answer counts of this socket's family; on IPv6, IPv4 clients
+        # arrive as mapped addresses and count with IPv4.
+        self._answers = self._mapped = None
+        if tally is not None:
+            self._answers = tally.lane("udp", "2" if ":" in interface else "1").answers
+            if ":" in interface:
+                self._mapped = tally.lane("udp", "1").answers
 
     def createInternetSocket(self):
         skt = udp.Port.createInternetSocket(self)
@@ -379,17 +393,32 @@ class _UDPPort(udp.Port):
     def doRead(self):
         receive = self.socket.recvmsg
         space = _PKTINFO_SPACE if self.wildcard else 0
-        for _ in range(UDP_BATCH):
-            try:
-                data, ancillary, flags, address = receive(self.maxPacketSize, space)
-            except OSError as e:
-                if e.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
-                    return
-                raise
-            try:
-                self.protocol.datagramReceived(data, address, _reply_pktinfo(ancillary), flags)
-            except BaseException:
-                log.failure("UDP datagram from {peer}", peer=address[0])
+        answer = self.protocol.datagramReceived
+        counts, mapped = self._answers, self._mapped
+        started = _now() if counts is not None else 0
+        answered = 0
+        try:
+            for _ in range(UDP_BATCH):
+                try:
+                    data, ancillary, flags, address = receive(self.maxPacketSize, space)
+                except OSError as e:
+                    if e.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
+                        return
+                    raise
+                try:
+                    kind = answer(data, address, _reply_pktinfo(ancillary), flags)
+                except BaseException:
+                    log.failure("UDP datagram from {peer}", peer=address[0])
+                    continue
+                if counts is not None and kind is not None:
+                    if mapped is not None and address[0].startswith("::ffff:"):
+                        mapped[kind] += 1
+                    else:
+                        counts[kind] += 1
+                    answered += 1
+        finally:
+            if answered:
+                self._tally.timed(answered, _now() - started)
 
 
 def _size_receive_buffer(skt, interface):
@@ -413,20 +442,16 @@ def _size_receive_buffer(skt, interface):
 
 class _UDP(protocol.DatagramProtocol):
     """
-    Answers the datagrams of one UDP socket, counting the answers in
-    C{lane} (a L{tally.Lane}, or L{None} to count nothing); on an IPv6
-    socket, those to IPv4 clients (arriving as mapped addresses) in
-    C{mapped}.
+    Answers the datagrams of one UDP socket; each call returns the
+    L{tally.kind} of the answer sent, or L{None} when none was.
     """
 
     noisy = False
 
-    def __init__(self, replies, lane=None, mapped=None):
+    def __init__(self, replies):
         self._replies = replies
         self._fast = replies.fast.table
         self._sendmsg = None
-        self._lane = lane
-        self._mapped = mapped
 
     def startProtocol(self):
         # Addresses come from recvmsg, so the checks transport.write makes
@@ -434,15 +459,12 @@ class _UDP(protocol.DatagramProtocol):
         self._sendmsg = self.transport.getHandle().sendmsg
 
     def datagramReceived(self, data, address, pktinfo=(), flags=0):
-        lane = self._lane
-        if lane is not None:
-            started = _now()
         if flags & socket.MSG_TRUNC:
             self._replies.report(
                 "long", "dropped a datagram from {peer}: longer than {limit} bytes",
                 peer=address[0], limit=len(data),
             )
-            return
+            return None
         # The fast key: the message after its id, with the first name
         # lower-cased.  Equal keys get equal replies, up to the id and the
         # echoed question.
@@ -452,7 +474,7 @@ class _UDP(protocol.DatagramProtocol):
         if hit is None:
             reply, kind = self._replies.udp(data, key, address[0])
             if reply is None:
-                return
+                return None
         else:
             head, end, tail, kind = hit
             reply = data[:2] + head + data[12:end] + tail
@@ -463,10 +485,7 @@ class _UDP(protocol.DatagramProtocol):
             self._replies.report(
                 "send", "reply to {peer} lost: {why}", peer=address[0], why=str(e)
             )
-        if lane is not None:
-            if self._mapped is not None and address[0].startswith("::ffff:"):
-                lane = self._mapped
-            lane.count(kind, started)
+        return kind
 
 
 class _TCP(protocol.Protocol, policies.TimeoutMixin):
@@ -510,6 +529,8 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         answered = 0
         budget = self.factory.budget()
         lane = self._lane
+        started = _now() if lane is not None else 0
+        counted = 0
         while answered < budget:
             if self._blocked or len(buffer) - offset < 2:
                 break
@@ -518,14 +539,16 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             if len(buffer) < end:
                 break
             self.resetTimeout()
-            started = _now() if lane is not None else 0
             reply, kind = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer)
             answered += 1
             offset = end
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
                 if lane is not None:
-                    lane.count(kind, started)
+                    lane.answers[kind] += 1
+                    counted += 1
+        if counted:
+            self.factory.tally.timed(counted, _now() - started)
         self._buffer = buffer = buffer[offset:]
         self.factory.spend(answered)
         if self._blocked:
@@ -734,11 +757,8 @@ class DNSServer(service.Service):
         try:
             for interface in self.interfaces:
                 udp = _UDPPort(
-                    port,
-                    _UDP(self._replies, *self._udp_lanes(interface)),
-                    interface,
-                    wire.MAX_MESSAGE,
-                    self.reactor,
+                    port, _UDP(self._replies), interface, wire.MAX_MESSAGE, self.reactor,
+                    self.tally,
                 )
                 udp.startListening()
                 ports.append(udp)
@@ -752,18 +772,6 @@ class DNSServer(service.Service):
                 listening.stopListening()
             raise
         return port, ports
-
-    def _udp_lanes(self, interface):
-        """
-        Where a UDP socket on C{interface} counts its answers: the lane of
-        its family, and on IPv6 the IPv4 lane for mapped clients.
-        """
-        if self.tally is None:
-            return None, None
-        ipv4 = self.tally.lane("udp", "1")
-        if ":" in interface:
-            return self.tally.lane("udp", "2"), ipv4
-        return ipv4, None
 
     def stopService(self):
         """

@@ -26,6 +26,7 @@ from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
 from idetcd.http import HttpEndpoint, health_site, metrics_site, ready_site
 from idetcd.members import Member
+from idetcd.metrics import node_registry
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 
@@ -257,7 +258,8 @@ class IdetcdService(MultiService):
         if self.block.ready is not None:
             HttpEndpoint("ready", self.block.ready, ready_site(self), self.reactor).setServiceParent(self)
         if self.block.prometheus is not None:
-            HttpEndpoint("metrics", self.block.prometheus, metrics_site(self), self.reactor).setServiceParent(self)
+            site = metrics_site(node_registry(self))
+            HttpEndpoint("metrics", self.block.prometheus, site, self.reactor).setServiceParent(self)
 
     @classmethod
     def from_corefile(cls, reactor, path=None, text=None, **kwargs):

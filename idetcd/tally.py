@@ -2,9 +2,12 @@
 Counts of the answers a DNS server gives, kept in plain dicts and lists.
 
 The fast path answers a query in about a microsecond; a prometheus_client
-counter would cost it several.  Here an answer costs one dict increment,
-one list increment and two clock reads (a few hundred nanoseconds), and
-L{idetcd.metrics} turns the counts into metrics only when Prometheus asks.
+counter would cost it several, and so would reading the clock twice per
+query.  Here an answer costs one dict increment, and time is taken once
+per batch of queries handled in one go (the datagrams one read of a UDP
+socket takes, the queries of one TCP read), each answer of the batch
+counted as taking their mean.  L{idetcd.metrics} turns the counts into
+metrics only when Prometheus asks.
 """
 
 from collections import Counter, defaultdict
@@ -38,7 +41,10 @@ BUCKETS = 24
 #: Upper bounds of the reported buckets, in seconds.
 BOUNDS = tuple(2 ** (k + SHIFT) / 1e9 for k in range(BUCKETS))
 # Room for every bucket index an int64 of nanoseconds can give.
-_SLOTS = 64 - SHIFT
+_SLOTS = 64 - SHIFT + 1
+
+#: The clock durations are measured with, in nanoseconds.
+now = perf_counter_ns
 
 
 def kind(qtype, rcode):
@@ -61,41 +67,28 @@ def rcode_label(answer_kind):
 class Lane:
     """
     The answers given over one protocol to one address family: how many of
-    each L{kind}, and how long they took.
+    each L{kind}, in C{answers}.
     """
 
-    __slots__ = ("proto", "family", "answers", "durations", "nanoseconds")
+    __slots__ = ("proto", "family", "answers")
 
     def __init__(self, proto, family):
         self.proto = proto
         self.family = family
         self.answers = defaultdict(int)
-        self.durations = [0] * (_SLOTS + 1)
-        self.nanoseconds = 0
-
-    def count(self, answer_kind, started):
-        """
-        One answer of C{answer_kind}, to a query read at C{started} (from
-        L{now}).
-        """
-        elapsed = perf_counter_ns() - started
-        self.answers[answer_kind] += 1
-        self.durations[(elapsed >> SHIFT).bit_length()] += 1
-        self.nanoseconds += elapsed
-
-
-#: The clock L{Lane.count} measures with.
-now = perf_counter_ns
 
 
 class DnsTally:
     """
-    The answers of one DNS server for C{zone}, by protocol and family.
+    The answers of one DNS server for C{zone}: how many, by protocol and
+    family (L{lane}), and how long they took (L{timed}).
     """
 
     def __init__(self, zone):
         self.zone = zone
         self.lanes = {}
+        self.buckets = [0] * _SLOTS
+        self.nanoseconds = 0
 
     def lane(self, proto, family):
         """
@@ -106,6 +99,14 @@ class DnsTally:
         if found is None:
             found = self.lanes[proto, family] = Lane(proto, family)
         return found
+
+    def timed(self, count, elapsed):
+        """
+        C{count} answers, handled in one go, took C{elapsed} nanoseconds in
+        all: each counts as taking their mean.
+        """
+        self.buckets[((elapsed // count) >> SHIFT).bit_length()] += count
+        self.nanoseconds += elapsed
 
     def requests(self):
         """
@@ -132,13 +133,8 @@ class DnsTally:
         How long answers took: the cumulative count under each of L{BOUNDS},
         the count of all, and their sum in seconds.
         """
-        slots = [0] * (_SLOTS + 1)
-        nanoseconds = 0
-        for lane in self.lanes.values():
-            slots = [a + b for a, b in zip(slots, lane.durations)]
-            nanoseconds += lane.nanoseconds
-        cumulative = list(accumulate(slots[:BUCKETS]))
-        return cumulative, sum(slots), nanoseconds / 1e9
+        cumulative = list(accumulate(self.buckets[:BUCKETS]))
+        return cumulative, sum(self.buckets), self.nanoseconds / 1e9
 
 
 def family(host):

@@ -24,7 +24,7 @@ from idetcd import http, tally
 from idetcd.authority import ZoneAuthority
 from idetcd.etcd import EtcdClient, EtcdError, EtcdUnavailable, LeaseNotFound
 from idetcd.lease import LeaseKeeper
-from idetcd.metrics import EtcdCalls, NodeCollector, etcd_outcome
+from idetcd.metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_outcome
 from idetcd.server import DNSServer
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_claimer import ScriptedClient
@@ -279,21 +279,30 @@ class TallyTests(unittest.TestCase):
 
     def test_durations(self):
         """
-        Bucket bounds double from 1.024 µs; a duration past the last bound
-        counts only towards the total.
+        Bucket bounds double from 1.024 µs; the answers of a batch count as
+        taking their mean; one past the last bound counts only in the total.
         """
         self.assertEqual(tally.BOUNDS[:2], (1.024e-06, 2.048e-06))
         self.assertEqual(tally.BOUNDS[-1], 2 ** 33 / 1e9)
         owner = tally.DnsTally(ZONE)
+        owner.timed(4, 4 * 1500)  # 1.5 µs each
+        owner.timed(3, 3 * 1000)  # 1 µs each
+        owner.timed(1, 20 * 10**9)
+        cumulative, count, seconds = owner.durations()
+        self.assertEqual(cumulative[:3], [3, 7, 7])
+        self.assertEqual((cumulative[-1], count), (7, 8))
+        self.assertEqual(seconds, (6000 + 3000 + 20 * 10**9) / 1e9)
+
+    def test_lanes(self):
+        owner = tally.DnsTally(ZONE)
         lane = owner.lane("udp", "1")
         self.assertIs(owner.lane("udp", "1"), lane)
-        # Under 2**32 ns (4.3 s) by a margin no loaded machine eats up.
-        lane.count(tally.kind(1, 0), tally.now() - 3 * 10**9)
-        lane.count(tally.kind(1, 0), tally.now() - 20 * 10**9)
-        cumulative, count, seconds = owner.durations()
-        self.assertEqual(cumulative[21:], [0, 1, 1])
-        self.assertEqual(count, 2)
-        self.assertTrue(23 <= seconds < 30, seconds)
+        lane.answers[tally.kind(1, 0)] += 2
+        owner.lane("tcp", "2").answers[tally.kind(1, 3)] += 1
+        self.assertEqual(
+            dict(owner.requests()), {("udp", "1", "A"): 2, ("tcp", "2", "A"): 1}
+        )
+        self.assertEqual(dict(owner.responses()), {"NOERROR": 2, "NXDOMAIN": 1})
 
 
 class EtcdCallsTests(unittest.TestCase):
@@ -394,7 +403,8 @@ class NodeCollectorTests(unittest.TestCase):
         self.dns = tally.DnsTally(ZONE)
         self.calls = EtcdCalls()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(NodeCollector(self.node, self.dns, self.calls))
+        self.registry.register(DnsCollector(self.dns))
+        self.registry.register(NodeCollector(self.node, self.calls))
 
     def page(self):
         return samples(generate_latest(self.registry).decode("utf-8"))
@@ -419,7 +429,8 @@ class NodeCollectorTests(unittest.TestCase):
     def test_state_and_counts(self):
         self.calls("/v3/kv/txn", {})
         self.calls("/v3/kv/txn", Failure(EtcdError(3, "bad")))
-        self.dns.lane("udp", "2").count(tally.kind(28, 0), tally.now())
+        self.dns.lane("udp", "2").answers[tally.kind(28, 0)] += 1
+        self.dns.timed(1, 2500)
         page = self.page()
         self.assertEqual(value(page, "idetcd_members"), 2)
         self.assertEqual(value(page, "idetcd_registry_revision"), 5)
@@ -434,5 +445,9 @@ class NodeCollectorTests(unittest.TestCase):
             value(page, "idetcd_dns_requests_total", zone=ZONE, proto="udp", family="2", type="AAAA"), 1
         )
         self.assertEqual(value(page, "idetcd_dns_responses_total", zone=ZONE, rcode="NOERROR"), 1)
-        self.assertEqual(value(page, "idetcd_dns_request_duration_seconds_count", zone=ZONE), 1)
+        histogram = "idetcd_dns_request_duration_seconds"
+        self.assertEqual(value(page, histogram + "_count", zone=ZONE), 1)
+        self.assertEqual(value(page, histogram + "_sum", zone=ZONE), 2.5e-06)
+        self.assertEqual(value(page, histogram + "_bucket", zone=ZONE, le="2.048e-06"), 0)
+        self.assertEqual(value(page, histogram + "_bucket", zone=ZONE, le="4.096e-06"), 1)
 
