@@ -1,16 +1,19 @@
 """
 idetcd's DNS front end against a stock twisted.names server holding the same
-records, both driven by dnsperf over UDP on loopback.
+records, and against itself counting its answers for the C{prometheus}
+directive, all driven by dnsperf over UDP on loopback.
 
 Not part of the test run.  Each server runs in a process of its own (pinned
 to one core when there are two or more, dnsperf to the others), so neither
 the harness nor dnsperf shares its interpreter.  For every query mix the
 harness warms the server up, runs dnsperf for queries/s and mean latency,
 then again with C{-v} for the 99th percentile, and takes the median of
-C{--repeat} rounds; it prints those figures, every query lost, the ratio
-idetcd/stock, and whether the goals of issue #4 are met:
+C{--repeat} rounds; it prints those figures, every query lost, the ratios
+idetcd/stock and metrics/idetcd, and whether the goals of issues #4 and
+#10 are met:
 
     python bench/dnsperf_bench.py [--seconds 10] [--repeat 1]
+    python bench/dnsperf_bench.py --servers idetcd,metrics --repeat 5 --no-latency
 
 Needs dnsperf (Debian/Ubuntu: C{apt-get install -y dnsperf}) and the
 project's dependencies plus dnspython.
@@ -19,6 +22,7 @@ project's dependencies plus dnspython.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -30,12 +34,16 @@ import sys
 import tempfile
 import time
 
+import urllib.request
+
 import attr
+from prometheus_client.parser import text_string_to_metric_families
 
 # Run from a checkout: the project sits next to this folder.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from idetcd import server as idetcd_server  # noqa: E402
+from idetcd import tally  # noqa: E402
 from idetcd.authority import ZoneAuthority  # noqa: E402
 from idetcd.members import Member  # noqa: E402
 
@@ -44,7 +52,10 @@ TTL = 30
 HOST = "127.0.0.1"
 GOAL_QPS = 50000
 GOAL_RATIO = 3.0
-SERVERS = ("idetcd", "stock")
+# Issue #10: counting for /metrics costs known-name queries/s at most 10%.
+GOAL_METRICS_RATIO = 0.9
+# "metrics" is idetcd counting its answers, with /metrics on a port of its own.
+SERVERS = ("idetcd", "metrics", "stock")
 MIXES = ("known", "90/10")
 # Distinct unknown names in the 90/10 mix: by default more than idetcd
 # caches, so every unknown query takes its slow path, as a stream of typos
@@ -94,27 +105,52 @@ def members(count):
     return out
 
 
-def _listen_idetcd(reactor, authority):
-    dns_server = idetcd_server.DNSServer(authority, 0, interfaces=(HOST,), reactor=reactor)
-    dns_server.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", dns_server.stopService)
-    return dns_server.port
+def _start(reactor, service):
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+
+def _listen_idetcd(reactor, authority, counts=None):
+    dns_server = idetcd_server.DNSServer(
+        authority, 0, interfaces=(HOST,), reactor=reactor, tally=counts
+    )
+    _start(reactor, dns_server)
+    return (dns_server.port,)
+
+
+def _listen_metrics(reactor, authority):
+    """
+    idetcd with what the prometheus directive adds: its answers counted,
+    and /metrics served from them.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from idetcd.corefile import HttpAddress
+    from idetcd.http import HttpEndpoint, metrics_site
+    from idetcd.metrics import DnsCollector
+
+    counts = tally.DnsTally(ZONE)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DnsCollector(counts))
+    endpoint = HttpEndpoint("metrics", HttpAddress(HOST, 0), metrics_site(registry), reactor)
+    _start(reactor, endpoint)
+    return _listen_idetcd(reactor, authority, counts) + (endpoint.port,)
 
 
 def _listen_stock(reactor, authority):
     from twisted.names import dns, server
 
     factory = server.DNSServerFactory(authorities=[authority])
-    return reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface=HOST).getHost().port
+    return (reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface=HOST).getHost().port,)
 
 
-LISTEN = {"idetcd": _listen_idetcd, "stock": _listen_stock}
+LISTEN = {"idetcd": _listen_idetcd, "metrics": _listen_metrics, "stock": _listen_stock}
 
 
 def serve(kind, count, lifetime):
     """
     Serve the zone with C{kind} on a free UDP port of loopback, print the
-    port, and stop after C{lifetime} seconds or as soon as the harness is
+    port (and that of /metrics, if any), and stop after C{lifetime} seconds or as soon as the harness is
     gone, whichever comes first.
     """
     from twisted.internet import reactor, task
@@ -137,8 +173,8 @@ def serve(kind, count, lifetime):
     )
     parent = os.getppid()
     authority = ZoneAuthority(ZONE, StaticRegistry(members(count)), TTL)
-    port = LISTEN[kind](reactor, authority)
-    print(f"PORT {port}", flush=True)
+    ports = LISTEN[kind](reactor, authority)
+    print("PORT", *ports, flush=True)
 
     def orphaned():
         if os.getppid() != parent:
@@ -164,6 +200,7 @@ class Result:
     mean_ms: float
     p99_ms: float
     rcodes: str
+    completed: int
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -192,13 +229,15 @@ class Row:
 @attr.s(eq=False)
 class Server:
     """
-    One server process; C{stop} kills it by its id.
+    One server process; C{stop} kills it by its id.  C{metrics_port}
+    serves /metrics, for the kind that has it.
     """
 
     kind: str = attr.ib()
     process: subprocess.Popen = attr.ib()
     port: int = attr.ib()
     log: str = attr.ib()
+    metrics_port: int = attr.ib(default=None)
 
     @classmethod
     def start(cls, kind, count, lifetime, pin, workdir):
@@ -211,14 +250,15 @@ class Server:
             )
         server = cls(kind, process, 0, log)
         try:
-            server.port = server._read_port()
+            server.port, *rest = server._read_ports()
+            server.metrics_port = rest[0] if rest else None
             server._wait_answering()
         except BaseException:
             server.stop()
             raise
         return server
 
-    def _read_port(self):
+    def _read_ports(self):
         deadline = time.monotonic() + READY_TIMEOUT
         line = b""
         while not line.endswith(b"\n"):
@@ -229,7 +269,7 @@ class Server:
             if not chunk:
                 raise RuntimeError(f"{self.kind} server exited; see {self.log}")
             line += chunk
-        return int(line.split()[1])
+        return [int(word) for word in line.split()[1:]]
 
     def _wait_answering(self):
         """
@@ -265,6 +305,21 @@ class Server:
         records = tuple(sorted(rr.to_text() for rrset in response.answer for rr in rrset))
         return dns.rcode.to_text(response.rcode()), records
 
+    def counted(self):
+        """
+        From the server's /metrics: the answers it counted, and their mean
+        time in microseconds.
+        """
+        url = f"http://{HOST}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode("utf-8")
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        answers = sum(s.value for s in families["idetcd_dns_requests"].samples)
+        histogram = {s.name: s.value for s in families["idetcd_dns_request_duration_seconds"].samples}
+        count = histogram["idetcd_dns_request_duration_seconds_count"]
+        mean = histogram["idetcd_dns_request_duration_seconds_sum"] / count * 1e6 if count else 0.0
+        return int(answers), mean
+
     def stop(self):
         if self.process.poll() is None:
             self.process.kill()
@@ -292,6 +347,7 @@ def write_queries(path, count, unknown):
 
 
 _FIELDS = {
+    "completed": re.compile(r"Queries completed:\s+(\d+)"),
     "lost": re.compile(r"Queries lost:\s+(\d+)"),
     "qps": re.compile(r"Queries per second:\s+([\d.]+)"),
     "mean": re.compile(r"Average Latency \(s\):\s+([\d.]+)"),
@@ -309,29 +365,46 @@ def percentile(values, share):
     return values[int(rank) - 1]
 
 
-def dnsperf(port, datafile, seconds, args, pin, verbose):
+def dnsperf(ports, datafile, seconds, args, pin, verbose):
     """
-    Run dnsperf once; with C{verbose}, also read every query's latency for
-    the percentile (dnsperf 2.x has no latency histogram).  Printing a line
-    per query costs dnsperf about a fifth of its rate on a 2-core machine,
-    so queries/s come from runs without it.
+    Run dnsperf once against each of C{ports}, all at the same time; their
+    L{Result}s, in that order.  With C{verbose}, also read every query's
+    latency for the percentile (dnsperf 2.x has no latency histogram).
+    Printing a line per query costs dnsperf about a fifth of its rate on a
+    2-core machine, so queries/s come from runs without it.
     """
-    command = pin + ["dnsperf", "-s", HOST, "-p", str(port), "-d", datafile]
-    command += ["-l", str(seconds), "-c", str(args.clients), "-t", str(QUERY_TIMEOUT)]
-    if args.max_qps:
-        command += ["-Q", str(args.max_qps)]
-    if verbose:
-        command.append("-v")
-    with tempfile.TemporaryFile() as out:
-        run = subprocess.run(
-            command, stdout=out, stderr=subprocess.PIPE, timeout=seconds + DNSPERF_GRACE
-        )
-        out.seek(0)
-        output = out.read()
+    running = []
+    with contextlib.ExitStack() as files:
+        try:
+            for port in ports:
+                command = pin + ["dnsperf", "-s", HOST, "-p", str(port), "-d", datafile]
+                command += ["-l", str(seconds), "-c", str(args.clients), "-t", str(QUERY_TIMEOUT)]
+                if args.max_qps:
+                    command += ["-Q", str(args.max_qps)]
+                if verbose:
+                    command.append("-v")
+                out = files.enter_context(tempfile.TemporaryFile())
+                process = subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE)
+                running.append((process, out))
+            return [_result(process, out, seconds, verbose) for process, out in running]
+        finally:
+            for process, _ in running:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+
+
+def _result(process, out, seconds, verbose):
+    """
+    The L{Result} of one dnsperf C{process} writing to the file C{out}.
+    """
+    _, stderr = process.communicate(timeout=seconds + DNSPERF_GRACE)
+    out.seek(0)
+    output = out.read()
     summary = output[output.rfind(b"Statistics:") :].decode("ascii", "replace")
-    if run.returncode != 0 or "Queries per second" not in summary:
+    if process.returncode != 0 or "Queries per second" not in summary:
         raise RuntimeError(
-            f"dnsperf failed ({run.returncode}): {run.stderr.decode(errors='replace')}"
+            f"dnsperf failed ({process.returncode}): {stderr.decode(errors='replace')}"
             f"{summary[-2000:]}"
         )
     values = {key: float(pattern.search(summary).group(1)) for key, pattern in _FIELDS.items()}
@@ -343,25 +416,35 @@ def dnsperf(port, datafile, seconds, args, pin, verbose):
         mean_ms=values["mean"] * 1000,
         p99_ms=percentile(latencies, 99) * 1000 if latencies else float("nan"),
         rcodes=rcodes.group(1).strip() if rcodes else "",
+        completed=int(values["completed"]),
     )
 
 
-def measure(port, datafile, args, pin):
+def measure(ports, datafile, args, pin, latency=True):
     """
-    A warm-up, the measured run, then (unless C{--no-latency}) the run that
-    times every query.
+    A warm-up, the measured run, then (with C{latency}, unless
+    C{--no-latency}) the run that times every query, each against all of
+    C{ports} at once; for each port, its measured L{Result}, its timed one
+    (or L{None}) and the queries all its runs completed.
     """
+    completed = [0] * len(ports)
+    runs = []
     if args.warmup:
-        dnsperf(port, datafile, args.warmup, args, pin, verbose=False)
-    result = dnsperf(port, datafile, args.seconds, args, pin, verbose=False)
-    if args.no_latency:
-        return result, None
-    return result, dnsperf(port, datafile, args.seconds, args, pin, verbose=True)
+        runs.append(dnsperf(ports, datafile, args.warmup, args, pin, verbose=False))
+    results = dnsperf(ports, datafile, args.seconds, args, pin, verbose=False)
+    runs.append(results)
+    timed = [None] * len(ports)
+    if latency and not args.no_latency:
+        timed = dnsperf(ports, datafile, args.seconds, args, pin, verbose=True)
+        runs.append(timed)
+    for run in runs:
+        completed = [done + result.completed for done, result in zip(completed, run)]
+    return list(zip(results, timed, completed))
 
 
 def check_same_records(servers, count):
     """
-    Both servers must give the same answers, or the comparison means
+    All servers must give the same answers, or the comparison means
     nothing.
     """
     for name, type in (
@@ -399,31 +482,61 @@ def fmt_ratio(a, b):
     return "n/a" if a != a or b != b else f"x{a / b:.2f}"
 
 
-def report(args, table, pin_text):
+def report(args, table, counted, together, pin_text):
+    """
+    Print the table, the ratios and the goals of the servers that ran;
+    C{counted} is (answers counted, dnsperf queries completed, mean µs per
+    answer) of the metrics server, or None; C{together} the ratios of the
+    side-by-side runs by mix.  Whether every goal is met.
+    """
     print()
     print(f"{'server':<8} {'mix':<7} {'queries/s':>10} {'lost':>6} {'mean ms':>8} "
           f"{'p99 ms':>8}  response codes")
     for mix in MIXES:
-        for kind in SERVERS:
+        for kind in args.servers:
             r = table[kind, mix]
             print(f"{kind:<8} {mix:<7} {r.qps:>10.0f} {r.lost:>6} {fmt_ms(r.mean_ms):>8} "
                   f"{fmt_ms(r.p99_ms):>8}  {r.rcodes}")
     print()
     ratios = {}
-    for mix in MIXES:
-        idetcd, stock = table["idetcd", mix], table["stock", mix]
-        ratios[mix] = idetcd.qps / stock.qps
-        print(f"ratio idetcd/stock, {mix:<6}: queries/s x{ratios[mix]:.2f}, "
-              f"mean latency {fmt_ratio(idetcd.mean_ms, stock.mean_ms)}, "
-              f"p99 latency {fmt_ratio(idetcd.p99_ms, stock.p99_ms)}")
-    known = table["idetcd", "known"]
-    goals = [
-        (f"idetcd known names >= {GOAL_QPS} queries/s", known.qps >= GOAL_QPS,
-         f"{known.qps:.0f}"),
-        ("idetcd known names: no query lost", known.lost == 0, f"{known.lost} lost"),
-        (f"idetcd >= {GOAL_RATIO:g}x stock, known names", ratios["known"] >= GOAL_RATIO,
-         f"x{ratios['known']:.2f}"),
-    ]
+    for kind, base in (("idetcd", "stock"), ("metrics", "idetcd")):
+        if kind not in args.servers or base not in args.servers:
+            continue
+        for mix in MIXES:
+            ours, theirs = table[kind, mix], table[base, mix]
+            ratios[kind, mix] = ours.qps / theirs.qps
+            print(f"ratio {kind}/{base}, {mix:<6}: queries/s x{ratios[kind, mix]:.2f}, "
+                  f"mean latency {fmt_ratio(ours.mean_ms, theirs.mean_ms)}, "
+                  f"p99 latency {fmt_ratio(ours.p99_ms, theirs.p99_ms)}")
+    for mix, each in together.items():
+        print(f"ratio metrics/idetcd side by side, {mix:<6}: queries/s "
+              f"x{statistics.median(each):.3f} (median; rounds "
+              f"{', '.join(f'x{r:.3f}' for r in each)})")
+    goals = []
+    if "idetcd" in args.servers:
+        known = table["idetcd", "known"]
+        goals += [
+            (f"idetcd known names >= {GOAL_QPS} queries/s", known.qps >= GOAL_QPS,
+             f"{known.qps:.0f}"),
+            ("idetcd known names: no query lost", known.lost == 0, f"{known.lost} lost"),
+        ]
+    if ("idetcd", "known") in ratios:
+        ratio = ratios["idetcd", "known"]
+        goals.append(
+            (f"idetcd >= {GOAL_RATIO:g}x stock, known names", ratio >= GOAL_RATIO, f"x{ratio:.2f}")
+        )
+    if together:
+        ratio = statistics.median(together["known"])
+        goals.append((
+            f"counting for /metrics costs at most {1 - GOAL_METRICS_RATIO:.0%} of known-name "
+            "queries/s (side by side)", ratio >= GOAL_METRICS_RATIO, f"x{ratio:.3f}",
+        ))
+    if counted is not None:
+        answers, completed, mean_us = counted
+        print(f"metrics server: /metrics counted {answers} answers, dnsperf completed "
+              f"{completed} queries against it; mean time per answer {mean_us:.2f} µs")
+        goals.append(("/metrics counts every query dnsperf completed", answers >= completed,
+                      f"{answers} >= {completed}"))
     print()
     for text, met, figure in goals:
         print(f"goal {text}: {'MET' if met else 'NOT MET'} ({figure})")
@@ -449,7 +562,8 @@ def bench(args):
           f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"pinning: {pin_text}; dnsperf -c {args.clients}"
           f"{f' -Q {args.max_qps}' if args.max_qps else ''}; {args.members} members in {ZONE}")
-    runs = len(SERVERS) * len(MIXES) * args.repeat
+    side_by_side = "idetcd" in args.servers and "metrics" in args.servers
+    runs = (len(args.servers) + side_by_side) * len(MIXES) * args.repeat
     latency_seconds = 0 if args.no_latency else args.seconds
     lifetime = (
         runs * (args.warmup + args.seconds + latency_seconds + 3 * QUERY_TIMEOUT + 5)
@@ -462,8 +576,11 @@ def bench(args):
             lines = write_queries(files[mix], args.members, unknown)
             print(f"query file {mix}: {lines} lines, {unknown} distinct unknown names")
         servers = []
+        completed = dict.fromkeys(args.servers, 0)
+        counted = None
+        together = {}  # mix -> ratios metrics/idetcd of the side-by-side runs
         try:
-            for kind in SERVERS:
+            for kind in args.servers:
                 servers.append(
                     Server.start(kind, args.members, lifetime, server_pin, workdir)
                 )
@@ -471,11 +588,16 @@ def bench(args):
             plain, verbose = {}, {}
             for repeat in range(args.repeat):
                 for mix in MIXES:
-                    for server in servers:
+                    # Every other round in reverse, so no server always
+                    # runs after the same one.
+                    for server in servers if repeat % 2 == 0 else servers[::-1]:
                         key = (server.kind, mix)
-                        result, timed = measure(server.port, files[mix], args, dnsperf_pin)
+                        ((result, timed, done),) = measure(
+                            [server.port], files[mix], args, dnsperf_pin
+                        )
+                        completed[server.kind] += done
                         plain.setdefault(key, []).append(result)
-                        line = (f"  run {repeat + 1}/{args.repeat} {server.kind:<6} {mix:<6} "
+                        line = (f"  run {repeat + 1}/{args.repeat} {server.kind:<7} {mix:<6} "
                                 f"{result.qps:8.0f} q/s, {result.lost} lost, "
                                 f"mean {fmt_ms(result.mean_ms)} ms")
                         if timed is not None:
@@ -483,11 +605,42 @@ def bench(args):
                             line += (f"; with -v {timed.qps:.0f} q/s, {timed.lost} lost, "
                                      f"p99 {fmt_ms(timed.p99_ms)} ms")
                         print(line, flush=True)
+                    if side_by_side:
+                        ratio = side_by_side_run(
+                            servers, files[mix], args, dnsperf_pin, completed, repeat % 2
+                        )
+                        together.setdefault(mix, []).append(ratio)
+                        print(f"  run {repeat + 1}/{args.repeat} side by side {mix:<6} "
+                              f"metrics/idetcd x{ratio:.3f}", flush=True)
+            for server in servers:
+                if server.metrics_port is not None:
+                    answers, mean_us = server.counted()
+                    counted = (answers, completed[server.kind], mean_us)
         finally:
             for server in servers:
                 server.stop()
     table = {key: Row.of(results, verbose.get(key, [])) for key, results in plain.items()}
-    return 0 if report(args, table, pin_text) else 1
+    return 0 if report(args, table, counted, together, pin_text) else 1
+
+
+def side_by_side_run(servers, datafile, args, pin, completed, flip):
+    """
+    dnsperf against idetcd and the metrics server at the same time (the
+    metrics server's dnsperf started first when C{flip}): both servers are
+    pinned to one core and get equal shares of it, so the ratio of their
+    queries/s is the ratio of their costs per query, whatever else the
+    machine does meanwhile (one after the other, another process on a
+    shared machine moves each run by tens of percent).  Returns the ratio
+    metrics/idetcd.
+    """
+    pair = {server.kind: server for server in servers}
+    kinds = ("metrics", "idetcd") if flip else ("idetcd", "metrics")
+    outcomes = measure([pair[kind].port for kind in kinds], datafile, args, pin, latency=False)
+    qps = {}
+    for kind, (result, _, done) in zip(kinds, outcomes):
+        completed[kind] += done
+        qps[kind] = result.qps
+    return qps["metrics"] / qps["idetcd"]
 
 
 def main(argv=None):
@@ -507,6 +660,10 @@ def main(argv=None):
         "--unknown-names", type=int, default=UNKNOWN_NAMES,
         help="distinct unknown names in the 90/10 mix (default: twice idetcd's cache)",
     )
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS),
+        help=f"which servers to run, comma-separated (default: {','.join(SERVERS)})",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(
         "--no-latency", action="store_true",
@@ -522,6 +679,10 @@ def main(argv=None):
         parser.error("--warmup and --max-qps cannot be negative")
     if args.members > 65535:
         parser.error("--members must be at most 65535")
+    chosen = args.servers.split(",")
+    if not chosen or set(chosen) - set(SERVERS) or len(set(chosen)) != len(chosen):
+        parser.error(f"--servers takes some of {', '.join(SERVERS)}, each once")
+    args.servers = [kind for kind in SERVERS if kind in chosen]
     return bench(args)
 
 

@@ -142,6 +142,14 @@ class Claimer(Service):
         return self._keeper.lease if self.held_name is not None else None
 
     @property
+    def keepalives(self):
+        """
+        How this node's lease keepalives went, by outcome (see
+        L{LeaseKeeper}).
+        """
+        return self._keeper.keepalives
+
+    @property
     def slot(self):
         """
         The slot number of the name held now, or C{None}.

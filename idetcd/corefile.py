@@ -92,7 +92,7 @@ class HttpAddress:
 
 #: Server block directives that start an HTTP endpoint, with their default
 #: address (CoreDNS's).
-HTTP_DEFAULTS = {"health": ":8080", "ready": ":8181"}
+HTTP_DEFAULTS = {"health": ":8080", "ready": ":8181", "prometheus": "localhost:9153"}
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -151,6 +151,7 @@ class ServerBlock:
     health: HttpAddress = None
     ready: HttpAddress = None
     forward: ForwardSettings = None
+    prometheus: HttpAddress = None
 
 
 def parse(text, filename="Corefile", environ=None):
@@ -473,7 +474,7 @@ def _http_address(directive, text):
     A CoreDNS listen address: C{:PORT}, C{IPv4:PORT}, C{[IPv6]:PORT} or
     C{localhost:PORT}.
     """
-    port = HTTP_DEFAULTS[directive][1:]
+    port = HTTP_DEFAULTS[directive].rpartition(":")[2]
     expected = (
         f"{directive} takes an address such as :{port}, 127.0.0.1:{port} or [::1]:{port},"
         f" got {text!r}"

@@ -1,18 +1,24 @@
 """
 The operator's HTTP endpoints, with CoreDNS's conventions: ``GET /health``
 answers 200 while the process runs; ``GET /ready`` answers 200 once the node
-has read etcd and holds its name, else 503 with what it is waiting for.
+has read etcd and holds its name, else 503 with what it is waiting for;
+``GET /metrics`` gives the node's Prometheus metrics.
 """
 
 import json
 
 import attr
+from prometheus_client.exposition import generate_latest
 from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 
 log = Logger()
+
+#: What generate_latest() writes for idetcd's metric names: Prometheus's
+#: classic text format, which every Prometheus reads (CoreDNS serves it).
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 def readiness(node):
@@ -75,6 +81,15 @@ def ready_site(node):
         return (200 if state["ready"] else 503), json.dumps(state).encode("utf-8") + b"\n"
 
     return _root(b"ready", _Page(b"application/json", render))
+
+
+def metrics_site(registry):
+    """
+    C{/metrics}: what the collectors of C{registry} (a prometheus_client
+    CollectorRegistry) report, in Prometheus's text format, made in the
+    reactor's thread (they read the node's state) when asked for.
+    """
+    return _root(b"metrics", _Page(PROMETHEUS_TEXT, lambda: (200, generate_latest(registry))))
 
 
 class _QuietSite(server.Site):

@@ -8,6 +8,8 @@ in etcd.  Keepalives go out every third of the TTL counted from send times,
 whatever the replies do, so a slow but working etcd keeps the lease.
 """
 
+import collections
+
 import attr
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -29,7 +31,9 @@ class LeaseKeeper:
     Tells its owner what it learns: C{on_expired()} when the local deadline
     passes with no renewal (the lease may be gone; keepalives go on),
     C{on_renewed()} when a keepalive succeeds after that, C{on_gone()} when
-    etcd says the lease no longer exists (keepalives stop).
+    etcd says the lease no longer exists (keepalives stop).  C{keepalives}
+    counts how the keepalives of the lease kept went: "ok", "failed" (no
+    answer in time, or an error), "gone".
     """
 
     client = attr.ib()
@@ -42,6 +46,7 @@ class LeaseKeeper:
     lease = attr.ib(default=None, init=False)
     #: When the lease may expire in etcd, at the earliest (clock time).
     deadline = attr.ib(default=None, init=False)
+    keepalives = attr.ib(factory=collections.Counter, init=False)
     _expired = attr.ib(default=False, init=False)
     _next = attr.ib(default=None, init=False)
     _expiry = attr.ib(default=None, init=False)
@@ -174,6 +179,7 @@ class LeaseKeeper:
     def _renewed(self, ttl, lease, sent):
         if lease != self.lease:
             return
+        self.keepalives["ok"] += 1
         if self._failing:
             self._failing = False
             log.info("keepalive of lease {lease:x} works again", lease=lease)
@@ -183,9 +189,13 @@ class LeaseKeeper:
             self.on_renewed()
 
     def _failed(self, failure, lease):
-        if failure.check(defer.CancelledError) or lease != self.lease:
-            return
-        if failure.check(LeaseNotFound):
+        if lease != self.lease:
+            return  # dropped meanwhile
+        gone = failure.check(LeaseNotFound)
+        self.keepalives["gone" if gone else "failed"] += 1
+        if failure.check(defer.CancelledError):
+            return  # given up on for the next one
+        if gone:
             self.drop()
             self.on_gone()
             return

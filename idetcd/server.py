@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.protocols import policies
 
-from idetcd import wire
+from idetcd import tally, wire
 from idetcd.ratelimit import RateLimitedLog
 
 log = Logger()
@@ -70,6 +70,7 @@ _PKTINFO_SPACE = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(12)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, local address, destination
 
 _FLAGS = struct.Struct("!H")
+_now = tally.now
 _BADVERS = wire.Encoded(dns.EBADVERSION, auth=False)
 
 
@@ -110,13 +111,14 @@ class _Cache:
 
 class _Unanswered(Exception):
     """
-    The message gets C{reply} (bytes, or L{None} for no reply at all) and
-    no lookup.
+    The message gets C{reply} (bytes, or L{None} for no reply at all), of
+    L{tally.kind} C{kind}, and no lookup.
     """
 
-    def __init__(self, reply):
+    def __init__(self, reply, kind=None):
         Exception.__init__(self, reply)
         self.reply = reply
+        self.kind = kind
 
 
 def _udp_limit(edns):
@@ -139,11 +141,12 @@ def _prepare(labels, type, response):
     """
     question = wire.name(labels) + wire.TYPE_CLASS.pack(type, dns.IN)
     encoded = wire.encode(labels, question, response)
+    kind = tally.kind(type, encoded.rcode)
     fast = []
     for flags in PREPARED_FLAGS:
         head, tail = wire.template(encoded, flags, len(question), wire.MIN_PAYLOAD, None)
         key = wire.HEAD.pack(flags, 1, 0, 0, 0) + question
-        fast.append((key, (head, wire.HEADER.size + len(question), tail)))
+        fast.append((key, (head, wire.HEADER.size + len(question), tail, kind)))
     return _Prepared(response, encoded, tuple(fast))
 
 
@@ -153,8 +156,9 @@ class _Replies:
     Wire replies for one zone.
 
     C{fast.table} maps the fast key of a UDP query (see L{_UDP}) to (head,
-    question end, tail): prepared for every question with data (the SRV and
-    PTR RRsets when first asked), filled from the slow path for the rest.
+    question end, tail, L{tally.kind}): prepared for every question with
+    data (the SRV and PTR RRsets when first asked), filled from the slow
+    path for the rest.
     """
 
     authority = attr.ib()
@@ -263,30 +267,30 @@ class _Replies:
 
     def udp(self, data, key, peer, send):
         """
-        The reply to a datagram the fast table missed; a reply to a query
-        goes into that table under C{key}.  A forwarded query's reply goes
-        to C{send} later.
+        The reply to a datagram the fast table missed (or L{None}) and its
+        L{tally.kind}; a reply to a query goes into that table under C{key}.
+        A forwarded query's reply goes to C{send} later.
         """
         try:
             query = self._read(data, peer, send, tcp=False)
         except _Unanswered as e:
-            return e.reply
-        head, tail = self._template(query, _udp_limit(query.edns))
+            return e.reply, e.kind
+        head, tail, kind = self._template(query, _udp_limit(query.edns))
         if len(data) <= CACHEABLE_QUERY:
-            self.fast.put(key, (head, wire.HEADER.size + len(query.question), tail))
-        return data[:2] + head + query.question + tail
+            self.fast.put(key, (head, wire.HEADER.size + len(query.question), tail, kind))
+        return data[:2] + head + query.question + tail, kind
 
     def tcp(self, data, peer, send):
         """
-        The reply to one message from a TCP stream, or L{None}; a forwarded
-        query's reply goes to C{send} later.
+        The reply to one message from a TCP stream (or L{None}) and its
+        L{tally.kind}; a forwarded query's reply goes to C{send} later.
         """
         try:
             query = self._read(data, peer, send, tcp=True)
         except _Unanswered as e:
-            return e.reply
-        head, tail = self._template(query, wire.MAX_MESSAGE)
-        return data[:2] + head + query.question + tail
+            return e.reply, e.kind
+        head, tail, kind = self._template(query, wire.MAX_MESSAGE)
+        return data[:2] + head + query.question + tail, kind
 
     def _read(self, data, peer, send, tcp):
         if len(data) < wire.HEADER.size:
@@ -302,14 +306,16 @@ class _Replies:
             query = wire.read_query(data)
         except wire.FormatError as e:
             if flags & wire.OPCODE:
-                raise _Unanswered(self._not_implemented(data, flags, peer, e.edns))
+                raise self._not_implemented(data, flags, peer, e.edns, tally.NO_TYPE)
             self.report("malformed", "malformed query from {peer}: {why}", why=str(e), peer=peer)
-            raise _Unanswered(wire.header_only(data, dns.EFORMAT, e.edns))
+            raise _Unanswered(
+                wire.header_only(data, dns.EFORMAT, e.edns), tally.kind(tally.NO_TYPE, dns.EFORMAT)
+            )
         if flags & wire.OPCODE:
-            raise _Unanswered(self._not_implemented(data, flags, peer, query.edns))
+            raise self._not_implemented(data, flags, peer, query.edns, query.type)
         if query.signed is not None:
             self.report("tsig", "TSIG-signed query from {peer}: no keys here, BADKEY", peer=peer)
-            raise _Unanswered(wire.badkey(data, query))
+            raise _Unanswered(wire.badkey(data, query), tally.kind(query.type, wire.NOTAUTH))
         forwarder = self.forwarder
         if forwarder is not None and forwarder.covers(query):
             if forwarder.allows(peer):
@@ -317,16 +323,16 @@ class _Replies:
                 raise _Unanswered(None)
             # REFUSED, as without forward, but never cached: an allowed
             # client asking the same gets an answer.
-            head, tail = self._template(query, wire.MAX_MESSAGE)
-            raise _Unanswered(data[:2] + head + query.question + tail)
+            head, tail, kind = self._template(query, wire.MAX_MESSAGE)
+            raise _Unanswered(data[:2] + head + query.question + tail, kind)
         return query
 
-    def _not_implemented(self, data, flags, peer, edns):
+    def _not_implemented(self, data, flags, peer, edns, qtype):
         self.report(
             "opcode", "opcode {opcode} from {peer}: not implemented",
             opcode=(flags & wire.OPCODE) >> 11, peer=peer,
         )
-        return wire.header_only(data, dns.ENOTIMP, edns)
+        return _Unanswered(wire.header_only(data, dns.ENOTIMP, edns), tally.kind(qtype, dns.ENOTIMP))
 
     def _template(self, query, limit):
         if query.edns is not None and query.edns.version > 0:
@@ -343,7 +349,8 @@ class _Replies:
                     question = wire.name(labels) + query.question[-wire.TYPE_CLASS.size :]
                     entry = wire.encode(labels, question, response)
                     self._encoded.put(key, entry)
-        return wire.template(entry, query.flags, len(query.question), limit, query.edns)
+        head, tail = wire.template(entry, query.flags, len(query.question), limit, query.edns)
+        return head, tail, tally.kind(query.type, entry.rcode)
 
 
 def _reply_pktinfo(ancillary):
@@ -367,7 +374,21 @@ class _UDPPort(udp.Port):
     asks the kernel for each datagram's destination, so the reply leaves
     from the address the client asked (a client drops a reply from any
     other), on hosts with several addresses.
+
+    With a C{tally} (a L{tally.DnsTally}) it counts the answers its
+    protocol gives, by the L{tally.kind} it returns, and times each batch.
     """
+
+    def __init__(self, port, proto, interface, maxPacketSize, reactor, tally=None):
+        udp.Port.__init__(self, port, proto, interface, maxPacketSize, reactor)
+        self._tally = tally
+        # The answer counts of this socket's family; on IPv6, IPv4 clients
+        # arrive as mapped addresses and count with IPv4.
+        self._answers = self._mapped = None
+        if tally is not None:
+            self._answers = tally.lane("udp", "2" if ":" in interface else "1").answers
+            if ":" in interface:
+                self._mapped = tally.lane("udp", "1").answers
 
     def createInternetSocket(self):
         skt = udp.Port.createInternetSocket(self)
@@ -383,17 +404,32 @@ class _UDPPort(udp.Port):
     def doRead(self):
         receive = self.socket.recvmsg
         space = _PKTINFO_SPACE if self.wildcard else 0
-        for _ in range(UDP_BATCH):
-            try:
-                data, ancillary, flags, address = receive(self.maxPacketSize, space)
-            except OSError as e:
-                if e.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
-                    return
-                raise
-            try:
-                self.protocol.datagramReceived(data, address, _reply_pktinfo(ancillary), flags)
-            except BaseException:
-                log.failure("UDP datagram from {peer}", peer=address[0])
+        answer = self.protocol.datagramReceived
+        counts, mapped = self._answers, self._mapped
+        started = _now() if counts is not None else 0
+        answered = 0
+        try:
+            for _ in range(UDP_BATCH):
+                try:
+                    data, ancillary, flags, address = receive(self.maxPacketSize, space)
+                except OSError as e:
+                    if e.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
+                        return
+                    raise
+                try:
+                    kind = answer(data, address, _reply_pktinfo(ancillary), flags)
+                except BaseException:
+                    log.failure("UDP datagram from {peer}", peer=address[0])
+                    continue
+                if counts is not None and kind is not None:
+                    if mapped is not None and address[0].startswith("::ffff:"):
+                        mapped[kind] += 1
+                    else:
+                        counts[kind] += 1
+                    answered += 1
+        finally:
+            if answered:
+                self._tally.timed(answered, _now() - started)
 
 
 def _size_receive_buffer(skt, interface):
@@ -416,6 +452,11 @@ def _size_receive_buffer(skt, interface):
 
 
 class _UDP(protocol.DatagramProtocol):
+    """
+    Answers the datagrams of one UDP socket; each call returns the
+    L{tally.kind} of the answer sent, or L{None} when none was.
+    """
+
     noisy = False
 
     def __init__(self, replies):
@@ -434,7 +475,7 @@ class _UDP(protocol.DatagramProtocol):
                 "long", "dropped a datagram from {peer}: longer than {limit} bytes",
                 peer=address[0], limit=len(data),
             )
-            return
+            return None
         # The fast key: the message after its id, with the first name
         # lower-cased.  Equal keys get equal replies, up to the id and the
         # echoed question.
@@ -443,13 +484,14 @@ class _UDP(protocol.DatagramProtocol):
         hit = self._fast.get(key)
         if hit is None:
             send = functools.partial(self._send, pktinfo, address)
-            reply = self._replies.udp(data, key, address[0], send)
+            reply, kind = self._replies.udp(data, key, address[0], send)
             if reply is None:
-                return
+                return None
         else:
-            head, end, tail = hit
+            head, end, tail, kind = hit
             reply = data[:2] + head + data[12:end] + tail
         self._send(pktinfo, address, reply)
+        return kind
 
     def _send(self, pktinfo, address, reply):
         try:
@@ -479,9 +521,12 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._holding = False  # reading stopped until the buffer is answered
         self._waiting = False  # in the factory's queue for the next turn
         self._peer = None
+        self._lane = None  # where answers are counted, if they are
 
     def connectionMade(self):
         self._peer = self.transport.getPeer().host
+        if self.factory.tally is not None:
+            self._lane = self.factory.tally.lane("tcp", tally.family(self._peer))
         self.factory.opened(self)
         # The size of one read, and of the reply backlog that pauses us.
         self.transport.bufferSize = TCP_BUFFER
@@ -498,6 +543,9 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         offset = 0
         answered = 0
         budget = self.factory.budget()
+        lane = self._lane
+        started = _now() if lane is not None else 0
+        counted = 0
         while answered < budget:
             if self._blocked or len(buffer) - offset < 2:
                 break
@@ -506,11 +554,16 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             if len(buffer) < end:
                 break
             self.resetTimeout()
-            reply = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer, self._send)
+            reply, kind = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer, self._send)
             answered += 1
             offset = end
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
+                if lane is not None:
+                    lane.answers[kind] += 1
+                    counted += 1
+        if counted:
+            self.factory.tally.timed(counted, _now() - started)
         self._buffer = buffer = buffer[offset:]
         self.factory.spend(answered)
         if self._blocked:
@@ -572,6 +625,7 @@ class _TCPFactory(protocol.Factory):
     idle_timeout = attr.ib()
     max_connections = attr.ib()
     max_per_client = attr.ib()
+    tally = attr.ib(default=None)
     connections = attr.ib(init=False, factory=set)
     _per_client = attr.ib(init=False, factory=collections.Counter)
     _spent = attr.ib(init=False, default=0)  # queries answered this turn
@@ -653,7 +707,8 @@ class _TCPFactory(protocol.Factory):
 @attr.s(eq=False)
 class DNSServer(service.Service):
     """
-    Serves C{authority} over UDP and TCP on C{port} of every interface.
+    Serves C{authority} over UDP and TCP on C{port} of every interface,
+    counting its answers in C{tally} (a L{tally.DnsTally}) if given.
     """
 
     authority = attr.ib()
@@ -665,6 +720,7 @@ class DNSServer(service.Service):
     max_tcp_per_client = attr.ib(default=MAX_TCP_PER_CLIENT)
     #: An L{idetcd.forward.Forwarder} for names outside the zone, or None.
     forwarder = attr.ib(default=None)
+    tally = attr.ib(default=None)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -704,6 +760,7 @@ class DNSServer(service.Service):
             self.tcp_idle_timeout,
             self.max_tcp_connections,
             self.max_tcp_per_client,
+            self.tally,
         )
         attempts = PORT_ATTEMPTS if self.port == 0 else 1
         for attempt in range(attempts):
@@ -746,7 +803,8 @@ class DNSServer(service.Service):
         try:
             for interface in self.interfaces:
                 udp = _UDPPort(
-                    port, _UDP(self._replies), interface, wire.MAX_MESSAGE, self.reactor
+                    port, _UDP(self._replies), interface, wire.MAX_MESSAGE, self.reactor,
+                    self.tally,
                 )
                 udp.startListening()
                 ports.append(udp)

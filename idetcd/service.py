@@ -19,11 +19,12 @@ from idetcd.corefile import CorefileError, load, parse
 from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
 from idetcd.forward import Forwarder
-from idetcd.http import HttpEndpoint, health_site, ready_site
+from idetcd.http import HttpEndpoint, health_site, metrics_site, ready_site
 from idetcd.identity import NodeIdentity
 from idetcd.ordered import OrderedMultiService
 from idetcd.peers import reverse_zones
 from idetcd.membership import when_members
+from idetcd.metrics import node_registry
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 from idetcd.state import NodeState, state_path
@@ -140,6 +141,9 @@ class IdetcdService(OrderedMultiService):
             self._add("health", HttpEndpoint("health", self.block.health, health_site(), self.reactor))
         if self.block.ready is not None:
             self._add("ready", HttpEndpoint("ready", self.block.ready, ready_site(self), self.reactor))
+        if self.block.prometheus is not None:
+            site = metrics_site(node_registry(self))
+            self._add("metrics", HttpEndpoint("metrics", self.block.prometheus, site, self.reactor))
         self.claimer = Claimer(
             self.client,
             settings.pattern,

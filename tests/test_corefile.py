@@ -457,7 +457,7 @@ class ServerBlockTests(ErrorAssertions, TestCase):
 
     def test_directive_errors(self):
         cases = [
-            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, forward, health, ready, idetcd)"),
+            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, forward, health, ready, prometheus, idetcd)"),
             (". {\n    import snippet\n}", 2, "unknown directive 'import'"),
             (". {\n    idetcd\n}", 2, "idetcd needs a block", "pattern"),
             (". {\n    idetcd x {\n    pattern w{{.ID}}.x.\n    }\n}", 2, "'idetcd' takes no arguments, got 1"),
@@ -910,3 +910,30 @@ class ForwardTests(TestCase, ErrorAssertions):
         self.assertCorefileError(
             ".:1053 {\n    forward . 10.0.0.1\n}\n", 2, "'forward' serves beside idetcd", "no idetcd directive"
         )
+
+
+class PrometheusTests(TestCase, ErrorAssertions):
+    def test_prometheus(self):
+        """
+        C{prometheus}: CoreDNS's default (localhost:9153), its address
+        shapes, and the clash checks of the other endpoints.
+        """
+
+        def prometheus(*lines):
+            (block,) = parse(with_http(*lines), environ={})
+            return block.prometheus
+
+        self.assertIsNone(prometheus())
+        self.assertEqual(prometheus("prometheus"), HttpAddress("127.0.0.1", 9153))
+        self.assertEqual(prometheus("prometheus :9253"), HttpAddress("", 9253))
+        self.assertEqual(prometheus("prometheus [::1]:9153"), HttpAddress("::1", 9153))
+        self.assertEqual(prometheus("health :9153", "prometheus [::1]:9153"), HttpAddress("::1", 9153))
+        cases = [
+            (["prometheus 9153"], 2, "prometheus takes an address such as :9153, 127.0.0.1:9153", "a colon"),
+            (["prometheus localhost"], 2, "prometheus takes an address such as :9153"),
+            (["prometheus", "prometheus :1"], 3, "duplicate 'prometheus'", "first on line 2"),
+            (["health :9153", "prometheus"], 3, "prometheus 127.0.0.1:9153 cannot listen: health on line 2"),
+            (["prometheus :8181", "ready"], 3, "ready :8181 cannot listen: prometheus on line 2"),
+        ]
+        for lines, line, *words in cases:
+            self.assertCorefileError(with_http(*lines), line, *words)

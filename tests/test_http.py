@@ -71,7 +71,12 @@ class _Idle(protocol.Protocol):
         self.lost.callback(None)
 
 
-class HttpEndpointTests(EtcdTestCase):
+class NodeHttpTestCase(EtcdTestCase):
+    """
+    Nodes of C{COREFILE} with the endpoints a test gives, reaching a real
+    etcd through a fault proxy, and an HTTP client.
+    """
+
     timeout = 120
 
     @defer.inlineCallbacks
@@ -90,9 +95,15 @@ class HttpEndpointTests(EtcdTestCase):
         self.addCleanup(lambda: node.stopService() if node.running else None)
         return node
 
-    def url(self, node, endpoint):
-        return f"http://127.0.0.1:{node.getServiceNamed(endpoint).port}/{endpoint}"
+    def url(self, node, endpoint, path=None):
+        """
+        The URL of C{path} (default: the endpoint's own) on C{node}'s endpoint.
+        """
+        port = node.getServiceNamed(endpoint).port
+        return f"http://127.0.0.1:{port}/{endpoint if path is None else path}"
 
+
+class HttpEndpointTests(NodeHttpTestCase):
     @defer.inlineCallbacks
     def ready(self, node):
         code, body = yield self.http.get(self.url(node, "ready"))

@@ -33,6 +33,7 @@ from twisted.trial import unittest
 from idetcd.authority import ZoneAuthority
 from idetcd.members import Member
 from idetcd import server as server_module
+from idetcd import tally
 from idetcd.server import DNSServer
 from tests.test_authority import FakeRegistry, sample_members
 
@@ -723,7 +724,8 @@ class TCPTests(ServerTestCase):
 
 class _EchoReplies:
     """
-    The replies surface of a server, answering each message with itself.
+    The replies surface of a server, answering each message with itself
+    (of the kind of a NOERROR answer to an A question).
     """
 
     def __init__(self):
@@ -731,7 +733,7 @@ class _EchoReplies:
 
     def tcp(self, data, peer, send):
         self.asked.append(data)
-        return data
+        return data, tally.kind(1, 0)
 
     def report(self, kind, format, **fields):
         pass

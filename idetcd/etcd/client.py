@@ -66,6 +66,8 @@ class EtcdClient:
     C{tls} (a L{idetcd.etcd.tls.TlsSettings}) sets up C{https://} endpoints;
     with C{credentials} (a L{idetcd.etcd.auth.Credentials}) every request
     and watch carries a token, traded again when etcd refuses it.
+    C{on_call}, if set, is told of every settled L{call} as
+    C{on_call(path, result)}, with the reply or the failure (metrics).
     """
 
     endpoints = attr.ib(converter=tuple)
@@ -73,6 +75,7 @@ class EtcdClient:
     timeout = attr.ib(default=5.0)
     tls = attr.ib(default=None)
     credentials = attr.ib(default=None)
+    on_call = attr.ib(default=None, kw_only=True)
     _auth = attr.ib(default=None, init=False)
     _current = attr.ib(default=0, init=False)
     _pool = attr.ib(default=None, init=False)
@@ -161,7 +164,6 @@ class EtcdClient:
 
         return d.addBoth(settle)
 
-    @defer.inlineCallbacks
     def call(self, path, body, timeout=None):
         """
         POST C{body} to C{path} (e.g. C{/v3/kv/range}) and return the decoded
@@ -169,6 +171,17 @@ class EtcdClient:
         each try bounded by C{timeout} (default: the client's).  A request
         whose token etcd refused is sent again, once, with a new token.
         """
+        d = self._call_with_token(path, body, timeout)
+        if self.on_call is not None:
+            d.addBoth(self._observed, path)
+        return d
+
+    def _observed(self, result, path):
+        self.on_call(path, result)
+        return result
+
+    @defer.inlineCallbacks
+    def _call_with_token(self, path, body, timeout):
         if self._auth is None:
             return (yield self._call(path, body, timeout, None))
         token = yield self._auth.token()
