@@ -14,7 +14,7 @@ from twisted.internet.error import CannotListenError
 from idetcd.claimer import SlotsExhausted
 from idetcd.corefile import CorefileError
 from idetcd.embedded import EtcdNotFound, EtcdStartFailed
-from idetcd.etcd import EtcdError, EtcdUnavailable
+from idetcd.etcd import EtcdError, EtcdSetupError, EtcdUnavailable
 from idetcd.identity import NoAddress
 from idetcd.state import StateDirectoryBusy
 
@@ -48,6 +48,9 @@ _STATUSES = (
     (SlotsExhausted, EXIT_UNAVAILABLE),
     (NoAddress, EXIT_UNAVAILABLE),
     (EtcdStartFailed, EXIT_UNAVAILABLE),
+    # Before EtcdUnavailable, of which it is a kind: etcd answers, and
+    # refuses what the Corefile says (URL, version, user, certificates).
+    (EtcdSetupError, EXIT_CONFIG),
     (EtcdUnavailable, EXIT_UNAVAILABLE),
 )
 

@@ -28,6 +28,7 @@ from idetcd.failures import (
 )
 from tests.test_cluster import ROOT, NodeProcessCase
 from tests.test_etcd import sleep
+from tests.test_secure import _json, serve
 
 COREFILE = """\
 .:{$NODE_PORT} {
@@ -165,6 +166,18 @@ class ClearFailureTests(NodeProcessCase):
         return self.fails(
             EXIT_USAGE, "twistd idetcd: Parameter type enforcement failed", options=("--port", "fifty")
         )
+
+    def test_etcd_too_old(self):
+        """
+        An endpoint that answers, but is no etcd the node can use, ends the
+        start with the fix, as the Corefile's other mistakes do.
+        """
+        url = serve(self, {b"/version": _json({"etcdserver": "3.3.0", "etcdcluster": "3.3.0"})})
+        return self.fails(EXIT_CONFIG, f"etcd at {url} is version 3.3.0; idetcd needs etcd 3.4", ETCD_URL=url)
+
+    def test_not_etcd(self):
+        url = serve(self, {})
+        return self.fails(EXIT_CONFIG, f"{url}", ETCD_URL=url)
 
     @defer.inlineCallbacks
     def test_warnings_while_etcd_is_unreachable_are_rate_limited(self):
