@@ -255,6 +255,23 @@ class EtcdClientTests(EtcdTestCase):
         yield self.assert_cancel_stays_on(f"http://127.0.0.1:{port}")
 
     @defer.inlineCallbacks
+    def test_cancel_while_resolving_stays_cancelled(self):
+        """
+        A call cancelled before its connection has resolved the endpoint's
+        host (the HTTP stack reports that as a failed DNS lookup) fails with
+        CancelledError and is never sent to the next endpoint: a node
+        stopped while it waits for etcd must not find a retry still armed.
+        """
+        client = self.make_client([self.silent_endpoint(), self.etcd.client_url])
+        d = client.put(PREFIX + b"x", b"1")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(client.endpoint, client.endpoints[0])
+        yield sleep(0.2)  # anything sent on would have reached etcd by now
+        kvs, _ = yield self.client.range(PREFIX + b"x")
+        self.assertEqual(kvs, [])
+
+    @defer.inlineCallbacks
     def test_connections_use_tcp_keepalive(self):
         """
         A watch must notice a peer gone without a reset; the connection to

@@ -10,7 +10,6 @@ import json
 import attr
 import treq
 from twisted.internet import defer
-from twisted.internet.error import ConnectingCancelledError
 from twisted.python.failure import Failure
 
 from idetcd.etcd.auth import TokenKeeper, authenticate, token_refused
@@ -45,16 +44,6 @@ def _headers(token):
     if not token:
         return _HEADERS
     return {**_HEADERS, b"Authorization": [token.encode("ascii")]}
-
-
-def _cancelled(failure):
-    """
-    Whether C{failure} comes from cancelling the request, directly or
-    wrapped by the HTTP client.
-    """
-    if failure.check(defer.CancelledError, ConnectingCancelledError):
-        return True
-    return any(_cancelled(reason) for reason in getattr(failure.value, "reasons", ()))
 
 
 @attr.s(eq=False)
@@ -143,26 +132,39 @@ class EtcdClient:
 
     def _bounded(self, d, timeout=None):
         """
-        Fail C{d} with L{defer.TimeoutError} after C{timeout} (default: the
-        client's); a cancel from the caller fails it with
-        L{defer.CancelledError}, however deep in the HTTP stack the cancel
-        was turned into another error, so that a cancelled call never moves
-        on to the next endpoint.
+        C{d}, failed with L{defer.TimeoutError} after C{timeout} (default:
+        the client's).  A cancel from the caller fails it with
+        L{defer.CancelledError}, whatever the HTTP stack made of the cancel
+        (a connection cancelled while the host name resolves fails with
+        C{DNSLookupError}), so that a cancelled call never moves on to the
+        next endpoint.
         """
         timeout = self.timeout if timeout is None else timeout
+        cancelled = []
+
+        def cancel(_):
+            cancelled.append(True)
+            d.cancel()
+
+        bounded = defer.Deferred(cancel)
         timer = self.reactor.callLater(timeout, d.cancel)
 
         def settle(result):
-            if not timer.active():
-                if isinstance(result, Failure):
-                    raise defer.TimeoutError(f"no answer in {timeout}s")
-                return result
-            timer.cancel()
-            if isinstance(result, Failure) and _cancelled(result):
-                raise defer.CancelledError()
-            return result
+            if timer.active():
+                timer.cancel()
+            elif isinstance(result, Failure):
+                result = Failure(defer.TimeoutError(f"no answer in {timeout}s"))
+            if cancelled and isinstance(result, Failure):
+                result = Failure(defer.CancelledError())
+            if bounded.called:  # cancelled, and the HTTP stack settled later
+                return
+            if isinstance(result, Failure):
+                bounded.errback(result)
+            else:
+                bounded.callback(result)
 
-        return d.addBoth(settle)
+        d.addBoth(settle)
+        return bounded
 
     def call(self, path, body, timeout=None):
         """
