@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import attr
 
 from idetcd.etcd.auth import Credentials
+from idetcd.etcd.connections import request_url
 from idetcd.etcd.tls import TlsSettings
 from idetcd.names import absolute, name_problem
 from idetcd.pattern import Pattern, PatternError
@@ -441,6 +442,7 @@ def _endpoint(text):
     try:
         url = urlsplit(text)
         port = url.port
+        request_url(text)  # what the HTTP client needs: no IPv6 zone, say
     except ValueError as e:
         raise ValueError(f"{expected}: {e}") from None
     if url.scheme not in ("http", "https") or not url.hostname or port == 0:

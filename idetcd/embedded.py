@@ -91,7 +91,8 @@ def free_ports(count, host="127.0.0.1"):
     C{count} distinct TCP ports nobody listens on right now (held open
     together while chosen, so the kernel cannot hand one out twice).
     """
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
     try:
         for s in sockets:
             s.bind((host, 0))
@@ -150,6 +151,7 @@ class EtcdProcess(Service):
 
     For a cluster, give every member the same C{initial_cluster}
     (C{"a=http://127.0.0.1:p1,b=..."}) and its own C{name} and ports.
+    It listens on C{host}, the IPv4 loopback unless told otherwise.
     """
 
     reactor = attr.ib()
@@ -160,13 +162,14 @@ class EtcdProcess(Service):
     initial_cluster = attr.ib(default=None)
     binary = attr.ib(factory=find_etcd)
     start_timeout = attr.ib(default=30.0)
+    host = attr.ib(default="127.0.0.1")
     _process = attr.ib(default=None, init=False)
     _protocol = attr.ib(default=None, init=False)
     _ports_chosen = attr.ib(default=False, init=False)
 
     def __attrs_post_init__(self):
         self._ports_chosen = self.client_port is None and self.peer_port is None
-        client, peer = free_ports(2)
+        client, peer = free_ports(2, self.host)
         if self.client_port is None:
             self.client_port = client
         if self.peer_port is None:
@@ -174,11 +177,15 @@ class EtcdProcess(Service):
 
     @property
     def client_url(self):
-        return f"http://127.0.0.1:{self.client_port}"
+        return self._url(self.client_port)
 
     @property
     def peer_url(self):
-        return f"http://127.0.0.1:{self.peer_port}"
+        return self._url(self.peer_port)
+
+    def _url(self, port):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}"
 
     def _args(self):
         cluster = self.initial_cluster or f"{self.member}={self.peer_url}"
@@ -208,7 +215,7 @@ class EtcdProcess(Service):
                 if not (self._ports_chosen and "address already in use" in str(e) and attempt < 2):
                     raise
                 log.info("etcd ports were taken; trying others")
-                self.client_port, self.peer_port = free_ports(2)
+                self.client_port, self.peer_port = free_ports(2, self.host)
 
     def _spawn(self):
         self._protocol = _EtcdProtocol(self.member, keep=50)

@@ -18,11 +18,12 @@ from tests.certs import make_certificates
 
 
 @defer.inlineCallbacks
-def start_etcd(case, member="idetcd"):
+def start_etcd(case, member="idetcd", host="127.0.0.1"):
     """
-    Start one etcd member for C{case}; it is stopped when the test ends.
+    Start one etcd member for C{case}, listening on C{host}; it is stopped
+    when the test ends.
     """
-    etcd = EtcdProcess(reactor, os.path.abspath(case.mktemp()), member=member)
+    etcd = EtcdProcess(reactor, os.path.abspath(case.mktemp()), member=member, host=host)
     case.addCleanup(etcd.stopService)
     yield etcd.startService()
     return etcd
@@ -130,7 +131,7 @@ class SecureEtcd(EtcdProcess):
 
     @property
     def client_url(self):
-        return f"https://127.0.0.1:{self.client_port}"
+        return "https" + EtcdProcess.client_url.fget(self)[len("http"):]
 
     @property
     def tls(self):
@@ -153,14 +154,16 @@ class SecureEtcd(EtcdProcess):
 
 
 @defer.inlineCallbacks
-def start_secure_etcd(case, extra_args=(), binary=None):
+def start_secure_etcd(case, extra_args=(), binary=None, host="127.0.0.1"):
     """
-    Start a L{SecureEtcd} for C{case}, with certificates made for it; it is
-    stopped when the test ends.
+    Start a L{SecureEtcd} for C{case} on C{host}, with certificates made for
+    it; it is stopped when the test ends.
     """
     certs = make_certificates(os.path.abspath(case.mktemp()))
     options = {} if binary is None else {"binary": binary}
-    etcd = SecureEtcd(reactor, os.path.abspath(case.mktemp()), certs=certs, extra_args=extra_args, **options)
+    etcd = SecureEtcd(
+        reactor, os.path.abspath(case.mktemp()), certs=certs, extra_args=extra_args, host=host, **options
+    )
     case.addCleanup(etcd.stopService)
     yield etcd.startService()
     return etcd

@@ -243,6 +243,7 @@ class SettingErrorTests(ErrorAssertions, TestCase):
             (["pattern w{{.ID}}.x.", "endpoint http://h:0"], 4, "'http://h:0' is not an etcd URL"),
             (["pattern w{{.ID}}.x.", "endpoint http://h:port"], 4, "'http://h:port' is not an etcd URL"),
             (["pattern w{{.ID}}.x.", "endpoint http://[::1"], 4, "'http://[::1' is not an etcd URL"),
+            (["pattern w{{.ID}}.x.", "endpoint http://[fe80::1%eth0]:2379"], 4, "is not an etcd URL", "invalid IPv6 host"),
             (["pattern w{{.ID}}.x.", "endpoint http://h:2379/v3"], 4, "must not have a path"),
             (["pattern w{{.ID}}.x.", "endpoint http://h:2379?x=1"], 4, "path, query or fragment"),
             (["pattern w{{.ID}}.x.", "endpoint http://u:p@h:2379"], 4, "passwords are not supported"),

@@ -31,7 +31,7 @@ from idetcd.etcd.errors import (
 )
 from idetcd.etcd.tls import TlsSettings
 from tests.certs import make_certificates
-from tests.etcdserver import enable_auth, handled, start_secure_etcd
+from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
 from tests.test_cluster import query
 from tests.test_etcd import sleep, wait_for
 
@@ -96,6 +96,38 @@ class OneLineErrors:
         self.assertNotIn("\n", text)
         for word in words:
             self.assertIn(word, text)
+
+
+class Ipv6EndpointTests(unittest.TestCase):
+    """
+    An etcd reached at an IPv6 literal (C{http://[::1]:2379}), as on an
+    IPv6-only cluster: the nodes claim, watch and answer as over IPv4, with
+    and without TLS (whose certificate names the address).
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def assert_nodes_meet(self, endpoint, *settings):
+        nodes = [start_node(self, endpoint, *settings, address=i + 1) for i in range(2)]
+        names = yield defer.gatherResults([node.when_claimed() for node in nodes])
+        self.assertEqual(sorted(names), ["worker1.tf.local.", "worker2.tf.local."])
+        yield wait_for(lambda: all(sorted(node.members) == sorted(names) for node in nodes))
+        for i, name in enumerate(names):
+            reply = yield query(nodes[1 - i].dns.port, name)
+            self.assertEqual([rr.address for rr in reply.answer[0]], [f"127.0.0.{i + 1}"])
+
+    @defer.inlineCallbacks
+    def test_plain(self):
+        etcd = yield start_etcd(self, host="::1")
+        self.assertTrue(etcd.client_url.startswith("http://[::1]:"))
+        yield self.assert_nodes_meet(etcd.client_url)
+
+    @defer.inlineCallbacks
+    def test_tls(self):
+        etcd = yield start_secure_etcd(self, host="::1")
+        self.assertTrue(etcd.client_url.startswith("https://[::1]:"))
+        yield self.assert_nodes_meet(etcd.client_url, tls_line(etcd.certs))
 
 
 class SecureNodeTests(OneLineErrors, unittest.TestCase):

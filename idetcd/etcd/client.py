@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from idetcd.etcd.auth import TokenKeeper, authenticate, token_refused
 from idetcd.etcd.check import check
-from idetcd.etcd.connections import http_client
+from idetcd.etcd.connections import http_client, request_url
 from idetcd.etcd.errors import EtcdError, EtcdSetupError, EtcdUnavailable, LeaseNotFound, TokenRefused
 from idetcd.etcd.replies import connection_error, json_reply
 from idetcd.etcd.values import KeyValue, LeaseInfo, TxnResult, _b64, _range_body
@@ -106,7 +106,7 @@ class EtcdClient:
         L{TlsFailed} when TLS does not work.
         """
         endpoint = self.endpoints[index].rstrip("/")
-        d = self._http.request(method, endpoint + path, **kwargs)
+        d = self._http.request(method, request_url(endpoint + path), **kwargs)
         if read is not None:
             d.addCallback(read)
         d = self._bounded(d, timeout)

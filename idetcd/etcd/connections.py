@@ -4,9 +4,11 @@ The HTTP connections to etcd: persistent, quiet in the log, over TLS for
 noticed.
 """
 
+import ipaddress
 import socket
 
 import treq
+from hyperlink import EncodedURL
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from idetcd.etcd.tls import TlsSettings
@@ -69,3 +71,26 @@ def http_client(reactor, tls=None):
     pool.retryAutomatically = False
     policy = (tls or TlsSettings()).policy()
     return pool, treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
+class _URL(EncodedURL):
+    """
+    An etcd URL for treq.  hyperlink IDNA-encodes the host on its way to
+    the wire, which fails on an IP literal such as C{[fd00::1]}
+    (hyperlink#68); a literal needs no encoding, so it is left as it is.
+    """
+
+    def to_uri(self):
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return EncodedURL.to_uri(self)
+        return self
+
+
+def request_url(url):
+    """
+    C{url} (text, such as C{http://[::1]:2379/v3/kv/range}) as treq should
+    be given it.
+    """
+    return _URL.from_text(url)
