@@ -170,31 +170,27 @@ def start_secure_etcd(case, extra_args=(), binary=None, host="127.0.0.1"):
 
 
 @defer.inlineCallbacks
-def enable_auth(etcd, user, password, prefix=b"/idetcd/"):
+def enable_auth(etcd, user, password, prefix=b"/idetcd/", read_only=b"/read-only/"):
     """
     Turn authentication on in C{etcd}, as an operator does: a C{root} user
     with the C{root} role (etcd wants one), and C{user} with a role that may
-    read and write the keys under C{prefix} only.  Returns C{user}'s
-    L{Credentials}.
+    read and write the keys under C{prefix}, and only read those under
+    C{read_only}.  Returns C{user}'s L{Credentials}.
     """
     client = etcd.make_client()
     role = f"{user}-role"
+
+    def grant(granted, permission):
+        perm = {"key": _b64(granted), "range_end": _b64(prefix_range_end(granted)), "permType": permission}
+        return ("/v3/auth/role/grant", {"name": role, "perm": perm})
+
     try:
         for path, body in [
             ("/v3/auth/user/add", {"name": "root", "password": "root-" + password}),
             ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
             ("/v3/auth/role/add", {"name": role}),
-            (
-                "/v3/auth/role/grant",
-                {
-                    "name": role,
-                    "perm": {
-                        "key": _b64(prefix),
-                        "range_end": _b64(prefix_range_end(prefix)),
-                        "permType": "READWRITE",
-                    },
-                },
-            ),
+            grant(prefix, "READWRITE"),
+            grant(read_only, "READ"),
             ("/v3/auth/user/add", {"name": user, "password": password}),
             ("/v3/auth/user/grant", {"user": user, "role": role}),
             ("/v3/auth/enable", {}),

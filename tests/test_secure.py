@@ -310,6 +310,24 @@ class SecureClientTests(OneLineErrors, unittest.TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_prefix_granted_read_only(self):
+        """
+        A user who may read the prefix but not write it could never claim a
+        name: the check says so, and writes nothing.
+        """
+        client = self.client()
+        error = yield self.assertFailure(client.check(b"/read-only/"), PermissionDenied)
+        self.assertOneLine(
+            error,
+            f"etcd at {self.etcd.client_url} lets user 'node' read but not write the prefix '/read-only/'",
+            "readwrite",
+        )
+        _, revision = yield client.range(PREFIX)
+        yield client.check(PREFIX)
+        kvs, after = yield client.range(PREFIX, prefix_range_end(PREFIX))
+        self.assertEqual((kvs, after), ([], revision))
+
+    @defer.inlineCallbacks
     def test_no_client_certificate(self):
         client = self.client(tls=TlsSettings(ca=self.etcd.certs.ca))
         error = yield self.assertFailure(client.check(PREFIX), TlsFailed)
@@ -500,6 +518,9 @@ class _Unreachable:
 
     def range(self, key):
         return defer.succeed(([], 1))
+
+    def call(self, path, body):  # the write probe: etcd allowed it
+        return defer.succeed({"succeeded": False})
 
 
 class UnreachableTests(unittest.TestCase):

@@ -25,6 +25,7 @@ from idetcd.etcd.errors import (
     PermissionDenied,
 )
 from idetcd.etcd.replies import EXPECTED
+from idetcd.etcd.values import _b64
 
 log = Logger()
 
@@ -96,7 +97,32 @@ def _check_once(client, prefix):
                 f" (etcdctl role grant-permission ROLE --prefix=true readwrite {readable})"
             ) from None
         raise
+    try:
+        yield client.call("/v3/kv/txn", _write_probe(prefix))
+    except EtcdError as e:
+        if e.code != _PERMISSION_DENIED:
+            raise
+        readable = prefix.decode("utf-8", "replace")
+        user = "the client certificate's user" if client.credentials is None else f"user {client.credentials.user!r}"
+        raise PermissionDenied(
+            f"etcd at {client.endpoint} lets {user} read but not write the prefix {readable!r} ({e.message}):"
+            f" grant it a role with readwrite permission on that prefix"
+            f" (etcdctl role grant-permission ROLE --prefix=true readwrite {readable})"
+        ) from None
     return versions, unreachable
+
+
+def _write_probe(prefix):
+    """
+    A transaction that may write C{prefix} but never does: etcd checks the
+    permission of every operation in it before it compares, and the
+    comparison (a version below 0) never holds.
+    """
+    key = _b64(prefix)
+    return {
+        "compare": [{"key": key, "target": "VERSION", "result": "LESS", "version": "0"}],
+        "success": [{"request_put": {"key": key, "value": ""}}],
+    }
 
 
 @defer.inlineCallbacks
