@@ -26,7 +26,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.names import dns
 
-from idetcd import wire
+from idetcd import tally, wire
 from idetcd.authority import domain_labels
 from idetcd.corefile import CorefileError, Upstream
 
@@ -124,6 +124,13 @@ class Forwarder:
     in_flight = attr.ib(init=False, factory=set)
     #: Queries dropped because C{max_concurrent} were in flight.
     dropped = attr.ib(init=False, default=0)
+    #: Tries sent, by upstream (as text).
+    tries = attr.ib(init=False, factory=collections.Counter)
+    #: Upstream replies taken, by (upstream, rcode label).
+    replies = attr.ib(init=False, factory=collections.Counter)
+    #: Where the server counts its answers (a L{tally.DnsTally}), or None:
+    #: the replies relayed to clients are counted there too.
+    tally = attr.ib(init=False, default=None)
     report = attr.ib(init=False, default=None)
     _closing = attr.ib(init=False, factory=set)  # TCP connections not yet closed
     _verdicts = attr.ib(init=False, factory=dict)  # client address -> allowed
@@ -220,11 +227,12 @@ class Forwarder:
             address = address.ipv4_mapped
         return any(address in network for network in self.settings.allowed)
 
-    def relay(self, data, query, send, tcp):
+    def relay(self, data, query, send, tcp, peer):
         """
-        Forward the client's message C{data} (read as C{query}) and hand the
-        reply, with the client's id, to C{send}; over TCP if C{tcp}.  With
-        C{max_concurrent} queries in flight it is dropped instead.
+        Forward the message C{data} (read as C{query}) of the client at
+        address C{peer} and hand the reply, with the client's id, to
+        C{send}; over TCP if C{tcp}.  With C{max_concurrent} queries in
+        flight it is dropped instead.
         """
         if len(self.in_flight) >= self.settings.max_concurrent:
             self.dropped += 1
@@ -235,6 +243,8 @@ class Forwarder:
             )
             return
         exchange = _Exchange(self, data, query, send, tcp, self._order())
+        if self.tally is not None:
+            exchange.lane = self.tally.lane("tcp" if tcp else "udp", tally.family(peer))
         self.in_flight.add(exchange)
         exchange.start()
 
@@ -279,12 +289,17 @@ class _Exchange:
     send = attr.ib()
     tcp = attr.ib()
     order = attr.ib()
+    #: Where the reply to the client is counted (a L{tally.Lane}), or None.
+    lane = attr.ib(init=False, default=None)
+    _started = attr.ib(init=False, default=0)  # tally.now() when read, if counted
     _fallback = attr.ib(init=False, default=None)  # an upstream's SERVFAIL or REFUSED
     _deadline = attr.ib(init=False, default=None)  # when the time is up
     _attempt = attr.ib(init=False, default=None)
     _timer = attr.ib(init=False, default=None)  # the one timer: the try's
 
     def start(self):
+        if self.lane is not None:
+            self._started = tally.now()
         self._deadline = self.forwarder.reactor.seconds() + self.forwarder.settings.timeout
         self._next()
 
@@ -305,6 +320,7 @@ class _Exchange:
         attempt = (_TCPAttempt if self.tcp else _UDPAttempt)(self, upstream, id)
         self._attempt = attempt
         self._timer = clock.callLater(wait, self._timed_out, attempt)
+        self.forwarder.tries[str(upstream)] += 1
         attempt.start(_SHORT.pack(id) + self.data[2:], wait)
 
     def accepts(self, reply, id):
@@ -328,6 +344,7 @@ class _Exchange:
     def answered(self, attempt, reply):
         if attempt is not self._attempt:
             return
+        self.forwarder.replies[str(attempt.upstream), tally.rcode_label(reply[3] & 0x0F)] += 1
         if reply[3] & 0x0F in _TRY_NEXT and self.order:
             self._fallback = reply
             self._next()
@@ -358,6 +375,9 @@ class _Exchange:
         self.end()
         reply = reply or self._fallback or self._servfail()
         self.send(self.data[:2] + reply[2:])
+        if self.lane is not None:
+            self.lane.answers[tally.kind(self.query.type, reply[3] & 0x0F)] += 1
+            self.forwarder.tally.timed(1, tally.now() - self._started)
 
     def _servfail(self):
         query = self.query

@@ -6,7 +6,7 @@ Nothing here runs per DNS query: the DNS server counts in plain structures
 (L{idetcd.tally}), the lease keeper counts its keepalives, the etcd client
 tells L{EtcdCalls} of each call, and L{NodeCollector} reads those counts and
 the registry's and claimer's state only when Prometheus scrapes
-(L{DnsCollector}, L{NodeCollector}).  Each node
+(L{DnsCollector}, L{ForwardCollector}, L{NodeCollector}).  Each node
 has a registry of its own, so several nodes in one process (an embedding
 application, the tests) each report their own.
 """
@@ -109,6 +109,34 @@ class DnsCollector:
 
 
 @attr.s(eq=False)
+class ForwardCollector:
+    """
+    A prometheus_client collector of what C{forwarder} (an
+    L{idetcd.forward.Forwarder}) sent upstream and got back.
+    """
+
+    forwarder = attr.ib()
+
+    def collect(self):
+        forwarder = self.forwarder
+        tries = {str(upstream): 0 for upstream in forwarder.upstreams}
+        tries.update(forwarder.tries)
+        yield _counter(
+            "idetcd_forward_requests", "Queries sent upstream, per upstream; each try counts.",
+            ("to",), tries,
+        )
+        yield _counter(
+            "idetcd_forward_responses", "Replies taken from upstreams, per upstream and response code.",
+            ("to", "rcode"), forwarder.replies,
+        )
+        yield _counter(
+            "idetcd_forward_max_concurrent_rejects",
+            "Queries to forward dropped because max_concurrent were in flight.",
+            (), {(): forwarder.dropped},
+        )
+
+
+@attr.s(eq=False)
 class NodeCollector:
     """
     A prometheus_client collector of one node's state: its registry, its
@@ -165,6 +193,8 @@ def node_registry(node):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DnsCollector(dns))
     registry.register(NodeCollector(node, calls))
+    if node.dns.forwarder is not None:
+        registry.register(ForwardCollector(node.dns.forwarder))
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     return registry

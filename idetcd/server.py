@@ -319,7 +319,7 @@ class _Replies:
         forwarder = self.forwarder
         if forwarder is not None and forwarder.covers(query):
             if forwarder.allows(peer):
-                forwarder.relay(data, query, send, tcp)
+                forwarder.relay(data, query, send, tcp, peer)
                 raise _Unanswered(None)
             # REFUSED, as without forward, but never cached: an allowed
             # client asking the same gets an answer.
@@ -771,6 +771,7 @@ class DNSServer(service.Service):
                 if attempt + 1 == attempts:
                     raise
         if self.forwarder is not None:
+            self.forwarder.tally = self.tally
             try:
                 self.forwarder.start(self.port, self.interfaces, report)
             except BaseException:

@@ -14,6 +14,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 from twisted.internet import defer, protocol, reactor, task, threads, utils
 from twisted.internet.error import CannotListenError
 from twisted.names import common, dns as tdns, server as tserver
@@ -24,10 +26,14 @@ from idetcd import IdetcdService, wire
 from idetcd.authority import ZoneAuthority
 from idetcd.corefile import CorefileError, ForwardSettings, Upstream
 from idetcd.forward import VERDICTS, Forwarder, reaches_itself, resolv_conf
+from idetcd.metrics import ForwardCollector
+from idetcd.tally import DnsTally
 from idetcd.server import DNSServer
 from tests.etcdserver import start_etcd
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_etcd import wait_for
+from tests.test_http import HttpGetter
+from tests.test_metrics import samples, value
 from tests import test_hostile
 from tests.test_server import HOST, exchange_udp, tcp_session
 from tests.test_service import COREFILE
@@ -166,13 +172,13 @@ class ForwardTestCase(unittest.TestCase):
         self.registry = FakeRegistry(sample_members(), revision=100)
         self.authority, self.upstream_port = start_authority(self)
 
-    def serve(self, *upstreams, zones=(".",), **settings):
+    def serve(self, *upstreams, zones=(".",), tally=None, **settings):
         upstreams = upstreams or (Upstream(HOST, self.upstream_port),)
         self.forwarder = Forwarder(
             forward_settings(upstreams, **settings), "tf.local.", zones, reactor
         )
         self.server = DNSServer(
-            ZoneAuthority("tf.local.", self.registry, 30), 0, forwarder=self.forwarder
+            ZoneAuthority("tf.local.", self.registry, 30), 0, forwarder=self.forwarder, tally=tally
         )
         self.server.startService()
         self.addCleanup(self.server.stopService)
@@ -195,6 +201,15 @@ class ForwardTestCase(unittest.TestCase):
 
     def wait_idle(self):
         return wait_for(lambda: not self.forwarder.in_flight)
+
+    def scripted(self, script):
+        """
+        A L{_Scripted} upstream on a free loopback port: (it, its address).
+        """
+        upstream = _Scripted(script)
+        port = reactor.listenUDP(0, upstream, interface=HOST)
+        self.addCleanup(port.stopListening)
+        return upstream, Upstream(HOST, port.getHost().port)
 
 
 class RelayTests(ForwardTestCase):
@@ -336,15 +351,6 @@ class FailureTests(ForwardTestCase):
     Upstreams that fail, lie or never answer.
     """
 
-    def scripted(self, script):
-        """
-        A L{_Scripted} upstream on a free loopback port: (it, its address).
-        """
-        upstream = _Scripted(script)
-        port = reactor.listenUDP(0, upstream, interface=HOST)
-        self.addCleanup(port.stopListening)
-        return upstream, Upstream(HOST, port.getHost().port)
-
     @defer.inlineCallbacks
     def test_dead_upstream_servfail_in_time(self):
         """
@@ -431,6 +437,69 @@ class FailureTests(ForwardTestCase):
         query = dns.message.make_query("example.com", "A")
         response = yield self.udp(query)
         self.assertForwarded(response, query, "192.0.2.68")
+
+
+class CountTests(ForwardTestCase):
+    """
+    What forwarding tells Prometheus: the answers relayed count with the
+    server's own, and each upstream's tries and replies on their own.
+    """
+
+    @defer.inlineCallbacks
+    def test_counts(self):
+        failing, first = self.scripted(lambda q: [_servfail(q)])
+        live = Upstream(HOST, self.upstream_port)
+        dead = Upstream(HOST, dead_upstream(self))
+        counts = DnsTally("tf.local.")
+        self.serve(first, live, dead, policy="sequential", timeout=1.5, tally=counts)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ForwardCollector(self.forwarder))
+        for ask in (self.udp, self.udp, self.tcp):
+            response = yield ask(dns.message.make_query("example.com", "A"))
+            self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        response = yield self.udp(dns.message.make_query("worker1.tf.local", "A"))  # answered here
+        self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+        self.assertEqual(
+            dict(counts.requests()), {("udp", "1", "A"): 3, ("tcp", "1", "A"): 1}
+        )
+        self.assertEqual(dict(counts.responses()), {"NOERROR": 4})
+        self.assertEqual(counts.durations()[1], 4)
+        # Over TCP the scripted (UDP only) upstream refuses the connection.
+        self.assertEqual(failing.received, 2)
+        page = samples(generate_latest(registry).decode("ascii"))
+        self.assertEqual(
+            {key: v for key, v in page.items() if key[0] == "idetcd_forward_requests_total"},
+            {
+                ("idetcd_forward_requests_total", (("to", str(first)),)): 3,
+                ("idetcd_forward_requests_total", (("to", str(live)),)): 3,
+                ("idetcd_forward_requests_total", (("to", str(dead)),)): 0,
+            },
+        )
+        self.assertEqual(
+            {key: v for key, v in page.items() if key[0] == "idetcd_forward_responses_total"},
+            {
+                ("idetcd_forward_responses_total", (("rcode", "SERVFAIL"), ("to", str(first)))): 2,
+                ("idetcd_forward_responses_total", (("rcode", "NOERROR"), ("to", str(live)))): 3,
+            },
+        )
+
+        # Only the dead upstream left: the client gets SERVFAIL, counted.
+        yield self.server.stopService()
+        counts = DnsTally("tf.local.")
+        self.serve(dead, timeout=1.0, tally=counts)
+        response = yield self.udp(dns.message.make_query("example.com", "A"))
+        self.assertEqual(response.rcode(), dns.rcode.SERVFAIL)
+        self.assertEqual(dict(counts.responses()), {"SERVFAIL": 1})
+        self.assertEqual(self.forwarder.tries, {str(dead): 1})
+        self.assertEqual(self.forwarder.replies, {})
+
+    def test_rejects(self):
+        self.serve()
+        self.forwarder.dropped = 7
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ForwardCollector(self.forwarder))
+        page = samples(generate_latest(registry).decode("ascii"))
+        self.assertEqual(page["idetcd_forward_max_concurrent_rejects_total", ()], 7)
 
 
 def _servfail(query):
@@ -744,6 +813,30 @@ class NodeTests(unittest.TestCase):
         self.assertIn("status: NOERROR", text)
         self.assertIn("TCP", text)
         self.assertRegex(text, r"example\.com\.\s+60\s+IN\s+A\s+192\.0\.2\.10")
+
+    @defer.inlineCallbacks
+    def test_forwarded_answers_in_the_metrics(self):
+        """
+        The node's metrics count the answers it relayed with its own, and
+        the upstream's tries and replies.
+        """
+        upstream = f"127.0.0.1:{self.upstream_port}"
+        yield self.start_node(f"    prometheus 127.0.0.1:0\n    forward . dns://{upstream}")
+        for tcp in (False, True):
+            yield self.ask("example.com", tcp=tcp)
+        yield self.ask(self.name)
+        http = HttpGetter(timeout=5)
+        self.addCleanup(http.close)
+        code, body = yield http.get(f"http://127.0.0.1:{self.node.getServiceNamed('metrics').port}/metrics")
+        self.assertEqual(code, 200)
+        page = samples(body.decode("utf-8"))
+        zone = {"zone": "tf.local.", "family": "1", "type": "A"}
+        self.assertEqual(value(page, "idetcd_dns_requests_total", proto="udp", **zone), 2)
+        self.assertEqual(value(page, "idetcd_dns_requests_total", proto="tcp", **zone), 1)
+        self.assertEqual(value(page, "idetcd_dns_responses_total", zone="tf.local.", rcode="NOERROR"), 3)
+        self.assertEqual(value(page, "idetcd_forward_requests_total", to=upstream), 2)
+        self.assertEqual(value(page, "idetcd_forward_responses_total", to=upstream, rcode="NOERROR"), 2)
+        self.assertEqual(value(page, "idetcd_forward_max_concurrent_rejects_total"), 0)
 
     @defer.inlineCallbacks
     def test_refused_outside_the_allowed_set(self):
