@@ -442,7 +442,7 @@ def _endpoint(text):
     try:
         url = urlsplit(text)
         port = url.port
-        request_url(text)  # what the HTTP client needs: no IPv6 zone, say
+        request_url(text).to_uri()  # what the HTTP client takes: no IPv6 zone, say
     except ValueError as e:
         raise ValueError(f"{expected}: {e}") from None
     if url.scheme not in ("http", "https") or not url.hostname or port == 0:

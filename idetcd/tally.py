@@ -6,7 +6,8 @@ counter would cost it several, and so would reading the clock twice per
 query.  Here an answer costs one dict increment, and time is taken once
 per batch of queries handled in one go (the datagrams one read of a UDP
 socket takes, the queries of one TCP read), each answer of the batch
-counted as taking their mean.  L{idetcd.metrics} turns the counts into
+counted as taking their mean (a forwarded query, answered later, is timed
+on its own).  L{idetcd.metrics} turns the counts into
 metrics only when Prometheus asks.
 """
 

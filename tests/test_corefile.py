@@ -135,7 +135,7 @@ class SettingsTests(TestCase):
         Each setting lands in its field, normalized.
         """
         got = settings(
-            "endpoint https://etcd1:2379 HTTP://[::1]:2380/ http://10.0.0.3",
+            "endpoint https://etcd1:2379 HTTP://[::1]:2380/ http://10.0.0.3 http://etcd_1:2379",
             "limit 50000",
             'pattern w{{ "%06d" % ID }}.tf.local.',
             "ttl 0",
@@ -148,7 +148,7 @@ class SettingsTests(TestCase):
             "wait",
         )
         self.assertEqual(
-            got.endpoints, ("https://etcd1:2379", "http://[::1]:2380", "http://10.0.0.3")
+            got.endpoints, ("https://etcd1:2379", "http://[::1]:2380", "http://10.0.0.3", "http://etcd_1:2379")
         )
         self.assertEqual((got.limit, got.ttl, got.lease), (50000, 0, 2))
         self.assertEqual(got.nameservers, 5)

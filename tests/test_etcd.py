@@ -10,6 +10,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from idetcd.embedded import free_port
+from idetcd.etcd.connections import request_url
 from idetcd.etcd import (
     Compacted,
     EtcdClient,
@@ -48,6 +49,24 @@ class PrefixRangeEndTests(unittest.TestCase):
 
     def test_empty_prefix_means_every_key(self):
         self.assertEqual(prefix_range_end(b""), b"\0")
+
+
+class RequestUrlTests(unittest.TestCase):
+    """
+    The URLs handed to treq reach the wire as written, but for a host
+    outside ASCII, which is IDNA-encoded.
+    """
+
+    def test_hosts(self):
+        for url, wire in [
+            ("http://[::1]:2379/v3/kv/range", "http://[::1]:2379/v3/kv/range"),
+            ("https://[fd00::1]:2379/v3/watch", "https://[fd00::1]:2379/v3/watch"),
+            ("http://127.0.0.1:2379/version", "http://127.0.0.1:2379/version"),
+            ("http://etcd_1:2379/health", "http://etcd_1:2379/health"),
+            ("https://etcd1.Example.com:2379/v3/kv/txn", "https://etcd1.Example.com:2379/v3/kv/txn"),
+            ("http://bücher.example:2379/version", "http://xn--bcher-kva.example:2379/version"),
+        ]:
+            self.assertEqual(request_url(url).to_uri().to_text(), wire)
 
 
 class WatchStreamTests(unittest.TestCase):

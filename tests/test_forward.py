@@ -451,7 +451,9 @@ class CountTests(ForwardTestCase):
         live = Upstream(HOST, self.upstream_port)
         dead = Upstream(HOST, dead_upstream(self))
         counts = DnsTally("tf.local.")
-        self.serve(first, live, dead, policy="sequential", timeout=1.5, tally=counts)
+        # A timeout long enough that no try times out, even on a slow box:
+        # the dead upstream is never reached.
+        self.serve(first, live, dead, policy="sequential", timeout=5.0, tally=counts)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ForwardCollector(self.forwarder))
         for ask in (self.udp, self.udp, self.tcp):

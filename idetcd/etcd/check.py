@@ -1,7 +1,7 @@
 """
 What a node makes sure of before it relies on etcd: every endpoint that
 answers is the JSON gateway of etcd 3.4 or later, etcd takes the configured
-user, and that user may read idetcd's prefix.  Each way this fails is an
+user, and that user may read and write idetcd's prefix.  Each way this fails is an
 L{EtcdSetupError} whose one-line message says what to fix; while no
 endpoint answers at all, the check waits and tries again, as the rest of
 the node does.
@@ -89,12 +89,8 @@ def _check_once(client, prefix):
                 " add 'credentials USER PASSWORD' to the idetcd block"
             ) from None
         if e.code == _PERMISSION_DENIED:
-            readable = prefix.decode("utf-8", "replace")
-            raise PermissionDenied(
-                f"etcd at {client.endpoint} denies user {client.credentials.user!r} the prefix"
-                f" {readable!r} ({e.message}):"
-                f" grant it a role with readwrite permission on that prefix"
-                f" (etcdctl role grant-permission ROLE --prefix=true readwrite {readable})"
+            raise _denied(
+                f"etcd at {client.endpoint} denies user {client.credentials.user!r} the prefix", prefix, e
             ) from None
         raise
     try:
@@ -102,14 +98,22 @@ def _check_once(client, prefix):
     except EtcdError as e:
         if e.code != _PERMISSION_DENIED:
             raise
-        readable = prefix.decode("utf-8", "replace")
         user = "the client certificate's user" if client.credentials is None else f"user {client.credentials.user!r}"
-        raise PermissionDenied(
-            f"etcd at {client.endpoint} lets {user} read but not write the prefix {readable!r} ({e.message}):"
-            f" grant it a role with readwrite permission on that prefix"
-            f" (etcdctl role grant-permission ROLE --prefix=true readwrite {readable})"
-        ) from None
+        raise _denied(f"etcd at {client.endpoint} lets {user} read but not write the prefix", prefix, e) from None
     return versions, unreachable
+
+
+def _denied(what, prefix, error):
+    """
+    L{PermissionDenied}: C{what} etcd did about C{prefix}, its C{error},
+    and the fix.
+    """
+    readable = prefix.decode("utf-8", "replace")
+    return PermissionDenied(
+        f"{what} {readable!r} ({error.message}):"
+        f" grant it a role with readwrite permission on that prefix"
+        f" (etcdctl role grant-permission ROLE --prefix=true readwrite {readable})"
+    )
 
 
 def _write_probe(prefix):

@@ -132,8 +132,8 @@ class EtcdClient:
 
     def _bounded(self, d, timeout=None):
         """
-        C{d}, failed with L{defer.TimeoutError} after C{timeout} (default:
-        the client's).  A cancel from the caller fails it with
+        A Deferred that follows C{d}, failed with L{defer.TimeoutError} after
+        C{timeout} (default: the client's).  A cancel from the caller fails it with
         L{defer.CancelledError}, whatever the HTTP stack made of the cancel
         (a connection cancelled while the host name resolves fails with
         C{DNSLookupError}), so that a cancelled call never moves on to the

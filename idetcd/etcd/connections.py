@@ -4,7 +4,6 @@ The HTTP connections to etcd: persistent, quiet in the log, over TLS for
 noticed.
 """
 
-import ipaddress
 import socket
 
 import treq
@@ -76,16 +75,14 @@ def http_client(reactor, tls=None):
 class _URL(EncodedURL):
     """
     An etcd URL for treq.  hyperlink IDNA-encodes the host on its way to
-    the wire, which fails on an IP literal such as C{[fd00::1]}
-    (hyperlink#68); a literal needs no encoding, so it is left as it is.
+    the wire, which fails on an IPv6 literal such as C{[fd00::1]}
+    (hyperlink#68) and on ASCII names IDNA forbids but resolvers take
+    (C{etcd_1}, as container tools name hosts); only a host outside ASCII
+    needs the encoding, so only such a host gets it.
     """
 
     def to_uri(self):
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return EncodedURL.to_uri(self)
-        return self
+        return self if self.host.isascii() else EncodedURL.to_uri(self)
 
 
 def request_url(url):
