@@ -140,10 +140,11 @@ class EtcdClient:
         next endpoint.
         """
         timeout = self.timeout if timeout is None else timeout
-        cancelled = []
+        cancelled = False
 
         def cancel(_):
-            cancelled.append(True)
+            nonlocal cancelled
+            cancelled = True
             d.cancel()
 
         bounded = defer.Deferred(cancel)
