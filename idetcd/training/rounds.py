@@ -121,10 +121,10 @@ def parse_nnodes(text):
     """
     C{N} or C{N:M} as C{(N, M)}; L{ValueError} unless 1 <= N <= M.
     """
-    low, _, high = text.partition(":")
+    low, colon, high = text.partition(":")
     try:
         low = int(low)
-        high = int(high) if high else low
+        high = int(high) if colon else low
     except ValueError:
         raise ValueError(f"expected N or N:M (whole numbers), got {text!r}") from None
     if not 1 <= low <= high:
