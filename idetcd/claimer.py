@@ -18,6 +18,12 @@ The claimer is a state machine: idle, claiming, waiting (every slot taken),
 holding, unsure (the lease's local deadline passed: the name is not called
 ours until etcd confirms the same lease still holds the same key), failed
 and stopped.  Every input is handled in every state.
+
+A node alone in the claim queue makes way for a replacement's ordinal: if
+a member below the slot it would get has a holder that stopped renewing
+its lease (a dead node), it waits, at most until that lease should have
+ended, for the slot to free, so a machine replacing a dead one takes the
+dead one's slot instead of a higher one for good.
 """
 
 import hashlib
@@ -42,6 +48,16 @@ log = Logger()
 
 #: How often a key whose lease might belong to a live twin is looked at.
 PROBE_INTERVAL = 1.0
+
+#: A lone claimer asks etcd about the leases below its slot this many at a
+#: time, and not at all when there are more than MAX_LOOKUPS of them.
+LOOKUPS_IN_FLIGHT = 16
+MAX_LOOKUPS = 1024
+
+#: How long after a lease's TTL runs out its key may still be seen: etcd
+#: rounds TTLs down to whole seconds, expires leases on a half-second tick,
+#: and the delete then comes down the watch.
+EXPIRY_MARGIN = 2.0
 
 
 class SlotsExhausted(Exception):
@@ -632,7 +648,8 @@ class Claimer(Service):
         name won and the revision it was won at, or C{None} when no slot is
         free.  In the common case this costs one put and one transaction,
         however many nodes start at once, and reads nothing but the
-        preferred slot's key.
+        preferred slot's key, and, for a node alone in the queue, the
+        leases below its slot.
         """
         registry = self.registry
         won = yield self._take_preferred(lease)
@@ -640,6 +657,9 @@ class Claimer(Service):
             return won
         queue_key = registry.queue_key(self._tag, lease)
         revision = yield self.client.put(queue_key, b"", lease=lease)
+        yield registry.when_caught_up(revision)
+        if (yield self._wait_for_dead_holder(lease, queue_key)):
+            revision = yield self.client.put(queue_key, b"", lease=lease)
         while True:
             yield registry.when_caught_up(revision)
             name = registry.assignment(self._tag, self._names).get(lease)
@@ -648,7 +668,7 @@ class Claimer(Service):
                     return None
                 # Every free slot is promised to a node queued earlier:
                 # wait for it to claim, or for its lease to end.
-                revision = yield self._next_change(registry.applied)
+                revision = yield self._next_change(registry.applied, self.lease_ttl / 3)
                 continue
             result = yield self.client.create(
                 self._key(name), self._value(name), lease=lease, also_delete=queue_key
@@ -676,13 +696,13 @@ class Claimer(Service):
             return result.existing.mod_revision
         return None
 
-    def _next_change(self, revision):
+    def _next_change(self, revision, timeout):
         """
         Fires with the revision to wait for once the registry moved past
-        C{revision}, or after a third of the lease, whichever comes first.
+        C{revision}, or after C{timeout} seconds, whichever comes first.
         """
         changed = self.registry.when_caught_up(revision + 1)
-        timer = self.reactor.callLater(self.lease_ttl / 3, changed.cancel)
+        timer = self.reactor.callLater(timeout, changed.cancel)
 
         def settled(result):
             if not timer.active():
@@ -693,6 +713,78 @@ class Claimer(Service):
             return self.registry.applied
 
         return changed.addBoth(settled)
+
+    @defer.inlineCallbacks
+    def _wait_for_dead_holder(self, lease, queue_key):
+        """
+        When this node is alone in its pattern's queue and a member below
+        the slot it would get has a holder that stopped renewing its lease,
+        leave the queue (so that a node queueing meanwhile is alone too,
+        and waits as well, rather than take that slot) and wait for a slot
+        below to free, at most until that lease should have ended.  Returns
+        whether it left the queue.  Only alone: in a crowd of starters
+        nobody pays for the lookups, and the queue is known to be empty
+        only once this node's own entry is in the registry.
+        """
+        registry = self.registry
+        name = registry.assignment(self._tag, self._names).get(lease)
+        if name is None or registry.queue(self._tag) != [lease]:
+            return False
+        below = self._names[: self._slots[name] - 1]
+        if len(below) > MAX_LOOKUPS:
+            return False
+        found = yield self._find_overdue(below)
+        if found is None:
+            return False
+        dead, left = found
+        bound = left + EXPIRY_MARGIN
+        log.info(
+            "waiting up to {bound:.0f}s for {dead}, whose holder stopped renewing its lease, "
+            "rather than taking {name}",
+            bound=bound,
+            dead=dead,
+            name=name,
+        )
+        yield self.client.delete_on_lease(queue_key, lease)
+        deadline = self.reactor.seconds() + bound
+        while not any(registry.is_free(n) for n in below) and self.reactor.seconds() < deadline:
+            yield self._next_change(registry.applied, deadline - self.reactor.seconds())
+        return True
+
+    @defer.inlineCallbacks
+    def _find_overdue(self, names):
+        """
+        The first of C{names} whose holder stopped renewing its lease, with
+        the seconds left on that lease, or C{None} if every holder renews.
+        """
+        members = self.registry.members
+        held = [(name, members[name].lease) for name in names if name in members and members[name].lease]
+        for start in range(0, len(held), LOOKUPS_IN_FLIGHT):
+            batch = held[start : start + LOOKUPS_IN_FLIGHT]
+            lookups = defer.gatherResults([self._left_if_overdue(lease) for _, lease in batch], consumeErrors=True)
+            # Only a cancelled claim fails a lookup: fail as cancelled, not
+            # with the FirstError that _claim would retry.
+            lefts = yield lookups.addErrback(lambda failure: failure.value.subFailure)
+            for (name, _), left in zip(batch, lefts):
+                if left is not None:
+                    return name, left
+        return None
+
+    def _left_if_overdue(self, lease):
+        """
+        The seconds left on C{lease} if its holder stopped renewing it:
+        under half its TTL left, where a live holder, renewing every third,
+        keeps it; 0 if it is gone; else C{None}.  A failed lookup counts as
+        renewing: it only decides whether to wait.
+        """
+
+        def failed(failure):
+            if failure.check(defer.CancelledError):
+                return failure
+            return 0 if failure.check(LeaseNotFound) else None
+
+        d = self.client.lease_time_to_live(lease)
+        return d.addCallbacks(lambda info: info.ttl if 2 * info.ttl < info.granted_ttl else None, failed)
 
     @defer.inlineCallbacks
     def _take_preferred(self, lease):

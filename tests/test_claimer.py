@@ -6,9 +6,10 @@ L{Clock} with a scripted client for the timing of keepalives.
 import attr
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from idetcd.claimer import Claimer, SlotsExhausted
+from idetcd.claimer import LOOKUPS_IN_FLIGHT, MAX_LOOKUPS, Claimer, SlotsExhausted
 from idetcd.etcd import (
     EtcdUnavailable,
     KeyValue,
@@ -356,9 +357,12 @@ class FakeRegistry:
     def is_free(self, name):
         return name not in self.members
 
+    def queue(self, tag):
+        return list(self.queued)
+
     def assignment(self, tag, names):
         free = [name for name in names if self.is_free(name)]
-        return dict(zip(self.queued, free))
+        return dict(zip(self.queue(tag), free))
 
     def take_every_slot(self):
         self.members = {PATTERN.render(i): identity("other") for i in (1, 2, 3)}
@@ -392,8 +396,11 @@ class TransitionTests(unittest.TestCase):
         self.client = ScriptedClient()
         self.registry = FakeRegistry()
         self.claimed = []
-        self.claimer = Claimer(
-            self.client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock,
+        self.claimer = self.make_claimer(limit=3)
+
+    def make_claimer(self, limit):
+        return Claimer(
+            self.client, PATTERN, limit, PREFIX, identity("a"), 9, self.clock,
             registry=self.registry, on_claimed=lambda name, lease: self.claimed.append((name, lease)),
         )
 
@@ -605,6 +612,157 @@ class TransitionTests(unittest.TestCase):
         self.assertIsNone(self.claimer._failure)
         self.clock.advance(3)
         self.assertEqual(len(self.client.pending("grant")), 1)
+
+    # claiming alone, behind a dead holder
+
+    def members_below(self, count):
+        """
+        Slots 1 to C{count} held, on leases 41, 42, …; the registry's waits
+        are real.
+        """
+        self.registry.members = {
+            PATTERN.render(slot): attr.evolve(identity(f"n{slot}"), lease=40 + slot)
+            for slot in range(1, count + 1)
+        }
+        self.registry.applied, self.registry.strict = 1, True
+
+    def queue_alone(self):
+        """
+        Start; answer the grant (lease 7) and the queue put at revision 1.
+        """
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.client.answer("put", 1)
+        return d
+
+    def lease_left(self, ttl):
+        """
+        Answer the oldest lease lookup: C{ttl} of 9 s left.  A live holder
+        renews every 3 s, so it never reads under 5 (etcd rounds down).
+        """
+        return self.client.answer("timetolive", LeaseInfo(ttl=ttl, granted_ttl=9, keys=frozenset(), revision=1))
+
+    def test_alone_behind_renewing_holders_takes_the_next_slot_at_once(self):
+        self.members_below(1)
+        d = self.queue_alone()
+        self.assertEqual(self.lease_left(5), (41, False))
+        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+        self.assertEqual(self.client.pending("delete"), [])
+
+    def test_alone_behind_a_dead_holder_waits_and_takes_its_slot(self):
+        """
+        Under half the lease left: its holder stopped renewing.  The node
+        leaves the queue, says so, and once the key is gone queues again
+        and gets the freed slot.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.members_below(1)
+        d = self.queue_alone()
+        self.lease_left(4)
+        queue_key = self.client.answer("delete", True)[0]
+        self.assertTrue(queue_key.startswith(PREFIX + b"_claims/"))
+        self.assertIn(
+            "waiting up to 6s for worker1.tf.local., whose holder stopped renewing its lease, "
+            "rather than taking worker2.tf.local.",
+            [formatEvent(e) for e in events],
+        )
+        self.clock.advance(5)
+        self.assertEqual(self.client.pending("put") + self.client.pending("create"), [])
+        self.registry.change({}, 5)  # the lease ran out
+        self.assertEqual(self.client.answer("put", 6)[0], queue_key)
+        self.registry.change({}, 6)
+        self.assertEqual(self.client.answer("create", TxnResult(True, 7, None))[0], KEY1)
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+
+    def test_the_wait_ends_when_the_lease_should_have(self):
+        """
+        A holder judged dead that renews after all (a stalled process)
+        keeps its slot: the node waits no longer than the lease had left
+        plus a margin, then takes the next slot.
+        """
+        self.members_below(1)
+        d = self.queue_alone()
+        self.lease_left(4)
+        self.client.answer("delete", True)
+        self.clock.advance(5.9)
+        self.assertEqual(self.client.pending("put"), [])
+        self.clock.advance(0.1)
+        self.client.answer("put", 1)
+        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+
+    def test_a_lease_already_gone_is_waited_for_only_the_margin(self):
+        self.members_below(1)
+        d = self.queue_alone()
+        self.client.answer("timetolive", LeaseNotFound(5, "gone"))
+        self.client.answer("delete", True)
+        self.clock.advance(2)
+        self.client.answer("put", 1)
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+        self.assertEqual(self.claimer.lease, 7)  # another lease's end is not ours
+
+    def test_a_failed_lookup_counts_as_renewing(self):
+        self.members_below(1)
+        d = self.queue_alone()
+        self.client.answer("timetolive", EtcdUnavailable("down"))
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+
+    def test_not_alone_in_the_queue_looks_nothing_up(self):
+        """
+        Another node queued too (many starting at once): the node takes its
+        share at once, without asking about a single lease.
+        """
+        self.members_below(1)
+        self.registry.queue_key = lambda tag, lease: self.registry.queued.extend([lease, 8]) or b"q"
+        d = self.queue_alone()
+        self.assertEqual(self.client.pending("timetolive"), [])
+        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+
+    def test_lookups_in_flight_are_bounded(self):
+        self.claimer = self.make_claimer(limit=LOOKUPS_IN_FLIGHT + 5)
+        self.members_below(LOOKUPS_IN_FLIGHT + 4)
+        d = self.queue_alone()
+        self.assertEqual(len(self.client.pending("timetolive")), LOOKUPS_IN_FLIGHT)
+        for _ in range(LOOKUPS_IN_FLIGHT):
+            self.lease_left(8)
+        self.assertEqual(len(self.client.pending("timetolive")), 4)
+        for _ in range(4):
+            self.lease_left(8)
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.successResultOf(d), PATTERN.render(LOOKUPS_IN_FLIGHT + 5))
+
+    def test_too_many_members_below_looks_nothing_up(self):
+        self.claimer = self.make_claimer(limit=MAX_LOOKUPS + 2)
+        self.members_below(MAX_LOOKUPS + 1)
+        d = self.queue_alone()
+        self.assertEqual(self.client.pending("timetolive"), [])
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.successResultOf(d), PATTERN.render(MAX_LOOKUPS + 2))
+
+    def test_stop_while_looking_up(self):
+        self.members_below(1)
+        d = self.queue_alone()
+        self.claimer.stopService()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.client.pending("timetolive"), [])
+        self.assertEqual(self.client.revoked, [7])
+
+    def test_stop_while_waiting_for_a_dead_holder(self):
+        self.members_below(1)
+        d = self.queue_alone()
+        self.lease_left(4)
+        self.client.answer("delete", True)
+        self.clock.advance(1)
+        self.claimer.stopService()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.client.revoked, [7])
+        self.assertEqual(self.registry._waiting[0][1].called, True)  # the registry wait, cancelled
 
     # waiting
 
