@@ -4,6 +4,7 @@ etcd, checked with a real DNS client.
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -205,3 +206,61 @@ class ClusterTests(NodeProcessCase):
         self.assertEqual(len(kvs), 2)
         reply = yield query(other.port, name)
         self.assertEqual(reply.rcode(), dns.rcode.NOERROR)
+
+
+class ReplacementTests(NodeProcessCase):
+    """
+    A machine replacing a dead one, with a fresh state directory, while the
+    dead node's lease still runs.  Lease 10: a dead holder is known dead
+    once under 5 s are left, which leaves a fresh node ample time to start
+    before the key is gone.
+    """
+
+    COREFILE = COREFILE.replace("limit 3", "limit 8").replace("lease {$LEASE:3}", "lease 10")
+
+    @defer.inlineCallbacks
+    def start_four(self):
+        """
+        Four nodes holding worker1 to worker4; returns them by name.
+        """
+        nodes = [self.start_node() for _ in range(4)]
+        names = yield defer.gatherResults([self.wait_claimed(node) for node in nodes])
+        self.assertEqual(sorted(names), [f"worker{slot}.tf.local." for slot in range(1, 5)])
+        client = EtcdClient([self.etcd.client_url], reactor)
+        self.addCleanup(client.close)
+        return dict(zip(names, nodes)), client
+
+    @defer.inlineCallbacks
+    def test_fresh_node_takes_the_dead_nodes_slot(self):
+        """
+        kill -9 the holder of worker2; once its lease is visibly not being
+        renewed, a fresh node waits for it to end and takes worker2, not
+        worker5, and says why it waits.
+        """
+        nodes, client = yield self.start_four()
+        nodes["worker2.tf.local."].process.signalProcess(signal.SIGKILL)
+        yield nodes["worker2.tf.local."].ended
+        kvs, _ = yield client.range(b"/idetcd/worker2.tf.local.")
+        for _ in range(60):  # the lease reads under half its TTL within 5 s
+            info = yield client.lease_time_to_live(kvs[0].lease)
+            if 2 * info.ttl < info.granted_ttl:
+                break
+            yield sleep(0.2)
+        fresh = self.start_node()
+        self.assertEqual((yield self.wait_claimed(fresh)), "worker2.tf.local.")
+        waited = re.search(
+            rb"waiting up to (\d+)s for worker2\.tf\.local\., whose holder stopped renewing its lease, "
+            rb"rather than taking worker5\.tf\.local\.",
+            fresh.output,
+        )
+        self.assertIsNotNone(waited, fresh.output.decode())
+        self.assertLessEqual(int(waited.group(1)), 5 + 2)  # what the lease had left, and the margin
+        held, _ = yield client.range(b"/idetcd/", prefix_range_end(b"/idetcd/"))
+        self.assertEqual(sorted(kv.key for kv in held), [b"/idetcd/worker%d.tf.local." % slot for slot in range(1, 5)])
+
+    @defer.inlineCallbacks
+    def test_fresh_node_behind_live_holders_takes_the_next_slot_at_once(self):
+        yield self.start_four()
+        fresh = self.start_node()
+        self.assertEqual((yield self.wait_claimed(fresh)), "worker5.tf.local.")
+        self.assertNotIn(b"waiting up to", fresh.output)
