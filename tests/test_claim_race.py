@@ -164,3 +164,39 @@ class StormTests(unittest.TestCase):
         self.assertLessEqual(writes, 3 * self.NODES, f"{after} - {before}")
         # No claimer read the prefix: the registry's watch told them all.
         self.assertLessEqual(after["Range"] - before["Range"], self.NODES * 0.1)
+
+    @defer.inlineCallbacks
+    def test_joining_live_members_at_once_asks_about_few_leases(self):
+        """
+        100 claimers join 100 live members at once.  Only a claimer alone in
+        the queue asks etcd about the leases below its slot (for a dead
+        holder to wait for), so etcd serves a few such lookups per member,
+        not one per claimer and member (10,000), and nobody waits.
+        """
+        etcd = yield start_etcd(self)
+        client = EtcdClient([etcd.client_url], reactor, timeout=30.0)
+        self.addCleanup(client.close)
+        registry = Registry(client, PREFIX, reactor)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+
+        def start(count, name):
+            claimers = [
+                Claimer(
+                    client, PATTERN, 200, PREFIX,
+                    Member(name="", ipv4=("127.0.0.1",), node=f"{name}{i}"), 10, reactor,
+                    registry=registry,
+                )
+                for i in range(count)
+            ]
+            for claimer in claimers:
+                claimer.startService()
+                self.addCleanup(lambda c=claimer: c.stopService() if c.running else None)
+            return defer.gatherResults([c.when_claimed() for c in claimers])
+
+        yield start(100, "old")
+        before = yield handled(etcd, "LeaseTimeToLive")
+        names = yield start(100, "new")
+        lookups = (yield handled(etcd, "LeaseTimeToLive")) - before
+        self.assertEqual(sorted(names), sorted(PATTERN.render(slot) for slot in range(101, 201)))
+        self.assertLessEqual(lookups, 5 * 200, "lease lookups")
