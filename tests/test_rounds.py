@@ -24,8 +24,8 @@ from tests.test_cli import CommandCase
 from tests.test_secure import start_node
 from tests.test_etcd import sleep, wait_for
 
-#: Lease 6: a live node renews every 2 s and is counted dead 3 s after its
-#: last renewal; room for a busy 2-core box.
+#: Lease 6 unless a test says otherwise: a live node renews every 2 s and
+#: is counted dead 3 s after its last renewal; room for a busy 2-core box.
 ROUND_COREFILE = """\
 .:{$NODE_PORT} {
     bind 127.0.0.1
@@ -52,10 +52,10 @@ class RoundCase(CommandCase):
 
     timeout = 180
 
-    def job_corefile(self, settings=""):
+    def job_corefile(self, settings="", lease=6):
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
-            f.write(ROUND_COREFILE % settings)
+            f.write(ROUND_COREFILE.replace("lease 6", f"lease {lease}") % settings)
         return path
 
     @defer.inlineCallbacks
@@ -140,7 +140,7 @@ class AgreementTests(RoundCase):
 
     @defer.inlineCallbacks
     def test_five_nodes_four_places_then_a_member_dies(self):
-        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
+        corefile = self.job_corefile(lease=LONG_LEASE)
         nodes = yield self.nodes(5, corefile)
         names = [node.name for node in nodes]
 
@@ -255,7 +255,7 @@ class DeadMemberTests(RoundCase):
         A killed member counts no more once its lease is overdue, though
         etcd still holds its key.
         """
-        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
+        corefile = self.job_corefile(lease=LONG_LEASE)
         nodes = yield self.nodes(3, corefile)
         client = self.etcd_client()
         key = PREFIX + nodes[1].name.encode()
@@ -285,7 +285,7 @@ class LookAfterTests(RoundCase):
 
     @defer.inlineCallbacks
     def test_two_neighbours_die_together(self):
-        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
+        corefile = self.job_corefile(lease=LONG_LEASE)
         nodes = yield self.nodes(5, corefile)
         client = self.etcd_client()
         for dead in nodes[1:3]:
@@ -306,7 +306,7 @@ class LookAfterTests(RoundCase):
         A node frozen past half its lease (SIGSTOP) is marked dead; thawed
         before its lease ends, it keeps its name and takes the mark back.
         """
-        corefile = self.job_corefile().replace("lease 6", "lease 10")
+        corefile = self.job_corefile(lease=10)
         nodes = yield self.nodes(3, corefile)
         client = self.etcd_client()
         late = nodes[1]
