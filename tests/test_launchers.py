@@ -98,9 +98,9 @@ class ArgumentTests(unittest.TestCase):
 
     def test_env_and_round_command_lines(self):
         node = Idetcd("/etc/idetcd/Corefile", "/var/lib/idetcd")
-        self.assertEqual(node.env_argv("mnist", (2, 4), 12.345, 3), [
+        self.assertEqual(node.env_argv("mnist", (2, 4), 12.345, 3, 0.5), [
             sys.executable, "-m", "idetcd.cli", "env", "--format", "json", "--nnodes", "2:4", "--job", "mnist",
-            "--timeout", "12.3", "--after", "3", "--corefile", "/etc/idetcd/Corefile", "--state", "/var/lib/idetcd",
+            "--timeout", "12.3", "--after", "3", "--settle", "0.5", "--corefile", "/etc/idetcd/Corefile", "--state", "/var/lib/idetcd",
         ])
         # The command's own defaults where nothing is given; a spent
         # timeout is still one idetcd accepts.
@@ -136,7 +136,7 @@ class CommandTests(StandInCase):
     def test_failures_are_the_commands_last_line(self):
         node = self.stand_in(env=[
             [3, "", "a warning\nidetcd: etcd did not answer at http://127.0.0.1:2379\n"],
-            [6, "", "idetcd: worker3.tf.local. is a spare: round 4 of job mnist was agreed without it\n"],
+            [6, "", "idetcd: spare: worker3.tf.local. is not in round 4 of job 'mnist' (2 members: w1 w2)\n"],
             [6, "", "idetcd: a spare\n"],
             [0, "not JSON", ""],
             ok({"job": "mnist"}),
@@ -158,9 +158,9 @@ class CommandTests(StandInCase):
 class JoinTests(StandInCase):
 
     def test_a_spare_joins_the_next_round_that_has_it(self):
-        spare = [6, "", "idetcd: a spare: round 4 of job mnist was agreed without it\n"]
+        spare = [6, "", "idetcd: spare: w3 is not in round 4 of job 'mnist' (2 members: w1 w2)\n"]
         node = self.stand_in(
-            env=[spare, [6, "", "idetcd: a spare: round 5 of job mnist was agreed without it\n"], ok(ENV)],
+            env=[spare, [6, "", "idetcd: spare: w3 is not in round 5 of job 'mnist' (2 members: w1 w4)\n"], ok(ENV)],
             round=[ok(latest(4)), ok(latest(4)), ok(latest(5)), ok(latest(6))],
         )
         self.assertEqual(node.join("mnist", (2, 4), 30, interval=0.01).number, 3)

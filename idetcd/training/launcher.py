@@ -17,10 +17,7 @@ import time
 
 import attr
 
-from idetcd.commands import EXIT_TIMEOUT
-
-#: env: this node holds a name but the agreed round left it out.
-EXIT_SPARE = 6
+from idetcd.commands import EXIT_SPARE, EXIT_TIMEOUT
 
 #: The idetcd command, with the Python this process runs on.
 IDETCD = (sys.executable, "-m", "idetcd.cli")
@@ -167,7 +164,7 @@ class Idetcd:
                 argv += [option, value]
         return argv
 
-    def env_argv(self, job, nnodes, timeout=None, after=None):
+    def env_argv(self, job, nnodes, timeout=None, after=None, settle=None):
         args = ["--format", "json", "--nnodes", nnodes_text(nnodes)]
         if job is not None:
             args += ["--job", job]
@@ -175,17 +172,19 @@ class Idetcd:
             args += ["--timeout", "%.1f" % max(timeout, 0.1)]
         if after is not None:
             args += ["--after", str(after)]
+        if settle is not None:
+            args += ["--settle", str(settle)]
         return self.argv("env", *args)
 
     def round_argv(self, job):
         return self.argv("round", "--job", job, "--json")
 
-    def env(self, job, nnodes, timeout=None, after=None):
+    def env(self, job, nnodes, timeout=None, after=None, settle=None):
         """
         Block until the job's next round (after round C{after}) is agreed,
         and return it (a L{Round}); L{NotInRound} if it left this node out.
         """
-        return Round.from_json(_run(self.env_argv(job, nnodes, timeout, after)))
+        return Round.from_json(_run(self.env_argv(job, nnodes, timeout, after, settle)))
 
     def latest(self, job):
         """
@@ -193,7 +192,7 @@ class Idetcd:
         """
         return LatestRound.from_json(_run(self.round_argv(job)))
 
-    def join(self, job, nnodes, timeout, after=None, interval=1.0):
+    def join(self, job, nnodes, timeout, after=None, settle=None, interval=1.0):
         """
         The next round with this node in it, after round C{after}: a spare
         waits for a newer round (the members agree on one when they next
@@ -202,7 +201,7 @@ class Idetcd:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return self.env(job, nnodes, deadline - time.monotonic(), after)
+                return self.env(job, nnodes, deadline - time.monotonic(), after, settle)
             except NotInRound as e:
                 after = e.round if e.round is not None else self.latest(job).number
                 log.info("idetcd: job %s: a spare, not in round %d: waiting for a newer round", job, after)

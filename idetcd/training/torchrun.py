@@ -68,6 +68,7 @@ class IdetcdRendezvousHandler(RendezvousHandler):
     max_nodes = attr.ib()
     timeout = attr.ib()
     port = attr.ib(default=None)
+    settle = attr.ib(default=None)
     watch_interval = attr.ib(default=5.0)
     _round = attr.ib(default=None, init=False)
     _store = attr.ib(default=None, init=False)  # (the TCPStore, (address, port, hosting))
@@ -86,6 +87,7 @@ class IdetcdRendezvousHandler(RendezvousHandler):
             params.max_nodes,
             params.get_as_int("timeout", 900),
             params.get_as_int("port"),
+            params.get("settle"),
             float(params.get("watch_interval", 5.0)),
         )
 
@@ -104,7 +106,9 @@ class IdetcdRendezvousHandler(RendezvousHandler):
             raise RendezvousClosedError(f"the rendezvous of job {self.run_id} is closed")
         after = self._round.number if self._round else None
         try:
-            agreed = self.idetcd.join(self.run_id, (self.min_nodes, self.max_nodes), self.timeout, after)
+            agreed = self.idetcd.join(
+                self.run_id, (self.min_nodes, self.max_nodes), self.timeout, after, self.settle
+            )
         except IdetcdError as e:
             raise _torch_error(e) from None
         port = self.port or agreed.master_port
