@@ -280,3 +280,19 @@ class RoundWatch:
             process.wait()
             process.out.close()
             process.err.close()
+
+
+def torchrun_handlers():
+    """
+    The object of the C{torchrun.handlers} entry point: torch calls it for
+    the creator of C{--rdzv-backend idetcd}'s handlers.  It is here, not in
+    L{idetcd.training.torchrun}: torch calls it while it imports the very
+    modules that one imports.
+    """
+
+    def create(params):
+        from idetcd.training.torchrun import IdetcdRendezvousHandler
+
+        return IdetcdRendezvousHandler.from_parameters(params)
+
+    return create

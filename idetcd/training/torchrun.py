@@ -4,7 +4,8 @@ A torchrun rendezvous backend on idetcd's rounds::
     torchrun --rdzv-backend idetcd --rdzv-id JOB --nnodes MIN:MAX \\
         --rdzv-endpoint /etc/idetcd/Corefile --rdzv-conf state=/var/lib/idetcd ...
 
-torchrun finds it through the entry-point group C{torchrun.handlers}.  The
+torchrun finds it through the entry-point group C{torchrun.handlers}
+(L{idetcd.training.launcher.torchrun_handlers}).  The
 ranks are the round's (lowest slot first); the rank-0 node's agent hosts
 the job's C{TCPStore} at its announced address, on the C{port} of
 C{--rdzv-conf} or else the master's C{srv} port, and its workers share it
@@ -15,6 +16,7 @@ torch: idetcd does not depend on it.
 import datetime
 import logging
 import os
+import time
 
 import attr
 from torch.distributed import PrefixStore, TCPStore
@@ -39,6 +41,14 @@ _ERRORS = {EXIT_ETCD: RendezvousConnectionError, EXIT_TIMEOUT: RendezvousTimeout
 
 #: The store key that closes the job, outside every round's prefix.
 CLOSED = "idetcd/closed"
+
+#: In a round's prefix: how many of its members have come to its store.
+ARRIVED = "idetcd/arrived"
+
+#: How long a round's members have to come to its store before this node
+#: asks idetcd whether the round still stands: a member that died just
+#: before the round was agreed is in it until its lease is overdue.
+ARRIVAL = 5.0
 
 
 def _torch_error(e):
@@ -72,6 +82,7 @@ class IdetcdRendezvousHandler(RendezvousHandler):
     watch_interval = attr.ib(default=5.0)
     _round = attr.ib(default=None, init=False)
     _store = attr.ib(default=None, init=False)  # (the TCPStore, (address, port, hosting))
+    _arrived_in = attr.ib(default=None, init=False)  # the round this node was counted in
     _closed = attr.ib(default=False, init=False)
     _watch = attr.ib(default=None, init=False)
 
@@ -104,24 +115,36 @@ class IdetcdRendezvousHandler(RendezvousHandler):
     def next_rendezvous(self):
         if self._closed:
             raise RendezvousClosedError(f"the rendezvous of job {self.run_id} is closed")
+        deadline = time.monotonic() + self.timeout
         after = self._round.number if self._round else None
-        try:
-            agreed = self.idetcd.join(
-                self.run_id, (self.min_nodes, self.max_nodes), self.timeout, after, self.settle
-            )
-        except IdetcdError as e:
-            raise _torch_error(e) from None
-        port = self.port or agreed.master_port
-        if port is None:
-            raise RendezvousError(
-                f"idetcd: no port for job {self.run_id}'s store: give the master an srv port, or --rdzv-conf port=N"
-            )
-        store = self._base_store(agreed, port)
+        while True:
+            agreed = self._agree(deadline, after)
+            port = self.port or agreed.master_port
+            if port is None:
+                raise RendezvousError(
+                    f"idetcd: no port for job {self.run_id}'s store: give its members an srv port, "
+                    "or --rdzv-conf port=N"
+                )
+            missing = self._arrive(agreed, port)
+            if missing is None:
+                break
+            if time.monotonic() >= deadline:
+                raise RendezvousTimeoutError(
+                    f"idetcd: timed out after {self.timeout}s: round {agreed.number} of job {self.run_id}: {missing}"
+                )
+            latest = self._call(self.idetcd.latest, self.run_id)
+            # Ask again: idetcd gives the same round while it stands, and
+            # the next one once it ended (a member in it died).
+            ended = latest.number > agreed.number or not latest.alive
+            after = agreed.number if ended else agreed.number - 1
+        store = self._store[0]
         if store.check([CLOSED]):
             raise RendezvousClosedError(f"the rendezvous of job {self.run_id} is closed")
         self._round = agreed
-        # gloo and NCCL otherwise pick the address of the machine's host
-        # name, loopback on many systems: use the interface idetcd announces.
+        # For the workers: which round they run in; and the interface of the
+        # announced address for gloo and NCCL, which otherwise pick the
+        # address of the host name, loopback on many systems.
+        os.environ.update(IDETCD_JOB=self.run_id, IDETCD_ROUND=str(agreed.number))
         if agreed.interface:
             for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
                 os.environ.setdefault(variable, agreed.interface)
@@ -130,34 +153,67 @@ class IdetcdRendezvousHandler(RendezvousHandler):
             self.run_id, agreed.number, agreed.name, agreed.rank, agreed.world_size,
         )
         return RendezvousInfo(
-            PrefixStore(f"idetcd/{self.run_id}/{agreed.number}", store),
+            self._round_store(agreed),
             agreed.rank,
             agreed.world_size,
             RendezvousStoreInfo(agreed.master_address, port),
         )
 
-    def _base_store(self, agreed, port):
+    def _call(self, command, *args):
+        try:
+            return command(*args)
+        except IdetcdError as e:
+            raise _torch_error(e) from None
+
+    def _agree(self, deadline, after):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RendezvousTimeoutError(f"idetcd: timed out after {self.timeout}s: job {self.run_id}")
+        return self._call(self.idetcd.join, self.run_id, (self.min_nodes, self.max_nodes), left, after, self.settle)
+
+    def _round_store(self, agreed):
+        return PrefixStore(f"idetcd/{self.run_id}/{agreed.number}", self._store[0])
+
+    def _arrive(self, agreed, port):
         """
-        The job's store, hosted here if this node is rank 0: kept from round
-        to round while the master stays the same.
+        Count this node in at the round's store, and wait up to L{ARRIVAL}
+        seconds for all its members; C{None} once they are all there, else
+        what is missing.
+        """
+        try:
+            store = self._round_store_at(agreed, port)
+            if self._arrived_in != agreed.number:
+                store.add(ARRIVED, 1)
+                self._arrived_in = agreed.number
+            until = time.monotonic() + ARRIVAL
+            while (count := store.add(ARRIVED, 0)) < agreed.world_size:
+                if time.monotonic() >= until:
+                    return f"{count} of its {agreed.world_size} members arrived"
+                time.sleep(0.1)
+            return None
+        except RuntimeError as e:  # torch's DistError: no store there (yet)
+            self._store = None
+            return f"no store at {agreed.master_address}:{port}: {e}"
+
+    def _round_store_at(self, agreed, port):
+        """
+        The round's store, in the job's store at the master: hosted here
+        if this node is rank 0, and kept from round to round while the
+        master stays the same.
         """
         where = (agreed.master_address, port, agreed.rank == 0)
         if self._store is None or self._store[1] != where:
             self._store = None  # a server this node hosted closes now
-            try:
-                store = TCPStore(
-                    agreed.master_address,
-                    port,
-                    is_master=agreed.rank == 0,
-                    timeout=datetime.timedelta(seconds=self.timeout),
-                    wait_for_workers=False,
-                )
-            except RuntimeError as e:
-                raise RendezvousConnectionError(
-                    f"idetcd: job {self.run_id}: no store at {agreed.master_address}:{port}: {e}"
-                ) from None
+            store = TCPStore(
+                agreed.master_address,
+                port,
+                is_master=agreed.rank == 0,
+                timeout=datetime.timedelta(seconds=ARRIVAL),
+                wait_for_workers=False,
+            )
+            store.set_timeout(datetime.timedelta(seconds=self.timeout))
             self._store = (store, where)
-        return self._store[0]
+        return self._round_store(agreed)
 
     def is_closed(self):
         if self._closed or self._store is None:
@@ -193,18 +249,3 @@ class IdetcdRendezvousHandler(RendezvousHandler):
             return False
         return True
 
-
-def create_handler(params):
-    """
-    torch's handler creator: a L{IdetcdRendezvousHandler} for C{params}
-    (torch's C{RendezvousParameters}).
-    """
-    return IdetcdRendezvousHandler.from_parameters(params)
-
-
-def handler():
-    """
-    The object of the C{torchrun.handlers} entry point: torch calls it with
-    no arguments for the handler creator.
-    """
-    return create_handler
