@@ -68,14 +68,14 @@ class TorchrunTests(CommandCase):
             yield self.wait_claimed(node)
         return nodes
 
-    def torchrun(self, node, job, nnodes, *args):
+    def torchrun(self, node, job, nnodes, *args, timeout=120):
         """
         Start torchrun on C{node}; it and its workers are killed at the end.
         """
         run = self.start(
             "-m", "torch.distributed.run", "--nnodes", nnodes, "--nproc-per-node", "1",
             "--rdzv-backend", "idetcd", "--rdzv-id", job, "--rdzv-endpoint", node.corefile,
-            "--rdzv-conf", f"state={node.state},settle=0,timeout=120,watch_interval=1",
+            "--rdzv-conf", f"state={node.state},settle=0,timeout={timeout},watch_interval=1",
             "--monitor-interval", "0.5", "--max-restarts", "3", self.script, *args,
             program=(sys.executable,),
         )
@@ -138,9 +138,63 @@ class TorchrunTests(CommandCase):
     def test_a_spare_waits_and_errors_are_one_line(self):
         nodes = yield self.workers(3)
         # Two of three in the round: the third is a spare until it times out.
-        runs = [self.torchrun(node, "small", "2", "1", "0") for node in nodes]
+        runs = [self.torchrun(node, "small", "2", "1", "0", timeout=20) for node in nodes]
         statuses = yield defer.gatherResults([run.ended for run in runs])
         self.assertEqual(sorted(statuses), [0, 0, 1], [run.output.decode()[-2000:] for run in runs])
         spare = runs[statuses.index(1)]
         self.assertEqual(steps(spare.output), [])
-        self.assertIn(b"RendezvousTimeoutError: idetcd: timed out after", spare.output)
+        self.assertIn(
+            b"RendezvousTimeoutError: idetcd: timed out after 20s: this node is a spare, not in round 1 of job small",
+            spare.output,
+        )
+
+
+#: Each node's resolver, in one TensorFlow process: argv is the job's
+#: nnodes, then each node's Corefile and state directory.
+RESOLVE = """\
+import json, sys
+from idetcd.training.launcher import NotInRound
+from idetcd.training.tensorflow import IdetcdClusterResolver
+
+nnodes, nodes = sys.argv[1], sys.argv[2:]
+for corefile, state in zip(nodes[::2], nodes[1::2]):
+    try:
+        r = IdetcdClusterResolver(nnodes, job="tf", corefile=corefile, state=state, timeout=60)
+    except NotInRound as e:
+        print(json.dumps({"spare": e.message}))
+        continue
+    print(json.dumps({
+        "cluster": r.cluster_spec().as_dict(), "task": [r.task_type, r.task_id],
+        "master": r.master(), "rpc_layer": r.rpc_layer, "round": r.round.number,
+    }))
+"""
+
+
+class TensorFlowTests(CommandCase):
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_each_node_gets_the_rounds_cluster(self):
+        corefile = self.corefile_for("worker", 2222)
+        nodes = [self.node(corefile) for _ in range(3)]
+        names = []
+        for node in nodes:
+            names.append((yield self.wait_claimed(node)))
+        nodes = [node for _, node in sorted(zip(names, nodes), key=lambda pair: pair[0])]
+        status, out, output = yield self.idetcd(
+            "-c", RESOLVE, "2", *[part for node in nodes for part in (node.corefile, node.state)],
+            program=(sys.executable,),
+        )
+        self.assertEqual(status, 0, output)
+        seen = [json.loads(line) for line in out.splitlines()]
+        cluster = {"worker": ["worker1.tf.local:2222", "worker2.tf.local:2222"]}
+        self.assertEqual(seen[:2], [
+            {"cluster": cluster, "task": ["worker", i], "master": f"grpc://worker{i + 1}.tf.local:2222",
+             "rpc_layer": "grpc", "round": 1}
+            for i in range(2)
+        ])
+        self.assertEqual(seen[2], {
+            "spare": "idetcd: spare: worker3.tf.local. is not in round 1 of job 'tf'"
+            " (2 members: worker1.tf.local. worker2.tf.local.)"
+        })
