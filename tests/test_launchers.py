@@ -118,7 +118,9 @@ class CommandTests(StandInCase):
             (agreed.job, agreed.number, agreed.name, agreed.role, agreed.rank, agreed.world_size),
             ("mnist", 3, "worker2.tf.local.", "worker", 1, 2),
         )
-        self.assertEqual((agreed.master, agreed.master_port, agreed.master_address), ("worker1.tf.local", 2222, "10.0.0.1"))
+        self.assertEqual(
+            (agreed.master, agreed.master_port, agreed.master_address), ("worker1.tf.local", 2222, "10.0.0.1")
+        )
         self.assertEqual((agreed.local_addr, agreed.interface), ("10.0.0.2", "eth0"))
         self.assertEqual(agreed.members, MEMBERS)
         self.assertEqual(self.calls(), [[
@@ -160,7 +162,8 @@ class JoinTests(StandInCase):
     def test_a_spare_joins_the_next_round_that_has_it(self):
         spare = [6, "", "idetcd: spare: w3 is not in round 4 of job 'mnist' (2 members: w1 w2)\n"]
         node = self.stand_in(
-            env=[spare, [6, "", "idetcd: spare: w3 is not in round 5 of job 'mnist' (2 members: w1 w4)\n"], ok(ENV)],
+            env=[spare, [6, "", "idetcd: spare: w3 is not in round 5 of job 'mnist' (2 members: w1 w4)\n"],
+                 ok(ENV)],
             round=[ok(latest(4)), ok(latest(4)), ok(latest(5)), ok(latest(6))],
         )
         self.assertEqual(node.join("mnist", (2, 4), 30, interval=0.01).number, 3)

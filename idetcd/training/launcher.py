@@ -209,7 +209,8 @@ class Idetcd:
                 if time.monotonic() + interval > deadline:
                     raise IdetcdError(
                         EXIT_TIMEOUT,
-                        f"idetcd: timed out after {timeout:g}s: this node is a spare, not in round {after} of job {job}",
+                        f"idetcd: timed out after {timeout:g}s: this node is a spare,"
+                        f" not in round {after} of job {job}",
                     )
                 time.sleep(interval)
 
