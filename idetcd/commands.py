@@ -11,12 +11,11 @@ from twisted.internet import defer
 from idetcd.clusterspec import ClusterSpec, Local, SpecError, member_json, member_order
 from idetcd.corefile import CorefileError, load
 from idetcd.etcd import EtcdClient, EtcdError, EtcdSetupError, EtcdUnavailable
-from idetcd.membership import member_filter, when_members
+from idetcd.membership import live_filter, when_members
 from idetcd.registry import Registry
 from idetcd.state import NodeState, state_path
 from idetcd.snapshot import lease_times, read_members
 from idetcd.training.interfaces import interface_of
-from idetcd.training.liveness import Liveness
 from idetcd.training.rounds import RoundKeeper
 
 #: Exit statuses, as the README lists them.
@@ -254,7 +253,7 @@ def wait(reactor, view, client, out, err, count, role, timeout, as_json, request
             lambda registry: CommandError(
                 EXIT_TIMEOUT,
                 f"timed out after {timeout:g}s: {_present(view, registry, role)} of {count}"
-                f" {_what(role)} present in {view.zone}",
+                f" live {_what(role)} present in {view.zone}",
             ),
         )
         extra = {}
@@ -270,7 +269,7 @@ def _what(role):
 
 
 def _present(view, registry, role):
-    wanted = member_filter(role, view.zone)
+    wanted = live_filter(registry, role, view.zone)
     return sum(1 for member in registry.members.values() if wanted(member))
 
 
@@ -288,9 +287,7 @@ def _enough(view, registry, err, count, role):
 
 
 def _keeper(reactor, view, client, registry, job):
-    return RoundKeeper(
-        client, registry, Liveness(client, reactor), reactor, view.prefix, job or view.role, view.role, view.zone
-    )
+    return RoundKeeper(client, registry, reactor, view.prefix, job or view.role, view.role, view.zone)
 
 
 @defer.inlineCallbacks
@@ -336,14 +333,11 @@ def round_(reactor, view, client, out, job, as_json):
     def look(registry):
         yield registry.when_ready()
         keeper = _keeper(reactor, view, client, registry, job)
-        found, _ = yield keeper.current()
-        standing = found is not None and (yield keeper.standing(found))
-        everyone = yield keeper.candidates(len(registry.members))
-        return keeper.job, found, standing, everyone
+        found, _ = keeper.current()
+        return keeper.job, found, found is not None and keeper.standing(found), keeper.outside(found)
 
-    name, found, standing, everyone = yield _following(reactor, view, client, look, None, None)
+    name, found, standing, waiting = yield _following(reactor, view, client, look, None, None)
     members = found.members if found else ()
-    waiting = [m for m in everyone if found is None or found.rank(m) is None]
     if as_json:
         report = {
             "job": name,

@@ -23,13 +23,14 @@ from idetcd.http import HttpEndpoint, health_site, metrics_site, ready_site
 from idetcd.identity import NodeIdentity
 from idetcd.ordered import OrderedMultiService
 from idetcd.peers import reverse_zones
-from idetcd.membership import when_members
 from idetcd.metrics import node_registry
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 from idetcd.state import NodeState, state_path
-from idetcd.training.liveness import Liveness
-from idetcd.training.rounds import JOBS, RoundKeeper, round_of
+from idetcd.membership import when_members
+from idetcd.registry import JOBS
+from idetcd.training.liveness import LookAfter, look_after_period
+from idetcd.training.rounds import RoundKeeper, round_of
 
 log = Logger()
 
@@ -99,7 +100,6 @@ class IdetcdService(OrderedMultiService):
     _waiters = attr.ib(factory=list, init=False)
     _failure = attr.ib(default=None, init=False)
     _member_waits = attr.ib(factory=set, init=False)
-    _liveness = attr.ib(default=None, init=False)
 
     def __attrs_post_init__(self):
         OrderedMultiService.__init__(self)
@@ -168,6 +168,13 @@ class IdetcdService(OrderedMultiService):
             ),
         )
         self._add("claimer", self.claimer)
+        self._add(
+            "look-after",
+            LookAfter(
+                self.client, self.registry, self.claimer, self.reactor, settings.pattern.role,
+                settings.pattern.zone, look_after_period(settings.lease),
+            ),
+        )
 
     def _add(self, name, child):
         if child.name is None:
@@ -210,9 +217,11 @@ class IdetcdService(OrderedMultiService):
 
     def when_members(self, count, role=None):
         """
-        Fires with the members of C{role} (of every role for C{None}) in
-        this node's zone, by role then slot, once at least C{count} are
-        present.  Cancel it to stop waiting; stopping the node cancels it.
+        Fires with the live members of C{role} (of every role for C{None})
+        in this node's zone, by role then slot, once at least C{count} are
+        present and alive: a member whose holder stopped renewing its lease
+        does not count (see L{idetcd.training.liveness}).  Cancel it to stop
+        waiting; stopping the node cancels it.
         """
         d = when_members(self.registry, count, role, self.settings.pattern.zone)
         self._member_waits.add(d)
@@ -227,16 +236,12 @@ class IdetcdService(OrderedMultiService):
         see (C{round.rank(member)}).  Cancel it to stop waiting; stopping
         the node cancels it.
         """
-        if self._liveness is None:
-            self._liveness = Liveness(self.client, self.reactor)
         role = self.settings.pattern.role
         keeper = RoundKeeper(
-            self.client, self.registry, self._liveness, self.reactor, self.registry.prefix,
-            job or role, role, self.settings.pattern.zone,
+            self.client, self.registry, self.reactor, self.registry.prefix, job or role, role,
+            self.settings.pattern.zone,
         )
-        d = self.registry.when_ready().addCallback(
-            lambda _: keeper.agree(low, low if high is None else high, settle, after)
-        )
+        d = keeper.agree(low, low if high is None else high, settle, after)
         self._member_waits.add(d)
         return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
 
