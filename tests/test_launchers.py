@@ -100,7 +100,8 @@ class ArgumentTests(unittest.TestCase):
         node = Idetcd("/etc/idetcd/Corefile", "/var/lib/idetcd")
         self.assertEqual(node.env_argv("mnist", (2, 4), 12.345, 3, 0.5), [
             sys.executable, "-m", "idetcd.cli", "env", "--format", "json", "--nnodes", "2:4", "--job", "mnist",
-            "--timeout", "12.3", "--after", "3", "--settle", "0.5", "--corefile", "/etc/idetcd/Corefile", "--state", "/var/lib/idetcd",
+            "--timeout", "12.3", "--after", "3", "--settle", "0.5",
+            "--corefile", "/etc/idetcd/Corefile", "--state", "/var/lib/idetcd",
         ])
         # The command's own defaults where nothing is given; a spent
         # timeout is still one idetcd accepts.
