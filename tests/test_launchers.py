@@ -16,7 +16,7 @@ from idetcd.training.launcher import (
     IdetcdError,
     LatestRound,
     NotInRound,
-    Round,
+    Seat,
     RoundWatch,
     nnodes_text,
     nodes_waiting,
@@ -194,7 +194,7 @@ class JoinTests(StandInCase):
 
 
 def agreed(number, world_size):
-    return Round.from_json(json.dumps(dict(ENV, round=number, world_size=world_size)))
+    return Seat.from_json(json.dumps(dict(ENV, round=number, world_size=world_size)))
 
 
 class NodesWaitingTests(unittest.TestCase):

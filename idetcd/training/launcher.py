@@ -70,10 +70,10 @@ def _loads(text, what):
 
 
 @attr.s(frozen=True)
-class Round:
+class Seat:
     """
-    An agreed round of a job, as C{idetcd env --format json} prints it for
-    one of its members.
+    A member's seat in an agreed round of a job, as C{idetcd env --format
+    json} prints it for that member: the round, and this node's rank in it.
     """
 
     job = attr.ib()
@@ -135,7 +135,7 @@ class LatestRound:
 def nodes_waiting(latest, current, max_nodes):
     """
     How many nodes torch should re-rendezvous for, seen from round
-    C{current} (a L{Round}) when C{latest} (a L{LatestRound}, or C{None})
+    C{current} (a L{Seat}) when C{latest} (a L{LatestRound}, or C{None})
     is the latest one read: any, if the others moved on to a newer round or
     a member died; else the live members left out, while there is room.
     """
@@ -182,9 +182,9 @@ class Idetcd:
     def env(self, job, nnodes, timeout=None, after=None, settle=None):
         """
         Block until the job's next round (after round C{after}) is agreed,
-        and return it (a L{Round}); L{NotInRound} if it left this node out.
+        and return it (a L{Seat}); L{NotInRound} if it left this node out.
         """
-        return Round.from_json(_run(self.env_argv(job, nnodes, timeout, after, settle)))
+        return Seat.from_json(_run(self.env_argv(job, nnodes, timeout, after, settle)))
 
     def latest(self, job):
         """
