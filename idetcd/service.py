@@ -243,7 +243,7 @@ class IdetcdService(OrderedMultiService):
             self.client, self.registry, self.reactor, self.registry.prefix, job or role, role,
             self.settings.pattern.zone,
         )
-        d = keeper.agree(low, low if high is None else high, settle, after)
+        d = keeper.agree(low, low if high is None else high, settle, after, own=self.held_name)
         self._member_waits.add(d)
         return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
 

@@ -19,8 +19,11 @@ from idetcd.members import Member
 from idetcd.registry import dead_key
 from idetcd.training.liveness import overdue
 from idetcd.training.rounds import Round, parse_nnodes, round_key
-from tests.etcdserver import enable_auth, start_etcd, start_secure_etcd
+from idetcd.registry import Registry
+from idetcd.training.rounds import PROPOSERS, RoundKeeper
+from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
 from tests.test_cli import CommandCase
+from tests.test_scale import write_members
 from tests.test_secure import start_node
 from tests.test_etcd import sleep, wait_for
 
@@ -468,3 +471,61 @@ class EmbeddedRoundTests(unittest.TestCase):
         waiting = node.when_round(3)
         yield node.stopService()
         yield self.assertFailure(waiting, defer.CancelledError)
+
+
+@defer.inlineCallbacks
+def served(etcd):
+    """
+    How many transactions, lease lookups and reads etcd has served.
+    """
+    counts = {}
+    for method in ("Txn", "LeaseTimeToLive", "Range"):
+        counts[method] = yield handled(etcd, method)
+    return counts
+
+
+class RoundScaleTests(unittest.TestCase):
+    """
+    A job of 1,000 members whose every node asks at once, each with a
+    registry of its own as each ``idetcd env`` has: one world, one write,
+    no lease lookups.
+    """
+
+    timeout = 300
+    MEMBERS = 1000
+    ASKERS = 100
+
+    @defer.inlineCallbacks
+    def test_a_thousand_members_ask_at_once(self):
+        etcd = yield start_etcd(self)
+        client = EtcdClient([etcd.client_url], reactor, timeout=60.0)
+        self.addCleanup(client.close)
+        yield write_members(
+            client, PREFIX, self.MEMBERS,
+            member=lambda slot: Member("", ("10.0.0.1",), role="worker", slot=slot, srv=2222),
+        )
+        registries = []
+        for _ in range(self.ASKERS):
+            registry = Registry(client, PREFIX, reactor)
+            registry.startService()
+            self.addCleanup(registry.stopService)
+            registries.append(registry)
+        yield defer.gatherResults([registry.when_ready() for registry in registries])
+        before = yield served(etcd)
+        keepers = [
+            RoundKeeper(client, registry, reactor, PREFIX, "worker", "worker", "tf.local.")
+            for registry in registries
+        ]
+        # The first asker is worker1's node; the others are the rest.
+        agreed = yield defer.gatherResults(
+            [keeper.agree(self.MEMBERS, self.MEMBERS, own=f"worker{i + 1}.tf.local.") for i, keeper in enumerate(keepers)]
+        )
+        after = yield served(etcd)
+        self.assertEqual({(r.number, r.members) for r in agreed}, {(1, agreed[0].members)})
+        self.assertEqual([m.slot for m in agreed[0].members], list(range(1, self.MEMBERS + 1)))
+        # Only the first few askers ever propose: at most one transaction
+        # each, whatever the number of askers; everyone else reads, without
+        # the value, at most once, that a round was written.
+        self.assertLessEqual(after["Txn"] - before["Txn"], PROPOSERS)
+        self.assertLessEqual(after["Range"] - before["Range"], self.ASKERS)
+        self.assertEqual(after["LeaseTimeToLive"] - before["LeaseTimeToLive"], 0)
