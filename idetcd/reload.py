@@ -75,11 +75,12 @@ def describe(node):
     One line on what C{node} holds and knows, for an operator's SIGUSR1.
     """
     claimer, registry = node.claimer, node.registry
-    name = node.held_name
-    if name is None:
+    # Each is None once the lease's deadline has passed, even between two reads.
+    name, slot, lease, left = claimer.held_name, claimer.slot, claimer.lease, claimer.lease_left
+    if None in (name, slot, lease, left):
         held = "holds no name (claiming, or waiting for etcd to confirm its lease)"
     else:
-        held = f"holds {name} (slot {node.slot}) on lease {claimer.lease:x}, {claimer.lease_left:.1f}s left unless renewed"
+        held = f"holds {name} (slot {slot}) on lease {lease:x}, {left:.1f}s left unless renewed"
     if registry.ready:
         read_ = f"{len(node.members)} members at registry revision {registry.revision}"
     else:
@@ -110,9 +111,9 @@ class Reloader:
     SIGHUP, and when its checksum changed if a block has C{reload}; logs
     the nodes' state on SIGUSR1 and SIGUSR2.
 
-    L{start} installs the signal handlers, L{stop} ends the checks (a
-    signal then only says that the nodes are stopping), L{restore} puts
-    back the handlers found at start.
+    L{start} installs the signal handlers, L{stop} ends the checks (SIGHUP
+    then only says that the nodes are stopping), L{restore} puts back the
+    handlers found at start.
     """
 
     path = attr.ib()
@@ -127,7 +128,8 @@ class Reloader:
 
     def start(self):
         for signum, act in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.dump), (signal.SIGUSR2, self.dump)):
-            self._previous[signum] = signal.signal(signum, self._handler(act, signal.getsignal(signum)))
+            previous = self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler(act, previous))
         self._checksum = _checksum(self.path)
         self._schedule(node.block for node in self.nodes)
 
