@@ -224,7 +224,8 @@ class Reloader:
 
     def _next(self):
         jitter = self._settings.jitter
-        self._check = self.reactor.callLater(self._settings.interval + self._random.uniform(-jitter, jitter), self._poll)
+        delay = self._settings.interval + self._random.uniform(-jitter, jitter)
+        self._check = self.reactor.callLater(delay, self._poll)
 
     def _poll(self):
         self._check = None
