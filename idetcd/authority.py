@@ -165,15 +165,10 @@ class ZoneAuthority(common.ResolverBase):
 
     def __init__(self, zone, registry, ttl, nameservers=NAMESERVERS, reverse=()):
         common.ResolverBase.__init__(self)
-        if not isinstance(ttl, int) or not 0 <= ttl < 2**31:
-            raise ValueError(f"ttl must be an integer in [0, 2**31), not {ttl!r}")
-        if not isinstance(nameservers, int) or nameservers < 1:
-            raise ValueError(f"nameservers must be a positive integer, not {nameservers!r}")
+        self.configure(ttl, nameservers)
         self.zone = zone
         self.apex = domain_labels(zone)
         self.registry = registry
-        self.ttl = ttl
-        self.nameservers = nameservers
         self._suffix = "".join("." + label.decode("ascii") for label in self.apex) + "."
         apexes = set()
         self._reverse_anywhere = False  # the root zone serves members' reverse names
@@ -203,6 +198,21 @@ class ZoneAuthority(common.ResolverBase):
 
     def __repr__(self):
         return f"<ZoneAuthority {self.zone!r}>"
+
+    def configure(self, ttl, nameservers):
+        """
+        Answer with C{ttl} and name C{nameservers} members in the apex NS
+        RRset from the next build on (a Corefile reload); every record is
+        made again then, none kept from before.
+        """
+        if not isinstance(ttl, int) or not 0 <= ttl < 2**31:
+            raise ValueError(f"ttl must be an integer in [0, 2**31), not {ttl!r}")
+        if not isinstance(nameservers, int) or nameservers < 1:
+            raise ValueError(f"nameservers must be a positive integer, not {nameservers!r}")
+        self.ttl = ttl
+        self.nameservers = nameservers
+        self._owners = {}
+        self._revision = None
 
     def _apex_of(self, labels):
         """

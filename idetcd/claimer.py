@@ -154,6 +154,14 @@ class Claimer(Service):
         return self._keeper.lease if self.held_name is not None else None
 
     @property
+    def lease_left(self):
+        """
+        Seconds left before the held name's lease may expire in etcd unless
+        renewed, or C{None}.
+        """
+        return None if self.held_name is None else self._keeper.deadline - self.reactor.seconds()
+
+    @property
     def keepalives(self):
         """
         How this node's lease keepalives went, by outcome (see

@@ -136,11 +136,29 @@ class ForwardSettings:
     line: int = 0
 
 
+#: CoreDNS's C{reload} defaults: check every 30 s, give or take 15 s.
+RELOAD_INTERVAL, RELOAD_JITTER = 30.0, 15.0
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ReloadSettings:
+    """
+    The C{reload} directive, as CoreDNS's: check the Corefile's checksum
+    every C{interval} seconds, give or take up to C{jitter}, and reload it
+    when it changed.
+    """
+
+    interval: float = RELOAD_INTERVAL
+    jitter: float = RELOAD_JITTER
+    filename: str = "Corefile"
+    line: int = 0
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class ServerBlock:
     """
     One server block: the zones it answers for, where, its idetcd block,
-    and its HTTP endpoints (C{None} when absent).
+    its HTTP endpoints and its C{reload} (C{None} when absent).
     """
 
     zones: tuple
@@ -153,6 +171,7 @@ class ServerBlock:
     ready: HttpAddress = None
     forward: ForwardSettings = None
     prometheus: HttpAddress = None
+    reload: ReloadSettings = None
 
 
 def parse(text, filename="Corefile", environ=None):
@@ -179,6 +198,14 @@ def load(path, environ=None):
     """
     Read and L{parse} the Corefile at C{path}.
     """
+    return parse(read(path), os.fspath(path), environ)
+
+
+def read(path):
+    """
+    The text of the Corefile at C{path}, or a L{CorefileError} saying why
+    it cannot be had.
+    """
     filename = os.fspath(path)
     try:
         with open(filename, "rb") as f:
@@ -186,11 +213,10 @@ def load(path, environ=None):
     except OSError as e:
         raise CorefileError(filename, 0, f"cannot read the Corefile: {e.strerror or e}") from None
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise CorefileError(filename, line, "is not UTF-8 text") from None
-    return parse(text, filename, environ)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -564,6 +590,36 @@ def _seconds(name, low, high):
     return convert
 
 
+_DURATION = re.compile(r"(?:[0-9]{1,6}(?:\.[0-9]{1,3})?(?:h|ms|m|s))+")
+_DURATION_PART = re.compile(r"([0-9.]+)(h|ms|m|s)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _duration(name, text):
+    """
+    Seconds in a Go duration such as C{30s}, C{1m30s} or C{500ms}, as
+    CoreDNS's directives take them.
+    """
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f"{name} must be a duration such as 30s, 1m or 1m30s, got {text!r}")
+    return sum(float(number) * _UNITS[unit] for number, unit in _DURATION_PART.findall(text))
+
+
+def _reload(args):
+    """
+    C{reload [INTERVAL [JITTER]]}, with CoreDNS's bounds: an interval of
+    at least 2 s, a jitter of at least 1 s and at most half the interval
+    (a larger one is cut to half, as CoreDNS does).
+    """
+    interval = _duration("reload's interval", args[0]) if args else RELOAD_INTERVAL
+    jitter = _duration("reload's jitter", args[1]) if len(args) > 1 else RELOAD_JITTER
+    if interval < 2:
+        raise ValueError(f"reload's interval must be at least 2s, got {args[0]!r}")
+    if jitter < 1:
+        raise ValueError(f"reload's jitter must be at least 1s, got {args[1]!r}")
+    return interval, min(jitter, interval / 2)
+
+
 def _choice(name, choices):
     def convert(args):
         if args[0] not in choices:
@@ -694,7 +750,7 @@ class _Reader(_Failing):
     def server_block(self, keys, body):
         zones, port = self.keys(keys)
         binds = ()
-        idetcd = forward = None
+        idetcd = forward = reload = None
         seen = {}
         http = {}
         for directive in body:
@@ -710,26 +766,30 @@ class _Reader(_Failing):
             elif directive.name == "forward":
                 self.once(seen, directive, "this server block")
                 forward = self.forward(directive)
+            elif directive.name == "reload":
+                self.once(seen, directive, "this server block")
+                args = self.arguments(directive, 0, 2)
+                interval, jitter = self.convert(directive, lambda: _reload(args))
+                reload = ReloadSettings(interval, jitter, self.filename, directive.line)
             else:
                 self.fail(
                     directive.line,
                     f"unknown directive {directive.name!r}"
-                    f" (expected one of: bind, forward, {', '.join(HTTP_DEFAULTS)}, idetcd)",
+                    f" (expected one of: bind, forward, {', '.join(HTTP_DEFAULTS)}, reload, idetcd)",
                 )
         if http and idetcd is None:
             first = min(http, key=seen.get)
             self.fail(seen[first], f"{first!r} reports on idetcd: this server block has no idetcd directive")
-        if forward is not None and idetcd is None:
-            self.fail(
-                forward.line,
-                "'forward' serves beside idetcd: this server block has no idetcd directive",
-            )
+        for beside in (forward, reload):
+            if beside is not None and idetcd is None:
+                name = "forward" if beside is forward else "reload"
+                self.fail(beside.line, f"{name!r} serves beside idetcd: this server block has no idetcd directive")
         self.endpoints.extend(
             (f"{name} of the block on line {keys[0].line}", address) for name, (address, _) in http.items()
         )
         return ServerBlock(
             zones, port, binds, idetcd, self.filename, keys[0].line,
-            forward=forward, **{k: a for k, (a, _) in http.items()},
+            forward=forward, reload=reload, **{k: a for k, (a, _) in http.items()},
         )
 
     def forward(self, directive):

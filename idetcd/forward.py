@@ -100,6 +100,10 @@ def reaches_itself(upstream, port, interfaces):
     return False
 
 
+def _fail(settings, message):
+    raise CorefileError(settings.filename, settings.line, message)
+
+
 def _under(labels, apex):
     cut = len(labels) - len(apex)
     return cut >= 0 and labels[cut:] == apex
@@ -135,6 +139,7 @@ class Forwarder:
     _closing = attr.ib(init=False, factory=set)  # TCP connections not yet closed
     _verdicts = attr.ib(init=False, factory=dict)  # client address -> allowed
     _turn = attr.ib(init=False, default=0)
+    _server = attr.ib(init=False, default=None)  # (port, interfaces) of the server relaying
     _random = attr.ib(init=False, factory=random.Random)
 
     def __attrs_post_init__(self):
@@ -143,48 +148,64 @@ class Forwarder:
 
     def start(self, port, interfaces, report):
         """
-        Find the upstreams for a server on C{port} of C{interfaces}: those
-        of resolv.conf files that are this server are skipped; an upstream
-        named outright that is this server, an unreadable file or no
-        upstream at all is a L{CorefileError}.  C{report} is the server's
+        Find the upstreams for a server on C{port} of C{interfaces} (see
+        L{upstreams_for}) and relay to them.  C{report} is the server's
         rate-limited log.
         """
         self.report = report
+        self._server = (port, interfaces)
+        self.use(self.settings, self.upstreams_for(self.settings))
+
+    def upstreams_for(self, settings):
+        """
+        The upstreams of C{settings} for this server: those of resolv.conf
+        files that are this server are skipped; an upstream named outright
+        that is this server, an unreadable file or no upstream at all is a
+        L{CorefileError}.
+        """
+        port, interfaces = self._server
         upstreams = []
-        for target in self.settings.upstreams:
+        for target in settings.upstreams:
             if isinstance(target, Upstream):
                 if reaches_itself(target, port, interfaces):
-                    self._fail(
+                    _fail(
+                        settings,
                         f"forward to {target} would reach this server itself"
-                        f" (it listens on port {port} of {', '.join(interfaces)})"
+                        f" (it listens on port {port} of {', '.join(interfaces)})",
                     )
                 found = [target]
             else:
-                found = self._read(target, port, interfaces)
+                found = self._read(settings, target, port, interfaces)
             upstreams.extend(upstream for upstream in found if upstream not in upstreams)
         if not upstreams:
-            self._fail(
+            _fail(
+                settings,
                 "forward has no upstream: "
-                + ", ".join(map(str, self.settings.upstreams))
-                + " lists no name server but this one"
+                + ", ".join(map(str, settings.upstreams))
+                + " lists no name server but this one",
             )
-        self.upstreams = tuple(upstreams)
+        return tuple(upstreams)
+
+    def use(self, settings, upstreams):
+        """
+        Relay new queries to C{upstreams} (from L{upstreams_for}) by
+        C{settings}; queries in flight finish as they started.
+        """
+        self.settings, self.upstreams = settings, upstreams
+        self._verdicts.clear()
         log.info(
             "forwarding names outside {zone} to {upstreams} for clients in {allowed}",
             zone=self.zone,
             upstreams=" ".join(map(str, upstreams)),
-            allowed=" ".join(map(str, self.settings.allowed)),
+            allowed=" ".join(map(str, settings.allowed)),
         )
 
-    def _fail(self, message):
-        raise CorefileError(self.settings.filename, self.settings.line, message)
-
-    def _read(self, path, port, interfaces):
+    def _read(self, settings, path, port, interfaces):
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read(RESOLV_CONF_SIZE)
         except OSError as e:
-            self._fail(f"forward cannot read {path}: {e.strerror or e}")
+            _fail(settings, f"forward cannot read {path}: {e.strerror or e}")
         found, bad = resolv_conf(text)
         for word in bad:
             log.warn("{path}: nameserver {word!r} is not an IP address; skipped", path=path, word=word)

@@ -2,6 +2,8 @@
 The operator's HTTP endpoints, with CoreDNS's conventions: ``GET /health``
 answers 200 while the process runs; ``GET /ready`` answers 200 once the node
 has read etcd and holds its name, else 503 with what it is waiting for;
+``GET /ready/dns`` answers 200 once the node answers DNS from a read of
+etcd, as CoreDNS's ``ready``, and stays 200 while it serves what it read;
 ``GET /metrics`` gives the node's Prometheus metrics.
 """
 
@@ -39,6 +41,20 @@ def readiness(node):
     return {"ready": True, "name": name, "slot": claimer.slot, "lease": f"{claimer.lease:x}"}
 
 
+def dns_readiness(node):
+    """
+    What C{/ready/dns} reports for C{node}: whether it answers DNS from a
+    read of etcd, with how many members and at which revision.  A node cut
+    off from etcd, or one whose etcd lost its quorum, answers from what it
+    read and stays ready, as CoreDNS's etcd-backed servers do: a load
+    balancer keeps sending it queries.
+    """
+    registry = node.registry
+    if not registry.ready:
+        return {"ready": False, "waiting": ["registry: first read from etcd"]}
+    return {"ready": True, "members": len(registry.members), "revision": registry.revision}
+
+
 class _Page(resource.Resource):
     """
     One path answering GET (and HEAD) with a body and status made on demand;
@@ -71,16 +87,26 @@ def health_site():
     return _root(b"health", _Page(b"text/plain; charset=utf-8", lambda: (200, b"OK")))
 
 
-def ready_site(node):
+def _readiness_page(report):
     """
-    C{/ready}: 200 or 503 with L{readiness} of C{node} as JSON.
+    A page answering 200 or 503, as C{report()} says, with it as JSON.
     """
 
     def render():
-        state = readiness(node)
+        state = report()
         return (200 if state["ready"] else 503), json.dumps(state).encode("utf-8") + b"\n"
 
-    return _root(b"ready", _Page(b"application/json", render))
+    return _Page(b"application/json", render)
+
+
+def ready_site(node):
+    """
+    C{/ready} (L{readiness} of C{node}) and C{/ready/dns} (its
+    L{dns_readiness}): 200 or 503, with JSON.
+    """
+    page = _readiness_page(lambda: readiness(node))
+    page.putChild(b"dns", _readiness_page(lambda: dns_readiness(node)))
+    return _root(b"ready", page)
 
 
 def metrics_site(registry):

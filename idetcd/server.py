@@ -795,6 +795,15 @@ class DNSServer(service.Service):
             zone=self.authority.zone, port=self.port, interfaces=self.interfaces,
         )
 
+    def reconfigure(self, ttl, nameservers):
+        """
+        Answer with C{ttl} and C{nameservers} from now on: every prepared
+        reply is made again, cached ones dropped (a Corefile reload).
+        """
+        self.authority.configure(ttl, nameservers)
+        if self._replies is not None:
+            self._replies.rebuild()
+
     def _listen(self, port):
         """
         Listen on C{port} (0: the one the first UDP socket gets) everywhere,

@@ -198,6 +198,27 @@ class IdetcdService(OrderedMultiService):
             )
         return cls(blocks[0], reactor, **kwargs)
 
+    def prepare_reload(self, block):
+        """
+        Get ready to run on C{block}, this node's server block reloaded,
+        whose changes are all live ones (L{idetcd.reload.LIVE}): returns
+        the function that applies them.  Raises L{CorefileError}, applying
+        nothing, when C{forward}'s upstreams cannot be had.
+        """
+        forwarder = self.dns.forwarder
+        upstreams = None if block.forward is None else forwarder.upstreams_for(block.forward)
+
+        def apply():
+            answers = (block.idetcd.ttl, block.idetcd.nameservers)
+            if answers != (self.settings.ttl, self.settings.nameservers):
+                # Every reply is made again: worth it only for a change.
+                self.dns.reconfigure(*answers)
+            self.block, self.settings = block, block.idetcd
+            if upstreams is not None and (block.forward, upstreams) != (forwarder.settings, forwarder.upstreams):
+                forwarder.use(block.forward, upstreams)
+
+        return apply
+
     @property
     def held_name(self):
         """

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from idetcd import failures
 from idetcd.corefile import CorefileError, load
 from idetcd.http import HttpEndpoint
+from idetcd.reload import Reloader
 from idetcd.service import IdetcdService
 from idetcd.systemd import SystemdNotifier, from_environment
 
@@ -91,19 +92,25 @@ class Nodes(MultiService):
     with the status L{failures.explain} gives (70 for an unexpected error,
     logged with its traceback).  Under systemd (C{notify}: the address and
     watchdog period of L{from_environment}), a L{SystemdNotifier} child
-    reports readiness once every node holds its name.
+    reports readiness once every node holds its name.  With the
+    C{corefile} they come from, a L{Reloader} handles SIGHUP, SIGUSR1 and
+    SIGUSR2 from start until every node has stopped.
     """
 
     nodes = attr.ib()
     reactor = attr.ib()
     notify = attr.ib(default=(None, None))
+    corefile = attr.ib(default=None)
     status = attr.ib(default=None, init=False)
     notifier = attr.ib(default=None, init=False)
+    reloader = attr.ib(default=None, init=False)
 
     def __attrs_post_init__(self):
         MultiService.__init__(self)
         for node in self.nodes:
             node.setServiceParent(self)
+        if self.corefile is not None:
+            self.reloader = Reloader(self.corefile, self.nodes, self.reactor)
         address, watchdog = self.notify
         if address:
             # Added last: started last, stopped first (STOPPING=1 before the
@@ -132,10 +139,25 @@ class Nodes(MultiService):
             # follows closes what was bound.
             Service.startService(self)
             return
+        if self.reloader is not None:
+            self.reloader.start()
         try:
             MultiService.startService(self)
         except Exception:
             self.fail(Failure())
+
+    def stopService(self):
+        if self.reloader is None:
+            return MultiService.stopService(self)
+        self.reloader.stop()
+
+        def restore(result):
+            # Only now: a signal while the names are given back must not
+            # kill the process.
+            self.reloader.restore()
+            return result
+
+        return MultiService.stopService(self).addBoth(restore)
 
     def _listeners(self):
         """
@@ -186,4 +208,4 @@ def makeService(options, reactor=global_reactor):
         if explained is None:
             raise
         _leave(*explained)
-    return Nodes(nodes, reactor, from_environment())
+    return Nodes(nodes, reactor, from_environment(), options["corefile"])

@@ -47,6 +47,8 @@ class UnitTests(unittest.TestCase):
         self.assertEqual(self.settings["StateDirectory"], ["idetcd"])
         self.assertIn("--state %S/idetcd", self.settings["ExecStart"][0])
         self.assertEqual(self.settings["Restart"], ["on-failure"])
+        # systemctl reload: SIGHUP rereads the Corefile, the name is kept.
+        self.assertEqual(self.settings["ExecReload"], ["/bin/kill -HUP $MAINPID"])
         restart_prevented = [int(status) for status in self.settings["RestartPreventExitStatus"][0].split()]
         self.assertEqual(sorted(restart_prevented), sorted(PERMANENT))
         self.assertEqual(self.settings["RestrictAddressFamilies"], ["AF_INET AF_INET6 AF_UNIX"])

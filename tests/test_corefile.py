@@ -13,6 +13,7 @@ from idetcd.corefile import (
     ForwardSettings,
     HttpAddress,
     IdetcdSettings,
+    ReloadSettings,
     ServerBlock,
     Upstream,
     load,
@@ -458,7 +459,7 @@ class ServerBlockTests(ErrorAssertions, TestCase):
 
     def test_directive_errors(self):
         cases = [
-            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, forward, health, ready, prometheus, idetcd)"),
+            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, forward, health, ready, prometheus, reload, idetcd)"),
             (". {\n    import snippet\n}", 2, "unknown directive 'import'"),
             (". {\n    idetcd\n}", 2, "idetcd needs a block", "pattern"),
             (". {\n    idetcd x {\n    pattern w{{.ID}}.x.\n    }\n}", 2, "'idetcd' takes no arguments, got 1"),
@@ -911,6 +912,32 @@ class ForwardTests(TestCase, ErrorAssertions):
         self.assertCorefileError(
             ".:1053 {\n    forward . 10.0.0.1\n}\n", 2, "'forward' serves beside idetcd", "no idetcd directive"
         )
+
+
+class ReloadDirectiveTests(TestCase, ErrorAssertions):
+    def test_reload(self):
+        """
+        C{reload [INTERVAL [JITTER]]}: Go durations with CoreDNS's defaults
+        and bounds; a jitter over half the interval is cut to half.
+        """
+
+        def reload(*lines):
+            (block,) = parse(with_http(*lines), environ={})
+            return block.reload
+
+        self.assertIsNone(reload())
+        self.assertEqual(reload("reload"), ReloadSettings(30.0, 15.0, "Corefile", 2))
+        self.assertEqual(reload("reload 1m30s 2s"), ReloadSettings(90.0, 2.0, "Corefile", 2))
+        self.assertEqual(reload("reload 10s"), ReloadSettings(10.0, 5.0, "Corefile", 2))
+        for lines, line, *words in [
+            (["reload 1s"], 2, "reload's interval must be at least 2s, got '1s'"),
+            (["reload 5s 500ms"], 2, "reload's jitter must be at least 1s, got '500ms'"),
+            (["reload 10"], 2, "reload's interval must be a duration such as 30s, 1m or 1m30s, got '10'"),
+            (["reload 3s 2s 1s"], 2, "'reload' takes 0 to 2 arguments, got 3"),
+            (["reload", "reload 5s"], 3, "duplicate 'reload' in this server block", "first on line 2"),
+        ]:
+            self.assertCorefileError(with_http(*lines), line, *words)
+        self.assertCorefileError(".:1053 {\n    reload\n}\n", 2, "'reload' serves beside idetcd")
 
 
 class PrometheusTests(TestCase, ErrorAssertions):

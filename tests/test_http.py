@@ -15,8 +15,10 @@ from twisted.web.client import HTTPConnectionPool
 from idetcd import IdetcdService
 from idetcd.etcd import prefix_range_end
 from idetcd.http import HttpEndpoint
-from tests.etcdserver import EtcdTestCase
+from tests.etcdserver import EtcdTestCase, start_etcd_cluster
 from tests.faultproxy import FaultProxy
+from tests.peerproxy import PeerNetwork
+from tests.test_cluster import query
 from tests.test_etcd import sleep
 
 COREFILE = """\
@@ -172,7 +174,7 @@ class HttpEndpointTests(NodeHttpTestCase):
         node = self.node("health 127.0.0.1:0\n    ready 127.0.0.1:0")
         yield node.when_claimed()
         base = self.url(node, "ready").rsplit("/", 1)[0]
-        for path in ("", "health", "ready/x", "ready/", "metrics"):
+        for path in ("", "health", "ready/x", "ready/", "ready/dns/x", "metrics"):
             code, _ = yield self.http.get(f"{base}/{path}")
             self.assertEqual(code, 404, path)
         code, _ = yield self.http.get(self.url(node, "ready"), method="POST")
@@ -237,3 +239,70 @@ class ReadyWithoutEtcdTests(unittest.TestCase):
                 json.loads(body)["waiting"], ["registry: first read from etcd", "name: claiming"]
             )
             yield sleep(0.2)
+
+
+class ReadinessInQuorumLossTests(unittest.TestCase):
+    """
+    A node of a 3-member etcd whose peer traffic goes through proxies, so
+    that the test can take the quorum away.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_dns_readiness_stays_while_the_name_readiness_drops(self):
+        """
+        With etcd's quorum lost, C{/ready} of every node says 503 once it
+        cannot vouch for its name, while C{/ready/dns} stays 200 and each
+        node answers the other's name as before: a load balancer keeps
+        them.  Both are 200 again once the quorum is back.
+        """
+        network = PeerNetwork()
+        members = yield start_etcd_cluster(self, network=network)
+        text = COREFILE.format(http="ready 127.0.0.1:0", endpoint=" ".join(m.client_url for m in members))
+        nodes = [
+            IdetcdService.from_corefile(reactor, text=text, state_dir=os.path.abspath(self.mktemp()))
+            for _ in range(2)
+        ]
+        for node in nodes:
+            node.startService()
+            self.addCleanup(lambda node=node: node.stopService() if node.running else None)
+        http = HttpGetter(timeout=5)
+        self.addCleanup(http.close)
+        urls = [f"http://127.0.0.1:{node.getServiceNamed('ready').port}/ready" for node in nodes]
+        names = yield defer.gatherResults([node.when_claimed() for node in nodes])
+        for url in urls:
+            yield self.wait_code(http, url, 200)
+            _, body = yield self.wait_code(http, url + "/dns", 200)
+            self.assertEqual(body["members"], 2)
+
+        network.isolate(members[0].member)
+        network.isolate(members[1].member)
+        for url in urls:
+            _, body = yield self.wait_code(http, url, 503)
+            self.assertEqual(body, {"ready": False, "waiting": ["name: claiming"]})
+        for _ in range(3):
+            for node, url, other in zip(nodes, urls, reversed(names)):
+                code, body = yield http.get(url + "/dns")
+                self.assertEqual((code, json.loads(body)["ready"]), (200, True))
+                reply = yield query(node.dns.port, other)
+                self.assertEqual([rr.address for rr in reply.answer[0]], ["127.0.0.1"])
+            yield sleep(0.5)
+
+        network.heal()
+        for url in urls:
+            yield self.wait_code(http, url, 200, timeout=60)
+            yield self.wait_code(http, url + "/dns", 200)
+
+    @defer.inlineCallbacks
+    def wait_code(self, http, url, code, timeout=30):
+        """
+        Poll C{url} until it answers C{code}; fire with the code and JSON
+        body.
+        """
+        for _ in range(int(timeout / 0.1)):
+            got, body = yield http.get(url)
+            if got == code:
+                return got, json.loads(body)
+            yield sleep(0.1)
+        self.fail(f"{url} did not answer {code} in {timeout}s: {got} {body}")

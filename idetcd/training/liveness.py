@@ -100,7 +100,10 @@ class LookAfter(Service):
 
     def stopService(self):
         Service.stopService(self)
+        if self._unsubscribe is None:
+            return  # never started: the node stopped before it could claim
         self._unsubscribe()
+        self._unsubscribe = None
         if self._loop.running:
             self._loop.stop()
         if self._looking is not None:
