@@ -154,6 +154,14 @@ class Claimer(Service):
         return self._keeper.lease if self.held_name is not None else None
 
     @property
+    def deadline(self):
+        """
+        When the name held now stops being this node's unless a keepalive
+        renews its lease (reactor time), or C{None} while it holds none.
+        """
+        return self._keeper.deadline if self.held_name is not None else None
+
+    @property
     def keepalives(self):
         """
         How this node's lease keepalives went, by outcome (see
