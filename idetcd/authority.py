@@ -27,6 +27,7 @@ from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DomainError
 
 from idetcd import peers, wire
+from idetcd.freshness import CURRENT
 
 log = Logger()
 
@@ -49,6 +50,11 @@ NAMESERVERS = 3
 #: is applied by a rebuild, which sorts once instead of inserting each.
 REBUILD_NAMES = 16
 REBUILD_SHARE = 0.125
+#: RFC 8767 section 4: the TTL of an answer from a view that may be stale.
+STALE_TTL = 30
+#: Extended DNS Error INFO-CODEs (RFC 8914 section 4).
+STALE_ANSWER = 3
+NO_REACHABLE_AUTHORITY = 22
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -62,13 +68,13 @@ class Response:
     answers: tuple = ()
     authority: tuple = ()
     additional: tuple = ()
+    ede: int = None  # an Extended DNS Error INFO-CODE for EDNS replies
 
 
 _NOT_READY = Response(dns.ESERVER, auth=False)
+# What a node that may be cut off from etcd cannot vouch for.
+_UNVOUCHED = Response(dns.ESERVER, auth=False, ede=NO_REACHABLE_AUTHORITY)
 _REFUSED = Response(dns.EREFUSED, auth=False)
-# NODATA at a reverse name served through the root zone only: there is no
-# zone of ours above it whose SOA could go with it.
-_BARE_NODATA = Response(dns.OK, True)
 
 
 def domain_labels(name):
@@ -110,9 +116,9 @@ def _ancestors(labels, apex):
 
 
 @functools.lru_cache(maxsize=64)
-def _apex_any(apex, ttl):
+def _apex_any(apex, ttl, ede):
     # One object per zone, so the apex's ANY reply is not encoded again.
-    return Response(dns.OK, True, (_rr(apex, _RFC8482, ttl),))
+    return Response(dns.OK, True, (_rr(apex, _RFC8482, ttl),), ede=ede)
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -161,10 +167,15 @@ class ZoneAuthority(common.ResolverBase):
 
     The SRV and PTR RRsets grow with the members (see L{idetcd.peers}): a
     change only marks them, and the first question after it builds them.
+
+    C{view} (see L{set_view}) says how far the node can vouch for what it
+    answers.
     """
 
     def __init__(self, zone, registry, ttl, nameservers=NAMESERVERS, reverse=()):
         common.ResolverBase.__init__(self)
+        self.view = CURRENT
+        self._ede = None  # the Extended DNS Error of NOERROR answers
         self.configure(ttl, nameservers)
         self.zone = zone
         self.apex = domain_labels(zone)
@@ -211,8 +222,13 @@ class ZoneAuthority(common.ResolverBase):
             raise ValueError(f"nameservers must be a positive integer, not {nameservers!r}")
         self.ttl = ttl
         self.nameservers = nameservers
+        self._ttl = self._served_ttl()  # of the records served: capped while the view is stale
         self._owners = {}
+        self._ns = ((), {})  # (the NS owners, {apex: their NS response})
         self._revision = None
+
+    def _served_ttl(self):
+        return min(self.ttl, STALE_TTL) if self.view.stale else self.ttl
 
     def _apex_of(self, labels):
         """
@@ -237,6 +253,26 @@ class ZoneAuthority(common.ResolverBase):
             return ()
         return apex
 
+    def set_view(self, view):
+        """
+        Answer as the L{idetcd.freshness.View} C{view} allows from now on.
+        From a view that may be stale (RFC 8767) the answers carry a TTL of
+        at most L{STALE_TTL} and the Extended DNS Error "Stale Answer"
+        (RFC 8914), and SERVFAIL with "No Reachable Authority" stands for
+        what the node cannot vouch for: its own unconfirmed name, a name it
+        does not know (it may have been claimed since), and everything once
+        the view is too old.
+        """
+        if view.stale != self.view.stale:
+            # Every record again, with the other TTL and marking.
+            self.view = view
+            self._ttl = self._served_ttl()
+            self._ede = STALE_ANSWER if view.stale else None
+            self._owners = {}
+            self._ns = ((), {})
+            self._revision = None
+        self.view = view
+
     def respond(self, labels, cls, type):
         """
         The answer to the question (C{labels}, C{type}, C{cls}); C{labels} in
@@ -253,6 +289,8 @@ class ZoneAuthority(common.ResolverBase):
             # Before the first read from etcd nothing is known, not even
             # what does not exist: a cached NXDOMAIN would outlive this.
             return _NOT_READY
+        if self.view.expired or labels == self.view.unvouched:
+            return _UNVOUCHED
         self._current()
         rrsets = self._nodes.get(labels)
         if apex is None:
@@ -261,7 +299,8 @@ class ZoneAuthority(common.ResolverBase):
             # the zones.
             if rrsets is None:
                 return _REFUSED
-            nodata = _BARE_NODATA
+            # NODATA with no SOA: no zone of ours above it.
+            nodata = Response(dns.OK, True, ede=self._ede)
         else:
             nxdomain, nodata = self._negative[apex]
             if rrsets is None:
@@ -273,7 +312,7 @@ class ZoneAuthority(common.ResolverBase):
 
     def _build_peers(self, rrset):
         answers, additional = rrset.fitting()
-        rrset.response = Response(dns.OK, True, answers, additional=additional)
+        rrset.response = self._data(answers, additional=additional)
         self.peer_builds += 1
         return rrset.response
 
@@ -282,9 +321,10 @@ class ZoneAuthority(common.ResolverBase):
         Every (labels, type, response) that carries data, or only those of
         the node C{labels}, for a server to prepare.  Unchanged members give
         the very same response objects.  The SRV and PTR RRsets are left
-        out: L{respond} builds them when asked, once per change at most.
+        out: L{respond} builds them when asked, once per change at most, and
+        so are the names the node cannot vouch for.
         """
-        if not self.registry.ready:
+        if not self.registry.ready or self.view.expired:
             return []
         self._current()
         if labels is None:
@@ -295,7 +335,7 @@ class ZoneAuthority(common.ResolverBase):
             (labels, type, response)
             for labels, rrsets in nodes
             for type, response in rrsets.items()
-            if response.__class__ is Response
+            if response.__class__ is Response and labels != self.view.unvouched
         ]
 
     def update(self, names):
@@ -353,8 +393,8 @@ class ZoneAuthority(common.ResolverBase):
         except ValueError as e:
             log.warn("not serving {name!r}: {why}", name=name, why=str(e))
             return None
-        ttl = self.ttl
-        responses = {dns.ALL_RECORDS: Response(dns.OK, True, (_rr(labels, _RFC8482, ttl),))}
+        ttl = self._ttl
+        responses = {dns.ALL_RECORDS: self._data((_rr(labels, _RFC8482, ttl),))}
         glue = ()
         for type, addresses, record in (
             (dns.A, member.ipv4, dns.Record_A),
@@ -362,7 +402,7 @@ class ZoneAuthority(common.ResolverBase):
         ):
             if addresses:
                 rrset = tuple(_rr(labels, record(a, ttl), ttl) for a in addresses)
-                responses[type] = Response(dns.OK, True, rrset)
+                responses[type] = self._data(rrset)
                 glue += rrset
         order = (_numbered(name), name)
         peer_entries = self._peer_entries(member, labels, order, glue)
@@ -373,7 +413,7 @@ class ZoneAuthority(common.ResolverBase):
         The (owner, apex, L{peers.Entry}) of the SRV record and the PTR
         records C{member} (served as C{labels}) brings.
         """
-        ttl = self.ttl
+        ttl = self._ttl
         target = b".".join(labels)
         entries = []
         if member.srv:
@@ -478,7 +518,7 @@ class ZoneAuthority(common.ResolverBase):
         if rrset is None:
             type = entry.record.type
             rrset = self._peers[labels] = peers.PeerRRset(labels, type)
-            hinfo = Response(dns.OK, True, (_rr(labels, _RFC8482, self.ttl),))
+            hinfo = self._data((_rr(labels, _RFC8482, self._ttl),))
             self._nodes[labels] = {type: rrset, dns.ALL_RECORDS: hinfo}
             if apex:
                 changed += self._link(labels, apex)
@@ -531,7 +571,7 @@ class ZoneAuthority(common.ResolverBase):
         The SOA, NS and ANY answers and the negative answers of the zone
         and of each reverse zone, for C{revision}.
         """
-        ttl = self.ttl
+        ttl = self._ttl
         owners = tuple(self._owners[name][1] for _, name in self._order[: self.nameservers])
         if owners != self._ns[0]:
             self._ns = (owners, {apex: self._ns_response(apex, owners) for apex in self._apexes})
@@ -553,8 +593,8 @@ class ZoneAuthority(common.ResolverBase):
                 # A reverse zone as small as one address has its PTR here.
                 rrset = self._peers.get(apex)
                 top = {rrset.type: rrset} if rrset else {}
-            top[dns.SOA] = Response(dns.OK, True, (_rr(apex, soa, ttl),))
-            top[dns.ALL_RECORDS] = _apex_any(apex, ttl)
+            top[dns.SOA] = self._data((_rr(apex, soa, ttl),))
+            top[dns.ALL_RECORDS] = _apex_any(apex, ttl, self._ede)
             if owners:
                 top[dns.NS] = self._ns[1][apex]
             self._nodes[apex] = top
@@ -562,15 +602,20 @@ class ZoneAuthority(common.ResolverBase):
             # TTL and its minimum field.
             negative = (_rr(apex, soa, min(soa.ttl, soa.minimum)),)
             self._negative[apex] = (
-                Response(dns.ENAME, True, authority=negative),
-                Response(dns.OK, True, authority=negative),
+                _UNVOUCHED if self.view.stale else Response(dns.ENAME, True, authority=negative),
+                self._data(authority=negative),
             )
 
     def _ns_response(self, apex, owners):
-        ttl = self.ttl
-        return Response(
-            dns.OK,
-            True,
+        ttl = self._ttl
+        return self._data(
             tuple(_rr(apex, dns.Record_NS(b".".join(owner.labels), ttl), ttl) for owner in owners),
             additional=tuple(record for owner in owners for record in owner.glue),
         )
+
+    def _data(self, answers=(), authority=(), additional=()):
+        """
+        A NOERROR answer from the zone's data, marked as stale while the
+        view may be.
+        """
+        return Response(dns.OK, True, answers, authority, additional, self._ede)

@@ -154,12 +154,20 @@ class Claimer(Service):
         return self._keeper.lease if self.held_name is not None else None
 
     @property
+    def deadline(self):
+        """
+        When the name held now stops being this node's unless a keepalive
+        renews its lease (reactor time), or C{None} while it holds none.
+        """
+        return self._keeper.deadline if self.held_name is not None else None
+
+    @property
     def lease_left(self):
         """
         Seconds left before the held name's lease may expire in etcd unless
         renewed, or C{None}.
         """
-        return None if self.held_name is None else self._keeper.deadline - self.reactor.seconds()
+        return None if self.deadline is None else self.deadline - self.reactor.seconds()
 
     @property
     def keepalives(self):

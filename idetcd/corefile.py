@@ -49,6 +49,7 @@ class IdetcdSettings:
     limit: int = 10
     ttl: int = 5
     lease: int = 10
+    stale: int = 86400
     nameservers: int = 3
     addresses: tuple = ()
     prefix: str = "/idetcd/"
@@ -686,6 +687,7 @@ _SETTINGS = {
     "pattern": ("pattern", 1, 1, lambda args: Pattern.parse(args[0])),
     "prefix": ("prefix", 1, 1, lambda args: args[0]),
     "srv": ("srv", 1, 1, _number("srv", 1, 65535)),
+    "stale": ("stale", 1, 1, _number("stale", 0, 259200, " of seconds")),
     "state": ("state", 1, 1, _text("state", "a directory", spaces=True)),
     "tls": ("tls", 0, 3, _tls),
     "ttl": ("ttl", 1, 1, _number("ttl", 0, 86400, " of seconds")),

@@ -71,7 +71,9 @@ class Registry(Service):
     move only C{applied}, the revision everything has been read up to.
     A member marked dead stays in C{members} (its name is answered until
     etcd drops it); L{is_dead} tells, and change subscribers hear of the
-    mark as a change of its name.
+    mark as a change of its name.  C{unheard_since} is when the registry
+    lost etcd (its watch broke, or a full read failed), L{None} while it
+    follows etcd; those of L{subscribe_contact} hear when it changes.
     """
 
     client = attr.ib()
@@ -85,11 +87,13 @@ class Registry(Service):
     jobs = attr.ib(factory=dict, init=False)  # key under JOBS -> KeyValue
     revision = attr.ib(default=0, init=False)
     applied = attr.ib(default=0, init=False)
+    unheard_since = attr.ib(default=None, init=False)
     _names = attr.ib(factory=dict, init=False)  # key -> name
     _bad = attr.ib(factory=dict, init=False)  # key -> mod_revision logged
     _subscribers = attr.ib(factory=list, init=False)
     _change_subscribers = attr.ib(factory=list, init=False)
     _key_subscribers = attr.ib(factory=list, init=False)  # (sub-prefix, callback)
+    _contact_subscribers = attr.ib(factory=list, init=False)
     _changed_names = attr.ib(factory=set, init=False)
     _progress_waiters = attr.ib(factory=list, init=False)
     _queue = attr.ib(factory=dict, init=False)  # key -> (create_revision, lease)
@@ -216,6 +220,23 @@ class Registry(Service):
         """
         return self._add(self._key_subscribers, (self.prefix + sub, callback))
 
+    def subscribe_contact(self, callback):
+        """
+        Call C{callback()} whenever C{unheard_since} changes; returns a
+        function that stops the calls.
+        """
+        return self._add(self._contact_subscribers, callback)
+
+    def _contact(self, live):
+        if live == (self.unheard_since is None):
+            return
+        self.unheard_since = None if live else self.reactor.seconds()
+        for callback in list(self._contact_subscribers):
+            try:
+                callback()
+            except Exception:
+                log.failure("registry contact subscriber failed")
+
     def _tell_key(self, key, kv):
         for start, callback in list(self._key_subscribers):
             if key.startswith(start):
@@ -252,6 +273,7 @@ class Registry(Service):
         self._loading = None
         if failure.check(defer.CancelledError) or not self.running:
             return
+        self._contact(False)
         delay = self.backoff.next()
         self._warn(
             "load",
@@ -288,9 +310,10 @@ class Registry(Service):
         )
         # Watch before telling subscribers, who may stop this registry.
         self._watch = self.client.watch(
-            self.prefix, prefix_range_end(self.prefix), revision + 1, self._events
+            self.prefix, prefix_range_end(self.prefix), revision + 1, self._events, self._contact
         )
         self._watch.done.addErrback(self._watch_failed)
+        self._contact(True)
         self._changed()
         self._progressed()
 
@@ -299,6 +322,7 @@ class Registry(Service):
         log.warn("watch cannot resume ({why}); reading every member again", why=failure.getErrorMessage())
         self._watch = None
         if self.running:
+            self._contact(False)
             self._load()
 
     def _events(self, events, revision):

@@ -804,6 +804,16 @@ class DNSServer(service.Service):
         if self._replies is not None:
             self._replies.rebuild()
 
+    def set_view(self, view):
+        """
+        Answer as the L{idetcd.freshness.View} C{view} allows: the
+        authority follows it and every prepared reply is made again, so
+        the fast path stays one lookup whatever the view.
+        """
+        self.authority.set_view(view)
+        if self._replies is not None:
+            self._replies.changed(None)
+
     def _listen(self, port):
         """
         Listen on C{port} (0: the one the first UDP socket gets) everywhere,

@@ -19,6 +19,7 @@ from idetcd.corefile import CorefileError, load, parse
 from idetcd.embedded import EtcdProcess
 from idetcd.etcd import EtcdClient
 from idetcd.forward import Forwarder
+from idetcd.freshness import Freshness
 from idetcd.http import HttpEndpoint, health_site, metrics_site, ready_site
 from idetcd.identity import NodeIdentity
 from idetcd.ordered import OrderedMultiService
@@ -75,7 +76,9 @@ class IdetcdService(OrderedMultiService):
     Its children, in start order (each named, for
     C{getServiceNamed}): C{etcd} (with C{endpoint embedded}),
     C{etcd-client}, C{registry}, C{dns}, C{health} and C{ready} (when in
-    the Corefile), C{identity}, C{claimer}, C{look-after} (which marks the
+    the Corefile), C{identity}, C{claimer}, C{freshness} (how far the
+    node's answers can be vouched for: see L{idetcd.freshness}),
+    C{look-after} (which marks the
     member before this one dead when it is: see
     L{idetcd.training.liveness}).  They stop in the reverse order: the
     claimer gives the name back while etcd is still there.
@@ -96,6 +99,7 @@ class IdetcdService(OrderedMultiService):
     client = attr.ib(init=False)
     registry = attr.ib(init=False)
     claimer = attr.ib(init=False)
+    freshness = attr.ib(init=False)
     dns = attr.ib(init=False)
     state = attr.ib(init=False)
     _starting = attr.ib(default=None, init=False)
@@ -159,8 +163,12 @@ class IdetcdService(OrderedMultiService):
             reactor=self.reactor,
             wait=settings.wait,
             registry=self.registry,
-            on_claimed=self.state.remember_claim,
+            on_claimed=self._claimed,
             on_identity=self._identity_replaced,
+        )
+        self.freshness = Freshness(
+            self.registry, self.claimer, self.reactor, settings.lease, settings.stale,
+            on_view=self.dns.set_view,
         )
         self._add(
             "identity",
@@ -170,6 +178,7 @@ class IdetcdService(OrderedMultiService):
             ),
         )
         self._add("claimer", self.claimer)
+        self._add("freshness", self.freshness)
         self._add(
             "look-after",
             LookAfter(
@@ -343,6 +352,10 @@ class IdetcdService(OrderedMultiService):
                 d.errback(result)
             else:
                 d.callback(self.claimer.held_name)
+
+    def _claimed(self, name, lease):
+        self.state.remember_claim(name, lease)
+        self.freshness.check()
 
     def _identity_replaced(self, node):
         if not self.settings.node:

@@ -22,6 +22,8 @@ HEAD = struct.Struct("!5H")  # the header after the id
 TYPE_CLASS = struct.Struct("!HH")
 _RECORD = struct.Struct("!HHIH")
 _OPTION = struct.Struct("!HH")
+_EDE = struct.Struct("!HHH")  # option code, length, INFO-CODE (RFC 8914)
+EDE = 15
 _OPT = struct.Struct("!BHHBBHH")
 _FLAGS = struct.Struct("!H")
 
@@ -98,13 +100,15 @@ class Encoded:
     """
     The records of a reply as bytes, with the end of every RRset in C{cuts}
     as (offset in C{body}, answer count, authority count, additional count,
-    section), so the reply can be cut short on an RRset boundary.
+    section), so the reply can be cut short on an RRset boundary.  C{ede}
+    is the Extended DNS Error INFO-CODE an EDNS reply carries, if any.
     """
 
     rcode: int
     auth: bool
     body: bytes = b""
     cuts: tuple = ()
+    ede: Optional[int] = None
 
 
 def _read_name(data, offset, follow=True):
@@ -381,9 +385,9 @@ def _name_size(text):
 def answer_room(labels):
     """
     The bytes a TCP reply to a question for C{labels} has for its records,
-    our OPT included.
+    our OPT and an Extended DNS Error in it included.
     """
-    return MAX_MESSAGE - HEADER.size - len(name(labels)) - TYPE_CLASS.size - _OPT.size
+    return MAX_MESSAGE - HEADER.size - len(name(labels)) - TYPE_CLASS.size - _OPT.size - _EDE.size
 
 
 def encode(labels, question, response):
@@ -402,7 +406,7 @@ def encode(labels, question, response):
             counts[section] += len(rrset)
             cuts.append((len(message.data) - len(question), *counts, section))
     body = bytes(message.data[len(question) :])
-    return Encoded(response.rCode, response.auth, body, tuple(cuts))
+    return Encoded(response.rCode, response.auth, body, tuple(cuts), response.ede)
 
 
 def _fit(encoded, room):
@@ -424,13 +428,7 @@ def template(encoded, flags, question_length, limit, edns):
     The (head, tail) of a reply of at most C{limit} bytes to a query with
     C{flags}, a question of C{question_length} bytes and C{edns} (or L{None}).
     """
-    opt = b""
-    if edns is not None:
-        # RFC 6891 section 6.1.3: the top 8 bits of a 12-bit rcode go in the
-        # OPT; DO is copied (RFC 3225 section 3).
-        opt = _OPT.pack(
-            0, dns.OPT, PAYLOAD, encoded.rcode >> 4, 0, 0x8000 if edns.dnssec_ok else 0, 0
-        )
+    opt = b"" if edns is None else _opt(encoded.rcode, edns, encoded.ede)
     body, (an, ns, ar), truncated = _fit(
         encoded, limit - HEADER.size - question_length - len(opt)
     )
@@ -444,13 +442,16 @@ def template(encoded, flags, question_length, limit, edns):
     return HEAD.pack(reply_flags, 1, an, ns, ar + (1 if opt else 0)), body + opt
 
 
-def _opt(rcode, edns):
+def _opt(rcode, edns, ede=None):
     """
-    Our OPT record for a reply with C{rcode} to a query with C{edns}.
+    Our OPT record for a reply with C{rcode} to a query with C{edns}, with
+    the Extended DNS Error C{ede} (RFC 8914), if any.
     """
+    option = b"" if ede is None else _EDE.pack(EDE, 2, ede)
     # RFC 6891 section 6.1.3: the top 8 bits of a 12-bit rcode go in the
     # OPT; DO is copied (RFC 3225 section 3).
-    return _OPT.pack(0, dns.OPT, PAYLOAD, rcode >> 4, 0, 0x8000 if edns.dnssec_ok else 0, 0)
+    flags = 0x8000 if edns.dnssec_ok else 0
+    return _OPT.pack(0, dns.OPT, PAYLOAD, rcode >> 4, 0, flags, len(option)) + option
 
 
 def header_only(data, rcode, edns=None):

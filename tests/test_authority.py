@@ -12,7 +12,11 @@ from twisted.names import server as tserver
 from twisted.names.error import AuthoritativeDomainError, DomainError
 from twisted.trial import unittest
 
-from idetcd.authority import EXPIRE, REFRESH, RETRY, ZoneAuthority, domain_labels
+from idetcd.authority import (
+    EXPIRE, NO_REACHABLE_AUTHORITY, REFRESH, RETRY, STALE_ANSWER, STALE_TTL, ZoneAuthority,
+    domain_labels,
+)
+from idetcd.freshness import CURRENT, View
 from idetcd.members import Member
 
 
@@ -292,6 +296,93 @@ class ZoneAuthorityTests(unittest.TestCase):
         self.assertRaises(ValueError, ZoneAuthority, "x" * 64 + ".local", self.registry, 30)
         self.assertRaises(ValueError, ZoneAuthority, "tf.local", self.registry, -1)
         self.assertRaises(ValueError, ZoneAuthority, "tf.local", self.registry, "30")
+
+
+class StaleViewTests(unittest.TestCase):
+    """
+    What a node answers from a view that may be stale (RFC 8767, RFC 8914).
+    """
+
+    def setUp(self):
+        self.registry = FakeRegistry(sample_members(), revision=41)
+        self.authority = ZoneAuthority("tf.local.", self.registry, 300)
+
+    def respond(self, name, type):
+        return self.authority.respond(labels(name), tdns.IN, type)
+
+    def assertUnvouched(self, response):
+        self.assertEqual(
+            (response.rCode, response.auth, response.ede),
+            (tdns.ESERVER, False, NO_REACHABLE_AUTHORITY),
+        )
+
+    def test_stale(self):
+        """
+        Known data is served with its TTL capped and marked stale; a name
+        the view does not know is SERVFAIL, since it may have been claimed
+        meanwhile.
+        """
+        self.authority.set_view(View(stale=True))
+        answer = self.respond("worker2.tf.local", tdns.A)
+        self.assertEqual(answer.ede, STALE_ANSWER)
+        self.assertEqual({r.ttl for r in answer.answers}, {STALE_TTL})
+        self.assertEqual({r.payload.ttl for r in answer.answers}, {STALE_TTL})
+        nodata = self.respond("worker2.tf.local", tdns.AAAA)
+        self.assertEqual((nodata.rCode, nodata.ede), (tdns.OK, STALE_ANSWER))
+        self.assertLessEqual(nodata.authority[0].ttl, STALE_TTL)
+        ns = self.respond("tf.local", tdns.NS)
+        self.assertEqual(ns.ede, STALE_ANSWER)
+        self.assertEqual({r.ttl for r in ns.answers + ns.additional}, {STALE_TTL})
+        self.assertUnvouched(self.respond("worker9.tf.local", tdns.A))
+        self.assertEqual(
+            {response.ede for _, _, response in self.authority.positive()}, {STALE_ANSWER}
+        )
+
+    def test_lower_ttl_kept(self):
+        """
+        A zone TTL below the cap stays.
+        """
+        authority = ZoneAuthority("tf.local.", self.registry, 5)
+        authority.set_view(View(stale=True))
+        answer = authority.respond(labels("worker1.tf.local"), tdns.IN, tdns.A)
+        self.assertEqual((answer.answers[0].ttl, answer.ede), (5, STALE_ANSWER))
+
+    def test_unvouched(self):
+        """
+        The node's own unconfirmed name is SERVFAIL, whatever the type, and
+        is not among the replies a server prepares.
+        """
+        own = labels("worker1.tf.local")
+        self.authority.set_view(View(stale=True, unvouched=own))
+        for type in (tdns.A, tdns.AAAA, tdns.ALL_RECORDS, tdns.MX):
+            self.assertUnvouched(self.respond("WORKER1.tf.local", type))
+        self.assertEqual(self.authority.positive(own), [])
+        self.assertNotIn(own, {labels for labels, _, _ in self.authority.positive()})
+        self.assertEqual(self.respond("worker2.tf.local", tdns.A).ede, STALE_ANSWER)
+
+    def test_expired(self):
+        """
+        Past the bound, every name in the zone is SERVFAIL; other names are
+        still refused.
+        """
+        self.authority.set_view(View(stale=True, expired=True))
+        for name, type in [("worker2.tf.local", tdns.A), ("tf.local", tdns.SOA)]:
+            self.assertUnvouched(self.respond(name, type))
+        self.assertEqual(self.authority.positive(), [])
+        self.assertEqual(self.respond("worker1.elsewhere", tdns.A).rCode, tdns.EREFUSED)
+
+    def test_current_again(self):
+        """
+        Back to a current view, the answers are as before: zone TTL, no
+        marking, NXDOMAIN.
+        """
+        before = self.respond("worker2.tf.local", tdns.A)
+        self.authority.set_view(View(stale=True, unvouched=labels("worker1.tf.local")))
+        self.respond("worker2.tf.local", tdns.A)
+        self.authority.set_view(CURRENT)
+        self.assertEqual(self.respond("worker2.tf.local", tdns.A), before)
+        self.assertEqual(self.respond("worker1.tf.local", tdns.A).ede, None)
+        self.assertEqual(self.respond("worker9.tf.local", tdns.A).rCode, tdns.ENAME)
 
 
 class IncrementalTests(unittest.TestCase):

@@ -10,7 +10,7 @@ from idetcd.claimer import Claimer
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members import Member
 from idetcd.pattern import Pattern
-from idetcd.registry import QUEUE
+from idetcd.registry import BOOKKEEPING
 from idetcd.registry import Registry
 from tests.etcdserver import handled, start_etcd
 from tests.test_etcd import wait_for
@@ -37,8 +37,8 @@ class Holdings:
     def events(self, events, revision):
         for event in events:
             key = event.kv.key
-            if key.startswith(PREFIX + QUEUE):
-                continue  # where nodes queue to claim: not a name
+            if key.startswith(PREFIX + BOOKKEEPING):
+                continue  # idetcd's bookkeeping (claim queue, dead marks, rounds): not a name
             if event.deleted:
                 self.holder.pop(key, None)
                 self.deletes.append((key, event.kv.mod_revision))

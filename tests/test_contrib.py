@@ -89,11 +89,27 @@ class UserDataTests(unittest.TestCase):
 
     def test_corefile_is_valid_and_routed(self):
         """
-        The Corefile parses; systemd-resolved sends its zone, and only it,
-        to the address idetcd listens on.
+        The Corefile parses; idetcd listens on loopback and on the address
+        the unit's drop-in gives it; systemd-resolved sends its zone, and
+        only it, to this node's idetcd first, then to other nodes', so a
+        node cut off from etcd (SERVFAIL) is ridden over.
         """
-        (block,) = parse(self.files["/etc/idetcd/Corefile"])
-        self.assertEqual((block.port, block.binds), (53, ("127.0.0.1",)))
+        (block,) = parse(self.files["/etc/idetcd/Corefile"], environ={"IDETCD_ADDRESS": "10.0.0.5"})
+        self.assertEqual((block.port, block.binds), (53, ("127.0.0.1", "10.0.0.5")))
         zone = block.idetcd.pattern.zone.rstrip(".")
         resolved = settings(self.files["/etc/systemd/resolved.conf.d/idetcd.conf"])
-        self.assertEqual(resolved, {"DNS": ["127.0.0.1"], "Domains": [f"~{zone}"]})
+        self.assertEqual(resolved["Domains"], [f"~{zone}"])
+        (servers,) = resolved["DNS"]
+        self.assertEqual(servers.split()[0], "127.0.0.1")
+        self.assertGreater(len(servers.split()), 1)
+
+    def test_bind_address_written_before_start(self):
+        """
+        The drop-in that gives the Corefile C{IDETCD_ADDRESS} is written
+        before systemd reloads its units and starts idetcd.
+        """
+        commands = self.data["runcmd"]
+        (writes,) = [i for i, c in enumerate(commands) if "Environment=IDETCD_ADDRESS=" in c]
+        self.assertIn("/etc/systemd/system/idetcd.service.d/", commands[writes])
+        self.assertLess(writes, commands.index("systemctl daemon-reload"))
+        self.assertLess(writes, commands.index("systemctl enable --now --no-block idetcd.service"))

@@ -172,6 +172,8 @@ class SettingsTests(TestCase):
             ("nameservers 1", "nameservers", 1),
             ("nameservers 13", "nameservers", 13),
             ("srv 2222", "srv", 2222),
+            ("stale 0", "stale", 0),
+            ("stale 259200", "stale", 259200),
         ]:
             got = settings("pattern w{{.ID}}.x.", line)
             self.assertEqual(getattr(got, field), value, line)
@@ -212,6 +214,7 @@ class SettingErrorTests(ErrorAssertions, TestCase):
             (["pattern w{{.ID}}.x.", "nameservers 0"], 4, "nameservers must be a whole number from 1 to 13", "'0'"),
             (["pattern w{{.ID}}.x.", "srv 65536"], 4, "srv must be a whole number from 1 to 65535", "'65536'"),
             (["pattern w{{.ID}}.x.", "nameservers 14"], 4, "nameservers", "'14'"),
+            (["pattern w{{.ID}}.x.", "stale 259201"], 4, "stale must be a whole number of seconds from 0 to 259200", "'259201'"),
             (["limit"], 3, "'limit' needs 1 argument", "got 0"),
             (["limit 1 2"], 3, "'limit' needs 1 argument", "got 2"),
             (["pattern"], 3, "'pattern' needs 1 argument"),
@@ -221,7 +224,7 @@ class SettingErrorTests(ErrorAssertions, TestCase):
             (["pattern w{{.ID}}.x.", "address"], 4, "'address' needs at least 1 argument"),
             (["pattern w{{.ID}}.x.", "wait yes"], 4, "'wait' takes no arguments", "got 1"),
             (["pattern w{{.ID}}.x.", "limit 3 {", "}"], 4, "'limit' takes no block"),
-            (["limt 3"], 3, "unknown directive 'limt' in idetcd", "expected one of: address, credentials, endpoint, lease, limit, nameservers, node, pattern, prefix, srv, state, tls, ttl, wait"),
+            (["limt 3"], 3, "unknown directive 'limt' in idetcd", "expected one of: address, credentials, endpoint, lease, limit, nameservers, node, pattern, prefix, srv, stale, state, tls, ttl, wait"),
             (["pattern w{{.ID}}.x.", "log"], 4, "unknown directive 'log' in idetcd"),
             (["limit 3", "ttl 1", "limit 4", "pattern w{{.ID}}.x."], 5, "duplicate 'limit'", "first on line 3"),
             (["pattern w{{.ID}}.x.", "pattern v{{.ID}}.x."], 4, "duplicate 'pattern'", "line 3"),

@@ -26,7 +26,7 @@ from twisted.trial import unittest
 from idetcd.embedded import free_port
 from idetcd.etcd import EtcdClient, Event, KeyValue, prefix_range_end
 from idetcd.members import Member
-from idetcd.registry import QUEUE
+from idetcd.registry import BOOKKEEPING
 from tests.etcdserver import start_etcd
 from tests.faultproxy import FaultProxy
 from tests.test_cluster import query, spawn_node
@@ -95,7 +95,7 @@ class History:
     def events(self, events, revision):
         for event in events:
             kv = event.kv
-            if kv.key.startswith(PREFIX) and not kv.key.startswith(PREFIX + QUEUE):
+            if kv.key.startswith(PREFIX) and not kv.key.startswith(PREFIX + BOOKKEEPING):
                 self._apply(kv, event.deleted)
         self.revision = revision
         still = []
@@ -505,7 +505,7 @@ class NemesisTests(unittest.TestCase):
                 except Exception as e:
                     said[node.label] = repr(e)
             kvs, revision = yield self.client.range(PREFIX, prefix_range_end(PREFIX))
-            held = {kv.key[len(PREFIX):].decode(): kv for kv in kvs if not kv.key.startswith(PREFIX + QUEUE)}
+            held = {kv.key[len(PREFIX):].decode(): kv for kv in kvs if not kv.key.startswith(PREFIX + BOOKKEEPING)}
             claims = {
                 (state["name"], int(state["lease"], 16))
                 for state in said.values()

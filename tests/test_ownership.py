@@ -10,9 +10,10 @@ import signal
 import dns.rcode
 from twisted.internet import defer, reactor
 
-from idetcd.etcd import EtcdClient
+from idetcd.etcd import EtcdClient, prefix_range_end
+from idetcd.registry import DEAD
 from tests.faultproxy import FaultProxy
-from tests.test_claim_race import Holdings
+from tests.test_claim_race import PREFIX, Holdings
 from tests.test_cluster import COREFILE, NodeProcessCase, query
 from tests.test_etcd import sleep
 
@@ -90,7 +91,8 @@ class FrozenNodeTests(OwnershipCase):
         """
         A node frozen (SIGSTOP) for less than its lease minus a keepalive
         period keeps its key and lease, and the other node answers for it
-        all along.
+        all along.  (Frozen past half its lease, it may be marked dead
+        meanwhile: it takes the mark back once thawed.)
         """
         frozen, other = self.start_node(), self.start_node()
         names = yield defer.gatherResults([self.wait_claimed(frozen), self.wait_claimed(other)])
@@ -103,6 +105,8 @@ class FrozenNodeTests(OwnershipCase):
         finally:
             frozen.process.signalProcess(signal.SIGCONT)
         yield self.assert_held_throughout([frozen, other], names, 4)
+        marks, _ = yield self.client.range(PREFIX + DEAD, prefix_range_end(PREFIX + DEAD))
+        self.assertEqual(marks, [])
 
 
 class SlowEtcdTests(OwnershipCase):

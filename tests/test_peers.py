@@ -460,8 +460,9 @@ class PeerRRsetTests(unittest.TestCase):
     def test_order_and_cap(self):
         """
         Entries come out in key order whatever order they went in; the
-        answers fill a TCP reply with an OPT without passing 65,535 bytes,
-        and one more would not fit.
+        answers fill a TCP reply with an OPT and an Extended DNS Error
+        without passing 65,535 bytes, and one more would not fit; glue
+        only takes what room is left.
         """
         rrset = peers.PeerRRset(labels("_worker._tcp.tf.local"), tdns.SRV)
         slots = random.Random(5).sample(range(1, 4001), 4000)
@@ -474,16 +475,22 @@ class PeerRRsetTests(unittest.TestCase):
         self.assertEqual(
             [r.payload.target.name for r in answers], [b"worker%d.tf.local" % s for s in kept[: len(answers)]]
         )
-        self.assertEqual(additional, ())
         question = wire.name(rrset.labels) + wire.TYPE_CLASS.pack(tdns.SRV, tdns.IN)
-        encoded = wire.encode(rrset.labels, question, self.response(answers))
         edns = wire.EDNS(1232, 0, False)
-        head, tail = wire.template(encoded, 0, len(question), wire.MAX_MESSAGE, edns)
-        size = 2 + len(head) + len(question) + len(tail)
+
+        def reply(additional):
+            # An OPT with an Extended DNS Error: the largest a reply gets.
+            response = Response(tdns.OK, True, answers, additional=additional, ede=3)
+            encoded = wire.encode(rrset.labels, question, response)
+            head, tail = wire.template(encoded, 0, len(question), wire.MAX_MESSAGE, edns)
+            return 2 + len(head) + len(question) + len(tail), wire.HEAD.unpack(head)
+
+        size, _ = reply(())
         self.assertLessEqual(size, wire.MAX_MESSAGE)
         self.assertGreater(size + self.srv(kept[len(answers)]).size, wire.MAX_MESSAGE)
-        flags, _, answered, _, _ = wire.HEAD.unpack(head)
-        self.assertEqual((flags & wire.TC, answered), (0, len(answers)))
+        size, (flags, _, answered, _, extra) = reply(additional)
+        self.assertLessEqual(size, wire.MAX_MESSAGE)
+        self.assertEqual((flags & wire.TC, answered, extra), (0, len(answers), len(additional) + 1))
         self.assertGreater(answered, 1500)
 
     def test_extras_where_they_fit(self):

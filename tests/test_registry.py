@@ -141,12 +141,20 @@ class RegistryTests(EtcdTestCase):
     def test_keeps_members_while_etcd_is_down_and_catches_up(self):
         """
         The registry answers from memory while etcd restarts, and afterwards
-        equals what etcd holds, including changes it missed.
+        equals what etcd holds, including changes it missed.  Meanwhile it
+        says since when it has not heard from etcd, and tells when that
+        changes.
         """
         yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
         yield self.client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
         registry = yield self.start()
+        self.assertIsNone(registry.unheard_since)
+        told = []
+        registry.subscribe_contact(lambda: told.append(registry.unheard_since))
+        killed = reactor.seconds()
         yield self.etcd.kill()
+        yield wait_for(lambda: registry.unheard_since is not None, timeout=15)
+        self.assertGreaterEqual(registry.unheard_since, killed)
         self.assertEqual(set(registry.members), {"worker1.tf.local.", "worker2.tf.local."})
         self.etcd.running = 0
         yield self.etcd.startService()
@@ -155,6 +163,10 @@ class RegistryTests(EtcdTestCase):
         yield wait_for(lambda: set(registry.members) == {"worker2.tf.local.", "worker3.tf.local."}, timeout=15)
         view = yield self.etcd_view()
         self.assertEqual(set(view), set(registry.members))
+        self.assertIsNone(registry.unheard_since)
+        self.assertEqual(len(told), 2)
+        self.assertIsNotNone(told[0])
+        self.assertIsNone(told[1])
 
     @defer.inlineCallbacks
     def test_rereads_after_compaction(self):

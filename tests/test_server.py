@@ -31,6 +31,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from idetcd.authority import ZoneAuthority
+from idetcd.freshness import CURRENT, View
 from idetcd.members import Member
 from idetcd import server as server_module
 from idetcd import tally
@@ -105,6 +106,7 @@ def question(name=b"\x07worker1\x02tf\x05local\x00", type=1, cls=1):
 
 
 class ServerTestCase(unittest.TestCase):
+    ttl = 30
     idle_timeout = 10.0
     max_connections = 1000
     nameservers = 3
@@ -113,7 +115,7 @@ class ServerTestCase(unittest.TestCase):
         self.registry = FakeRegistry(sample_members(), revision=100)
         self.registry.put(Member("big.tf.local.", tuple(f"10.1.0.{i}" for i in range(1, 41))))
         self.registry.put(Member("huge.tf.local.", tuple(f"10.2.0.{i}" for i in range(1, 81))))
-        self.authority = ZoneAuthority("tf.local.", self.registry, 30, self.nameservers)
+        self.authority = ZoneAuthority("tf.local.", self.registry, self.ttl, self.nameservers)
         self.server = DNSServer(
             self.authority,
             0,
@@ -389,6 +391,91 @@ class EDNSTests(ServerTestCase):
         response = dns.message.from_wire(reply)
         self.assertEqual(response.rcode(), dns.rcode.FORMERR)
         self.assertEqual(response.id, struct.unpack("!H", wire[:2])[0])
+
+
+class StaleViewTests(ServerTestCase):
+    """
+    A node whose view may be stale, asked by dnspython, dig and kdig.
+    """
+
+    ttl = 300
+    OWN = View(stale=True, unvouched=(b"worker1", b"tf", b"local"))
+
+    def query(self, name, type="A", edns=True):
+        message = dns.message.make_query(name, type, use_edns=0 if edns else None)
+        return self.udp(message)
+
+    def run_tool(self, tool, *args):
+        return run_tool(self, self.server.port, tool, *args)
+
+    @defer.inlineCallbacks
+    def test_stale_and_unvouched(self):
+        """
+        Known names are answered with the TTL capped at 30 s and, for EDNS
+        queries only, the Extended DNS Error "Stale Answer"; the node's own
+        unconfirmed name and names it does not know are SERVFAIL, with "No
+        Reachable Authority" for EDNS queries.
+        """
+        yield self.query("worker2.tf.local")  # prepared and cached replies before
+        yield self.query("worker1.tf.local", edns=False)
+        self.server.set_view(self.OWN)
+        for edns in (True, False):
+            response = yield self.query("worker2.tf.local", edns=edns)
+            self.assertEqual(response.rcode(), dns.rcode.NOERROR)
+            self.assertEqual(response.answer[0].ttl, 30)
+            stale = [(o.otype, o.code) for o in response.options]
+            self.assertEqual(stale, [(dns.edns.EDE, 3)] if edns else [])
+            for name in ("WORKER1.tf.local", "worker9.tf.local"):
+                response = yield self.query(name, edns=edns)
+                self.assertEqual(response.rcode(), dns.rcode.SERVFAIL)
+                self.assertEqual(response.answer, [])
+                unreachable = [(o.otype, o.code) for o in response.options]
+                self.assertEqual(unreachable, [(dns.edns.EDE, 22)] if edns else [])
+            if not edns:
+                self.assertEqual(response.edns, -1)
+        response = yield self.tcp(dns.message.make_query("worker1.tf.local", "AAAA", use_edns=0))
+        self.assertEqual(response.rcode(), dns.rcode.SERVFAIL)
+
+    @defer.inlineCallbacks
+    def test_expired_then_current(self):
+        """
+        Past the bound every name in the zone is SERVFAIL; once the view is
+        current again, the answers are the usual ones.
+        """
+        self.server.set_view(View(stale=True, expired=True))
+        response = yield self.query("worker2.tf.local")
+        self.assertEqual((response.rcode(), response.options[0].code), (dns.rcode.SERVFAIL, 22))
+        self.server.set_view(CURRENT)
+        response = yield self.query("worker1.tf.local")
+        self.assertEqual((response.answer[0].ttl, list(response.options)), (300, []))
+        yield self.assertAnswers()
+        response = yield self.query("worker9.tf.local", edns=False)
+        self.assertEqual(response.rcode(), dns.rcode.NXDOMAIN)
+
+    @defer.inlineCallbacks
+    def test_dig(self):
+        self.server.set_view(self.OWN)
+        text = yield self.run_tool("dig", "worker2.tf.local", "A", "+tries=1")
+        self.assertIn("status: NOERROR", text)
+        self.assertIn("EDE: 3 (Stale Answer)", text)
+        self.assertRegex(text, r"worker2\.tf\.local\.\s+30\s+IN\s+A\s+10\.0\.0\.2")
+        text = yield self.run_tool("dig", "worker1.tf.local", "A", "+tries=1")
+        self.assertIn("status: SERVFAIL", text)
+        self.assertIn("EDE: 22 (No Reachable Authority)", text)
+        self.assertNotIn("10.0.0.1", text)
+        text = yield self.run_tool("dig", "worker2.tf.local", "A", "+noedns", "+tries=1")
+        self.assertNotIn("EDE", text)
+        self.assertNotIn("OPT PSEUDOSECTION", text)
+
+    @defer.inlineCallbacks
+    def test_kdig(self):
+        self.server.set_view(self.OWN)
+        text = yield self.run_tool("kdig", "worker2.tf.local", "A", "+edns", "+retry=0")
+        self.assertIn("status: NOERROR", text)
+        self.assertIn("EDE: 3 (Stale Answer)", text)
+        text = yield self.run_tool("kdig", "worker1.tf.local", "A", "+edns", "+retry=0")
+        self.assertIn("status: SERVFAIL", text)
+        self.assertIn("EDE: 22 (No Reachable Authority)", text)
 
 
 class UpdateTests(ServerTestCase):

@@ -126,10 +126,11 @@ class ServiceTests(unittest.TestCase):
         yield node.when_claimed()
         self.assertEqual(
             [child.name for child in node],
-            ["etcd-client", "registry", "dns", "identity", "claimer", "look-after"],
+            ["etcd-client", "registry", "dns", "identity", "claimer", "freshness", "look-after"],
         )
         self.assertTrue(all(child.running for child in node))
         self.assertIs(node.getServiceNamed("claimer"), node.claimer)
+        self.assertIs(node.getServiceNamed("freshness"), node.freshness)
         self.assertIs(node.getServiceNamed("dns"), node.dns)
         self.assertEqual(node.getServiceNamed("identity").member.ipv4, ("127.0.0.1",))
         yield node.stopService()

@@ -6,6 +6,7 @@ whatever their length.
 
 import struct
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -97,6 +98,44 @@ class EncoderTests(unittest.TestCase):
         self.assertEqual(encoded.body, b"\xc0\x0c" + b"\x00\x01\x00\x01\x00\x00\x00\x1e\x00\x04\n\x00\x00\x01")
         (rrset,) = dns.message.from_wire(data).answer
         self.assertEqual(rrset[0].address, "10.0.0.1")
+
+    def test_extended_error_only_with_edns(self):
+        """
+        A response's Extended DNS Error (RFC 8914) goes in the OPT of a
+        reply to an EDNS query, with the DO bit copied; a query without
+        EDNS gets no OPT at all.
+        """
+        labels = domain_labels("worker1.tf.local")
+        question = wire.name(labels) + wire.TYPE_CLASS.pack(tdns.A, tdns.IN)
+        encoded = wire.encode(labels, question, Response(tdns.ESERVER, False, ede=22))
+        edns = wire.EDNS(1232, 0, True)
+        head, tail = wire.template(encoded, wire.RD, len(question), wire.MIN_PAYLOAD, edns)
+        message = dns.message.from_wire(b"\0\0" + head + question + tail)
+        self.assertEqual(message.rcode(), dns.rcode.SERVFAIL)
+        self.assertTrue(message.ednsflags & dns.flags.DO)
+        (option,) = message.options
+        self.assertEqual((option.otype, option.code, option.text), (dns.edns.EDE, 22, None))
+        head, tail = wire.template(encoded, wire.RD, len(question), wire.MIN_PAYLOAD, None)
+        self.assertEqual(dns.message.from_wire(b"\0\0" + head + question + tail).edns, -1)
+
+    def test_room_for_the_extended_error(self):
+        """
+        Records that fill the room L{wire.answer_room} gives still fit in a
+        TCP reply with our OPT and an Extended DNS Error: no truncation.
+        """
+        labels = domain_labels("worker1.tf.local")
+        question = wire.name(labels) + wire.TYPE_CLASS.pack(tdns.TXT, tdns.IN)
+        # A pointer, type, class, TTL and length, then strings of 1 + n bytes.
+        whole, rest = divmod(wire.answer_room(labels) - 12, 256)
+        strings = [b"x" * 255] * whole + [b"y" * (rest - 1)]
+        record = tdns.RRHeader(b"worker1.tf.local", tdns.TXT, tdns.IN, 30, tdns.Record_TXT(*strings))
+        encoded = wire.encode(labels, question, Response(tdns.OK, True, (record,), ede=3))
+        self.assertEqual(len(encoded.body), wire.answer_room(labels))
+        edns = wire.EDNS(1232, 0, False)
+        head, tail = wire.template(encoded, wire.RD, len(question), wire.MAX_MESSAGE, edns)
+        message = dns.message.from_wire(b"\0\0" + head + question + tail)
+        self.assertFalse(message.flags & dns.flags.TC)
+        self.assertEqual([option.code for option in message.options], [3])
 
 
 QUERY = dns.message.make_query("worker1.tf.local", "A", id=0x1234).to_wire()

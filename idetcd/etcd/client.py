@@ -411,11 +411,11 @@ class EtcdClient:
         """
         return self.call("/v3/lease/revoke", {"ID": str(lease)})
 
-    def watch(self, key, range_end, start_revision, on_events):
+    def watch(self, key, range_end, start_revision, on_events, on_contact=None):
         """
         Start a L{Watch} over C{[key, range_end)} from C{start_revision}.
         """
-        watch = Watch(self, key, range_end, start_revision, on_events)
+        watch = Watch(self, key, range_end, start_revision, on_events, on_contact=on_contact)
         self._watches.add(watch)
         watch.done.addBoth(lambda result: (self._watches.discard(watch), result)[1])
         watch.start()

@@ -112,6 +112,9 @@ class Watch:
 
     A watch whose auth token etcd refused (it expired while the watch was
     away) resumes once with a new token before it gives up.
+
+    C{on_contact(live)}, if given, hears when the watch loses etcd (its
+    stream broke: C{False}) and when a new stream delivers again (C{True}).
     """
 
     client = attr.ib()
@@ -120,6 +123,7 @@ class Watch:
     next_revision = attr.ib()
     on_events = attr.ib()
     backoff = attr.ib(factory=lambda: Backoff(maximum=2.0))
+    on_contact = attr.ib(default=None)
     done = attr.ib(factory=defer.Deferred, init=False)
     _stream = attr.ib(default=None, init=False)
     _opening = attr.ib(default=None, init=False)
@@ -225,6 +229,8 @@ class Watch:
                 breaks=self._breaks,
             )
             self._breaks = 0
+            if self.on_contact is not None:
+                self.on_contact(True)
 
     def _broken(self, stream, index, failure):
         """
@@ -237,6 +243,8 @@ class Watch:
         self.client._next_endpoint(index)
         delay = self.backoff.next()
         self._breaks += 1
+        if self._breaks == 1 and self.on_contact is not None:
+            self.on_contact(False)
         self._warn(
             "broken",
             "etcd watch on {endpoint} ended ({why}); resuming from revision {revision}"
