@@ -39,7 +39,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from idetcd.backoff import Backoff
-from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound
+from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, NoSpace
 from idetcd.lease import LeaseKeeper
 from idetcd.members import Member
 from idetcd.ratelimit import RateLimitedLog
@@ -95,12 +95,16 @@ class Claimer(Service):
     warn_interval = attr.ib(default=30.0)
     #: The etcd revision at which the name held now was won.
     claim_revision = attr.ib(default=0, init=False)
+    #: Whether the claim waits for etcd's NOSPACE alarm to end: its last
+    #: try was refused for lack of space.
+    nospace = attr.ib(default=False, init=False)
     _name = attr.ib(default=None, init=False)
     _holding = attr.ib(default=False, init=False)
     _held_before = attr.ib(default=False, init=False)
     _failure = attr.ib(default=None, init=False)
     _waiters = attr.ib(factory=list, init=False)
     _task = attr.ib(default=None, init=False)
+    _dropping = attr.ib(default=None, init=False)
     _verifying = attr.ib(default=None, init=False)
     _wake_call = attr.ib(default=None, init=False)
     _unsubscribe = attr.ib(default=None, init=False)
@@ -216,6 +220,11 @@ class Claimer(Service):
             self._unsubscribe()
             self._unsubscribe = None
         waiting = [d for d in self.stop() if isinstance(d, defer.Deferred)]
+        if self._dropping is not None:
+            # An empty lease given back (every slot taken): let etcd end it
+            # rather than cancel the revoke.
+            waiting.append(self._dropping)
+            self._dropping = None
         if self._own_registry:
             self.registry.stopService()
         return defer.gatherResults(waiting).addCallback(lambda _: None)
@@ -312,6 +321,7 @@ class Claimer(Service):
 
     @_machine.output()
     def _restart_claim(self):
+        self._say_lease_gone()
         self._cancel_task()
         self._start_task()
 
@@ -364,11 +374,17 @@ class Claimer(Service):
 
     @_machine.output()
     def _lose_to_lease(self):
-        self._lose("its lease is gone from etcd")
+        self._lose("its lease is gone from etcd (revoked, or expired)")
 
     @_machine.output()
     def _lose_to_key(self):
-        self._lose("its key was deleted or taken over in etcd")
+        member = self.registry.members.get(self._name)
+        if member is None or not member.lease:
+            # A revoked lease takes its key with it; the claim says so when
+            # it finds the lease gone.
+            self._lose("its key was deleted from etcd")
+        else:
+            self._lose(f"its key is on lease {member.lease:x} now, not on this node's")
 
     @_machine.output()
     def _verify(self):
@@ -397,7 +413,7 @@ class Claimer(Service):
     @_machine.output()
     def _drop_lease(self):
         # The lease holds nothing: do not keep an empty lease while waiting.
-        self._keeper.revoke()
+        self._dropping = self._keeper.revoke()
 
     @_machine.output()
     def _sleep(self):
@@ -598,7 +614,7 @@ class Claimer(Service):
             try:
                 lease = self._keeper.lease
                 if lease is None:
-                    lease = yield self._keeper.grant()
+                    lease = yield self._new_lease()
                 elif maybe_won:
                     held = yield self._already_held(lease)
                     if held is not None:
@@ -610,10 +626,14 @@ class Claimer(Service):
                 # The lease expired or was revoked: a new one holds nothing.
                 self._keeper.drop()
                 maybe_won = False
-                error = "the claim's lease is gone"
+                error = None
+                self._say_lease_gone()
             except Exception as e:
                 maybe_won = True
-                if isinstance(e, (EtcdUnavailable, EtcdError, defer.TimeoutError)):
+                if isinstance(e, NoSpace):
+                    self._out_of_space()
+                    error = None
+                elif isinstance(e, (EtcdUnavailable, EtcdError, defer.TimeoutError)):
                     error = str(e)
                 else:
                     # A traceback per retry would flood the log: one per interval.
@@ -623,10 +643,57 @@ class Claimer(Service):
                 self.backoff.reset()
                 self._warn.reset("claim")
                 self._warn.reset("unexpected")
+                self.nospace = False
                 return result
             delay = self.backoff.next()
-            self._warn("claim", "cannot claim a name yet ({error}); retrying in {delay:.2f}s", error=error, delay=delay)
+            if error is not None:
+                self._warn("claim", "cannot claim a name yet ({error}); retrying in {delay:.2f}s", error=error, delay=delay)
             yield deferLater(self.reactor, delay, lambda: None)
+
+    @staticmethod
+    def _say_lease_gone():
+        log.info("the claim's lease is gone from etcd (revoked, or expired); claiming with a new one")
+
+    def _out_of_space(self):
+        """
+        etcd refused a write of the claim for lack of space: say so, with
+        the fix, once until a claim goes through.
+        """
+        if self.nospace:
+            return
+        self.nospace = True
+        log.error(
+            "cannot claim a name: etcd is out of space (NOSPACE alarm) and refuses writes;"
+            " this node answers DNS from what it reads and retries the claim until an operator"
+            " frees space: {fix}",
+            fix=NoSpace.FIX,
+        )
+
+    @defer.inlineCallbacks
+    def _new_lease(self):
+        """
+        A new lease, kept alive.  While etcd is out of space it grants none,
+        but keeps alive those it has: the lease of this node's provably
+        ended previous process is kept instead, with the preferred name, if
+        that name's key is still on it exactly as this node would write it.
+        """
+        try:
+            return (yield self._keeper.grant())
+        except NoSpace as e:
+            refused = e
+        if self.predecessor_lease is None or self.preferred not in self._slots:
+            raise refused
+        kvs, _ = yield self.client.range(self._key(self.preferred))
+        if not kvs or (kvs[0].lease, kvs[0].value) != (self.predecessor_lease, self._value(self.preferred)):
+            raise refused
+        lease = yield self._keeper.adopt(self.predecessor_lease)
+        log.info(
+            "etcd is out of space and grants no lease: keeping lease {lease:x} of this node's"
+            " previous process, which holds {name}",
+            lease=lease,
+            name=self.preferred,
+        )
+        return lease
 
     @defer.inlineCallbacks
     def _already_held(self, lease):

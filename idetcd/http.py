@@ -16,6 +16,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 
+from idetcd.etcd import NoSpace
+
 log = Logger()
 
 #: What generate_latest() writes for idetcd's metric names: Prometheus's
@@ -35,6 +37,8 @@ def readiness(node):
     name = node.held_name
     if name is None:
         waiting.append("name: claiming")
+        if node.claimer.nospace:
+            waiting.append(f"etcd is out of space (NOSPACE alarm): an operator must {NoSpace.FIX}")
     if waiting:
         return {"ready": False, "waiting": waiting}
     claimer = node.claimer

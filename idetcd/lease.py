@@ -14,7 +14,7 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from idetcd.etcd import LeaseNotFound
+from idetcd.etcd import LeaseNotFound, describe
 
 log = Logger()
 
@@ -52,10 +52,12 @@ class LeaseKeeper:
     _expiry = attr.ib(default=None, init=False)
     _in_flight = attr.ib(factory=list, init=False)
     _failing = attr.ib(default=False, init=False)
+    _granted = attr.ib(default=None, init=False)
 
     @property
     def period(self):
-        return self.ttl / 3
+        # An adopted lease may have been granted a shorter TTL than ours.
+        return min(self.ttl, self._granted or self.ttl) / 3
 
     @property
     def request_timeout(self):
@@ -84,22 +86,36 @@ class LeaseKeeper:
         self.drop()
         sent = self.clock.seconds()
         d = self.client.lease_grant(self.ttl)
+        return d.addCallback(lambda result: self._keep(*result, sent))
 
-        def granted(result):
-            lease, ttl = result
-            self.lease, self._expired = lease, False
-            self._extend(sent + ttl)
-            self._schedule(sent + self.period)
-            return lease
+    def adopt(self, lease):
+        """
+        Keep C{lease}, granted by someone else (this node's previous
+        process), alive from now on; fires with it once etcd renewed it,
+        fails with L{LeaseNotFound} if it is gone.  Any lease kept before is
+        dropped (not revoked).
+        """
+        self.drop()
+        sent = self.clock.seconds()
+        d = self.client.lease_keepalive(lease, timeout=self.request_timeout)
+        return d.addCallback(lambda ttl: self._keep(lease, ttl, sent))
 
-        return d.addCallback(granted)
+    def _keep(self, lease, ttl, sent):
+        """
+        Keep C{lease} alive: etcd said, to a request sent at C{sent}, that
+        it lives for C{ttl} seconds from then.
+        """
+        self.lease, self._expired, self._granted = lease, False, ttl
+        self._extend(sent + ttl)
+        self._schedule(sent + self.period)
+        return lease
 
     def drop(self):
         """
         Stop keeping the lease alive, without revoking it; returns the lease
         dropped, or C{None}.
         """
-        lease, self.lease, self.deadline = self.lease, None, None
+        lease, self.lease, self.deadline, self._granted = self.lease, None, None, None
         self._expired = self._failing = False
         for call in (self._next, self._expiry):
             if call is not None and call.active():
@@ -123,9 +139,9 @@ class LeaseKeeper:
 
         def failed(failure):
             log.warn(
-                "could not revoke lease {lease:x}: {error}; it expires by itself",
+                "could not revoke lease {lease:x} ({error}); it expires by itself",
                 lease=lease,
-                error=failure.getErrorMessage(),
+                error=describe(failure.value),
             )
 
         return d.addCallbacks(lambda _: None, failed)
@@ -205,7 +221,7 @@ class LeaseKeeper:
             log.warn(
                 "keepalive of lease {lease:x} failed ({error}); retrying until it works",
                 lease=lease,
-                error=failure.getErrorMessage(),
+                error=describe(failure.value),
             )
         # Try again soon rather than a whole period later.
         retry = self.clock.seconds() + min(1.0, self.ttl / 6)

@@ -170,6 +170,11 @@ class NodeCollector:
         for name in sorted(self._claimed):
             claimed.add_metric((name,), 1 if name == held else 0)
         yield claimed
+        yield GaugeMetricFamily(
+            "idetcd_etcd_nospace",
+            "1 while etcd's NOSPACE alarm refuses this node's claim (database space exceeded), else 0.",
+            value=int(node.claimer.nospace),
+        )
         keepalives = node.claimer.keepalives
         yield _counter(
             "idetcd_lease_keepalives", "Keepalives of this node's lease, by outcome.",

@@ -11,22 +11,78 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from idetcd.embedded import EtcdProcess, free_ports
-from idetcd.etcd import EtcdClient, _b64, prefix_range_end
+from idetcd.etcd import EtcdClient, EtcdError, _b64, prefix_range_end
 from idetcd.etcd.auth import Credentials
 from idetcd.etcd.tls import TlsSettings
 from tests.certs import make_certificates
 
 
+@attr.s(eq=False)
+class ExtraArgsEtcd(EtcdProcess):
+    """
+    A member started with C{extra_args} too.
+    """
+
+    extra_args = attr.ib(default=())
+
+    def _args(self):
+        return EtcdProcess._args(self) + list(self.extra_args)
+
+
 @defer.inlineCallbacks
-def start_etcd(case, member="idetcd", host="127.0.0.1"):
+def start_etcd(case, member="idetcd", host="127.0.0.1", extra_args=()):
     """
-    Start one etcd member for C{case}, listening on C{host}; it is stopped
-    when the test ends.
+    Start one etcd member for C{case}, listening on C{host}, with
+    C{extra_args}; it is stopped when the test ends.
     """
-    etcd = EtcdProcess(reactor, os.path.abspath(case.mktemp()), member=member, host=host)
+    etcd = ExtraArgsEtcd(reactor, os.path.abspath(case.mktemp()), member=member, host=host, extra_args=extra_args)
     case.addCleanup(etcd.stopService)
     yield etcd.startService()
     return etcd
+
+
+#: etcd's smallest useful quota for tests of its NOSPACE alarm: 16 MiB,
+#: filled by 16 puts of 1 MB.
+SMALL_QUOTA = ("--quota-backend-bytes", "16777216")
+
+
+@defer.inlineCallbacks
+def fill(etcd, key=b"/filler"):
+    """
+    Put 1 MB values under C{key}, which is not idetcd's, until C{etcd}
+    (started with L{SMALL_QUOTA}) raises its NOSPACE alarm; at most 100.
+    """
+    client = etcd.make_client()
+    try:
+        for _ in range(100):
+            yield client.put(key, os.urandom(1000000))
+    except EtcdError as e:
+        if "database space exceeded" not in e.message:
+            raise
+        return
+    finally:
+        yield client.close()
+    raise AssertionError("etcd never ran out of space")
+
+
+@defer.inlineCallbacks
+def free_space(etcd):
+    """
+    What an operator does about a NOSPACE alarm, through the gateway:
+    compact the history, defragment, disarm the alarm.
+    """
+    client = etcd.make_client()
+    try:
+        status = yield client.call("/v3/maintenance/status", {})
+        header = status["header"]
+        yield client.call("/v3/kv/compaction", {"revision": header["revision"], "physical": True})
+        yield client.call("/v3/maintenance/defragment", {})
+        yield client.call(
+            "/v3/maintenance/alarm",
+            {"action": "DEACTIVATE", "memberID": header["member_id"], "alarm": "NOSPACE"},
+        )
+    finally:
+        yield client.close()
 
 
 @attr.s(eq=False)
@@ -119,7 +175,7 @@ def _start_members(case, size, network):
 
 
 @attr.s(eq=False)
-class SecureEtcd(EtcdProcess):
+class SecureEtcd(ExtraArgsEtcd):
     """
     A member that serves clients over TLS only and wants a client
     certificate signed by the test's CA (C{certs}, a
@@ -127,7 +183,6 @@ class SecureEtcd(EtcdProcess):
     """
 
     certs = attr.ib(default=None)
-    extra_args = attr.ib(default=())
 
     @property
     def client_url(self):
@@ -141,12 +196,11 @@ class SecureEtcd(EtcdProcess):
         return TlsSettings(self.certs.client_cert, self.certs.client_key, self.certs.ca)
 
     def _args(self):
-        return EtcdProcess._args(self) + [
+        return ExtraArgsEtcd._args(self) + [
             "--cert-file", self.certs.server_cert,
             "--key-file", self.certs.server_key,
             "--client-cert-auth",
             "--trusted-ca-file", self.certs.ca,
-            *self.extra_args,
         ]
 
     def make_client(self, **kwargs):

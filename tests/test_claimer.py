@@ -115,12 +115,21 @@ class ClaimerTests(EtcdTestCase):
         An operator revoking the lease makes the node claim again; it gets
         its old slot back if free.
         """
-        claimer = self.claimer("a", lease_ttl=3)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        registry = Registry(self.client, PREFIX, reactor)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        claimer = self.claimer("a", lease_ttl=3, registry=registry)
         yield claimer.when_claimed()
         old_lease = claimer.lease
         yield self.client.lease_revoke(old_lease)
         yield wait_for(lambda: claimer.lease not in (None, old_lease), timeout=10)
         self.assertEqual(claimer.held_name, "worker1.tf.local.")
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("the claim's lease is gone from etcd (revoked, or expired); claiming with a new one", lines)
+        self.assertFalse([line for line in lines if "taken over" in line or "cannot claim" in line], lines)
         held = yield self.names_in_etcd()
         self.assertEqual(held, {"worker1.tf.local.": "a"})
 

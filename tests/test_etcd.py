@@ -6,8 +6,11 @@ import json
 import socket
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web._newclient import ResponseNeverReceived
 
 from idetcd.embedded import free_port
 from idetcd.etcd.connections import request_url
@@ -17,6 +20,7 @@ from idetcd.etcd import (
     EtcdUnavailable,
     LeaseNotFound,
     _WatchStream,
+    describe,
     prefix_range_end,
 )
 from tests.etcdserver import EtcdTestCase, restart
@@ -311,3 +315,39 @@ class EtcdClientTests(EtcdTestCase):
         client = self.make_client([f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"])
         error = yield self.assertFailure(client.range(PREFIX), EtcdUnavailable)
         self.assertIn("no etcd endpoint answered", str(error))
+
+
+class DescribeTests(unittest.TestCase):
+    """
+    Errors as one line, in warnings and in L{EtcdUnavailable}'s message.
+    """
+
+    def test_wrapped_failures_are_told_by_what_they_wrap(self):
+        error = ResponseNeverReceived([Failure(ConnectionLost()), Failure(ValueError("bad"))])
+        self.assertEqual(
+            describe(error),
+            "ResponseNeverReceived: ConnectionLost: Connection to the other side was lost in a non-clean fashion.;"
+            " ValueError: bad",
+        )
+
+    def test_an_error_without_a_message_is_named(self):
+        self.assertEqual(describe(defer.CancelledError()), "CancelledError")
+
+    @defer.inlineCallbacks
+    def test_a_connection_cut_mid_request(self):
+        """
+        An endpoint that drops the connection once the request is in: no
+        reprs of Twisted failures in the message.
+        """
+
+        class Drop(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.abortConnection()
+
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Drop), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = EtcdClient([f"http://127.0.0.1:{port.getHost().port}"], reactor, timeout=2.0)
+        self.addCleanup(client.close)
+        error = yield self.assertFailure(client.lease_keepalive(5), EtcdUnavailable)
+        self.assertNotIn("Failure", str(error))
+        self.assertIn(": ResponseNeverReceived: ConnectionLost: ", str(error))

@@ -388,7 +388,7 @@ def _node(held, members=(), revision=5):
     return SimpleNamespace(
         held_name=held,
         registry=SimpleNamespace(members=dict.fromkeys(members), revision=revision),
-        claimer=SimpleNamespace(keepalives=Counter(ok=4)),
+        claimer=SimpleNamespace(keepalives=Counter(ok=4), nospace=False),
     )
 
 

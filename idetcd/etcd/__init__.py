@@ -19,10 +19,12 @@ from idetcd.etcd.errors import (
     EtcdTooOld,
     EtcdUnavailable,
     LeaseNotFound,
+    NoSpace,
     NotEtcdGateway,
     PermissionDenied,
     ResyncNeeded,
     TlsFailed,
+    describe,
 )
 from idetcd.etcd.tls import TlsSettings
 from idetcd.etcd.values import Event, KeyValue, LeaseInfo, TxnResult, _b64, prefix_range_end
@@ -43,6 +45,7 @@ __all__ = [
     "LeaseInfo",
     "LeaseNotFound",
     "MAX_WATCH_LINE",
+    "NoSpace",
     "NotEtcdGateway",
     "PermissionDenied",
     "RANGE_PAGE",
@@ -53,5 +56,6 @@ __all__ = [
     "Watch",
     "_WatchStream",
     "_b64",
+    "describe",
     "prefix_range_end",
 ]

@@ -4,7 +4,9 @@ answers is the JSON gateway of etcd 3.4 or later, etcd takes the configured
 user, and that user may read and write idetcd's prefix.  Each way this fails is an
 L{EtcdSetupError} whose one-line message says what to fix; while no
 endpoint answers at all, the check waits and tries again, as the rest of
-the node does.
+the node does.  An etcd out of space (NOSPACE alarm) refuses the write
+check; the node starts anyway, as it can still read and answer, and says
+what the operator must do.
 """
 
 import re
@@ -21,8 +23,10 @@ from idetcd.etcd.errors import (
     EtcdSetupError,
     EtcdTooOld,
     EtcdUnavailable,
+    NoSpace,
     NotEtcdGateway,
     PermissionDenied,
+    describe,
 )
 from idetcd.etcd.replies import EXPECTED
 from idetcd.etcd.values import _b64
@@ -73,7 +77,7 @@ def _check_once(client, prefix):
         except (EtcdSetupError, defer.CancelledError):
             raise
         except Exception as e:
-            unreachable.append(f"{endpoint}: {e.__class__.__name__}: {e}")
+            unreachable.append(f"{endpoint}: {describe(e)}")
     if not versions:
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(unreachable))
     try:
@@ -95,6 +99,15 @@ def _check_once(client, prefix):
         raise
     try:
         yield client.call("/v3/kv/txn", _write_probe(prefix))
+    except NoSpace:
+        # etcd checks its quota before the user's permissions: whether the
+        # user may write is unknown until the alarm is over, but reads,
+        # watches and keepalives work, and the node can answer from them.
+        log.warn(
+            "etcd at {endpoint} is out of space (NOSPACE alarm): cannot check that this node may"
+            " write its prefix; starting anyway, to read the members and answer DNS",
+            endpoint=client.endpoint,
+        )
     except EtcdError as e:
         if e.code != _PERMISSION_DENIED:
             raise

@@ -15,7 +15,15 @@ from twisted.python.failure import Failure
 from idetcd.etcd.auth import TokenKeeper, authenticate, token_refused
 from idetcd.etcd.check import check
 from idetcd.etcd.connections import http_client, request_url
-from idetcd.etcd.errors import EtcdError, EtcdSetupError, EtcdUnavailable, LeaseNotFound, TokenRefused
+from idetcd.etcd.errors import (
+    EtcdError,
+    EtcdSetupError,
+    EtcdUnavailable,
+    LeaseNotFound,
+    NoSpace,
+    TokenRefused,
+    describe,
+)
 from idetcd.etcd.replies import connection_error, json_reply
 from idetcd.etcd.values import KeyValue, LeaseInfo, TxnResult, _b64, _range_body
 from idetcd.etcd.watch import Watch
@@ -23,6 +31,8 @@ from idetcd.etcd.watch import Watch
 #: etcd's gRPC codes that say "this member cannot serve now, another may".
 _UNAVAILABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
 _NOT_FOUND = 5
+#: What etcd says to a write while its NOSPACE alarm is raised.
+_NO_SPACE = "database space exceeded"
 #: Keys per request of L{EtcdClient.range_paged}: about 250 KB of JSON
 #: for idetcd's members.
 RANGE_PAGE = 1000
@@ -214,7 +224,7 @@ class EtcdClient:
                     setup_error = setup_error or e
                     errors.append(str(e))
                 else:
-                    errors.append(f"{self.endpoints[index]}: {e.__class__.__name__}: {e}")
+                    errors.append(f"{self.endpoints[index]}: {describe(e)}")
                 self._next_endpoint(index)
                 continue
             if not isinstance(data, dict):
@@ -228,6 +238,8 @@ class EtcdClient:
                     continue
                 if error_code == _NOT_FOUND and "lease" in message:
                     raise LeaseNotFound(error_code, message)
+                if _NO_SPACE in message:
+                    raise NoSpace(error_code, message)
                 if self._auth is not None and token_refused(message):
                     raise TokenRefused(error_code, message)
                 raise EtcdError(error_code, message)

@@ -20,11 +20,40 @@ class LeaseNotFound(EtcdError):
     """
 
 
+class NoSpace(EtcdError):
+    """
+    etcd raised its NOSPACE alarm: its database reached its quota
+    (C{--quota-backend-bytes}), and it refuses every write (puts, lease
+    grants, transactions) until an operator frees space and disarms the
+    alarm.  Reads, watches and keepalives go on.
+    """
+
+    #: What the operator must do, said wherever a node reports the alarm.
+    FIX = (
+        "compact its history (etcdctl compact REVISION), defragment every member"
+        " (etcdctl defrag) and disarm the alarm (etcdctl alarm disarm)"
+    )
+
+
 class TokenRefused(EtcdError):
     """
     etcd refused the request's auth token (it expired, or users and roles
     changed since); the request was not applied.
     """
+
+
+def describe(error):
+    """
+    One line for C{error}: its class and message.  The HTTP client's
+    wrappers of other failures (they have C{reasons}) are told by what they
+    wrap, not by the reprs of Twisted failures.
+    """
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        inner = "; ".join(describe(reason.value) for reason in reasons)
+        return f"{error.__class__.__name__}: {inner}"
+    message = str(error)
+    return f"{error.__class__.__name__}: {message}" if message else error.__class__.__name__
 
 
 class EtcdUnavailable(Exception):
