@@ -81,16 +81,23 @@ def _route_tags():
     ]
 
 
+def _kill_all(namespace):
+    """
+    Kill every process in C{namespace}.
+    """
+    for pid in ip("netns", "pids", namespace, check=False).split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _remove_namespace(name):
     """
     Kill every process in namespace C{name}, then remove it and its
     C{/etc/netns} files; its links go with it.
     """
-    for pid in ip("netns", "pids", name, check=False).split():
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _kill_all(name)
     ip("netns", "del", name, check=False)
     shutil.rmtree(os.path.join("/etc/netns", name), ignore_errors=True)
 
@@ -429,15 +436,18 @@ class Network:
     @defer.inlineCallbacks
     def close(self):
         """
-        Kill every process started here (its whole group), wait for them,
-        and take the hosts away (with anything else left in them).
+        Kill every process started here (its whole group, and whatever it
+        left in the namespaces: torchrun starts its workers in sessions of
+        their own), wait for them, and take the hosts away.
         """
         try:
             for process in self._processes:
                 process.kill()
+            for namespace in self._namespaces:
+                _kill_all(namespace)
             yield defer.gatherResults([p.when_ended(10) for p in self._processes], consumeErrors=True)
-            yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self._listening])
         finally:
+            yield defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self._listening])
             self._dismantle()
 
     def _dismantle(self):

@@ -18,6 +18,20 @@ $IDETCD wait "$WORKERS" --role worker --timeout "${WAIT_TIMEOUT:-600}" $IDETCD_N
 # NODE_RANK, NNODES, MASTER_ADDR, MASTER_PORT (the 'srv' port of worker1).
 eval "$($IDETCD env --format torchrun $IDETCD_NODE)"
 
+# gloo tells its peers the address of this machine's hostname, which is
+# loopback on stock Debian/Ubuntu and in containers: the other ranks then
+# fail with "Connection refused, remote=[127.0.0.1]:…" and rank 0 waits for
+# ever.  Have it use the interface of the address this node announces
+# (unless GLOO_SOCKET_IFNAME is set; set but empty is gloo's own choice).
+if [ -z "${GLOO_SOCKET_IFNAME+set}" ]; then
+    address=$($IDETCD env --format json $IDETCD_NODE | python3 -c '
+import json, sys
+spec = json.load(sys.stdin)
+print(next(m for m in spec["cluster"][spec["role"]] if m["name"] == spec["name"])["addresses"][0])')
+    GLOO_SOCKET_IFNAME=$(ip -o addr show to "$address" | awk '{ print $2; exit }')
+    export GLOO_SOCKET_IFNAME
+fi
+
 exec torchrun \
     --nnodes="$NNODES" --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" \
