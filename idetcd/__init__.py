@@ -11,6 +11,7 @@ from idetcd.members import Member
 from idetcd.pattern import Pattern, PatternError
 from idetcd.service import IdetcdService
 from idetcd.state import StateDirectoryBusy
+from idetcd.training.rounds import Round
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "Member",
     "Pattern",
     "PatternError",
+    "Round",
     "ServerBlock",
     "SlotsExhausted",
     "SpecError",

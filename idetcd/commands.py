@@ -8,13 +8,16 @@ import json
 import attr
 from twisted.internet import defer
 
-from idetcd.clusterspec import ClusterSpec, SpecError, member_json, member_order
+from idetcd.clusterspec import ClusterSpec, Local, SpecError, member_json, member_order
 from idetcd.corefile import CorefileError, load
-from idetcd.etcd import EtcdClient, EtcdError, EtcdUnavailable
+from idetcd.etcd import EtcdClient, EtcdError, EtcdSetupError, EtcdUnavailable
 from idetcd.membership import member_filter, when_members
 from idetcd.registry import Registry
 from idetcd.state import NodeState, state_path
 from idetcd.snapshot import lease_times, read_members
+from idetcd.training.interfaces import interface_of
+from idetcd.training.liveness import Liveness
+from idetcd.training.rounds import RoundKeeper
 
 #: Exit statuses, as the README lists them.
 EXIT_OK = 0
@@ -23,10 +26,13 @@ EXIT_USAGE = 2  # bad options or Corefile
 EXIT_ETCD = 3  # etcd did not answer or refused; or the embedded etcd's node is not running
 EXIT_NO_SPEC = 4  # env: this node holds no name now, or a member lacks its srv port
 EXIT_TIMEOUT = 5  # wait: too few members before --timeout
+EXIT_SPARE = 6  # env --nnodes: this node is not in the job's agreed round
 EXIT_INTERRUPTED = 130  # stopped by a signal before it was done
 
 #: How long one etcd request may take, per endpoint.
 ETCD_TIMEOUT = 5.0
+#: How long a round of N:M waits for more than N members, by default.
+SETTLE = 10.0
 
 
 class CommandError(Exception):
@@ -99,6 +105,10 @@ class NodeView:
     def identity(self):
         return self.settings.node or self.state.existing_node_id()
 
+    @property
+    def role(self):
+        return self.settings.pattern.role
+
     def unreachable(self, error):
         """
         The error for an etcd that did not answer.
@@ -117,9 +127,15 @@ def run_command(reactor, view, command, *args):
     Run C{command(reactor, view, client, *args)} with a client to the
     node's etcd, closed afterwards; etcd's failures become L{CommandError}s.
     """
-    client = EtcdClient(view.endpoints(), reactor, timeout=ETCD_TIMEOUT)
+    settings = view.settings
+    client = EtcdClient(
+        view.endpoints(), reactor, timeout=ETCD_TIMEOUT, tls=settings.tls, credentials=settings.credentials
+    )
 
     def translate(failure):
+        if failure.check(EtcdSetupError):
+            # A refused login or certificate, a wrong URL: not "no answer".
+            raise CommandError(EXIT_ETCD, str(failure.value))
         if failure.check(EtcdUnavailable):
             raise view.unreachable(failure.value)
         if failure.check(EtcdError):
@@ -175,62 +191,184 @@ def members(reactor, view, client, out, as_json):
     out.write(_table(rows))
 
 
-@defer.inlineCallbacks
-def wait(reactor, view, client, out, err, count, role, timeout, as_json):
+@attr.s(frozen=True)
+class RoundRequest:
     """
-    C{idetcd wait}: return once C{count} members of C{role} are present,
-    following etcd's watch; L{CommandError} after C{timeout} seconds.
+    What C{--nnodes N[:M]} and its companions ask for: a round of C{job}
+    (C{None}: the node's role) with C{low} to C{high} members, numbered
+    above C{after}, waiting C{settle} seconds for more than C{low}, and at
+    most C{timeout} seconds in all (C{None}: for ever).
     """
-    what = f"{role} members" if role else "members"
+
+    low = attr.ib()
+    high = attr.ib()
+    job = attr.ib(default=None)
+    settle = attr.ib(default=SETTLE)
+    after = attr.ib(default=0)
+    timeout = attr.ib(default=None)
+
+
+def _following(reactor, view, client, use, timeout, timed_out):
+    """
+    Run C{use(registry)} with a registry following the node's prefix,
+    stopped afterwards; after C{timeout} seconds (C{None}: never), fail with
+    L{CommandError}: C{view.unreachable} if etcd was never read, else
+    C{timed_out(registry)}.
+    """
     registry = Registry(client, view.prefix, reactor)
     registry.startService()
-    enough = when_members(registry, count, role, view.zone)
+
+    def translate(failure):
+        failure.trap(defer.TimeoutError)
+        if not registry.ready:
+            raise view.unreachable(f"no answer from {', '.join(client.endpoints)} in {timeout:g}s")
+        raise timed_out(registry)
+
+    d = defer.maybeDeferred(use, registry)
+    if timeout is not None:
+        d.addTimeout(timeout, reactor).addErrback(translate)
+    # A callback, not a generator's "finally": see run_command.
+    return d.addBoth(lambda result: (registry.stopService(), result)[1])
+
+
+def _say(err, text):
+    err.write(f"idetcd: {text}\n")
+    err.flush()
+
+
+@defer.inlineCallbacks
+def wait(reactor, view, client, out, err, count, role, timeout, as_json, request=None):
+    """
+    C{idetcd wait}: return once C{count} members of C{role} are present,
+    following etcd's watch; L{CommandError} after C{timeout} seconds.  With
+    C{request} (a L{RoundRequest}), return the job's agreed round instead.
+    """
+    if request is not None:
+        found, _ = yield _agree(reactor, view, client, err, request)
+        members, extra = found.members, {"job": found.job, "round": found.number}
+    else:
+        members = yield _following(
+            reactor, view, client,
+            lambda registry: _enough(view, registry, err, count, role),
+            timeout,
+            lambda registry: CommandError(
+                EXIT_TIMEOUT,
+                f"timed out after {timeout:g}s: {_present(view, registry, role)} of {count}"
+                f" {_what(role)} present in {view.zone}",
+            ),
+        )
+        extra = {}
+    if as_json:
+        entries = [member_json(m) for m in members]
+        out.write(json.dumps({"zone": view.zone, **extra, "members": entries}, indent=2) + "\n")
+    else:
+        out.write("".join(member.name + "\n" for member in members))
+
+
+def _what(role):
+    return f"{role} members" if role else "members"
+
+
+def _present(view, registry, role):
     wanted = member_filter(role, view.zone)
+    return sum(1 for member in registry.members.values() if wanted(member))
+
+
+def _enough(view, registry, err, count, role):
+    enough = when_members(registry, count, role, view.zone)
 
     def waiting(_):
         if not enough.called:
-            present = sum(1 for member in registry.members.values() if wanted(member))
-            err.write(f"idetcd: waiting for {count} {what} in {view.zone} ({present} present)\n")
-            err.flush()
+            present = _present(view, registry, role)
+            _say(err, f"waiting for {count} {_what(role)} in {view.zone} ({present} present)")
 
     ready = registry.when_ready().addCallback(waiting)
     ready.addErrback(lambda failure: failure.trap(defer.CancelledError))
-    if timeout is not None:
-        enough.addTimeout(timeout, reactor)
-    try:
-        found = yield enough
-    except defer.TimeoutError:
-        if not registry.ready:
-            raise view.unreachable(f"no answer from {', '.join(client.endpoints)} in {timeout:g}s") from None
-        present = sum(1 for member in registry.members.values() if wanted(member))
-        raise CommandError(
-            EXIT_TIMEOUT,
-            f"timed out after {timeout:g}s: {present} of {count} {what} present in {view.zone}",
-        ) from None
-    finally:
-        ready.cancel()
-        registry.stopService()
-    if as_json:
-        out.write(json.dumps({"zone": view.zone, "members": [member_json(m) for m in found]}, indent=2) + "\n")
-    else:
-        out.write("".join(member.name + "\n" for member in found))
+    return enough.addBoth(lambda result: (ready.cancel(), result)[1])
+
+
+def _keeper(reactor, view, client, registry, job):
+    return RoundKeeper(
+        client, registry, Liveness(client, reactor), reactor, view.prefix, job or view.role, view.role, view.zone
+    )
 
 
 @defer.inlineCallbacks
-def env(reactor, view, client, out, form, slots):
+def _agree(reactor, view, client, err, request, name=None):
     """
-    C{idetcd env}: this node's cluster spec, once etcd confirms that the
-    name its state directory records is held by this node.
+    The job's agreed round (see L{RoundKeeper.agree}), and, for this node's
+    last name C{name}, its member if this node holds it (else
+    L{CommandError}, before waiting for anything).
     """
-    name = view.state.last_name()
-    if name is None:
-        raise CommandError(
-            EXIT_NO_SPEC,
-            f"this node has not held a name: its state directory {view.state.path} records none"
-            " (is its node started, with this --state?)",
+    live = []
+
+    def waiting(count):
+        if live != [count]:
+            live[:] = [count]
+            _say(err, f"waiting for {request.low} live {view.role} members in {view.zone} ({count} live)")
+
+    @defer.inlineCallbacks
+    def agree(registry):
+        yield registry.when_ready()
+        own = None if name is None else _own(view, name, registry.members.get(name))
+        keeper = _keeper(reactor, view, client, registry, request.job)
+        found = yield keeper.agree(request.low, request.high, request.settle, request.after, waiting)
+        return found, own
+
+    def timed_out(registry):
+        return CommandError(
+            EXIT_TIMEOUT,
+            f"timed out after {request.timeout:g}s: {live[0] if live else '?'} of {request.low} live"
+            f" {view.role} members present in {view.zone}",
         )
-    found, _ = yield read_members(client, view.prefix, view.zone)
-    member = found.get(name)
+
+    return (yield _following(reactor, view, client, agree, request.timeout, timed_out))
+
+
+@defer.inlineCallbacks
+def round_(reactor, view, client, out, job, as_json):
+    """
+    C{idetcd round}: the job's round as etcd holds it now, whether it
+    stands, and which live members of the role are not in it.
+    """
+
+    @defer.inlineCallbacks
+    def look(registry):
+        yield registry.when_ready()
+        keeper = _keeper(reactor, view, client, registry, job)
+        found, _ = yield keeper.current()
+        standing = found is not None and (yield keeper.standing(found))
+        everyone = yield keeper.candidates(len(registry.members))
+        return keeper.job, found, standing, everyone
+
+    name, found, standing, everyone = yield _following(reactor, view, client, look, None, None)
+    members = found.members if found else ()
+    waiting = [m for m in everyone if found is None or found.rank(m) is None]
+    if as_json:
+        report = {
+            "job": name,
+            "round": found.number if found else 0,
+            "members": [member_json(m) for m in members],
+            "alive": standing,
+            "waiting": [m.name for m in waiting],
+        }
+        out.write(json.dumps(report, indent=2) + "\n")
+        return
+    if found is None:
+        out.write(f"job {name}: no round yet; {len(waiting)} live {view.role} members\n")
+        return
+    state = "standing" if standing else "ended (a member died or left)"
+    out.write(f"job {name}: round {found.number}, {state}\n")
+    out.write("".join(f"{rank} {m.name}\n" for rank, m in enumerate(members)))
+    if waiting:
+        out.write(f"not in the round: {' '.join(m.name for m in waiting)}\n")
+
+
+def _own(view, name, member):
+    """
+    C{member}, the member etcd holds at this node's last name, if this node
+    holds it; else L{CommandError}.
+    """
     identity = view.identity()
     if member is None:
         raise CommandError(
@@ -244,8 +382,48 @@ def env(reactor, view, client, out, form, slots):
             f"this node holds no name now: it last held {name}, which node {member.node or '?'}"
             f" holds, not this node ({identity})",
         )
+    return member
+
+
+def _local(member):
+    address = (member.ipv4 + member.ipv6)[0]
+    return Local(address, interface_of(address))
+
+
+@defer.inlineCallbacks
+def env(reactor, view, client, out, err, form, slots=1, addresses=False, request=None):
+    """
+    C{idetcd env}: this node's cluster spec, once etcd confirms that the
+    name its state directory records is held by this node.  With
+    C{request} (a L{RoundRequest}), the spec of the job's agreed round, or
+    L{CommandError} with L{EXIT_SPARE} when this node is not in it.
+    """
+    name = view.state.last_name()
+    if name is None:
+        raise CommandError(
+            EXIT_NO_SPEC,
+            f"this node has not held a name: its state directory {view.state.path} records none"
+            " (is its node started, with this --state?)",
+        )
+    if request is None:
+        found, _ = yield read_members(client, view.prefix, view.zone)
+        member = _own(view, name, found.get(name))
+        members, extra = found.values(), {}
+    else:
+        agreed, member = yield _agree(reactor, view, client, err, request, name)
+        # In a round that stands, every member holds its name on the lease
+        # it was admitted with: this node's now, if it is in the round.
+        if agreed.rank(member) is None:
+            listed = " ".join(m.name for m in agreed.members)
+            raise CommandError(
+                EXIT_SPARE,
+                f"spare: {name} is not in round {agreed.number} of job {agreed.job!r}"
+                f" ({len(agreed.members)} members: {listed})",
+            )
+        members, extra = agreed.members, {"job": agreed.job, "round": agreed.number}
     try:
-        text = ClusterSpec.of(found.values(), name).render(form, slots)
+        spec = ClusterSpec.of(members, name, local=_local(member), **extra)
+        text = spec.render(form, slots, addresses)
     except SpecError as e:
         raise CommandError(EXIT_NO_SPEC, str(e)) from None
     out.write(text)

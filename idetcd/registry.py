@@ -23,16 +23,19 @@ log = Logger()
 #: Below the prefix, where nodes queue to claim a slot (see
 #: L{Registry.assignment}); "_" is never in a host name.
 QUEUE = b"_claims/"
+#: Below the prefix, every key that starts with "_" is idetcd's own
+#: bookkeeping (the claim queue, the training jobs' rounds), not a name.
+BOOKKEEPING = b"_"
 
 
 def member_from(prefix, kv):
     """
     The member that C{kv}, read under C{prefix}, holds; C{None} for a key
-    that is not a name (a claim queue's, or, with prefix "", one of etcd's
-    other keys, which are not ours to judge).  L{ValueError} says what is
-    wrong with a value that is not a valid record.
+    that is not a name (idetcd's bookkeeping, or, with prefix "", one of
+    etcd's other keys, which are not ours to judge).  L{ValueError} says
+    what is wrong with a value that is not a valid record.
     """
-    if kv.key.startswith(prefix + QUEUE) or (not prefix and not kv.key.endswith(b".")):
+    if kv.key.startswith(prefix + BOOKKEEPING) or (not prefix and not kv.key.endswith(b".")):
         return None
     name = normalize_name(kv.key[len(prefix) :].decode("ascii"))
     return Member.from_value(name, kv.value, lease=kv.lease)
@@ -45,7 +48,8 @@ class Registry(Service):
 
     Subscribers are called after every change to C{members}: those of
     L{subscribe_changes} first, with the names that changed, then those of
-    L{subscribe}, with no arguments.  C{revision} is the etcd revision of
+    L{subscribe}, with no arguments.  Those of L{subscribe_keys} follow the
+    bookkeeping keys below one sub-prefix instead.  C{revision} is the etcd revision of
     the last change to C{members}, and grows with every change; writes to
     other keys in the watched range (every key in etcd, with prefix "")
     move only C{applied}, the revision everything has been read up to.
@@ -64,6 +68,7 @@ class Registry(Service):
     _bad = attr.ib(factory=dict, init=False)  # key -> mod_revision logged
     _subscribers = attr.ib(factory=list, init=False)
     _change_subscribers = attr.ib(factory=list, init=False)
+    _key_subscribers = attr.ib(factory=list, init=False)  # (sub-prefix, callback)
     _changed_names = attr.ib(factory=set, init=False)
     _progress_waiters = attr.ib(factory=list, init=False)
     _queue = attr.ib(factory=dict, init=False)  # key -> (create_revision, lease)
@@ -167,6 +172,24 @@ class Registry(Service):
         """
         return self._add(self._change_subscribers, callback)
 
+    def subscribe_keys(self, sub, callback):
+        """
+        Call C{callback(key, kv)} for every put under C{prefix + sub} (a
+        bookkeeping sub-prefix, such as C{b"_jobs/"}), and C{callback(key,
+        None)} for every delete, as the watch applies them.  A full read
+        (at start, after a compaction) is not replayed: read the keys then
+        if you need them.  Returns a function that stops the calls.
+        """
+        return self._add(self._key_subscribers, (self.prefix + sub, callback))
+
+    def _tell_key(self, key, kv):
+        for start, callback in list(self._key_subscribers):
+            if key.startswith(start):
+                try:
+                    callback(key, kv)
+                except Exception:
+                    log.failure("registry key subscriber failed")
+
     @staticmethod
     def _add(subscribers, callback):
         subscribers.append(callback)
@@ -251,6 +274,8 @@ class Registry(Service):
                 changed |= self._forget(event.kv.key)
             else:
                 changed |= self._put(event.kv)
+            if self._key_subscribers:
+                self._tell_key(event.kv.key, None if event.deleted else event.kv)
         self.applied = max(self.applied, revision)
         if changed:
             # Writes to other keys (every key in etcd, with prefix "") do

@@ -28,6 +28,8 @@ from idetcd.metrics import node_registry
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 from idetcd.state import NodeState, state_path
+from idetcd.training.liveness import Liveness
+from idetcd.training.rounds import JOBS, RoundKeeper, round_of
 
 log = Logger()
 
@@ -97,6 +99,7 @@ class IdetcdService(OrderedMultiService):
     _waiters = attr.ib(factory=list, init=False)
     _failure = attr.ib(default=None, init=False)
     _member_waits = attr.ib(factory=set, init=False)
+    _liveness = attr.ib(default=None, init=False)
 
     def __attrs_post_init__(self):
         OrderedMultiService.__init__(self)
@@ -214,6 +217,45 @@ class IdetcdService(OrderedMultiService):
         d = when_members(self.registry, count, role, self.settings.pattern.zone)
         self._member_waits.add(d)
         return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
+
+    def when_round(self, low, high=None, job=None, settle=10.0, after=0):
+        """
+        Fires with the agreed L{Round} of C{job} (default: this node's
+        role): C{low} to C{high} (default C{low}) live members of this
+        node's role, as C{idetcd env --nnodes LOW:HIGH} agrees it, numbered
+        above C{after}.  Whether this node is in it is for the caller to
+        see (C{round.rank(member)}).  Cancel it to stop waiting; stopping
+        the node cancels it.
+        """
+        if self._liveness is None:
+            self._liveness = Liveness(self.client, self.reactor)
+        role = self.settings.pattern.role
+        keeper = RoundKeeper(
+            self.client, self.registry, self._liveness, self.reactor, self.registry.prefix,
+            job or role, role, self.settings.pattern.zone,
+        )
+        d = self.registry.when_ready().addCallback(
+            lambda _: keeper.agree(low, low if high is None else high, settle, after)
+        )
+        self._member_waits.add(d)
+        return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
+
+    def subscribe_rounds(self, callback):
+        """
+        Call C{callback(job, round)} whenever a job's round changes in etcd:
+        C{round} is the new L{Round}, or C{None} when the job's record was
+        deleted.  A running job learns this way that a new round was agreed
+        (a member died or left) and that it must re-form.  Returns a
+        function that ends the subscription.
+        """
+
+        def changed(key, kv):
+            job = key[len(self.registry.prefix + JOBS) :].decode("utf-8", "replace")
+            found = None if kv is None else round_of(job, kv)
+            if kv is None or found is not None:
+                callback(job, found)
+
+        return self.registry.subscribe_keys(JOBS, changed)
 
     def subscribe(self, callback):
         """

@@ -204,7 +204,10 @@ class TrainingJobTests(CommandCase):
             settings = _torchrun((yield self.env(node, "torchrun")))
             self.assertEqual(
                 {k: v for k, v in settings.items() if k != "NODE_RANK"},
-                {"NNODES": "3", "MASTER_ADDR": "worker1.tf.local", "MASTER_PORT": "2222"},
+                {
+                    "NNODES": "3", "MASTER_ADDR": "worker1.tf.local", "MASTER_PORT": "2222",
+                    "LOCAL_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo",
+                },
             )
             ranks.append(settings["NODE_RANK"])
         self.assertEqual(ranks, ["0", "1", "2"])

@@ -1,0 +1,256 @@
+"""
+Agreed rounds: one world per training job, written once in etcd, so that
+every node that asks gets the same members in the same order.
+
+A round of a job is recorded under the prefix at C{_jobs/JOB} with one
+transaction that succeeds only if the key is still as the writer read it,
+so of any number of nodes proposing a round at once exactly one writes it
+and the others read it.  A round stands while every member of it is alive
+on the lease it was admitted with (see L{idetcd.training.liveness}); once
+one has died or left, the next node that asks writes the next round
+without it.  Admission is deterministic: once at least C{low} live
+members of the role are present (and, below C{high}, once C{settle}
+seconds have passed or C{high} are present), the round takes up to C{high}
+live members, lowest slots first.  A member's rank in a round is its
+position in it.
+"""
+
+import json
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from idetcd.clusterspec import member_order
+from idetcd.members import Member
+from idetcd.membership import member_filter
+
+log = Logger()
+
+#: Below the prefix: one key per job, holding its current round.
+JOBS = b"_jobs/"
+
+#: How often membership is looked at again while waiting, since a member
+#: dies (its lease goes overdue) without any change in etcd's keys.
+RECHECK = 1.0
+
+
+class RoundError(Exception):
+    """
+    The rounds of a job cannot be read or agreed; the message says why.
+    """
+
+
+def round_key(prefix, job):
+    """
+    The etcd key holding C{job}'s current round.
+    """
+    return prefix + JOBS + job.encode("utf-8")
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Round:
+    """
+    One agreed world of a job: its members in rank order (each with the
+    lease it was admitted on), the round's number, and the etcd revision
+    it was written at.
+    """
+
+    job: str
+    number: int
+    members: tuple
+    revision: int = 0
+
+    def rank(self, member):
+        """
+        The rank of C{member} in this round, or C{None} if it is not in it
+        on the same lease.
+        """
+        for rank, listed in enumerate(self.members):
+            if listed.name == member.name and listed.lease == member.lease:
+                return rank
+        return None
+
+    def to_value(self):
+        return json.dumps(
+            {
+                "job": self.job,
+                "round": self.number,
+                "members": [
+                    {"name": m.name, "lease": f"{m.lease:x}", "value": json.loads(m.to_value())}
+                    for m in self.members
+                ],
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+
+    @classmethod
+    def from_kv(cls, kv):
+        """
+        The round C{kv} holds; L{ValueError} says what is wrong with a value
+        that is not one.
+        """
+        try:
+            data = json.loads(kv.value)
+            members = tuple(
+                Member.from_value(entry["name"], json.dumps(entry["value"]), lease=int(entry["lease"], 16))
+                for entry in data["members"]
+            )
+            number = data["round"]
+            job = data["job"]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a round record: {e!r}") from None
+        if not isinstance(number, int) or number < 1 or not isinstance(job, str):
+            raise ValueError("not a round record: round must be a positive integer, job a string")
+        return cls(job, number, members, kv.mod_revision)
+
+
+def round_of(job, kv):
+    """
+    The L{Round} of C{job} that C{kv} holds, or C{None} (logged) if its
+    value is not one: a garbage value is skipped, as for names.
+    """
+    try:
+        return Round.from_kv(kv)
+    except ValueError as e:
+        log.warn("skipping the round of job {job!r} in etcd: {error}", job=job, error=str(e))
+        return None
+
+
+def parse_nnodes(text):
+    """
+    C{N} or C{N:M} as C{(N, M)}; L{ValueError} unless 1 <= N <= M.
+    """
+    low, colon, high = text.partition(":")
+    try:
+        low = int(low)
+        high = int(high) if colon else low
+    except ValueError:
+        raise ValueError(f"expected N or N:M (whole numbers), got {text!r}") from None
+    if not 1 <= low <= high:
+        raise ValueError(f"expected N or N:M with 1 <= N <= M, got {text!r}")
+    return low, high
+
+
+@attr.s(eq=False)
+class RoundKeeper:
+    """
+    Reads and agrees the rounds of C{job}, whose members are the live
+    members of C{role} in C{zone}, as the L{Registry} C{registry} (of
+    C{client}, under C{prefix}) knows them; C{liveness} (a L{Liveness})
+    tells which leases are alive.
+    """
+
+    client = attr.ib()
+    registry = attr.ib()
+    liveness = attr.ib()
+    reactor = attr.ib()
+    prefix = attr.ib()
+    job = attr.ib()
+    role = attr.ib()
+    zone = attr.ib()
+
+    @property
+    def key(self):
+        return round_key(self.prefix, self.job)
+
+    @defer.inlineCallbacks
+    def current(self):
+        """
+        The job's round as etcd holds it now, or C{None}, and the key's
+        L{KeyValue} (C{None} when absent), once the registry has applied
+        every change up to it.
+        """
+        kvs, _ = yield self.client.range(self.key)
+        kv = kvs[0] if kvs else None
+        # The members a round names were written before it.
+        yield self.registry.when_caught_up(kv.mod_revision if kv else 0)
+        return (None if kv is None else round_of(self.job, kv)), kv
+
+    @defer.inlineCallbacks
+    def standing(self, round_):
+        """
+        Whether every member of C{round_} still holds its name on the lease
+        it was admitted with, and that lease is alive.
+        """
+        present = all(
+            (held := self.registry.members.get(m.name)) is not None and held.lease == m.lease
+            for m in round_.members
+        )
+        if not present:
+            return False
+        alive = yield self.liveness.alive([m.lease for m in round_.members])
+        return all(m.lease in alive for m in round_.members)
+
+    @defer.inlineCallbacks
+    def candidates(self, high):
+        """
+        Up to C{high} live members of the role, lowest slots first.
+        """
+        wanted = member_filter(self.role, self.zone)
+        present = sorted((m for m in self.registry.members.values() if wanted(m)), key=member_order)
+        chosen = []
+        # Lowest slots first, a batch at a time: the leases of members past
+        # the first C{high} live ones are never looked up.
+        while present and len(chosen) < high:
+            batch, present = present[: high - len(chosen)], present[high - len(chosen) :]
+            alive = yield self.liveness.alive([m.lease for m in batch])
+            chosen.extend(m for m in batch if m.lease in alive)
+        return chosen
+
+    @defer.inlineCallbacks
+    def agree(self, low, high, settle=0.0, after=0, on_waiting=None):
+        """
+        The job's round once agreed: the current one if it is numbered above
+        C{after} and still standing, else a new one written by this call or
+        by another node's.  C{on_waiting(live)} is told how many live
+        members there are while fewer than C{low}.
+        """
+        settle_from = None
+        while True:
+            current, kv = yield self.current()
+            if current is not None and current.number > after and (yield self.standing(current)):
+                return current
+            chosen = yield self.candidates(high)
+            now = self.reactor.seconds()
+            if len(chosen) < low:
+                settle_from = None
+                if on_waiting is not None:
+                    on_waiting(len(chosen))
+            elif len(chosen) < high and settle > 0 and (settle_from is None or now - settle_from < settle):
+                # Enough to start, but more may be on their way.
+                if settle_from is None:
+                    settle_from = now
+            else:
+                number = max(current.number if current else 0, after) + 1
+                proposal = Round(self.job, number, tuple(chosen))
+                result = yield self.client.create(self.key, proposal.to_value(), replacing=kv)
+                if result.succeeded:
+                    log.info(
+                        "agreed round {number} of job {job!r}: {names}",
+                        number=number,
+                        job=self.job,
+                        names=" ".join(m.name for m in chosen),
+                    )
+                    return attr.evolve(proposal, revision=result.revision)
+                continue  # another node wrote a round meanwhile: read it
+            yield self._next_look(settle_from, settle)
+
+    def _next_look(self, settle_from, settle):
+        """
+        Fires at the next change to the members, or after L{RECHECK}
+        seconds (a member dies without a change), or when settling ends.
+        """
+        delay = RECHECK
+        if settle_from is not None:
+            delay = max(0.0, min(delay, settle_from + settle - self.reactor.seconds()))
+        changed = self.registry.when_caught_up(self.registry.applied + 1)
+        timer = self.reactor.callLater(delay, changed.cancel)
+
+        def settled(result):
+            if timer.active():
+                timer.cancel()
+                return result  # a change, or the caller's cancel
+            return None  # the timer's own cancel: time to look again
+
+        return changed.addBoth(settled)
