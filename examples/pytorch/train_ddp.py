@@ -2,8 +2,8 @@
 A few steps of DistributedDataParallel training on CPU (the gloo backend),
 started by torchrun from launch.sh: torchrun sets RANK, WORLD_SIZE,
 MASTER_ADDR and MASTER_PORT for every process.  Every rank prints one line
-a step, ``rank R/W step S loss L``: after each step every rank holds the
-same model, its gradients averaged over all of them.
+a step, ``rank R/W step S loss L``, and at the end its weights' sum, the
+same on every rank: the gradients are averaged over all of them.
 """
 
 import torch
@@ -24,6 +24,8 @@ def main(steps=5):
         loss.backward()  # all-reduces the gradients over every rank
         optimizer.step()
         print(f"rank {rank}/{world} step {step} loss {loss.item():.3f}", flush=True)
+    total = sum(p.sum().item() for p in model.parameters())
+    print(f"rank {rank}/{world} done, weights sum {total:.6f}", flush=True)
     dist.destroy_process_group()
 
 
