@@ -433,6 +433,28 @@ class Network:
         host.node = Node(corefile, state, process, notified.ready)
         return host.node
 
+    def rsh_agent(self):
+        """
+        Write an rsh agent for C{mpirun --mca plm_rsh_agent}, in place of
+        ssh: it runs the command it is given for a host in the namespace
+        that holds the host's address.  Returns its path.
+        """
+        path = os.path.join(self.directory, "rsh")
+        cases = "".join(f"    {host.address}) namespace={host.namespace} ;;\n" for host in self.hosts)
+        with open(path, "w") as f:
+            f.write(
+                "#!/bin/sh\n"
+                "# rsh agent: HOST COMMAND... runs COMMAND on the namespace host with HOST's address.\n"
+                "address=$(getent hosts \"$1\" | awk '{ print $1; exit }')\n"
+                f'case "$address" in\n{cases}'
+                '    *) echo "$0: no host $1 here" >&2; exit 255 ;;\n'
+                "esac\n"
+                "shift\n"
+                'exec ip netns exec "$namespace" /bin/sh -c "$*"\n'
+            )
+        os.chmod(path, 0o755)
+        return path
+
     @defer.inlineCallbacks
     def close(self):
         """

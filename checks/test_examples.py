@@ -267,3 +267,29 @@ class TensorFlowTests(unittest.TestCase):
         statuses = yield job.statuses(self, 360)
         self.assertEqual(statuses, [0] * WORKERS, job.failure)
         job.report("TensorFlow (MultiWorkerMirroredStrategy)", job.check(self, "worker"))
+
+
+class OpenMPITests(unittest.TestCase):
+    """
+    C{examples/mpi}: C{mpirun} with the hostfile of C{idetcd env --format
+    hostfile --nnodes N}, from the host of rank 0, starts a process on
+    every host.
+    """
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_hostfile(self):
+        """
+        One process on each host, ranks 0 to N-1, reached by name.
+        """
+        hosts = yield network(self, WORKERS)
+        # In place of ssh, which these hosts do not run.
+        mpirun = f"--mca plm_rsh_agent {hosts.rsh_agent()} --allow-run-as-root --tag-output"
+        launch = ["sh", os.path.join(EXAMPLES, "mpi", "launch.sh"), "hostname", "-I"]
+        job = yield Job.start(hosts, 22, launch, environ={"MPIRUN_ARGS": mpirun})
+        statuses = yield job.statuses(self, 120)
+        self.assertEqual(statuses, [0] * WORKERS, job.failure)
+        ran = {m["rank"]: m["address"] for found in job.lines(r"^\[1,(?P<rank>\d+)\]<stdout>:(?P<address>\S+)") for _, m in found}
+        self.assertEqual(ran.keys(), {str(i) for i in range(WORKERS)}, job.failure)
+        self.assertEqual(set(ran.values()), {host.address for host in hosts.hosts}, job.failure)
