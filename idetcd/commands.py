@@ -11,12 +11,12 @@ from twisted.internet import defer
 from idetcd.clusterspec import ClusterSpec, Local, SpecError, member_json, member_order
 from idetcd.corefile import CorefileError, load
 from idetcd.etcd import EtcdClient, EtcdError, EtcdSetupError, EtcdUnavailable
-from idetcd.membership import member_filter, when_members
+from idetcd.membership import member_filter
 from idetcd.registry import Registry
 from idetcd.state import NodeState, state_path
 from idetcd.snapshot import lease_times, read_members
 from idetcd.training.interfaces import interface_of
-from idetcd.training.liveness import Liveness
+from idetcd.training.liveness import Liveness, when_live_members
 from idetcd.training.rounds import RoundKeeper
 
 #: Exit statuses, as the README lists them.
@@ -249,7 +249,7 @@ def wait(reactor, view, client, out, err, count, role, timeout, as_json, request
     else:
         members = yield _following(
             reactor, view, client,
-            lambda registry: _enough(view, registry, err, count, role),
+            lambda registry: _enough(reactor, view, client, registry, err, count, role),
             timeout,
             lambda registry: CommandError(
                 EXIT_TIMEOUT,
@@ -274,8 +274,8 @@ def _present(view, registry, role):
     return sum(1 for member in registry.members.values() if wanted(member))
 
 
-def _enough(view, registry, err, count, role):
-    enough = when_members(registry, count, role, view.zone)
+def _enough(reactor, view, client, registry, err, count, role):
+    enough = when_live_members(registry, Liveness(client, reactor), reactor, count, role, view.zone)
 
     def waiting(_):
         if not enough.called:

@@ -56,3 +56,20 @@ def when_members(registry, count, role=None, zone=None):
     unsubscribe = registry.subscribe_changes(changed)
     check()
     return d
+
+
+def next_change(registry, reactor, delay):
+    """
+    Fires at C{registry}'s next change under its prefix, or after C{delay}
+    seconds, whichever comes first; cancelling it cancels both.
+    """
+    changed = registry.when_caught_up(registry.applied + 1)
+    timer = reactor.callLater(delay, changed.cancel)
+
+    def settled(result):
+        if timer.active():
+            timer.cancel()
+            return result  # a change, or the caller's cancel
+        return None  # the timer's own cancel: time to look again
+
+    return changed.addBoth(settled)

@@ -23,12 +23,11 @@ from idetcd.http import HttpEndpoint, health_site, metrics_site, ready_site
 from idetcd.identity import NodeIdentity
 from idetcd.ordered import OrderedMultiService
 from idetcd.peers import reverse_zones
-from idetcd.membership import when_members
 from idetcd.metrics import node_registry
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 from idetcd.state import NodeState, state_path
-from idetcd.training.liveness import Liveness
+from idetcd.training.liveness import Liveness, when_live_members
 from idetcd.training.rounds import JOBS, RoundKeeper, round_of
 
 log = Logger()
@@ -99,7 +98,7 @@ class IdetcdService(OrderedMultiService):
     _waiters = attr.ib(factory=list, init=False)
     _failure = attr.ib(default=None, init=False)
     _member_waits = attr.ib(factory=set, init=False)
-    _liveness = attr.ib(default=None, init=False)
+    _liveness = attr.ib(init=False)
 
     def __attrs_post_init__(self):
         OrderedMultiService.__init__(self)
@@ -120,6 +119,7 @@ class IdetcdService(OrderedMultiService):
         prefix = settings.prefix.encode("utf-8")
         self._add("etcd-client", EtcdConnection(self.client, prefix, self.etcd, self.state.remember_etcd_url))
         self.registry = self._add("registry", Registry(self.client, prefix, self.reactor))
+        self._liveness = Liveness(self.client, self.reactor)
         authority = ZoneAuthority(
             settings.pattern.zone,
             self.registry,
@@ -210,11 +210,15 @@ class IdetcdService(OrderedMultiService):
 
     def when_members(self, count, role=None):
         """
-        Fires with the members of C{role} (of every role for C{None}) in
-        this node's zone, by role then slot, once at least C{count} are
-        present.  Cancel it to stop waiting; stopping the node cancels it.
+        Fires with the live members of C{role} (of every role for C{None})
+        in this node's zone, by role then slot, once at least C{count} are
+        present and alive: a member whose holder stopped renewing its lease
+        does not count (see L{idetcd.training.liveness}).  Cancel it to stop
+        waiting; stopping the node cancels it.
         """
-        d = when_members(self.registry, count, role, self.settings.pattern.zone)
+        d = when_live_members(
+            self.registry, self._liveness, self.reactor, count, role, self.settings.pattern.zone
+        )
         self._member_waits.add(d)
         return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
 
@@ -227,8 +231,6 @@ class IdetcdService(OrderedMultiService):
         see (C{round.rank(member)}).  Cancel it to stop waiting; stopping
         the node cancels it.
         """
-        if self._liveness is None:
-            self._liveness = Liveness(self.client, self.reactor)
         role = self.settings.pattern.role
         keeper = RoundKeeper(
             self.client, self.registry, self._liveness, self.reactor, self.registry.prefix,

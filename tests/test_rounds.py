@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from idetcd.clusterspec import ClusterSpec, Local
-from idetcd.commands import EXIT_ETCD, EXIT_SPARE
+from idetcd.commands import EXIT_ETCD, EXIT_SPARE, EXIT_TIMEOUT
 from idetcd.etcd import EtcdClient, KeyValue, LeaseInfo
 from idetcd.members import Member
 from idetcd.training.liveness import overdue
@@ -21,7 +21,7 @@ from idetcd.training.rounds import Round, parse_nnodes, round_key
 from tests.etcdserver import enable_auth, start_etcd, start_secure_etcd
 from tests.test_cli import CommandCase
 from tests.test_secure import start_node
-from tests.test_etcd import wait_for
+from tests.test_etcd import sleep, wait_for
 
 #: Lease 6: a live node renews every 2 s and is counted dead 3 s after its
 #: last renewal; room for a busy 2-core box.
@@ -111,6 +111,18 @@ class RoundCase(CommandCase):
         self.assertIn(f"idetcd: spare: {name} is not in round {number} of job 'worker'", output)
         self.assertNotIn("Traceback", output)
 
+    @defer.inlineCallbacks
+    def until_overdue(self, client, key):
+        """
+        Wait until the lease holding C{key} is overdue: its holder is dead.
+        """
+        kvs, _ = yield client.range(key)
+        for _ in range(150):  # 30 s
+            if overdue((yield client.lease_time_to_live(kvs[0].lease))):
+                return
+            yield sleep(0.2)
+        self.fail(f"the lease of {key!r} never went overdue")
+
     def etcd_client(self):
         client = EtcdClient([self.etcd.client_url], reactor)
         self.addCleanup(client.close)
@@ -121,7 +133,9 @@ class AgreementTests(RoundCase):
 
     @defer.inlineCallbacks
     def test_five_nodes_four_places_then_a_member_dies(self):
-        corefile = self.job_corefile()
+        # Lease 20: a dead member is overdue 10 s after its last renewal,
+        # and its key lasts at least 13 s after the kill.
+        corefile = self.job_corefile().replace("lease 6", "lease 20")
         nodes = yield self.nodes(5, corefile)
         names = [node.name for node in nodes]
 
@@ -134,13 +148,14 @@ class AgreementTests(RoundCase):
         self.assert_one_world(answers, names[:4], 1)
         self.assert_spare(answers, names[4], 1)
 
-        # worker2 dies; the survivors agree a new round without it while
-        # etcd still holds its key (its lease has not run out).
+        # worker2 dies; once its lease is overdue, the survivors agree a new
+        # round without it, while etcd still holds its key.
         client = self.etcd_client()
         dead = nodes[1]
         key = PREFIX + dead.name.encode()
         dead.process.signalProcess(signal.SIGKILL)
         yield dead.ended
+        yield self.until_overdue(client, key)
         survivors = [n for n in nodes if n is not dead]
         answers = yield self.ask(survivors, "--nnodes", "4", "--timeout", "60")
         world = self.assert_one_world(answers, [n.name for n in survivors], 2)
@@ -224,6 +239,38 @@ class AgreementTests(RoundCase):
         printed = json.loads(waiting.stdout)
         self.assertEqual(printed["round"], 1)
         self.assertEqual([m["name"] for m in printed["members"]], [n.name for n in nodes])
+
+
+class DeadMemberTests(RoundCase):
+
+    @defer.inlineCallbacks
+    def test_a_barrier_leaves_out_a_member_once_overdue(self):
+        """
+        A killed member counts no more once its lease is overdue, though
+        etcd still holds its key: lease 20, so it is overdue from 10 s
+        after its last renewal and its key lasts at least 13 s after the
+        kill.
+        """
+        corefile = self.job_corefile().replace("lease 6", "lease 20")
+        nodes = yield self.nodes(3, corefile)
+        client = self.etcd_client()
+        key = PREFIX + nodes[1].name.encode()
+        kvs, _ = yield client.range(key)
+        nodes[1].process.signalProcess(signal.SIGKILL)
+        yield nodes[1].ended
+        yield self.until_overdue(client, key)
+        status, out, output = yield self.idetcd(
+            "wait", "3", "--timeout", "1", "--corefile", corefile
+        )
+        self.assertEqual(status, EXIT_TIMEOUT, output)
+        status, out, output = yield self.idetcd(
+            "wait", "2", "--timeout", "5", "--corefile", corefile
+        )
+        self.assertEqual((status, out.split()), (0, [nodes[0].name, nodes[2].name]), output)
+        answers = yield self.ask([nodes[0], nodes[2]], "--nnodes", "2:3", "--settle", "0")
+        self.assert_one_world(answers, [nodes[0].name, nodes[2].name], 1)
+        still, _ = yield client.range(key)
+        self.assertEqual([kv.lease for kv in still], [kvs[0].lease], "the key expired: the check proves nothing")
 
 
 class SecureRoundTests(RoundCase):

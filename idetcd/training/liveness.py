@@ -14,7 +14,12 @@ dead once half its TTL (10 s: 5 s; 3 s: 2 s) has passed.
 import attr
 from twisted.internet import defer
 
+from idetcd.membership import next_change, when_members
 from idetcd.snapshot import lease_infos
+
+#: How often members are looked at again while waiting for live ones, since
+#: a member dies (its lease goes overdue) without any change in etcd's keys.
+RECHECK = 1.0
 
 
 def overdue(info):
@@ -40,7 +45,8 @@ class Liveness:
     @defer.inlineCallbacks
     def alive(self, leases):
         """
-        The subset of C{leases} that are alive now.
+        The subset of C{leases} that are alive now; a key on no lease (0)
+        never expires, and counts as alive.
         """
         now = self.reactor.seconds()
         unknown = [lease for lease in set(leases) if self._alive_until.get(lease, 0) <= now]
@@ -51,4 +57,21 @@ class Liveness:
             else:
                 self._alive_until[lease] = now + info.ttl - info.granted_ttl / 2
         now = self.reactor.seconds()
-        return {lease for lease in leases if lease and self._alive_until.get(lease, 0) > now}
+        return {lease for lease in leases if not lease or self._alive_until.get(lease, 0) > now}
+
+
+@defer.inlineCallbacks
+def when_live_members(registry, liveness, reactor, count, role=None, zone=None):
+    """
+    Fire with the live members of C{role} in C{zone}, by role then slot,
+    once at least C{count} are present and alive: L{when_members}, and the
+    members it gives checked with C{liveness}.  A dead member among them
+    makes it wait for the next change, or L{RECHECK} seconds.
+    """
+    while True:
+        found = yield when_members(registry, count, role, zone)
+        alive = yield liveness.alive([member.lease for member in found])
+        live = [member for member in found if member.lease in alive]
+        if len(live) >= count:
+            return live
+        yield next_change(registry, reactor, RECHECK)

@@ -23,16 +23,13 @@ from twisted.logger import Logger
 
 from idetcd.clusterspec import member_order
 from idetcd.members import Member
-from idetcd.membership import member_filter
+from idetcd.membership import member_filter, next_change
+from idetcd.training.liveness import RECHECK
 
 log = Logger()
 
 #: Below the prefix: one key per job, holding its current round.
 JOBS = b"_jobs/"
-
-#: How often membership is looked at again while waiting, since a member
-#: dies (its lease goes overdue) without any change in etcd's keys.
-RECHECK = 1.0
 
 
 class RoundError(Exception):
@@ -234,23 +231,7 @@ class RoundKeeper:
                     )
                     return attr.evolve(proposal, revision=result.revision)
                 continue  # another node wrote a round meanwhile: read it
-            yield self._next_look(settle_from, settle)
-
-    def _next_look(self, settle_from, settle):
-        """
-        Fires at the next change to the members, or after L{RECHECK}
-        seconds (a member dies without a change), or when settling ends.
-        """
-        delay = RECHECK
-        if settle_from is not None:
-            delay = max(0.0, min(delay, settle_from + settle - self.reactor.seconds()))
-        changed = self.registry.when_caught_up(self.registry.applied + 1)
-        timer = self.reactor.callLater(delay, changed.cancel)
-
-        def settled(result):
-            if timer.active():
-                timer.cancel()
-                return result  # a change, or the caller's cancel
-            return None  # the timer's own cancel: time to look again
-
-        return changed.addBoth(settled)
+            delay = RECHECK
+            if settle_from is not None:
+                delay = max(0.0, min(delay, settle_from + settle - now))
+            yield next_change(self.registry, self.reactor, delay)
