@@ -11,12 +11,11 @@ from twisted.internet import defer
 from idetcd.clusterspec import ClusterSpec, Local, SpecError, member_json, member_order
 from idetcd.corefile import CorefileError, load
 from idetcd.etcd import EtcdClient, EtcdError, EtcdSetupError, EtcdUnavailable
-from idetcd.membership import member_filter
+from idetcd.membership import live_filter, when_members
 from idetcd.registry import Registry
 from idetcd.state import NodeState, state_path
 from idetcd.snapshot import lease_times, read_members
 from idetcd.training.interfaces import interface_of
-from idetcd.training.liveness import Liveness, when_live_members
 from idetcd.training.rounds import RoundKeeper
 
 #: Exit statuses, as the README lists them.
@@ -249,12 +248,12 @@ def wait(reactor, view, client, out, err, count, role, timeout, as_json, request
     else:
         members = yield _following(
             reactor, view, client,
-            lambda registry: _enough(reactor, view, client, registry, err, count, role),
+            lambda registry: _enough(view, registry, err, count, role),
             timeout,
             lambda registry: CommandError(
                 EXIT_TIMEOUT,
                 f"timed out after {timeout:g}s: {_present(view, registry, role)} of {count}"
-                f" {_what(role)} present in {view.zone}",
+                f" live {_what(role)} present in {view.zone}",
             ),
         )
         extra = {}
@@ -270,12 +269,12 @@ def _what(role):
 
 
 def _present(view, registry, role):
-    wanted = member_filter(role, view.zone)
+    wanted = live_filter(registry, role, view.zone)
     return sum(1 for member in registry.members.values() if wanted(member))
 
 
-def _enough(reactor, view, client, registry, err, count, role):
-    enough = when_live_members(registry, Liveness(client, reactor), reactor, count, role, view.zone)
+def _enough(view, registry, err, count, role):
+    enough = when_members(registry, count, role, view.zone)
 
     def waiting(_):
         if not enough.called:
@@ -288,9 +287,7 @@ def _enough(reactor, view, client, registry, err, count, role):
 
 
 def _keeper(reactor, view, client, registry, job):
-    return RoundKeeper(
-        client, registry, Liveness(client, reactor), reactor, view.prefix, job or view.role, view.role, view.zone
-    )
+    return RoundKeeper(client, registry, reactor, view.prefix, job or view.role, view.role, view.zone)
 
 
 @defer.inlineCallbacks
@@ -336,14 +333,11 @@ def round_(reactor, view, client, out, job, as_json):
     def look(registry):
         yield registry.when_ready()
         keeper = _keeper(reactor, view, client, registry, job)
-        found, _ = yield keeper.current()
-        standing = found is not None and (yield keeper.standing(found))
-        everyone = yield keeper.candidates(len(registry.members))
-        return keeper.job, found, standing, everyone
+        found, _ = keeper.current()
+        return keeper.job, found, found is not None and keeper.standing(found), keeper.outside(found)
 
-    name, found, standing, everyone = yield _following(reactor, view, client, look, None, None)
+    name, found, standing, waiting = yield _following(reactor, view, client, look, None, None)
     members = found.members if found else ()
-    waiting = [m for m in everyone if found is None or found.rank(m) is None]
     if as_json:
         report = {
             "job": name,

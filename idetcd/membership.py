@@ -1,6 +1,7 @@
 """
-A barrier on membership: a Deferred that fires once enough members (of one
-role) are present, for ``node.when_members`` and ``idetcd wait``.
+A barrier on membership: a Deferred that fires once enough live members
+(of one role) are present, for ``node.when_members`` and ``idetcd wait``.
+A member marked dead (see L{idetcd.training.liveness}) does not count.
 
 It follows the registry's changes, so it costs one pass over the members
 when it starts and then only the names that changed: thousands of members
@@ -30,13 +31,23 @@ def member_filter(role=None, zone=None):
     )
 
 
-def when_members(registry, count, role=None, zone=None):
+def live_filter(registry, role=None, zone=None):
     """
-    Fire with the members of C{role} (every role for C{None}) in C{zone},
-    by role then slot, once C{registry} has read etcd and holds at least
-    C{count} of them.  Cancelling the Deferred stops following changes.
+    A test for members of C{role} in C{zone} that C{registry} holds and
+    does not know dead.
     """
     wanted = member_filter(role, zone)
+    return lambda member: wanted(member) and not registry.is_dead(member)
+
+
+def when_members(registry, count, role=None, zone=None):
+    """
+    Fire with the live members of C{role} (every role for C{None}) in
+    C{zone}, by role then slot, once C{registry} has read etcd and holds at
+    least C{count} of them.  Cancelling the Deferred stops following
+    changes.
+    """
+    wanted = live_filter(registry, role, zone)
     present = {name for name, member in registry.members.items() if wanted(member)}
 
     def check():
@@ -58,12 +69,15 @@ def when_members(registry, count, role=None, zone=None):
     return d
 
 
-def next_change(registry, reactor, delay):
+def next_change(registry, reactor, delay=None):
     """
     Fires at C{registry}'s next change under its prefix, or after C{delay}
-    seconds, whichever comes first; cancelling it cancels both.
+    seconds (C{None}: never), whichever comes first; cancelling it cancels
+    both.
     """
     changed = registry.when_caught_up(registry.applied + 1)
+    if delay is None:
+        return changed
     timer = reactor.callLater(delay, changed.cancel)
 
     def settled(result):

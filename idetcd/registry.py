@@ -24,8 +24,24 @@ log = Logger()
 #: L{Registry.assignment}); "_" is never in a host name.
 QUEUE = b"_claims/"
 #: Below the prefix, every key that starts with "_" is idetcd's own
-#: bookkeeping (the claim queue, the training jobs' rounds), not a name.
+#: bookkeeping (the claim queue, the dead marks, the training jobs'
+#: rounds), not a name.
 BOOKKEEPING = b"_"
+#: Below the prefix, a mark that a member's holder stopped renewing its
+#: lease (see L{idetcd.training.liveness}): one key per name, on the
+#: member's own lease, so it goes with it.
+DEAD = b"_dead/"
+
+#: Below the prefix, each training job's current round (see
+#: L{idetcd.training.rounds}).
+JOBS = b"_jobs/"
+
+
+def dead_key(prefix, name):
+    """
+    The key of the mark that the member holding C{name} is dead.
+    """
+    return prefix + DEAD + name.encode("ascii")
 
 
 def member_from(prefix, kv):
@@ -53,6 +69,9 @@ class Registry(Service):
     the last change to C{members}, and grows with every change; writes to
     other keys in the watched range (every key in etcd, with prefix "")
     move only C{applied}, the revision everything has been read up to.
+    A member marked dead stays in C{members} (its name is answered until
+    etcd drops it); L{is_dead} tells, and change subscribers hear of the
+    mark as a change of its name.
     """
 
     client = attr.ib()
@@ -62,6 +81,8 @@ class Registry(Service):
     #: How often, at most, a failed read of every member is logged.
     warn_interval = attr.ib(default=30.0)
     members = attr.ib(factory=dict, init=False)
+    dead = attr.ib(factory=dict, init=False)  # name -> the lease marked dead
+    jobs = attr.ib(factory=dict, init=False)  # key under JOBS -> KeyValue
     revision = attr.ib(default=0, init=False)
     applied = attr.ib(default=0, init=False)
     _names = attr.ib(factory=dict, init=False)  # key -> name
@@ -150,6 +171,12 @@ class Registry(Service):
         self._assignments[tag] = (self.applied, matching)
         return matching
 
+    def is_dead(self, member):
+        """
+        Whether C{member}, on its lease, is marked dead.
+        """
+        return bool(member.lease) and self.dead.get(member.name) == member.lease
+
     def is_free(self, name):
         """
         Whether no key holds C{name}: neither a member nor a garbage value.
@@ -236,7 +263,7 @@ class Registry(Service):
         for key in list(self._queue):
             if key not in present:
                 self._forget(key)
-        for key in list(self._names):
+        for key in [*self._names, *self.jobs, *(dead_key(self.prefix, name) for name in self.dead)]:
             if key not in present:
                 self._forget(key)
         for kv in kvs:
@@ -282,6 +309,8 @@ class Registry(Service):
             # not move the zone.
             self._advance(revision)
             self._changed()
+        elif self._changed_names:
+            self._changed()  # dead marks: no change to the zone's records
         self._progressed()
 
     def _advance(self, revision):
@@ -295,6 +324,14 @@ class Registry(Service):
         """
         if kv.key.startswith(self.prefix + QUEUE):
             self._queue[kv.key] = (kv.create_revision, kv.lease)
+            return False
+        if kv.key.startswith(self.prefix + DEAD):
+            name = kv.key[len(self.prefix + DEAD) :].decode("ascii", "replace")
+            self.dead[name] = kv.lease
+            self._changed_names.add(name)
+            return False
+        if kv.key.startswith(self.prefix + JOBS):
+            self.jobs[kv.key] = kv
             return False
         try:
             member = member_from(self.prefix, kv)
@@ -326,6 +363,12 @@ class Registry(Service):
         """
         self._bad.pop(key, None)
         self._queue.pop(key, None)
+        self.jobs.pop(key, None)
+        if key.startswith(self.prefix + DEAD):
+            name = key[len(self.prefix + DEAD) :].decode("ascii", "replace")
+            if self.dead.pop(name, None) is not None:
+                self._changed_names.add(name)
+            return False
         name = self._names.pop(key, None)
         if name is None or self.members.pop(name, None) is None:
             return False

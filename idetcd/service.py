@@ -27,8 +27,10 @@ from idetcd.metrics import node_registry
 from idetcd.registry import Registry
 from idetcd.server import DNSServer
 from idetcd.state import NodeState, state_path
-from idetcd.training.liveness import Liveness, when_live_members
-from idetcd.training.rounds import JOBS, RoundKeeper, round_of
+from idetcd.membership import when_members
+from idetcd.registry import JOBS
+from idetcd.training.liveness import LookAfter, look_after_period
+from idetcd.training.rounds import RoundKeeper, round_of
 
 log = Logger()
 
@@ -98,7 +100,6 @@ class IdetcdService(OrderedMultiService):
     _waiters = attr.ib(factory=list, init=False)
     _failure = attr.ib(default=None, init=False)
     _member_waits = attr.ib(factory=set, init=False)
-    _liveness = attr.ib(init=False)
 
     def __attrs_post_init__(self):
         OrderedMultiService.__init__(self)
@@ -119,7 +120,6 @@ class IdetcdService(OrderedMultiService):
         prefix = settings.prefix.encode("utf-8")
         self._add("etcd-client", EtcdConnection(self.client, prefix, self.etcd, self.state.remember_etcd_url))
         self.registry = self._add("registry", Registry(self.client, prefix, self.reactor))
-        self._liveness = Liveness(self.client, self.reactor)
         authority = ZoneAuthority(
             settings.pattern.zone,
             self.registry,
@@ -168,6 +168,13 @@ class IdetcdService(OrderedMultiService):
             ),
         )
         self._add("claimer", self.claimer)
+        self._add(
+            "look-after",
+            LookAfter(
+                self.client, self.registry, self.claimer, self.reactor, settings.pattern.role,
+                settings.pattern.zone, look_after_period(settings.lease),
+            ),
+        )
 
     def _add(self, name, child):
         if child.name is None:
@@ -216,9 +223,7 @@ class IdetcdService(OrderedMultiService):
         does not count (see L{idetcd.training.liveness}).  Cancel it to stop
         waiting; stopping the node cancels it.
         """
-        d = when_live_members(
-            self.registry, self._liveness, self.reactor, count, role, self.settings.pattern.zone
-        )
+        d = when_members(self.registry, count, role, self.settings.pattern.zone)
         self._member_waits.add(d)
         return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
 
@@ -233,12 +238,10 @@ class IdetcdService(OrderedMultiService):
         """
         role = self.settings.pattern.role
         keeper = RoundKeeper(
-            self.client, self.registry, self._liveness, self.reactor, self.registry.prefix,
-            job or role, role, self.settings.pattern.zone,
+            self.client, self.registry, self.reactor, self.registry.prefix, job or role, role,
+            self.settings.pattern.zone,
         )
-        d = self.registry.when_ready().addCallback(
-            lambda _: keeper.agree(low, low if high is None else high, settle, after)
-        )
+        d = keeper.agree(low, low if high is None else high, settle, after)
         self._member_waits.add(d)
         return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
 

@@ -37,33 +37,26 @@ def read_members(client, prefix, zone):
     return members, revision
 
 
+@defer.inlineCallbacks
 def lease_times(client, leases, concurrency=LEASE_LOOKUPS):
     """
-    The seconds left on each of C{leases}, as {lease: seconds, or C{None}
-    for a lease gone since}; see L{lease_infos}.
-    """
-    d = lease_infos(client, leases, concurrency)
-    return d.addCallback(lambda infos: {lease: info and info.ttl for lease, info in infos.items()})
-
-
-@defer.inlineCallbacks
-def lease_infos(client, leases, concurrency=LEASE_LOOKUPS):
-    """
-    What etcd knows of each of C{leases} (0, no lease, is skipped), as
-    {lease: L{LeaseInfo}, or C{None} for a lease gone}, asking with at most
-    C{concurrency} lookups in flight.  The first failure cancels the rest
-    and is raised.
+    The seconds left on each of C{leases} (0, no lease, is skipped), as
+    {lease: seconds, or C{None} for a lease gone since}, asking etcd with at
+    most C{concurrency} lookups in flight.  The first failure cancels the
+    rest and is raised.
     """
     pending = iter(sorted(set(leases) - {0}))
-    infos = {}
+    times = {}
 
     @defer.inlineCallbacks
     def lookups():
         for lease in pending:  # shared: each lease is taken by one worker
             try:
-                infos[lease] = yield client.lease_time_to_live(lease)
+                info = yield client.lease_time_to_live(lease)
             except LeaseNotFound:
-                infos[lease] = None
+                times[lease] = None
+            else:
+                times[lease] = info.ttl
 
     workers = [lookups() for _ in range(concurrency)]
     try:
@@ -72,4 +65,4 @@ def lease_infos(client, leases, concurrency=LEASE_LOOKUPS):
         for worker in workers:
             worker.cancel()
         e.subFailure.raiseException()
-    return infos
+    return times

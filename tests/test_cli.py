@@ -186,7 +186,7 @@ class TrainingJobTests(CommandCase):
         )
         self.assertEqual(status, EXIT_TIMEOUT)
         self.assertEqual(out, "")
-        self.assertIn("idetcd: timed out after 1.5s: 3 of 5 worker members present in tf.local.", output)
+        self.assertIn("idetcd: timed out after 1.5s: 3 of 5 live worker members present in tf.local.", output)
         self.assertNotIn("Traceback", output)
 
         # TF_CONFIG: one cluster, and each node's own task.

@@ -16,6 +16,7 @@ from idetcd.clusterspec import ClusterSpec, Local
 from idetcd.commands import EXIT_ETCD, EXIT_SPARE, EXIT_TIMEOUT
 from idetcd.etcd import EtcdClient, KeyValue, LeaseInfo
 from idetcd.members import Member
+from idetcd.registry import dead_key
 from idetcd.training.liveness import overdue
 from idetcd.training.rounds import Round, parse_nnodes, round_key
 from tests.etcdserver import enable_auth, start_etcd, start_secure_etcd
@@ -40,6 +41,11 @@ ROUND_COREFILE = """\
 """
 
 PREFIX = b"/idetcd/"
+
+#: For tests that show a dead member left out while etcd still holds its
+#: key: overdue 15 s after its last renewal, its key there at least 20 s
+#: after the kill, which leaves a busy box 5 s to show it.
+LONG_LEASE = 30
 
 
 class RoundCase(CommandCase):
@@ -112,16 +118,17 @@ class RoundCase(CommandCase):
         self.assertNotIn("Traceback", output)
 
     @defer.inlineCallbacks
-    def until_overdue(self, client, key):
+    def until_marked(self, client, name, marked=True):
         """
-        Wait until the lease holding C{key} is overdue: its holder is dead.
+        Wait until etcd holds a dead mark for C{name} (or, with C{marked}
+        false, none); returns the mark's lease.
         """
-        kvs, _ = yield client.range(key)
-        for _ in range(150):  # 30 s
-            if overdue((yield client.lease_time_to_live(kvs[0].lease))):
-                return
+        for _ in range(200):  # 40 s
+            kvs, _ = yield client.range(dead_key(PREFIX, name))
+            if bool(kvs) == marked:
+                return kvs[0].lease if kvs else None
             yield sleep(0.2)
-        self.fail(f"the lease of {key!r} never went overdue")
+        self.fail(f"{name} was {'never' if marked else 'still'} marked dead")
 
     def etcd_client(self):
         client = EtcdClient([self.etcd.client_url], reactor)
@@ -133,9 +140,7 @@ class AgreementTests(RoundCase):
 
     @defer.inlineCallbacks
     def test_five_nodes_four_places_then_a_member_dies(self):
-        # Lease 20: a dead member is overdue 10 s after its last renewal,
-        # and its key lasts at least 13 s after the kill.
-        corefile = self.job_corefile().replace("lease 6", "lease 20")
+        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
         nodes = yield self.nodes(5, corefile)
         names = [node.name for node in nodes]
 
@@ -153,9 +158,10 @@ class AgreementTests(RoundCase):
         client = self.etcd_client()
         dead = nodes[1]
         key = PREFIX + dead.name.encode()
+        kvs, _ = yield client.range(key)
         dead.process.signalProcess(signal.SIGKILL)
         yield dead.ended
-        yield self.until_overdue(client, key)
+        self.assertEqual((yield self.until_marked(client, dead.name)), kvs[0].lease)
         survivors = [n for n in nodes if n is not dead]
         answers = yield self.ask(survivors, "--nnodes", "4", "--timeout", "60")
         world = self.assert_one_world(answers, [n.name for n in survivors], 2)
@@ -166,7 +172,7 @@ class AgreementTests(RoundCase):
             key, None, written, lambda events, _: deleted.extend(e.kv.mod_revision for e in events if e.deleted)
         )
         self.addCleanup(watch.stop)
-        yield wait_for(lambda: deleted, 30)
+        yield wait_for(lambda: deleted, LONG_LEASE + 10)
         self.assertGreater(deleted[0], written, "the round was agreed only after etcd expired the dead member")
         self.assertEqual([m["slot"] for m in world["members"]], [1, 3, 4, 5])
 
@@ -247,30 +253,74 @@ class DeadMemberTests(RoundCase):
     def test_a_barrier_leaves_out_a_member_once_overdue(self):
         """
         A killed member counts no more once its lease is overdue, though
-        etcd still holds its key: lease 20, so it is overdue from 10 s
-        after its last renewal and its key lasts at least 13 s after the
-        kill.
+        etcd still holds its key.
         """
-        corefile = self.job_corefile().replace("lease 6", "lease 20")
+        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
         nodes = yield self.nodes(3, corefile)
         client = self.etcd_client()
         key = PREFIX + nodes[1].name.encode()
         kvs, _ = yield client.range(key)
         nodes[1].process.signalProcess(signal.SIGKILL)
         yield nodes[1].ended
-        yield self.until_overdue(client, key)
+        yield self.until_marked(client, nodes[1].name)
         status, out, output = yield self.idetcd(
             "wait", "3", "--timeout", "1", "--corefile", corefile
         )
         self.assertEqual(status, EXIT_TIMEOUT, output)
+        still, _ = yield client.range(key)
+        self.assertEqual([kv.lease for kv in still], [kvs[0].lease], "the key expired: the check proves nothing")
         status, out, output = yield self.idetcd(
             "wait", "2", "--timeout", "5", "--corefile", corefile
         )
         self.assertEqual((status, out.split()), (0, [nodes[0].name, nodes[2].name]), output)
         answers = yield self.ask([nodes[0], nodes[2]], "--nnodes", "2:3", "--settle", "0")
         self.assert_one_world(answers, [nodes[0].name, nodes[2].name], 1)
-        still, _ = yield client.range(key)
-        self.assertEqual([kv.lease for kv in still], [kvs[0].lease], "the key expired: the check proves nothing")
+
+
+class LookAfterTests(RoundCase):
+    """
+    Each node looks after the member before it in its role: deaths are
+    marked in etcd, and a node marked by mistake takes its mark back.
+    """
+
+    @defer.inlineCallbacks
+    def test_two_neighbours_die_together(self):
+        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
+        nodes = yield self.nodes(5, corefile)
+        client = self.etcd_client()
+        for dead in nodes[1:3]:
+            dead.process.signalProcess(signal.SIGKILL)
+        for dead in nodes[1:3]:
+            yield dead.ended
+        # worker4 marks worker3, then looks past it and marks worker2.
+        for dead in nodes[1:3]:
+            yield self.until_marked(client, dead.name)
+        kvs, _ = yield client.range(dead_key(PREFIX, nodes[1].name))
+        self.assertEqual(json.loads(kvs[0].value)["by"], nodes[3].name)
+        status, out, output = yield self.idetcd("wait", "3", "--timeout", "5", "--corefile", corefile)
+        self.assertEqual((status, out.split()), (0, [n.name for n in (nodes[0], nodes[3], nodes[4])]), output)
+
+    @defer.inlineCallbacks
+    def test_a_late_node_takes_its_mark_back(self):
+        """
+        A node frozen past half its lease (SIGSTOP) is marked dead; thawed
+        before its lease ends, it keeps its name and takes the mark back.
+        """
+        corefile = self.job_corefile().replace("lease 6", "lease 10")
+        nodes = yield self.nodes(3, corefile)
+        client = self.etcd_client()
+        late = nodes[1]
+        late.process.signalProcess(signal.SIGSTOP)
+        try:
+            yield self.until_marked(client, late.name)
+        finally:
+            late.process.signalProcess(signal.SIGCONT)
+        yield self.until_marked(client, late.name, marked=False)
+        kvs, _ = yield client.range(PREFIX + late.name.encode())
+        self.assertEqual(len(kvs), 1, "the late node lost its name")
+        self.assertIn(b"was marked dead", late.output)
+        status, out, output = yield self.idetcd("wait", "3", "--timeout", "5", "--corefile", corefile)
+        self.assertEqual(status, 0, output)
 
 
 class SecureRoundTests(RoundCase):

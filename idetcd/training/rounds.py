@@ -5,10 +5,13 @@ every node that asks gets the same members in the same order.
 A round of a job is recorded under the prefix at C{_jobs/JOB} with one
 transaction that succeeds only if the key is still as the writer read it,
 so of any number of nodes proposing a round at once exactly one writes it
-and the others read it.  A round stands while every member of it is alive
-on the lease it was admitted with (see L{idetcd.training.liveness}); once
-one has died or left, the next node that asks writes the next round
-without it.  Admission is deterministic: once at least C{low} live
+and the others read it.  A round stands while every member of it holds its
+name on the lease it was admitted with and is not marked dead (see
+L{idetcd.training.liveness}); once one has died or left, the next node
+that asks writes the next round without it.  Everything is read from the
+registry's memory (its watch covers the records and the dead marks):
+asking costs no read and, for a new round, one write, whatever the size
+of the job.  Admission is deterministic: once at least C{low} live
 members of the role are present (and, below C{high}, once C{settle}
 seconds have passed or C{high} are present), the round takes up to C{high}
 live members, lowest slots first.  A member's rank in a round is its
@@ -23,13 +26,10 @@ from twisted.logger import Logger
 
 from idetcd.clusterspec import member_order
 from idetcd.members import Member
-from idetcd.membership import member_filter, next_change
-from idetcd.training.liveness import RECHECK
+from idetcd.membership import live_filter, next_change
+from idetcd.registry import JOBS
 
 log = Logger()
-
-#: Below the prefix: one key per job, holding its current round.
-JOBS = b"_jobs/"
 
 
 class RoundError(Exception):
@@ -134,13 +134,11 @@ class RoundKeeper:
     """
     Reads and agrees the rounds of C{job}, whose members are the live
     members of C{role} in C{zone}, as the L{Registry} C{registry} (of
-    C{client}, under C{prefix}) knows them; C{liveness} (a L{Liveness})
-    tells which leases are alive.
+    C{client}, under C{prefix}) knows them.
     """
 
     client = attr.ib()
     registry = attr.ib()
-    liveness = attr.ib()
     reactor = attr.ib()
     prefix = attr.ib()
     job = attr.ib()
@@ -151,49 +149,38 @@ class RoundKeeper:
     def key(self):
         return round_key(self.prefix, self.job)
 
-    @defer.inlineCallbacks
     def current(self):
         """
-        The job's round as etcd holds it now, or C{None}, and the key's
-        L{KeyValue} (C{None} when absent), once the registry has applied
-        every change up to it.
+        The job's round as the registry knows it, or C{None}, and the key's
+        L{KeyValue} (C{None} when absent).
         """
-        kvs, _ = yield self.client.range(self.key)
-        kv = kvs[0] if kvs else None
-        # The members a round names were written before it.
-        yield self.registry.when_caught_up(kv.mod_revision if kv else 0)
+        kv = self.registry.jobs.get(self.key)
         return (None if kv is None else round_of(self.job, kv)), kv
 
-    @defer.inlineCallbacks
     def standing(self, round_):
         """
         Whether every member of C{round_} still holds its name on the lease
-        it was admitted with, and that lease is alive.
+        it was admitted with, and is not marked dead.
         """
-        present = all(
-            (held := self.registry.members.get(m.name)) is not None and held.lease == m.lease
+        members = self.registry.members
+        return all(
+            (held := members.get(m.name)) is not None and held.lease == m.lease and not self.registry.is_dead(m)
             for m in round_.members
         )
-        if not present:
-            return False
-        alive = yield self.liveness.alive([m.lease for m in round_.members])
-        return all(m.lease in alive for m in round_.members)
 
-    @defer.inlineCallbacks
-    def candidates(self, high):
+    def live(self):
         """
-        Up to C{high} live members of the role, lowest slots first.
+        The live members of the role, lowest slots first.
         """
-        wanted = member_filter(self.role, self.zone)
-        present = sorted((m for m in self.registry.members.values() if wanted(m)), key=member_order)
-        chosen = []
-        # Lowest slots first, a batch at a time: the leases of members past
-        # the first C{high} live ones are never looked up.
-        while present and len(chosen) < high:
-            batch, present = present[: high - len(chosen)], present[high - len(chosen) :]
-            alive = yield self.liveness.alive([m.lease for m in batch])
-            chosen.extend(m for m in batch if m.lease in alive)
-        return chosen
+        alive = live_filter(self.registry, self.role, self.zone)
+        return sorted((m for m in self.registry.members.values() if alive(m)), key=member_order)
+
+    def outside(self, round_):
+        """
+        The live members of the role not in C{round_} (C{None}: no round),
+        lowest slots first: the ones a new round could take in.
+        """
+        return [m for m in self.live() if round_ is None or round_.rank(m) is None]
 
     @defer.inlineCallbacks
     def agree(self, low, high, settle=0.0, after=0, on_waiting=None):
@@ -204,11 +191,12 @@ class RoundKeeper:
         members there are while fewer than C{low}.
         """
         settle_from = None
+        yield self.registry.when_ready()
         while True:
-            current, kv = yield self.current()
-            if current is not None and current.number > after and (yield self.standing(current)):
+            current, kv = self.current()
+            if current is not None and current.number > after and self.standing(current):
                 return current
-            chosen = yield self.candidates(high)
+            chosen = self.live()[:high]
             now = self.reactor.seconds()
             if len(chosen) < low:
                 settle_from = None
@@ -230,8 +218,13 @@ class RoundKeeper:
                         names=" ".join(m.name for m in chosen),
                     )
                     return attr.evolve(proposal, revision=result.revision)
-                continue  # another node wrote a round meanwhile: read it
-            delay = RECHECK
-            if settle_from is not None:
-                delay = max(0.0, min(delay, settle_from + settle - now))
+                # Another node wrote a round meanwhile: read it once the
+                # registry has it (a write under the prefix, not etcd's
+                # revision, which other users of etcd move).
+                existing = result.existing
+                revision = existing.mod_revision if existing else self.registry.applied + 1
+                yield self.registry.when_caught_up(revision)
+                continue
+            # Deaths are marked in etcd: every change is an event.
+            delay = None if settle_from is None else max(0.0, settle_from + settle - now)
             yield next_change(self.registry, self.reactor, delay)
