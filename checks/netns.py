@@ -36,7 +36,7 @@ PREFIX = "idetcdfw-"
 SUBNET = "10.77.0.0/24"
 ETCD_ADDRESS = "10.77.0.1"
 ETCD_URL = f"http://{ETCD_ADDRESS}:2379"
-# The environment running the checks has twistd, idetcd, torchrun, mpirun's
+# The environment running the checks has twistd, idetcd and torchrun:
 # programs: the hosts run the same.
 BIN = os.path.dirname(os.path.abspath(sys.executable))
 
@@ -409,15 +409,16 @@ class Network:
     def start_node(self, host, srv, pattern="worker{{.ID}}.tf.local."):
         """
         Start a C{twistd idetcd} node on C{host}: DNS on its address, port
-        53; that address announced; C{srv} as its job's port; readiness
-        reported on a notification socket of its own.
+        53, for the zone and the hosts' reverse names (torch looks its
+        peers' names up); that address announced; C{srv} as its job's
+        port; readiness reported on a notification socket of its own.
         """
         directory = os.path.join(self.directory, host.role)
         os.makedirs(directory)
         corefile = os.path.join(directory, "Corefile")
         with open(corefile, "w") as f:
             f.write(
-                f"tf.local:53 {{\n    bind {host.address}\n    idetcd {{\n"
+                f"tf.local 0.77.10.in-addr.arpa:53 {{\n    bind {host.address}\n    idetcd {{\n"
                 f"        endpoint {ETCD_URL}\n        pattern {pattern}\n"
                 f"        address {host.address}\n        srv {srv}\n    }}\n}}\n"
             )

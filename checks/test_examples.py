@@ -6,6 +6,7 @@ host, real torchrun, TensorFlow and Open MPI, started as the examples say.
 
 import os
 import re
+import shutil
 import time
 
 import attr
@@ -277,6 +278,8 @@ class OpenMPITests(unittest.TestCase):
     """
 
     timeout = 180
+    if shutil.which("mpirun") is None:
+        skip = "Open MPI is not installed (apt-get install openmpi-bin; .ci/frameworks does)"
 
     @defer.inlineCallbacks
     def test_hostfile(self):
