@@ -36,8 +36,8 @@ PREFIX = "idetcdfw-"
 SUBNET = "10.77.0.0/24"
 ETCD_ADDRESS = "10.77.0.1"
 ETCD_URL = f"http://{ETCD_ADDRESS}:2379"
-# The environment running the checks has twistd, idetcd and torchrun:
-# programs: the hosts run the same.
+# The environment running the checks has twistd, idetcd and torchrun: the
+# hosts run the same.
 BIN = os.path.dirname(os.path.abspath(sys.executable))
 
 
