@@ -18,6 +18,13 @@ The claimer is a state machine: idle, claiming, waiting (every slot taken),
 holding, unsure (the lease's local deadline passed: the name is not called
 ours until etcd confirms the same lease still holds the same key), failed
 and stopped.  Every input is handled in every state.
+
+A node alone in the claim queue makes way for a replacement's ordinal: if
+a member below the slot it would get is marked dead (its holder stopped
+renewing its lease: see L{idetcd.training.liveness}), it waits, at most
+until that lease should have ended, for the slot to free, so a machine
+replacing a dead one takes the dead one's slot instead of a higher one
+for good.
 """
 
 import hashlib
@@ -42,6 +49,11 @@ log = Logger()
 
 #: How often a key whose lease might belong to a live twin is looked at.
 PROBE_INTERVAL = 1.0
+
+#: How long after a lease's TTL runs out its key may still be seen: etcd
+#: rounds TTLs down to whole seconds, expires leases on a half-second tick,
+#: and the delete then comes down the watch.
+EXPIRY_MARGIN = 2.0
 
 
 class SlotsExhausted(Exception):
@@ -640,6 +652,9 @@ class Claimer(Service):
             return won
         queue_key = registry.queue_key(self._tag, lease)
         revision = yield self.client.put(queue_key, b"", lease=lease)
+        yield registry.when_caught_up(revision)
+        if (yield self._wait_for_dead_holder(lease, queue_key)):
+            revision = yield self.client.put(queue_key, b"", lease=lease)
         while True:
             yield registry.when_caught_up(revision)
             name = registry.assignment(self._tag, self._names).get(lease)
@@ -648,7 +663,7 @@ class Claimer(Service):
                     return None
                 # Every free slot is promised to a node queued earlier:
                 # wait for it to claim, or for its lease to end.
-                revision = yield self._next_change(registry.applied)
+                revision = yield self._next_change(registry.applied, self.lease_ttl / 3)
                 continue
             result = yield self.client.create(
                 self._key(name), self._value(name), lease=lease, also_delete=queue_key
@@ -676,13 +691,13 @@ class Claimer(Service):
             return result.existing.mod_revision
         return None
 
-    def _next_change(self, revision):
+    def _next_change(self, revision, timeout):
         """
         Fires with the revision to wait for once the registry moved past
-        C{revision}, or after a third of the lease, whichever comes first.
+        C{revision}, or after C{timeout} seconds, whichever comes first.
         """
         changed = self.registry.when_caught_up(revision + 1)
-        timer = self.reactor.callLater(self.lease_ttl / 3, changed.cancel)
+        timer = self.reactor.callLater(timeout, changed.cancel)
 
         def settled(result):
             if not timer.active():
@@ -693,6 +708,44 @@ class Claimer(Service):
             return self.registry.applied
 
         return changed.addBoth(settled)
+
+    @defer.inlineCallbacks
+    def _wait_for_dead_holder(self, lease, queue_key):
+        """
+        When this node is alone in its pattern's queue and a member below
+        the slot it would get is marked dead, leave the queue (so that a
+        node queueing meanwhile is alone too, and waits as well, rather
+        than take that slot) and wait for a slot below to free, at most
+        until that lease should have ended: a mark is written once a lease
+        has under half its TTL left.  Returns whether it left the queue.
+        Only alone: a crowd of starters takes its slots at once; and the
+        queue is known to be empty only once this node's own entry is in
+        the registry.
+        """
+        registry = self.registry
+        name = registry.assignment(self._tag, self._names).get(lease)
+        if name is None or registry.queue(self._tag) != [lease]:
+            return False
+        slot = self._slots[name]
+        dead = sorted(
+            (self._slots[n], n) for n in registry.dead
+            if self._slots.get(n, slot) < slot and n in registry.members and registry.is_dead(registry.members[n])
+        )
+        if not dead:
+            return False
+        bound = self.lease_ttl / 2 + EXPIRY_MARGIN
+        log.info(
+            "waiting up to {bound:.0f}s for {dead}, whose holder stopped renewing its lease, "
+            "rather than taking {name}",
+            bound=bound,
+            dead=dead[0][1],
+            name=name,
+        )
+        yield self.client.delete_on_lease(queue_key, lease)
+        deadline = self.reactor.seconds() + bound
+        while not any(registry.is_free(n) for _, n in dead) and self.reactor.seconds() < deadline:
+            yield self._next_change(registry.applied, deadline - self.reactor.seconds())
+        return True
 
     @defer.inlineCallbacks
     def _take_preferred(self, lease):

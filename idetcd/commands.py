@@ -309,7 +309,7 @@ def _agree(reactor, view, client, err, request, name=None):
         yield registry.when_ready()
         own = None if name is None else _own(view, name, registry.members.get(name))
         keeper = _keeper(reactor, view, client, registry, request.job)
-        found = yield keeper.agree(request.low, request.high, request.settle, request.after, waiting)
+        found = yield keeper.agree(request.low, request.high, request.settle, request.after, waiting, name)
         return found, own
 
     def timed_out(registry):

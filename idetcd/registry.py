@@ -164,10 +164,8 @@ class Registry(Service):
         cached = self._assignments.get(tag)
         if cached is not None and cached[0] == self.applied:
             return cached[1]
-        start = self.prefix + QUEUE + tag + b"/"
-        queued = sorted(entry for key, entry in self._queue.items() if key.startswith(start))
         free = (name for name in names if self.is_free(name))
-        matching = {lease: name for (_, lease), name in zip(queued, free)}
+        matching = dict(zip(self.queue(tag), free))
         self._assignments[tag] = (self.applied, matching)
         return matching
 
@@ -176,6 +174,15 @@ class Registry(Service):
         Whether C{member}, on its lease, is marked dead.
         """
         return bool(member.lease) and self.dead.get(member.name) == member.lease
+
+    def queue(self, tag):
+        """
+        The leases of the nodes queued for a slot of the pattern C{tag},
+        first queued first.
+        """
+        start = self.prefix + QUEUE + tag + b"/"
+        queued = sorted(entry for key, entry in self._queue.items() if key.startswith(start))
+        return [lease for _, lease in queued]
 
     def is_free(self, name):
         """

@@ -75,8 +75,10 @@ class IdetcdService(OrderedMultiService):
     Its children, in start order (each named, for
     C{getServiceNamed}): C{etcd} (with C{endpoint embedded}),
     C{etcd-client}, C{registry}, C{dns}, C{health} and C{ready} (when in
-    the Corefile), C{identity}, C{claimer}.  They stop in the reverse
-    order: the claimer gives the name back while etcd is still there.
+    the Corefile), C{identity}, C{claimer}, C{look-after} (which marks the
+    member before this one dead when it is: see
+    L{idetcd.training.liveness}).  They stop in the reverse order: the
+    claimer gives the name back while etcd is still there.
 
     Starting it binds the DNS and HTTP ports at once (so a port in use
     fails the start), then claims a name in the background:
@@ -241,7 +243,7 @@ class IdetcdService(OrderedMultiService):
             self.client, self.registry, self.reactor, self.registry.prefix, job or role, role,
             self.settings.pattern.zone,
         )
-        d = keeper.agree(low, low if high is None else high, settle, after)
+        d = keeper.agree(low, low if high is None else high, settle, after, own=self.held_name)
         self._member_waits.add(d)
         return d.addBoth(lambda result: (self._member_waits.discard(d), result)[1])
 

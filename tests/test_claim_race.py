@@ -164,3 +164,38 @@ class StormTests(unittest.TestCase):
         self.assertLessEqual(writes, 3 * self.NODES, f"{after} - {before}")
         # No claimer read the prefix: the registry's watch told them all.
         self.assertLessEqual(after["Range"] - before["Range"], self.NODES * 0.1)
+
+    @defer.inlineCallbacks
+    def test_joining_live_members_at_once_asks_about_no_lease(self):
+        """
+        100 claimers join 100 live members at once: a claimer learns of dead
+        holders from the marks its registry follows, so nobody asks etcd
+        about a lease, and nobody waits.
+        """
+        etcd = yield start_etcd(self)
+        client = EtcdClient([etcd.client_url], reactor, timeout=30.0)
+        self.addCleanup(client.close)
+        registry = Registry(client, PREFIX, reactor)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+
+        def start(count, name):
+            claimers = [
+                Claimer(
+                    client, PATTERN, 200, PREFIX,
+                    Member(name="", ipv4=("127.0.0.1",), node=f"{name}{i}"), 10, reactor,
+                    registry=registry,
+                )
+                for i in range(count)
+            ]
+            for claimer in claimers:
+                claimer.startService()
+                self.addCleanup(lambda c=claimer: c.stopService() if c.running else None)
+            return defer.gatherResults([c.when_claimed() for c in claimers])
+
+        yield start(100, "old")
+        before = yield handled(etcd, "LeaseTimeToLive")
+        names = yield start(100, "new")
+        lookups = (yield handled(etcd, "LeaseTimeToLive")) - before
+        self.assertEqual(sorted(names), sorted(PATTERN.render(slot) for slot in range(101, 201)))
+        self.assertEqual(lookups, 0, "lease lookups")

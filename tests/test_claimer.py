@@ -6,6 +6,7 @@ L{Clock} with a scripted client for the timing of keepalives.
 import attr
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from idetcd.claimer import Claimer, SlotsExhausted
@@ -341,6 +342,7 @@ class FakeRegistry:
         self._subscribers = []
         self._waiting = []
         self.queued = []
+        self.dead = {}
 
     def when_caught_up(self, revision):
         if revision <= self.applied or not self.strict:
@@ -356,9 +358,16 @@ class FakeRegistry:
     def is_free(self, name):
         return name not in self.members
 
+    def queue(self, tag):
+        return list(self.queued)
+
+    def is_dead(self, member):
+        # Members here carry no names: a mark is known by its lease.
+        return member.lease in self.dead.values()
+
     def assignment(self, tag, names):
         free = [name for name in names if self.is_free(name)]
-        return dict(zip(self.queued, free))
+        return dict(zip(self.queue(tag), free))
 
     def take_every_slot(self):
         self.members = {PATTERN.render(i): identity("other") for i in (1, 2, 3)}
@@ -605,6 +614,118 @@ class TransitionTests(unittest.TestCase):
         self.assertIsNone(self.claimer._failure)
         self.clock.advance(3)
         self.assertEqual(len(self.client.pending("grant")), 1)
+
+    # claiming alone, behind a dead holder
+
+    def members_below(self, count):
+        """
+        Slots 1 to C{count} held, on leases 41, 42, …; the registry's waits
+        are real.
+        """
+        self.registry.members = {
+            PATTERN.render(slot): attr.evolve(identity(f"n{slot}"), lease=40 + slot)
+            for slot in range(1, count + 1)
+        }
+        self.registry.applied, self.registry.strict = 1, True
+
+    def queue_alone(self):
+        """
+        Start; answer the grant (lease 7) and the queue put at revision 1.
+        """
+        d = self.start()
+        self.client.answer("grant", (7, 9))
+        self.client.answer("put", 1)
+        return d
+
+    def mark_dead(self, *slots):
+        """
+        Mark the members of C{slots} dead, as their neighbours would.
+        """
+        for slot in slots:
+            name = PATTERN.render(slot)
+            self.registry.dead[name] = self.registry.members[name].lease
+
+    def test_alone_behind_live_holders_takes_the_next_slot_at_once(self):
+        self.members_below(1)
+        d = self.queue_alone()
+        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+        self.assertEqual(self.client.pending("delete"), [])
+        self.assertEqual(self.client.pending("timetolive"), [])
+
+    def test_alone_behind_a_dead_holder_waits_and_takes_its_slot(self):
+        """
+        A member below is marked dead: the node leaves the queue, says so,
+        and once the key is gone queues again and gets the freed slot.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.members_below(1)
+        self.mark_dead(1)
+        d = self.queue_alone()
+        queue_key = self.client.answer("delete", True)[0]
+        self.assertTrue(queue_key.startswith(PREFIX + b"_claims/"))
+        self.assertIn(
+            "waiting up to 6s for worker1.tf.local., whose holder stopped renewing its lease, "
+            "rather than taking worker2.tf.local.",
+            [formatEvent(e) for e in events],
+        )
+        self.clock.advance(5)
+        self.assertEqual(self.client.pending("put") + self.client.pending("create"), [])
+        self.registry.change({}, 5)  # the lease ran out
+        self.assertEqual(self.client.answer("put", 6)[0], queue_key)
+        self.registry.change({}, 6)
+        self.assertEqual(self.client.answer("create", TxnResult(True, 7, None))[0], KEY1)
+        self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
+
+    def test_the_wait_ends_when_the_lease_should_have(self):
+        """
+        A holder marked dead that renews after all (a stalled process)
+        keeps its slot: the node waits no longer than half a lease plus a
+        margin, then takes the next slot.
+        """
+        self.members_below(1)
+        self.mark_dead(1)
+        d = self.queue_alone()
+        self.client.answer("delete", True)
+        self.clock.advance(6.4)
+        self.assertEqual(self.client.pending("put"), [])
+        self.clock.advance(0.1)
+        self.client.answer("put", 1)
+        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+
+    def test_a_mark_of_an_earlier_lease_is_no_mark(self):
+        self.members_below(1)
+        self.registry.dead[PATTERN.render(1)] = 99
+        d = self.queue_alone()
+        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+
+    def test_not_alone_in_the_queue_does_not_wait(self):
+        """
+        Another node queued too (many starting at once): the node takes its
+        share at once.
+        """
+        self.members_below(1)
+        self.mark_dead(1)
+        self.registry.queue_key = lambda tag, lease: self.registry.queued.extend([lease, 8]) or b"q"
+        d = self.queue_alone()
+        self.assertEqual(self.client.pending("delete"), [])
+        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
+
+    def test_stop_while_waiting_for_a_dead_holder(self):
+        self.members_below(1)
+        self.mark_dead(1)
+        d = self.queue_alone()
+        self.client.answer("delete", True)
+        self.clock.advance(1)
+        self.claimer.stopService()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.client.revoked, [7])
+        self.assertEqual(self.registry._waiting[0][1].called, True)  # the registry wait, cancelled
 
     # waiting
 

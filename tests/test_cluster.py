@@ -4,6 +4,7 @@ etcd, checked with a real DNS client.
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -18,6 +19,7 @@ from twisted.trial import unittest
 from idetcd.embedded import free_port
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.failures import EXIT_UNAVAILABLE
+from idetcd.registry import dead_key
 from tests.etcdserver import start_etcd
 from tests.test_etcd import sleep
 
@@ -205,3 +207,63 @@ class ClusterTests(NodeProcessCase):
         self.assertEqual(len(kvs), 2)
         reply = yield query(other.port, name)
         self.assertEqual(reply.rcode(), dns.rcode.NOERROR)
+
+
+class ReplacementTests(NodeProcessCase):
+    """
+    A machine replacing a dead one, with a fresh state directory, while the
+    dead node's lease still runs.  Lease 10: a dead holder is marked dead
+    once under 5 s are left, which leaves a fresh node time to start
+    before the key is gone.
+    """
+
+    COREFILE = COREFILE.replace("limit 3", "limit 8").replace("lease {$LEASE:3}", "lease 10")
+
+    @defer.inlineCallbacks
+    def start_four(self):
+        """
+        Four nodes holding worker1 to worker4; returns them by name.
+        """
+        nodes = [self.start_node() for _ in range(4)]
+        names = yield defer.gatherResults([self.wait_claimed(node) for node in nodes])
+        self.assertEqual(sorted(names), [f"worker{slot}.tf.local." for slot in range(1, 5)])
+        client = EtcdClient([self.etcd.client_url], reactor)
+        self.addCleanup(client.close)
+        return dict(zip(names, nodes)), client
+
+    @defer.inlineCallbacks
+    def test_fresh_node_takes_the_dead_nodes_slot(self):
+        """
+        kill -9 the holder of worker2; once worker3 has marked it dead, a
+        fresh node waits for its lease to end and takes worker2, not
+        worker5, and says why it waits.
+        """
+        nodes, client = yield self.start_four()
+        nodes["worker2.tf.local."].process.signalProcess(signal.SIGKILL)
+        yield nodes["worker2.tf.local."].ended
+        for _ in range(50):  # marked within 6 s
+            kvs, _ = yield client.range(dead_key(b"/idetcd/", "worker2.tf.local."))
+            if kvs:
+                break
+            yield sleep(0.2)
+        else:
+            self.fail("worker2 was never marked dead")
+        fresh = self.start_node()
+        self.assertEqual((yield self.wait_claimed(fresh)), "worker2.tf.local.")
+        waited = re.search(
+            rb"waiting up to (\d+)s for worker2\.tf\.local\., whose holder stopped renewing its lease, "
+            rb"rather than taking worker5\.tf\.local\.",
+            fresh.output,
+        )
+        self.assertIsNotNone(waited, fresh.output.decode())
+        # Half of 10 s, and the margin.
+        self.assertEqual(int(waited.group(1)), 5 + 2)
+        held, _ = yield client.range(b"/idetcd/", prefix_range_end(b"/idetcd/"))
+        self.assertEqual(sorted(kv.key for kv in held), [b"/idetcd/worker%d.tf.local." % slot for slot in range(1, 5)])
+
+    @defer.inlineCallbacks
+    def test_fresh_node_behind_live_holders_takes_the_next_slot_at_once(self):
+        yield self.start_four()
+        fresh = self.start_node()
+        self.assertEqual((yield self.wait_claimed(fresh)), "worker5.tf.local.")
+        self.assertNotIn(b"waiting up to", fresh.output)

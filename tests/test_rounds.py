@@ -19,13 +19,16 @@ from idetcd.members import Member
 from idetcd.registry import dead_key
 from idetcd.training.liveness import overdue
 from idetcd.training.rounds import Round, parse_nnodes, round_key
-from tests.etcdserver import enable_auth, start_etcd, start_secure_etcd
+from idetcd.registry import Registry
+from idetcd.training.rounds import PROPOSERS, RoundKeeper
+from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
 from tests.test_cli import CommandCase
+from tests.test_scale import write_members
 from tests.test_secure import start_node
 from tests.test_etcd import sleep, wait_for
 
-#: Lease 6: a live node renews every 2 s and is counted dead 3 s after its
-#: last renewal; room for a busy 2-core box.
+#: Lease 6 unless a test says otherwise: a live node renews every 2 s and
+#: is counted dead 3 s after its last renewal; room for a busy 2-core box.
 ROUND_COREFILE = """\
 .:{$NODE_PORT} {
     bind 127.0.0.1
@@ -52,10 +55,10 @@ class RoundCase(CommandCase):
 
     timeout = 180
 
-    def job_corefile(self, settings=""):
+    def job_corefile(self, settings="", lease=6):
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
-            f.write(ROUND_COREFILE % settings)
+            f.write(ROUND_COREFILE.replace("lease 6", f"lease {lease}") % settings)
         return path
 
     @defer.inlineCallbacks
@@ -140,7 +143,7 @@ class AgreementTests(RoundCase):
 
     @defer.inlineCallbacks
     def test_five_nodes_four_places_then_a_member_dies(self):
-        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
+        corefile = self.job_corefile(lease=LONG_LEASE)
         nodes = yield self.nodes(5, corefile)
         names = [node.name for node in nodes]
 
@@ -255,7 +258,7 @@ class DeadMemberTests(RoundCase):
         A killed member counts no more once its lease is overdue, though
         etcd still holds its key.
         """
-        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
+        corefile = self.job_corefile(lease=LONG_LEASE)
         nodes = yield self.nodes(3, corefile)
         client = self.etcd_client()
         key = PREFIX + nodes[1].name.encode()
@@ -285,7 +288,7 @@ class LookAfterTests(RoundCase):
 
     @defer.inlineCallbacks
     def test_two_neighbours_die_together(self):
-        corefile = self.job_corefile().replace("lease 6", f"lease {LONG_LEASE}")
+        corefile = self.job_corefile(lease=LONG_LEASE)
         nodes = yield self.nodes(5, corefile)
         client = self.etcd_client()
         for dead in nodes[1:3]:
@@ -306,7 +309,7 @@ class LookAfterTests(RoundCase):
         A node frozen past half its lease (SIGSTOP) is marked dead; thawed
         before its lease ends, it keeps its name and takes the mark back.
         """
-        corefile = self.job_corefile().replace("lease 6", "lease 10")
+        corefile = self.job_corefile(lease=10)
         nodes = yield self.nodes(3, corefile)
         client = self.etcd_client()
         late = nodes[1]
@@ -468,3 +471,61 @@ class EmbeddedRoundTests(unittest.TestCase):
         waiting = node.when_round(3)
         yield node.stopService()
         yield self.assertFailure(waiting, defer.CancelledError)
+
+
+@defer.inlineCallbacks
+def served(etcd):
+    """
+    How many transactions, lease lookups and reads etcd has served.
+    """
+    counts = {}
+    for method in ("Txn", "LeaseTimeToLive", "Range"):
+        counts[method] = yield handled(etcd, method)
+    return counts
+
+
+class RoundScaleTests(unittest.TestCase):
+    """
+    A job of 1,000 members whose every node asks at once, each with a
+    registry of its own as each ``idetcd env`` has: one world, one write,
+    no lease lookups.
+    """
+
+    timeout = 300
+    MEMBERS = 1000
+    ASKERS = 100
+
+    @defer.inlineCallbacks
+    def test_a_thousand_members_ask_at_once(self):
+        etcd = yield start_etcd(self)
+        client = EtcdClient([etcd.client_url], reactor, timeout=60.0)
+        self.addCleanup(client.close)
+        yield write_members(
+            client, PREFIX, self.MEMBERS,
+            member=lambda slot: Member("", ("10.0.0.1",), role="worker", slot=slot, srv=2222),
+        )
+        registries = []
+        for _ in range(self.ASKERS):
+            registry = Registry(client, PREFIX, reactor)
+            registry.startService()
+            self.addCleanup(registry.stopService)
+            registries.append(registry)
+        yield defer.gatherResults([registry.when_ready() for registry in registries])
+        before = yield served(etcd)
+        keepers = [
+            RoundKeeper(client, registry, reactor, PREFIX, "worker", "worker", "tf.local.")
+            for registry in registries
+        ]
+        # The first asker is worker1's node; the others are the rest.
+        agreed = yield defer.gatherResults(
+            [keeper.agree(self.MEMBERS, self.MEMBERS, own=f"worker{i + 1}.tf.local.") for i, keeper in enumerate(keepers)]
+        )
+        after = yield served(etcd)
+        self.assertEqual({(r.number, r.members) for r in agreed}, {(1, agreed[0].members)})
+        self.assertEqual([m.slot for m in agreed[0].members], list(range(1, self.MEMBERS + 1)))
+        # Only the first few askers ever propose: at most one transaction
+        # each, whatever the number of askers; everyone else reads, without
+        # the value, at most once, that a round was written.
+        self.assertLessEqual(after["Txn"] - before["Txn"], PROPOSERS)
+        self.assertLessEqual(after["Range"] - before["Range"], self.ASKERS)
+        self.assertEqual(after["LeaseTimeToLive"] - before["LeaseTimeToLive"], 0)

@@ -126,7 +126,7 @@ class ServiceTests(unittest.TestCase):
         yield node.when_claimed()
         self.assertEqual(
             [child.name for child in node],
-            ["etcd-client", "registry", "dns", "identity", "claimer"],
+            ["etcd-client", "registry", "dns", "identity", "claimer", "look-after"],
         )
         self.assertTrue(all(child.running for child in node))
         self.assertIs(node.getServiceNamed("claimer"), node.claimer)

@@ -267,6 +267,16 @@ class EtcdClient:
         return kvs, int(data["header"]["revision"])
 
     @defer.inlineCallbacks
+    def mod_revision(self, key):
+        """
+        The revision C{key} was last written at, 0 if it does not exist:
+        a read that does not carry the value.
+        """
+        data = yield self.call("/v3/kv/range", {**_range_body(key), "keys_only": True})
+        kvs = [KeyValue.from_json(kv) for kv in data.get("kvs", ())]
+        return kvs[0].mod_revision if kvs else 0
+
+    @defer.inlineCallbacks
     def range_paged(self, key, range_end, page=RANGE_PAGE):
         """
         Read every key in C{[key, range_end)} like L{range}, in requests of

@@ -32,10 +32,11 @@ from idetcd.registry import JOBS
 log = Logger()
 
 
-class RoundError(Exception):
-    """
-    The rounds of a job cannot be read or agreed; the message says why.
-    """
+#: How long, per place in a new round, an asker waits for the members
+#: before it to propose the round before it proposes it itself; askers
+#: outside the round wait as long as its PROPOSERS-th member.
+PROPOSER_DELAY = 0.2
+PROPOSERS = 10
 
 
 def round_key(prefix, job):
@@ -114,6 +115,17 @@ def round_of(job, kv):
         return None
 
 
+def _place(name, members):
+    """
+    How many members of a proposed round come before C{name}'s, at most
+    L{PROPOSERS}.
+    """
+    for place, member in enumerate(members[:PROPOSERS]):
+        if member.name == name:
+            return place
+    return PROPOSERS
+
+
 def parse_nnodes(text):
     """
     C{N} or C{N:M} as C{(N, M)}; L{ValueError} unless 1 <= N <= M.
@@ -183,14 +195,19 @@ class RoundKeeper:
         return [m for m in self.live() if round_ is None or round_.rank(m) is None]
 
     @defer.inlineCallbacks
-    def agree(self, low, high, settle=0.0, after=0, on_waiting=None):
+    def agree(self, low, high, settle=0.0, after=0, on_waiting=None, own=None):
         """
         The job's round once agreed: the current one if it is numbered above
         C{after} and still standing, else a new one written by this call or
         by another node's.  C{on_waiting(live)} is told how many live
-        members there are while fewer than C{low}.
+        members there are while fewer than C{low}.  C{own} is the name of
+        the asking node, if it is one: the first member of a new round
+        proposes it at once, the others give those before them
+        L{PROPOSER_DELAY} seconds each to, so that a thousand askers cost
+        etcd one transaction.
         """
         settle_from = None
+        deferred = False
         yield self.registry.when_ready()
         while True:
             current, kv = self.current()
@@ -206,9 +223,19 @@ class RoundKeeper:
                 # Enough to start, but more may be on their way.
                 if settle_from is None:
                     settle_from = now
+            elif not deferred and (place := _place(own, chosen)):
+                deferred = True
+                yield next_change(self.registry, self.reactor, place * PROPOSER_DELAY)
+                continue
             else:
                 number = max(current.number if current else 0, after) + 1
                 proposal = Round(self.job, number, tuple(chosen))
+                # The registry may lag behind a round proposed meanwhile:
+                # a read without the value says, before a transaction.
+                written = yield self.client.mod_revision(self.key)
+                if written != (kv.mod_revision if kv else 0):
+                    yield self._caught_up(written)
+                    continue
                 result = yield self.client.create(self.key, proposal.to_value(), replacing=kv)
                 if result.succeeded:
                     log.info(
@@ -218,13 +245,17 @@ class RoundKeeper:
                         names=" ".join(m.name for m in chosen),
                     )
                     return attr.evolve(proposal, revision=result.revision)
-                # Another node wrote a round meanwhile: read it once the
-                # registry has it (a write under the prefix, not etcd's
-                # revision, which other users of etcd move).
-                existing = result.existing
-                revision = existing.mod_revision if existing else self.registry.applied + 1
-                yield self.registry.when_caught_up(revision)
+                # Another node wrote a round meanwhile: read it.
+                yield self._caught_up(result.existing.mod_revision if result.existing else 0)
                 continue
             # Deaths are marked in etcd: every change is an event.
             delay = None if settle_from is None else max(0.0, settle_from + settle - now)
             yield next_change(self.registry, self.reactor, delay)
+
+    def _caught_up(self, written):
+        """
+        Fires once the registry has the job's record as written at revision
+        C{written} (0: deleted), a write under the prefix: not etcd's
+        revision, which other users of etcd move.
+        """
+        return self.registry.when_caught_up(written or self.registry.applied + 1)
