@@ -112,7 +112,8 @@ class CommandCase(NodeProcessCase):
     @defer.inlineCallbacks
     def check_examples(self, node, tf_config):
         """
-        The examples' launch scripts pass what idetcd says to the framework.
+        The examples' launch scripts pass what idetcd says for the job's
+        round to the framework.
         """
         stand_in = os.path.abspath(self.mktemp())
         os.makedirs(stand_in)
@@ -134,13 +135,17 @@ class CommandCase(NodeProcessCase):
         self.assertEqual(status, 0, output)
         self.assertEqual(out.splitlines(), [
             "", "--nnodes=3", "--node_rank=2", "--master_addr=worker1.tf.local", "--master_port=2222",
-            "--nproc_per_node=1", os.path.join(torch, "train_ddp.py"), "--epochs=1",
+            "--local-addr=127.0.0.1", "--nproc_per_node=1", os.path.join(torch, "train_ddp.py"), "--epochs=1",
         ])
         tf = os.path.join(EXAMPLES, "tensorflow")
         status, out, output = yield self.idetcd(os.path.join(tf, "launch.sh"), program=("/bin/sh",), **env)
         self.assertEqual(status, 0, output)
         lines = out.splitlines()
-        self.assertEqual(json.loads(lines[0]), tf_config)
+        # The job's agreed round: this node's role alone.
+        role = tf_config["task"]["type"]
+        self.assertEqual(json.loads(lines[0]), {
+            "cluster": {role: tf_config["cluster"][role]}, "task": tf_config["task"], "job": "mwms", "round": 1,
+        })
         self.assertEqual(lines[1:], [os.path.join(tf, "train_mwms.py")])
 
 

@@ -1,7 +1,9 @@
 """
 A few steps of DistributedDataParallel training on CPU (the gloo backend),
 started by torchrun from launch.sh: torchrun sets RANK, WORLD_SIZE,
-MASTER_ADDR and MASTER_PORT for every process.
+MASTER_ADDR and MASTER_PORT for every process.  Every rank prints one line
+a step, ``rank R/W step S loss L``, and at the end its weights' sum, the
+same on every rank: the gradients are averaged over all of them.
 """
 
 import torch
@@ -9,20 +11,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 
-def main(steps=20):
+def main(steps=5):
     dist.init_process_group("gloo")  # reads torchrun's environment
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
+    torch.manual_seed(rank)  # each rank its own data; DDP starts all from rank 0's weights
     model = DistributedDataParallel(torch.nn.Linear(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    for step in range(steps):
+    for step in range(1, steps + 1):
         x = torch.randn(32, 16)
         loss = ((model(x) - x.sum(dim=1, keepdim=True)) ** 2).mean()
         optimizer.zero_grad()
-        loss.backward()  # gradients are averaged over every process here
+        loss.backward()  # all-reduces the gradients over every rank
         optimizer.step()
-        if rank == 0 and step % 5 == 0:
-            print(f"step {step}: loss {loss.item():.3f} across {world} processes", flush=True)
+        print(f"rank {rank}/{world} step {step} loss {loss.item():.3f}", flush=True)
+    total = sum(p.sum().item() for p in model.parameters())
+    print(f"rank {rank}/{world} done, weights sum {total:.6f}", flush=True)
     dist.destroy_process_group()
 
 
