@@ -11,7 +11,7 @@ from twisted.internet import defer
 from idetcd.clusterspec import ClusterSpec, Local, SpecError, member_json, member_order
 from idetcd.corefile import CorefileError, load
 from idetcd.etcd import EtcdClient, EtcdError, EtcdSetupError, EtcdUnavailable
-from idetcd.membership import live_filter, when_members
+from idetcd.membership import live_filter, next_change, when_members
 from idetcd.registry import Registry
 from idetcd.state import NodeState, state_path
 from idetcd.snapshot import lease_times, read_members
@@ -32,6 +32,9 @@ EXIT_INTERRUPTED = 130  # stopped by a signal before it was done
 ETCD_TIMEOUT = 5.0
 #: How long a round of N:M waits for more than N members, by default.
 SETTLE = 10.0
+#: How often env --nnodes looks at the state directory while this node
+#: has not claimed its name yet.
+HELD_RECHECK = 0.5
 
 
 class CommandError(Exception):
@@ -291,13 +294,13 @@ def _keeper(reactor, view, client, registry, job):
 
 
 @defer.inlineCallbacks
-def _agree(reactor, view, client, err, request, name=None):
+def _agree(reactor, view, client, err, request, for_node=False):
     """
-    The job's agreed round (see L{RoundKeeper.agree}), and, for this node's
-    last name C{name}, its member if this node holds it (else
-    L{CommandError}, before waiting for anything).
+    The job's agreed round (see L{RoundKeeper.agree}), and, C{for_node},
+    this node's member: the round waits until this node holds its name.
     """
     live = []
+    own = []
 
     def waiting(count):
         if live != [count]:
@@ -307,12 +310,18 @@ def _agree(reactor, view, client, err, request, name=None):
     @defer.inlineCallbacks
     def agree(registry):
         yield registry.when_ready()
-        own = None if name is None else _own(view, name, registry.members.get(name))
+        if for_node:
+            own.append((yield _held(reactor, view, registry, err)))
         keeper = _keeper(reactor, view, client, registry, request.job)
+        name = own[0].name if own else None
         found = yield keeper.agree(request.low, request.high, request.settle, request.after, waiting, name)
-        return found, own
+        return found, (own[0] if own else None)
 
     def timed_out(registry):
+        if for_node and not own:
+            return CommandError(
+                EXIT_NO_SPEC, f"timed out after {request.timeout:g}s: this node holds no name (is its node started?)"
+            )
         return CommandError(
             EXIT_TIMEOUT,
             f"timed out after {request.timeout:g}s: {live[0] if live else '?'} of {request.low} live"
@@ -320,6 +329,25 @@ def _agree(reactor, view, client, err, request, name=None):
         )
 
     return (yield _following(reactor, view, client, agree, request.timeout, timed_out))
+
+
+@defer.inlineCallbacks
+def _held(reactor, view, registry, err):
+    """
+    This node's member once it holds a name: the one its state directory
+    records, held in etcd under its identity.  A node still starting
+    claims within seconds: a job started beside it waits for that.
+    """
+    said = False
+    while True:
+        name = view.state.last_name()
+        member = registry.members.get(name) if name else None
+        if member is not None and member.node == view.identity():
+            return member
+        if not said:
+            said = True
+            _say(err, f"waiting for this node to hold a name (state directory {view.state.path})")
+        yield next_change(registry, reactor, HELD_RECHECK)
 
 
 @defer.inlineCallbacks
@@ -392,19 +420,20 @@ def env(reactor, view, client, out, err, form, slots=1, addresses=False, request
     C{request} (a L{RoundRequest}), the spec of the job's agreed round, or
     L{CommandError} with L{EXIT_SPARE} when this node is not in it.
     """
-    name = view.state.last_name()
-    if name is None:
-        raise CommandError(
-            EXIT_NO_SPEC,
-            f"this node has not held a name: its state directory {view.state.path} records none"
-            " (is its node started, with this --state?)",
-        )
     if request is None:
+        name = view.state.last_name()
+        if name is None:
+            raise CommandError(
+                EXIT_NO_SPEC,
+                f"this node has not held a name: its state directory {view.state.path} records none"
+                " (is its node started, with this --state?)",
+            )
         found, _ = yield read_members(client, view.prefix, view.zone)
         member = _own(view, name, found.get(name))
         members, extra = found.values(), {}
     else:
-        agreed, member = yield _agree(reactor, view, client, err, request, name)
+        agreed, member = yield _agree(reactor, view, client, err, request, for_node=True)
+        name = member.name
         # In a round that stands, every member holds its name on the lease
         # it was admitted with: this node's now, if it is in the round.
         if agreed.rank(member) is None:

@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from idetcd.clusterspec import ClusterSpec, Local
-from idetcd.commands import EXIT_ETCD, EXIT_SPARE, EXIT_TIMEOUT
+from idetcd.commands import EXIT_ETCD, EXIT_NO_SPEC, EXIT_SPARE, EXIT_TIMEOUT
 from idetcd.etcd import EtcdClient, KeyValue, LeaseInfo
 from idetcd.members import Member
 from idetcd.registry import dead_key
@@ -229,6 +229,31 @@ class AgreementTests(RoundCase):
         # members alive, so the same members, ranks by slot.
         answers = yield self.ask(nodes + [newcomer], "--nnodes", "3:4", "--after", "3", "--settle", "0")
         self.assert_one_world(answers, [f"worker{i}.tf.local." for i in (1, 2, 3, 4)], 4)
+
+    @defer.inlineCallbacks
+    def test_started_beside_its_node_waits_for_its_name(self):
+        """
+        A job started with its node, not after it (no systemd ordering):
+        env --nnodes waits, within its timeout, for the node's name.
+        """
+        corefile = self.job_corefile()
+        state = os.path.abspath(self.mktemp())
+        asking = self.start(
+            "env", "--format", "json", "--nnodes", "1", "--timeout", "60", "--corefile", corefile, "--state", state
+        )
+        yield wait_for(lambda: b"waiting for this node to hold a name" in asking.output or asking.ended.called, 30)
+        self.assertFalse(asking.ended.called, asking.output)
+        node = self.node(corefile, state)
+        yield self.wait_claimed(node)
+        self.assertEqual((yield asking.ended), 0, asking.output)
+        self.assertEqual(json.loads(asking.stdout)["name"], "worker1.tf.local.")
+        # And a timeout says why.
+        status, out, output = yield self.idetcd(
+            "env", "--format", "json", "--nnodes", "1", "--timeout", "1", "--corefile", corefile,
+            "--state", os.path.abspath(self.mktemp()),
+        )
+        self.assertEqual((status, out), (EXIT_NO_SPEC, ""), output)
+        self.assertIn("timed out after 1s: this node holds no name", output)
 
     @defer.inlineCallbacks
     def test_waits_for_enough_live_members(self):
