@@ -13,12 +13,24 @@ from idetcd.pattern import Pattern
 from idetcd.registry import BOOKKEEPING
 from idetcd.registry import Registry
 from tests.etcdserver import handled, start_etcd
+from tests.faultproxy import FaultProxy
 from tests.test_etcd import wait_for
 
 PREFIX = b"/idetcd/"
 PATTERN = Pattern.parse("worker{{.ID}}.tf.local.")
 NODES = 50
 ROUNDS = 20
+
+
+@defer.inlineCallbacks
+def counts(etcd, methods=("Txn", "Put", "Range")):
+    """
+    How many requests of each of C{methods} etcd has served.
+    """
+    served = {}
+    for method in methods:
+        served[method] = yield handled(etcd, method)
+    return served
 
 
 class Holdings:
@@ -122,13 +134,6 @@ class StormTests(unittest.TestCase):
     NODES = 500
 
     @defer.inlineCallbacks
-    def counts(self, etcd):
-        counts = {}
-        for method in ("Txn", "Put", "Range"):
-            counts[method] = yield handled(etcd, method)
-        return counts
-
-    @defer.inlineCallbacks
     def test_five_hundred_at_once(self):
         """
         500 claimers started together against one etcd, all in this one
@@ -157,7 +162,7 @@ class StormTests(unittest.TestCase):
         registry.startService()
         self.addCleanup(registry.stopService)
         yield registry.when_ready()
-        before = yield self.counts(etcd)
+        before = yield counts(etcd)
         reported = []
         claimers = [
             Claimer(
@@ -181,7 +186,7 @@ class StormTests(unittest.TestCase):
 
         yield wait_for(lambda: held() is not None and holdings.holder == held(), timeout=120, step=0.1)
         held = held()
-        after = yield self.counts(etcd)
+        after = yield counts(etcd)
 
         self.assertEqual(holdings.collisions, [])
         self.assertEqual(set(reported) - holdings.puts, set(), "claims etcd never saw")
@@ -228,3 +233,48 @@ class StormTests(unittest.TestCase):
         lookups = (yield handled(etcd, "LeaseTimeToLive")) - before
         self.assertEqual(sorted(names), sorted(PATTERN.render(slot) for slot in range(101, 201)))
         self.assertEqual(lookups, 0, "lease lookups")
+
+
+class SlowEtcdTests(unittest.TestCase):
+    """
+    Nodes that claim through an etcd answering 2 s late, as an overloaded
+    etcd does.
+    """
+
+    timeout = 120
+    NODES = 10
+
+    @defer.inlineCallbacks
+    def test_claims_progress_without_retries(self):
+        """
+        Every request takes 2 s (1 s each way) but stays within its
+        timeout: each node, with its own client and registry, claims on one
+        lease with two writes, as on a fast etcd; nothing is retried into
+        more leases or writes.
+        """
+        etcd = yield start_etcd(self)
+        proxy = FaultProxy(int(etcd.client_url.rsplit(":", 1)[1]))
+        proxy.start()
+        self.addCleanup(proxy.close)
+        watcher = EtcdClient([etcd.client_url], reactor)
+        self.addCleanup(watcher.close)
+        holdings = yield Holdings.watch(self, watcher)
+        before = yield counts(etcd, ("LeaseGrant", "Txn", "Put"))
+        proxy.delay(1.0)
+        claimers = []
+        for i in range(self.NODES):
+            client = EtcdClient([proxy.url], reactor)
+            self.addCleanup(client.close)
+            claimer = Claimer(
+                client, PATTERN, self.NODES, PREFIX,
+                Member(name="", ipv4=("127.0.0.1",), node=f"n{i}"), 10, reactor,
+            )
+            claimer.startService()
+            self.addCleanup(lambda c=claimer: c.stopService() if c.running else None)
+            claimers.append(claimer)
+        names = yield defer.gatherResults([c.when_claimed() for c in claimers])
+        after = yield counts(etcd, before)
+        self.assertEqual(holdings.collisions, [])
+        self.assertEqual(sorted(names), sorted(PATTERN.render(slot) for slot in range(1, self.NODES + 1)))
+        self.assertEqual(after["LeaseGrant"] - before["LeaseGrant"], self.NODES)
+        self.assertEqual(after["Txn"] - before["Txn"] + after["Put"] - before["Put"], 2 * self.NODES)
