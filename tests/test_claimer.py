@@ -237,6 +237,31 @@ class ClaimerTests(EtcdTestCase):
         self.assertEqual(info.keys, {PREFIX + b"worker2.tf.local."})
 
     @defer.inlineCallbacks
+    def test_lost_grant_reply_leaves_no_second_lease(self):
+        """
+        The reply to a lease grant is lost (a timeout on a slow etcd): the
+        retry asks for the same lease ID, so etcd holds one lease, the one
+        the claim is on, not one per try.
+        """
+        lost = []
+        grant = self.client.lease_grant
+
+        def lose_first_reply(*args, **kwargs):
+            d = grant(*args, **kwargs)
+            if not lost:
+                lost.append(args)
+                d.addCallback(lambda _: defer.fail(defer.TimeoutError("reply lost")))
+            return d
+
+        self.client.lease_grant = lose_first_reply
+        claimer = self.claimer("a")
+        name = yield claimer.when_claimed()
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(name, "worker1.tf.local.")
+        leases = yield self.client.call("/v3/lease/leases", {})
+        self.assertEqual([int(lease["ID"]) for lease in leases["leases"]], [claimer.lease])
+
+    @defer.inlineCallbacks
     def test_garbage_in_a_slot_counts_as_taken(self):
         yield self.client.put(PREFIX + b"worker1.tf.local.", b"not json")
         name = yield self.claimer("a").when_claimed()
@@ -302,7 +327,7 @@ class ScriptedClient:
                 return args
         raise AssertionError(f"no {method} call waits for an answer: {self.calls}")
 
-    def lease_grant(self, ttl):
+    def lease_grant(self, ttl, lease=0):
         return self._call("grant", ttl)
 
     def lease_keepalive(self, lease, timeout=None):

@@ -19,6 +19,7 @@ from idetcd.etcd.errors import (
     EtcdError,
     EtcdSetupError,
     EtcdUnavailable,
+    LeaseExists,
     LeaseNotFound,
     NoSpace,
     TokenRefused,
@@ -33,6 +34,7 @@ _UNAVAILABLE_CODES = frozenset({4, 14})  # DEADLINE_EXCEEDED, UNAVAILABLE
 _NOT_FOUND = 5
 #: What etcd says to a write while its NOSPACE alarm is raised.
 _NO_SPACE = "database space exceeded"
+_FAILED_PRECONDITION = 9
 #: Keys per request of L{EtcdClient.range_paged}: about 250 KB of JSON
 #: for idetcd's members.
 RANGE_PAGE = 1000
@@ -240,6 +242,8 @@ class EtcdClient:
                     raise LeaseNotFound(error_code, message)
                 if _NO_SPACE in message:
                     raise NoSpace(error_code, message)
+                if error_code == _FAILED_PRECONDITION and "lease already exists" in message:
+                    raise LeaseExists(error_code, message)
                 if self._auth is not None and token_refused(message):
                     raise TokenRefused(error_code, message)
                 raise EtcdError(error_code, message)
@@ -362,11 +366,15 @@ class EtcdClient:
         return int(data.get("deleted", 0))
 
     @defer.inlineCallbacks
-    def lease_grant(self, ttl):
+    def lease_grant(self, ttl, lease=0):
         """
-        Returns the new lease's ID and the TTL etcd granted.
+        Returns the new lease's ID and the TTL etcd granted.  With C{lease},
+        etcd grants that ID or fails with L{LeaseExists}.
         """
-        data = yield self.call("/v3/lease/grant", {"TTL": str(ttl)})
+        body = {"TTL": str(ttl)}
+        if lease:
+            body["ID"] = str(lease)
+        data = yield self.call("/v3/lease/grant", body)
         if data.get("error"):
             raise EtcdError(-1, data["error"])
         return int(data["ID"]), int(data["TTL"])

@@ -20,6 +20,12 @@ class LeaseNotFound(EtcdError):
     """
 
 
+class LeaseExists(EtcdError):
+    """
+    A lease with the ID asked for exists already.
+    """
+
+
 class NoSpace(EtcdError):
     """
     etcd raised its NOSPACE alarm: its database reached its quota
