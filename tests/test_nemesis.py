@@ -84,7 +84,8 @@ def corefile(ttl=None):
     """
     if ttl is None:
         return COREFILE
-    return COREFILE.replace("        address {$NODE_ADDRESS}\n", f"        address {{$NODE_ADDRESS}}\n        ttl {ttl}\n")
+    line = "        address {$NODE_ADDRESS}\n"
+    return COREFILE.replace(line, f"{line}        ttl {ttl}\n")
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -614,7 +615,8 @@ class NemesisTests(unittest.TestCase):
         one question per node and name in flight), until the run ends.
         """
         while running[0]:
-            yield defer.gatherResults([self.ask(node, name, pending) for node in self.nodes if node.alive for name in NAMES])
+            asked = [self.ask(node, name, pending) for node in self.nodes if node.alive for name in NAMES]
+            yield defer.gatherResults(asked)
             yield sleep(0.2)
 
     @defer.inlineCallbacks
@@ -695,7 +697,9 @@ class NemesisTests(unittest.TestCase):
                 if compact_at is not None and t >= compact_at:
                     kind, compact_at = "compact", None
                 else:
-                    kind = self.random.choice(["kill", "stop", "stop", "delay", "blackhole", "cut", "partition", "sighup"])
+                    kind = self.random.choice(
+                        ["kill", "stop", "stop", "delay", "blackhole", "cut", "partition", "sighup"]
+                    )
                 if kind == "kill":
                     duration, parameter = self.random.uniform(0.2, 4.0), None
                 elif kind == "stop":
