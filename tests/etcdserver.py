@@ -69,13 +69,19 @@ def fill(etcd, key=b"/filler"):
 def free_space(etcd):
     """
     What an operator does about a NOSPACE alarm, through the gateway:
-    compact the history, defragment, disarm the alarm.
+    compact the history (unless compacted up to now already), defragment,
+    disarm the alarm.
     """
     client = etcd.make_client()
     try:
         status = yield client.call("/v3/maintenance/status", {})
         header = status["header"]
-        yield client.call("/v3/kv/compaction", {"revision": header["revision"], "physical": True})
+        try:
+            yield client.call("/v3/kv/compaction", {"revision": header["revision"], "physical": True})
+        except EtcdError as e:
+            # Compacted there already (nothing can be written meanwhile).
+            if "required revision has been compacted" not in e.message:
+                raise
         yield client.call("/v3/maintenance/defragment", {})
         yield client.call(
             "/v3/maintenance/alarm",

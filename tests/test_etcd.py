@@ -208,6 +208,40 @@ class EtcdClientTests(EtcdTestCase):
         self.assertEqual(failure.compact_revision, revision)
 
     @defer.inlineCallbacks
+    def test_watch_from_the_compaction_revision_fails(self):
+        """
+        A compaction at exactly the revision a watch starts from removes a
+        deletion made there, yet etcd accepts a watch from that revision:
+        the watch must report it compacted, not miss the deletion (a node
+        cut off while a member went, then compacted, kept it for good).
+        """
+        yield self.client.put(PREFIX + b"gone", b"1")
+        yield self.client.delete(PREFIX + b"gone")
+        _, revision = yield self.client.range(PREFIX + b"gone")  # the deletion's
+        yield self.client.call("/v3/kv/compaction", {"revision": str(revision)})
+        seen = []
+        watch = self.client.watch(PREFIX, prefix_range_end(PREFIX), revision, lambda events, rev: seen.extend(events))
+        self.addCleanup(watch.stop)
+        yield self.assertFailure(watch.done.addTimeout(5, reactor), Compacted)
+        self.assertEqual(seen, [])
+
+    @defer.inlineCallbacks
+    def test_watch_delivers_from_its_start_revision(self):
+        """
+        Starting from the revision before, to hear of a compaction there,
+        a watch still delivers nothing below its start revision.
+        """
+        yield self.client.put(PREFIX + b"a", b"1")
+        revision = yield self.client.put(PREFIX + b"b", b"2")
+        seen = []
+        watch = self.client.watch(PREFIX, prefix_range_end(PREFIX), revision, lambda events, rev: seen.extend(events))
+        self.addCleanup(watch.stop)
+        yield self.client.put(PREFIX + b"c", b"3")
+        yield wait_for(lambda: len(seen) == 2)
+        yield sleep(0.3)
+        self.assertEqual([e.kv.key for e in seen], [PREFIX + b"b", PREFIX + b"c"])
+
+    @defer.inlineCallbacks
     def test_moves_to_next_endpoint(self):
         """
         A dead first endpoint costs one failed connection; the client then
