@@ -978,7 +978,9 @@ class NemesisTests(unittest.TestCase):
             yield sleep(1)
 
         node = self.nodes[0]
-        self.faults.append((self.now(), node.index, "partition", LEASE - LEASE / 3 - 0.6, None))
+        # Within the tolerance (a lease minus a keepalive period), with a
+        # second to spare for a busy box.
+        self.faults.append((self.now(), node.index, "partition", LEASE - LEASE / 3 - 1.0, None))
         yield self.fault(node, *self.faults[-1][2:])
 
         self.faults.append((self.now(), None, "nospace", 2 * LEASE, None))
