@@ -380,6 +380,29 @@ class SecureRoundTests(RoundCase):
         self.assertEqual(status, 0, output)
         self.assertEqual(len(json.loads(out)["members"]), 3)
 
+        # worker2 dies: marked dead over TLS, left out of the next round.
+        nodes[1].process.signalProcess(signal.SIGKILL)
+        yield nodes[1].ended
+        for _ in range(40):
+            status, out, output = yield self.idetcd(
+                "round", "--json", "--corefile", corefile, "--state", nodes[0].state
+            )
+            self.assertEqual(status, 0, output)
+            if not json.loads(out)["alive"]:
+                break
+        else:
+            self.fail(f"round 1 still stands after worker2's death: {out}")
+        survivors = [nodes[0], nodes[2]]
+        self.assert_one_world((yield self.ask(survivors, "--nnodes", "2")), [n.name for n in survivors], 2)
+        # worker1 restarts with its state directory: round 3, rank 0 again.
+        nodes[0].process.signalProcess(signal.SIGTERM)
+        yield nodes[0].ended
+        again = self.node(corefile, nodes[0].state)
+        again.name = yield self.wait_claimed(again)
+        survivors[0] = again
+        third = self.assert_one_world((yield self.ask(survivors, "--nnodes", "2")), [n.name for n in survivors], 3)
+        self.assertEqual(third["members"][0]["name"], "worker1.tf.local.")
+
         wrong = self.secure_corefile("wrong-password")
         status, out, output = yield self.idetcd("members", "--corefile", wrong)
         self.assertEqual((status, out), (EXIT_ETCD, ""), output)
