@@ -442,6 +442,9 @@ class Network:
         """
         path = os.path.join(self.directory, "rsh")
         cases = "".join(f"    {host.address}) namespace={host.namespace} ;;\n" for host in self.hosts)
+        # The hosts share the machine's hostname and /tmp: each host's Open
+        # MPI daemon gets a session directory of its own, or they collide.
+        sessions = os.path.join(self.directory, "ompi")
         with open(path, "w") as f:
             f.write(
                 "#!/bin/sh\n"
@@ -451,6 +454,8 @@ class Network:
                 '    *) echo "$0: no host $1 here" >&2; exit 255 ;;\n'
                 "esac\n"
                 "shift\n"
+                f'mkdir -p "{sessions}/$namespace"\n'
+                f'export OMPI_MCA_orte_tmpdir_base="{sessions}/$namespace"\n'
                 'exec ip netns exec "$namespace" /bin/sh -c "$*"\n'
             )
         os.chmod(path, 0o755)

@@ -210,15 +210,24 @@ class RoundRequest:
     timeout = attr.ib(default=None)
 
 
-def _following(reactor, view, client, use, timeout, timed_out):
+def _following(reactor, view, client, use, timeout, timed_out, patient=True):
     """
     Run C{use(registry)} with a registry following the node's prefix,
     stopped afterwards; after C{timeout} seconds (C{None}: never), fail with
     L{CommandError}: C{view.unreachable} if etcd was never read, else
-    C{timed_out(registry)}.
+    C{timed_out(registry)}.  A registry retries whatever etcd says, so one
+    read beside it tells a refusal (a login, a certificate: an
+    L{EtcdSetupError}, at once) from an etcd not answering yet, which only
+    the C{patient} wait for.
     """
     registry = Registry(client, view.prefix, reactor)
     registry.startService()
+    refused = []
+
+    def first_read_failed(failure):
+        if failure.check(EtcdSetupError) or (not patient and failure.check(EtcdUnavailable)):
+            refused.append(failure)
+            d.cancel()
 
     def translate(failure):
         failure.trap(defer.TimeoutError)
@@ -227,10 +236,19 @@ def _following(reactor, view, client, use, timeout, timed_out):
         raise timed_out(registry)
 
     d = defer.maybeDeferred(use, registry)
+    first_read = client.range(view.prefix)
+    first_read.addCallbacks(lambda _: None, first_read_failed)
     if timeout is not None:
         d.addTimeout(timeout, reactor).addErrback(translate)
+    d.addErrback(lambda failure: refused[0] if refused and failure.check(defer.CancelledError) else failure)
+
+    def done(result):
+        first_read.cancel()
+        registry.stopService()
+        return result
+
     # A callback, not a generator's "finally": see run_command.
-    return d.addBoth(lambda result: (registry.stopService(), result)[1])
+    return d.addBoth(done)
 
 
 def _say(err, text):
@@ -315,7 +333,12 @@ def _agree(reactor, view, client, err, request, for_node=False):
         keeper = _keeper(reactor, view, client, registry, request.job)
         name = own[0].name if own else None
         found = yield keeper.agree(request.low, request.high, request.settle, request.after, waiting, name)
-        return found, (own[0] if own else None)
+        if not own:
+            return found, None
+        # The member as it is now: the node may have claimed again, on
+        # another lease, while the round was being agreed.
+        now = registry.members.get(name)
+        return found, (now if now is not None and now.node == own[0].node else own[0])
 
     def timed_out(registry):
         if for_node and not own:
@@ -364,7 +387,7 @@ def round_(reactor, view, client, out, job, as_json):
         found, _ = keeper.current()
         return keeper.job, found, found is not None and keeper.standing(found), keeper.outside(found)
 
-    name, found, standing, waiting = yield _following(reactor, view, client, look, None, None)
+    name, found, standing, waiting = yield _following(reactor, view, client, look, None, None, patient=False)
     members = found.members if found else ()
     if as_json:
         report = {

@@ -64,7 +64,7 @@ class Registry(Service):
 
     Subscribers are called after every change to C{members}: those of
     L{subscribe_changes} first, with the names that changed, then those of
-    L{subscribe}, with no arguments.  Those of L{subscribe_keys} follow the
+    L{subscribe}, with no arguments.  Those of L{subscribe_jobs} follow the
     bookkeeping keys below one sub-prefix instead.  C{revision} is the etcd revision of
     the last change to C{members}, and grows with every change; writes to
     other keys in the watched range (every key in etcd, with prefix "")
@@ -92,7 +92,7 @@ class Registry(Service):
     _bad = attr.ib(factory=dict, init=False)  # key -> mod_revision logged
     _subscribers = attr.ib(factory=list, init=False)
     _change_subscribers = attr.ib(factory=list, init=False)
-    _key_subscribers = attr.ib(factory=list, init=False)  # (sub-prefix, callback)
+    _job_subscribers = attr.ib(factory=list, init=False)
     _contact_subscribers = attr.ib(factory=list, init=False)
     _changed_names = attr.ib(factory=set, init=False)
     _progress_waiters = attr.ib(factory=list, init=False)
@@ -210,15 +210,15 @@ class Registry(Service):
         """
         return self._add(self._change_subscribers, callback)
 
-    def subscribe_keys(self, sub, callback):
+    def subscribe_jobs(self, callback):
         """
-        Call C{callback(key, kv)} for every put under C{prefix + sub} (a
-        bookkeeping sub-prefix, such as C{b"_jobs/"}), and C{callback(key,
-        None)} for every delete, as the watch applies them.  A full read
-        (at start, after a compaction) is not replayed: read the keys then
-        if you need them.  Returns a function that stops the calls.
+        Call C{callback(key, kv)} whenever a training job's record (a key
+        of C{jobs}) is put, and C{callback(key, None)} when it is deleted:
+        as the watch applies them, and, after a full read (a compaction the
+        watch could not resume from), for every record that changed
+        meanwhile.  Returns a function that stops the calls.
         """
-        return self._add(self._key_subscribers, (self.prefix + sub, callback))
+        return self._add(self._job_subscribers, callback)
 
     def subscribe_contact(self, callback):
         """
@@ -237,13 +237,12 @@ class Registry(Service):
             except Exception:
                 log.failure("registry contact subscriber failed")
 
-    def _tell_key(self, key, kv):
-        for start, callback in list(self._key_subscribers):
-            if key.startswith(start):
-                try:
-                    callback(key, kv)
-                except Exception:
-                    log.failure("registry key subscriber failed")
+    def _tell_job(self, key, kv):
+        for callback in list(self._job_subscribers):
+            try:
+                callback(key, kv)
+            except Exception:
+                log.failure("registry job subscriber failed")
 
     @staticmethod
     def _add(subscribers, callback):
@@ -289,6 +288,7 @@ class Registry(Service):
         self.backoff.reset()
         self._warn.reset("load")
         present = {kv.key for kv in kvs}
+        jobs_before = dict(self.jobs)
         for key in list(self._queue):
             if key not in present:
                 self._forget(key)
@@ -315,6 +315,10 @@ class Registry(Service):
         self._watch.done.addErrback(self._watch_failed)
         self._contact(True)
         self._changed()
+        for key in set(jobs_before) | set(self.jobs):
+            kv = self.jobs.get(key)
+            if kv != jobs_before.get(key):
+                self._tell_job(key, kv)
         self._progressed()
 
     def _watch_failed(self, failure):
@@ -332,8 +336,8 @@ class Registry(Service):
                 changed |= self._forget(event.kv.key)
             else:
                 changed |= self._put(event.kv)
-            if self._key_subscribers:
-                self._tell_key(event.kv.key, None if event.deleted else event.kv)
+            if event.kv.key.startswith(self.prefix + JOBS):
+                self._tell_job(event.kv.key, None if event.deleted else event.kv)
         self.applied = max(self.applied, revision)
         if changed:
             # Writes to other keys (every key in etcd, with prefix "") do

@@ -292,7 +292,7 @@ class IdetcdService(OrderedMultiService):
             if kv is None or found is not None:
                 callback(job, found)
 
-        return self.registry.subscribe_keys(JOBS, changed)
+        return self.registry.subscribe_jobs(changed)
 
     def subscribe(self, callback):
         """

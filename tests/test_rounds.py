@@ -20,6 +20,7 @@ from idetcd.registry import dead_key
 from idetcd.training.liveness import overdue
 from idetcd.training.rounds import Round, parse_nnodes, round_key
 from idetcd.registry import Registry
+from idetcd.training import rounds
 from idetcd.training.rounds import PROPOSERS, RoundKeeper
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
 from tests.test_cli import CommandCase
@@ -564,6 +565,9 @@ class RoundScaleTests(unittest.TestCase):
             RoundKeeper(client, registry, reactor, PREFIX, "worker", "worker", "tf.local.")
             for registry in registries
         ]
+        # A hundred registries in one process on a busy box see a write
+        # late: give the first proposer a turn long enough for that.
+        self.patch(rounds, "PROPOSER_DELAY", 1.0)
         # The first asker is worker1's node; the others are the rest.
         agreed = yield defer.gatherResults(
             [keeper.agree(self.MEMBERS, self.MEMBERS, own=f"worker{i + 1}.tf.local.") for i, keeper in enumerate(keepers)]

@@ -26,6 +26,9 @@ def main(steps=5):
         print(f"rank {rank}/{world} step {step} loss {loss.item():.3f}", flush=True)
     total = sum(p.sum().item() for p in model.parameters())
     print(f"rank {rank}/{world} done, weights sum {total:.6f}", flush=True)
+    # Every rank done before any tears gloo down: a rank that leaves while
+    # another still talks to it can abort in gloo's teardown.
+    dist.barrier()
     dist.destroy_process_group()
 
 

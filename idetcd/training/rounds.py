@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from idetcd.clusterspec import member_order
 from idetcd.members import Member
-from idetcd.membership import live_filter, next_change
+from idetcd.membership import live_filter, next_change, when_members
 from idetcd.registry import JOBS
 
 log = Logger()
@@ -219,13 +219,21 @@ class RoundKeeper:
                 settle_from = None
                 if on_waiting is not None:
                     on_waiting(len(chosen))
+                # Members come one change at a time: count them as they
+                # come, not by a look at every member per change.
+                yield when_members(self.registry, low, self.role, self.zone)
+                continue
             elif len(chosen) < high and settle > 0 and (settle_from is None or now - settle_from < settle):
                 # Enough to start, but more may be on their way.
                 if settle_from is None:
                     settle_from = now
             elif not deferred and (place := _place(own, chosen)):
+                # Until the record changes: other writes under the prefix
+                # (claims, marks, other jobs) do not end the turn.
                 deferred = True
-                yield next_change(self.registry, self.reactor, place * PROPOSER_DELAY)
+                until = now + place * PROPOSER_DELAY
+                while self.registry.jobs.get(self.key) is kv and self.reactor.seconds() < until:
+                    yield next_change(self.registry, self.reactor, until - self.reactor.seconds())
                 continue
             else:
                 number = max(current.number if current else 0, after) + 1
