@@ -216,18 +216,20 @@ def _following(reactor, view, client, use, timeout, timed_out, patient=True):
     stopped afterwards; after C{timeout} seconds (C{None}: never), fail with
     L{CommandError}: C{view.unreachable} if etcd was never read, else
     C{timed_out(registry)}.  A registry retries whatever etcd says, so one
-    read beside it tells a refusal (a login, a certificate: an
-    L{EtcdSetupError}, at once) from an etcd not answering yet, which only
-    the C{patient} wait for.
+    read comes first: a refusal (a login, a certificate: an
+    L{EtcdSetupError}) fails at once, and an etcd that does not answer
+    yet is waited for only when C{patient}.
     """
     registry = Registry(client, view.prefix, reactor)
-    registry.startService()
-    refused = []
 
     def first_read_failed(failure):
-        if failure.check(EtcdSetupError) or (not patient and failure.check(EtcdUnavailable)):
-            refused.append(failure)
-            d.cancel()
+        if failure.check(EtcdSetupError) or not patient:
+            return failure
+        return None  # not answering yet: the registry retries
+
+    def follow(_):
+        registry.startService()
+        return use(registry)
 
     def translate(failure):
         failure.trap(defer.TimeoutError)
@@ -235,20 +237,11 @@ def _following(reactor, view, client, use, timeout, timed_out, patient=True):
             raise view.unreachable(f"no answer from {', '.join(client.endpoints)} in {timeout:g}s")
         raise timed_out(registry)
 
-    d = defer.maybeDeferred(use, registry)
-    first_read = client.range(view.prefix)
-    first_read.addCallbacks(lambda _: None, first_read_failed)
+    d = client.range(view.prefix).addCallbacks(lambda _: None, first_read_failed).addCallback(follow)
     if timeout is not None:
         d.addTimeout(timeout, reactor).addErrback(translate)
-    d.addErrback(lambda failure: refused[0] if refused and failure.check(defer.CancelledError) else failure)
-
-    def done(result):
-        first_read.cancel()
-        registry.stopService()
-        return result
-
     # A callback, not a generator's "finally": see run_command.
-    return d.addBoth(done)
+    return d.addBoth(lambda result: (registry.stopService(), result)[1])
 
 
 def _say(err, text):

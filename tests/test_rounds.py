@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from idetcd.clusterspec import ClusterSpec, Local
+from idetcd.embedded import free_port
 from idetcd.commands import EXIT_ETCD, EXIT_NO_SPEC, EXIT_SPARE, EXIT_TIMEOUT
 from idetcd.etcd import EtcdClient, KeyValue, LeaseInfo
 from idetcd.members import Member
@@ -257,6 +258,18 @@ class AgreementTests(RoundCase):
         self.assertIn("timed out after 1s: this node holds no name", output)
 
     @defer.inlineCallbacks
+    def test_round_of_an_etcd_that_does_not_answer(self):
+        """
+        idetcd round reads etcd now, without waiting: exit 3 at once.
+        """
+        corefile = self.job_corefile()
+        status, out, output = yield self.idetcd(
+            "round", "--corefile", corefile, etcd_url=f"http://127.0.0.1:{free_port()}"
+        )
+        self.assertEqual((status, out), (EXIT_ETCD, ""), output)
+        self.assertIn("cannot read etcd", output.strip().splitlines()[-1])
+
+    @defer.inlineCallbacks
     def test_waits_for_enough_live_members(self):
         corefile = self.job_corefile()
         nodes = yield self.nodes(2, corefile)
@@ -404,11 +417,19 @@ class SecureRoundTests(RoundCase):
         third = self.assert_one_world((yield self.ask(survivors, "--nnodes", "2")), [n.name for n in survivors], 3)
         self.assertEqual(third["members"][0]["name"], "worker1.tf.local.")
 
+        # A refused login is one line, at once, from every command: those
+        # that follow etcd's watch too, which would otherwise retry.
         wrong = self.secure_corefile("wrong-password")
-        status, out, output = yield self.idetcd("members", "--corefile", wrong)
-        self.assertEqual((status, out), (EXIT_ETCD, ""), output)
-        self.assertIn("refused user 'node'", output)
-        self.assertEqual(len(output.strip().splitlines()), 1, output)
+        for command in (
+            ("members",),
+            ("round",),
+            ("wait", "--nnodes", "2", "--timeout", "60"),
+            ("env", "--format", "json", "--nnodes", "2", "--timeout", "60", "--state", survivors[1].state),
+        ):
+            status, out, output = yield self.idetcd(*command, "--corefile", wrong)
+            self.assertEqual((status, out), (EXIT_ETCD, ""), output)
+            self.assertIn("refused user 'node'", output)
+            self.assertEqual(len(output.strip().splitlines()), 1, output)
 
 
 def _member(slot, lease):
