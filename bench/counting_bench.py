@@ -27,9 +27,10 @@ import dns.message
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dnsperf_bench import ZONE, StaticRegistry, members  # noqa: E402
-from idetcd import server as idetcd_server  # noqa: E402
-from idetcd import tally  # noqa: E402
-from idetcd.authority import ZoneAuthority  # noqa: E402
+
+from idetcd.dns import _server as idetcd_server  # noqa: E402
+from idetcd.dns import _tally as tally  # noqa: E402
+from idetcd.dns._authority import ZoneAuthority  # noqa: E402
 
 HOST = "127.0.0.1"
 CLIENT = (HOST, 5353)

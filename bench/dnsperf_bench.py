@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
 import urllib.request
 
 import attr
@@ -42,10 +41,10 @@ from prometheus_client.parser import text_string_to_metric_families
 # Run from a checkout: the project sits next to this folder.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from idetcd import server as idetcd_server  # noqa: E402
-from idetcd import tally  # noqa: E402
-from idetcd.authority import ZoneAuthority  # noqa: E402
-from idetcd.members import Member  # noqa: E402
+from idetcd.dns import _server as idetcd_server  # noqa: E402
+from idetcd.dns import _tally as tally  # noqa: E402
+from idetcd.dns._authority import ZoneAuthority  # noqa: E402
+from idetcd.members._record import Member  # noqa: E402
 
 ZONE = "tf.local."
 TTL = 30
@@ -125,9 +124,9 @@ def _listen_metrics(reactor, authority):
     """
     from prometheus_client import CollectorRegistry
 
-    from idetcd.corefile import HttpAddress
-    from idetcd.http import HttpEndpoint, metrics_site
-    from idetcd.metrics import DnsCollector
+    from idetcd.config._corefile import HttpAddress
+    from idetcd.node._http import HttpEndpoint, metrics_site
+    from idetcd.node._metrics import DnsCollector
 
     counts = tally.DnsTally(ZONE)
     registry = CollectorRegistry(auto_describe=False)

@@ -55,8 +55,8 @@ import urllib.parse
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from idetcd.embedded import find_etcd, free_port, free_ports  # noqa: E402
-from idetcd.members import Member  # noqa: E402
+from idetcd.members._record import Member  # noqa: E402
+from idetcd.node._embedded import find_etcd, free_port, free_ports  # noqa: E402
 
 HOST = "127.0.0.1"
 ZONE = "tf.local."
@@ -394,10 +394,10 @@ def storm(endpoint, prefix, count, lease, give_up):
     """
     from twisted.internet import defer, task
 
-    from idetcd.claimer import Claimer
+    from idetcd.claim._claimer import Claimer
     from idetcd.etcd import EtcdClient
-    from idetcd.pattern import Pattern
-    from idetcd.registry import Registry
+    from idetcd.members._registry import Registry
+    from idetcd.names._pattern import Pattern
 
     def gave_up(failure):
         failure.trap(defer.CancelledError, defer.FirstError)

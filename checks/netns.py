@@ -30,7 +30,7 @@ import attr
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import deferLater
 
-from idetcd.embedded import find_etcd
+from idetcd.node._embedded import find_etcd
 
 PREFIX = "idetcdfw-"
 SUBNET = "10.77.0.0/24"

@@ -13,7 +13,7 @@ import time
 
 from twisted.internet import defer
 
-from idetcd.embedded import free_port
+from idetcd.node._embedded import free_port
 from tests.test_cli import CommandCase
 from tests.test_etcd import wait_for
 

@@ -4,16 +4,14 @@ idetcd: collision-free DNS names for the nodes of a cluster, claimed in etcd.
 The public API; everything else may change.
 """
 
-from idetcd.claimer import SlotsExhausted
-from idetcd.clusterspec import ClusterSpec, SpecError
-from idetcd.corefile import CorefileError, IdetcdSettings, ServerBlock, load, parse
+from idetcd._version import __version__
+from idetcd.claim import SlotsExhausted, StateDirectoryBusy
+from idetcd.config import CorefileError, IdetcdSettings, ServerBlock, load, parse
 from idetcd.members import Member
-from idetcd.pattern import Pattern, PatternError
-from idetcd.service import IdetcdService
-from idetcd.state import StateDirectoryBusy
+from idetcd.names import Pattern, PatternError
+from idetcd.node import IdetcdService
+from idetcd.training._clusterspec import ClusterSpec, SpecError
 from idetcd.training.rounds import Round
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ClusterSpec",
@@ -28,6 +26,7 @@ __all__ = [
     "SlotsExhausted",
     "SpecError",
     "StateDirectoryBusy",
+    "__version__",
     "load",
     "parse",
 ]

@@ -10,10 +10,10 @@ import attr
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.embedded import EtcdProcess, free_ports
 from idetcd.etcd import EtcdClient, EtcdError, _b64, prefix_range_end
 from idetcd.etcd.auth import Credentials
 from idetcd.etcd.tls import TlsSettings
+from idetcd.node._embedded import EtcdProcess, free_ports
 from tests.certs import make_certificates
 
 

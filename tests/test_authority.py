@@ -1,5 +1,5 @@
 """
-Tests for L{idetcd.authority}.
+Tests for L{idetcd.dns._authority}.
 """
 
 import dns.message
@@ -12,12 +12,18 @@ from twisted.names import server as tserver
 from twisted.names.error import AuthoritativeDomainError, DomainError
 from twisted.trial import unittest
 
-from idetcd.authority import (
-    EXPIRE, NO_REACHABLE_AUTHORITY, REFRESH, RETRY, STALE_ANSWER, STALE_TTL, ZoneAuthority,
+from idetcd.dns._authority import (
+    EXPIRE,
+    NO_REACHABLE_AUTHORITY,
+    REFRESH,
+    RETRY,
+    STALE_ANSWER,
+    STALE_TTL,
+    ZoneAuthority,
     domain_labels,
 )
-from idetcd.freshness import CURRENT, View
-from idetcd.members import Member
+from idetcd.dns._freshness import CURRENT, View
+from idetcd.members._record import Member
 
 
 class FakeRegistry:

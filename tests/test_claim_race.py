@@ -6,12 +6,11 @@ that trusts nothing the claimers say.
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.claimer import Claimer
+from idetcd.claim._claimer import Claimer
 from idetcd.etcd import EtcdClient, prefix_range_end
-from idetcd.members import Member
-from idetcd.pattern import Pattern
-from idetcd.registry import BOOKKEEPING
-from idetcd.registry import Registry
+from idetcd.members._record import Member
+from idetcd.members._registry import BOOKKEEPING, Registry
+from idetcd.names._pattern import Pattern
 from tests.etcdserver import handled, start_etcd
 from tests.faultproxy import FaultProxy
 from tests.test_etcd import wait_for

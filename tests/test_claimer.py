@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from idetcd.claimer import Claimer, SlotsExhausted
+from idetcd.claim._claimer import Claimer, SlotsExhausted
 from idetcd.etcd import (
     EtcdUnavailable,
     KeyValue,
@@ -18,9 +18,9 @@ from idetcd.etcd import (
     TxnResult,
     prefix_range_end,
 )
-from idetcd.members import Member
-from idetcd.pattern import Pattern
-from idetcd.registry import Registry
+from idetcd.members._record import Member
+from idetcd.members._registry import Registry
+from idetcd.names._pattern import Pattern
 from tests.etcdserver import EtcdTestCase
 from tests.test_etcd import sleep, wait_for
 

@@ -10,9 +10,9 @@ import sys
 
 from twisted.internet import defer, reactor
 
-from idetcd.commands import EXIT_ETCD, EXIT_NO_SPEC, EXIT_TIMEOUT, EXIT_USAGE
-from idetcd.embedded import free_port
+from idetcd.cli._commands import EXIT_ETCD, EXIT_NO_SPEC, EXIT_TIMEOUT, EXIT_USAGE
 from idetcd.etcd import EtcdClient, prefix_range_end
+from idetcd.node._embedded import free_port
 from tests.test_cluster import ROOT, NodeProcessCase, _Output
 from tests.test_etcd import wait_for
 

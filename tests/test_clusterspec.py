@@ -7,8 +7,8 @@ import shlex
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from idetcd.clusterspec import ClusterSpec, SpecError
-from idetcd.members import Member
+from idetcd.members._record import Member
+from idetcd.training._clusterspec import ClusterSpec, SpecError
 
 
 def member(role, slot, srv=2222):

@@ -11,8 +11,8 @@ import sys
 import yaml
 from twisted.trial import unittest
 
-from idetcd.corefile import parse
-from idetcd.failures import PERMANENT
+from idetcd.config._corefile import parse
+from idetcd.node._failures import PERMANENT
 from tests.test_cluster import ROOT
 
 UNIT = os.path.join(ROOT, "contrib", "systemd", "idetcd.service")
@@ -41,7 +41,7 @@ class UnitTests(unittest.TestCase):
         """
         Type=notify, the state directory systemd makes is the one given to
         the node, and the statuses a restart cannot cure are those of
-        L{idetcd.failures.PERMANENT}.
+        L{idetcd.node._failures.PERMANENT}.
         """
         self.assertEqual(self.settings["Type"], ["notify"])
         self.assertEqual(self.settings["StateDirectory"], ["idetcd"])
@@ -96,7 +96,7 @@ class UserDataTests(unittest.TestCase):
         """
         (block,) = parse(self.files["/etc/idetcd/Corefile"], environ={"IDETCD_ADDRESS": "10.0.0.5"})
         self.assertEqual((block.port, block.binds), (53, ("127.0.0.1", "10.0.0.5")))
-        zone = block.idetcd.pattern.zone.rstrip(".")
+        zone = block.idetcd.names._pattern.zone.rstrip(".")
         resolved = settings(self.files["/etc/systemd/resolved.conf.d/idetcd.conf"])
         self.assertEqual(resolved["Domains"], [f"~{zone}"])
         (servers,) = resolved["DNS"]

@@ -12,8 +12,6 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseNeverReceived
 
-from idetcd.embedded import free_port
-from idetcd.etcd.connections import request_url
 from idetcd.etcd import (
     Compacted,
     EtcdClient,
@@ -23,6 +21,8 @@ from idetcd.etcd import (
     describe,
     prefix_range_end,
 )
+from idetcd.etcd.connections import request_url
+from idetcd.node._embedded import free_port
 from tests.etcdserver import EtcdTestCase, restart
 
 PREFIX = b"/idetcd/"

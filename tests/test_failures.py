@@ -14,10 +14,10 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
-from idetcd.claimer import SlotsExhausted
-from idetcd.embedded import EtcdNotFound, free_port, last_words
+from idetcd.claim._claimer import SlotsExhausted
 from idetcd.etcd import EtcdError, EtcdUnavailable
-from idetcd.failures import (
+from idetcd.node._embedded import EtcdNotFound, free_port, last_words
+from idetcd.node._failures import (
     EXIT_CANTCREAT,
     EXIT_CONFIG,
     EXIT_NOPERM,

@@ -1,5 +1,5 @@
 """
-Tests for L{idetcd.forward}: a live server on loopback relaying to real
+Tests for L{idetcd.dns._forward}: a live server on loopback relaying to real
 upstream DNS servers (a small twisted.names authority, and raw sockets
 for the misbehaving ones), asked by real clients.
 """
@@ -18,23 +18,26 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from twisted.internet import defer, protocol, reactor, task, threads, utils
 from twisted.internet.error import CannotListenError
-from twisted.names import common, dns as tdns, server as tserver
+from twisted.names import common
+from twisted.names import dns as tdns
+from twisted.names import server as tserver
 from twisted.names.error import AuthoritativeDomainError
 from twisted.trial import unittest
 
-from idetcd import IdetcdService, wire
-from idetcd.authority import ZoneAuthority
-from idetcd.corefile import CorefileError, ForwardSettings, Upstream
-from idetcd.forward import VERDICTS, Forwarder, reaches_itself, resolv_conf
-from idetcd.metrics import ForwardCollector
-from idetcd.tally import DnsTally
-from idetcd.server import DNSServer
+from idetcd import IdetcdService
+from idetcd.config._corefile import CorefileError, ForwardSettings, Upstream
+from idetcd.dns import _wire as wire
+from idetcd.dns._authority import ZoneAuthority
+from idetcd.dns._forward import VERDICTS, Forwarder, reaches_itself, resolv_conf
+from idetcd.dns._server import DNSServer
+from idetcd.dns._tally import DnsTally
+from idetcd.node._metrics import ForwardCollector
+from tests import test_hostile
 from tests.etcdserver import start_etcd
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_etcd import wait_for
 from tests.test_http import HttpGetter
 from tests.test_metrics import samples, value
-from tests import test_hostile
 from tests.test_server import HOST, exchange_udp, tcp_session
 from tests.test_service import COREFILE
 

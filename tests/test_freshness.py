@@ -1,13 +1,13 @@
 """
-Tests for L{idetcd.freshness}, on a fake clock: when a node's view turns
+Tests for L{idetcd.dns._freshness}, on a fake clock: when a node's view turns
 stale, when it expires, and which name it cannot vouch for.
 """
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from idetcd.freshness import CURRENT, Freshness, View
-from idetcd.members import Member
+from idetcd.dns._freshness import CURRENT, Freshness, View
+from idetcd.members._record import Member
 from tests.test_authority import FakeRegistry
 
 LEASE = 10

@@ -1,5 +1,5 @@
 """
-Hostile input against a live L{idetcd.server.DNSServer}: a bounded batch of
+Hostile input against a live L{idetcd.dns._server.DNSServer}: a bounded batch of
 generated packets over UDP and TCP, then checks that the server still
 answers, that every reply it sent was well formed, that its caches stayed
 bounded and that its log stayed rate-limited.
@@ -23,11 +23,11 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from idetcd import server as server_module
-from idetcd.authority import ZoneAuthority
-from idetcd.server import LOG_INTERVAL, DNSServer
-from tests.test_authority import FakeRegistry, sample_members
+from idetcd.dns import _server as server_module
+from idetcd.dns._authority import ZoneAuthority
+from idetcd.dns._server import LOG_INTERVAL, DNSServer
 from tests.flood import pointer_chain
+from tests.test_authority import FakeRegistry, sample_members
 from tests.test_server import HOST, TIMEOUT, read_message, wait_closed
 
 SEED = 20240229
@@ -297,7 +297,7 @@ class FuzzTests(unittest.TestCase):
         At most one line per kind per interval came from the server.
         """
         ours = [
-            e for e in self.events if e.get("log_namespace") == "idetcd.server" and "kind" in e
+            e for e in self.events if e.get("log_namespace") == "idetcd.dns._server" and "kind" in e
         ]
         per_kind = collections.Counter(e["kind"] for e in ours)
         allowed = 1 + int((time.monotonic() - self.started) // LOG_INTERVAL)

@@ -14,7 +14,8 @@ import time
 from twisted.internet import defer, reactor, threads, utils
 from twisted.trial import unittest
 
-from idetcd import IdetcdService, wire
+from idetcd import IdetcdService
+from idetcd.dns import _wire as wire
 from tests.etcdserver import start_etcd
 from tests.test_fuzz import probe
 from tests.test_service import COREFILE

@@ -14,7 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from idetcd import IdetcdService
 from idetcd.etcd import prefix_range_end
-from idetcd.http import HttpEndpoint
+from idetcd.node._http import HttpEndpoint
 from tests.etcdserver import EtcdTestCase, start_etcd_cluster
 from tests.faultproxy import FaultProxy
 from tests.peerproxy import PeerNetwork

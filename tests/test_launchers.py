@@ -16,8 +16,8 @@ from idetcd.training.launcher import (
     IdetcdError,
     LatestRound,
     NotInRound,
-    Seat,
     RoundWatch,
+    Seat,
     nnodes_text,
     nodes_waiting,
 )

@@ -1,13 +1,13 @@
 """
-Tests for L{idetcd.members}: the etcd value of a claimed name.
+Tests for L{idetcd.members._record}: the etcd value of a claimed name.
 """
 
 import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from idetcd.members import Member, role_and_slot
-from idetcd.pattern import Pattern
+from idetcd.members._record import Member, role_and_slot
+from idetcd.names._pattern import Pattern
 
 
 class MemberValueTests(SynchronousTestCase):

@@ -20,12 +20,13 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from idetcd import http, tally
-from idetcd.authority import ZoneAuthority
+from idetcd.claim._lease import LeaseKeeper
+from idetcd.dns import _tally as tally
+from idetcd.dns._authority import ZoneAuthority
+from idetcd.dns._server import DNSServer
 from idetcd.etcd import EtcdClient, EtcdError, EtcdUnavailable, LeaseNotFound
-from idetcd.lease import LeaseKeeper
-from idetcd.metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_outcome
-from idetcd.server import DNSServer
+from idetcd.node import _http as http
+from idetcd.node._metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_outcome
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_claimer import ScriptedClient
 from tests.test_cluster import query

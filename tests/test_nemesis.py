@@ -35,10 +35,10 @@ import dns.rcode
 from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
-from idetcd.embedded import free_port
 from idetcd.etcd import EtcdClient, Event, KeyValue, prefix_range_end
-from idetcd.members import Member
-from idetcd.registry import BOOKKEEPING
+from idetcd.members._record import Member
+from idetcd.members._registry import BOOKKEEPING
+from idetcd.node._embedded import free_port
 from tests.etcdserver import SMALL_QUOTA, fill, free_space, start_etcd
 from tests.faultproxy import FaultProxy
 from tests.test_cluster import query, spawn_node

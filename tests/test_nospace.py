@@ -16,9 +16,9 @@ import dns.rcode
 from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
-from idetcd.claimer import Claimer
-from idetcd.embedded import free_ports
+from idetcd.claim._claimer import Claimer
 from idetcd.etcd import NoSpace
+from idetcd.node._embedded import free_ports
 from tests.etcdserver import SMALL_QUOTA, EtcdTestCase, fill, free_space, start_etcd
 from tests.test_claimer import PATTERN, PREFIX, identity
 from tests.test_cluster import NodeProcessCase, query

@@ -1,5 +1,5 @@
 """
-Tests for L{idetcd.ordered}: children that start one after another and stop
+Tests for L{idetcd.node._ordered}: children that start one after another and stop
 in reverse.
 """
 
@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import SynchronousTestCase
 
-from idetcd.ordered import OrderedMultiService
+from idetcd.node._ordered import OrderedMultiService
 
 
 class _Part(Service):

@@ -11,7 +11,7 @@ import dns.rcode
 from twisted.internet import defer, reactor
 
 from idetcd.etcd import EtcdClient, prefix_range_end
-from idetcd.registry import DEAD
+from idetcd.members._registry import DEAD
 from tests.faultproxy import FaultProxy
 from tests.test_claim_race import PREFIX, Holdings
 from tests.test_cluster import COREFILE, NodeProcessCase, query

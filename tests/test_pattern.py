@@ -1,5 +1,5 @@
 """
-Tests for L{idetcd.pattern}.
+Tests for L{idetcd.names._pattern}.
 """
 
 import time
@@ -7,7 +7,7 @@ import time
 import attr
 from twisted.trial.unittest import TestCase
 
-from idetcd.pattern import Pattern, PatternError, absolute, name_problem
+from idetcd.names._pattern import Pattern, PatternError, absolute, name_problem
 
 
 def _zone244():

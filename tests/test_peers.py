@@ -1,6 +1,6 @@
 """
-SRV records per role and PTR records for members' addresses: L{idetcd.peers}
-and L{idetcd.authority} with a fake registry, and a live server asked by
+SRV records per role and PTR records for members' addresses: L{idetcd.dns._peers}
+and L{idetcd.dns._authority} with a fake registry, and a live server asked by
 dnspython, dig and kdig.
 """
 
@@ -19,10 +19,11 @@ from twisted.logger import globalLogPublisher
 from twisted.names import dns as tdns
 from twisted.trial import unittest
 
-from idetcd import peers, wire
-from idetcd.authority import Response, ZoneAuthority, domain_labels
-from idetcd.members import Member
-from idetcd.server import DNSServer
+from idetcd.dns import _peers as peers
+from idetcd.dns import _wire as wire
+from idetcd.dns._authority import Response, ZoneAuthority, domain_labels
+from idetcd.dns._server import DNSServer
+from idetcd.members._record import Member
 from tests.test_authority import FakeRegistry
 from tests.test_server import HOST, TIMEOUT, run_tool
 from tests.test_wire import reply

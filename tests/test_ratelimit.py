@@ -6,7 +6,7 @@ from twisted.internet import task
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
-from idetcd.ratelimit import RateLimitedLog
+from idetcd.common._ratelimit import RateLimitedLog
 
 
 class RateLimitedLogTests(unittest.TestCase):

@@ -4,13 +4,12 @@ The registry against a real etcd: one read, then a watch.
 
 import shutil
 
-
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 
 from idetcd.etcd import prefix_range_end
-from idetcd.members import Member
-from idetcd.registry import Registry
+from idetcd.members._record import Member
+from idetcd.members._registry import Registry
 from tests.etcdserver import EtcdTestCase, handled, restart
 from tests.proxy import CuttableProxy
 from tests.test_etcd import wait_for
@@ -29,7 +28,7 @@ class RegistryTests(EtcdTestCase):
         self.warnings = []
 
         def observe(event):
-            if event.get("log_namespace") == "idetcd.registry" and event["log_level"].name == "warn":
+            if event.get("log_namespace") == "idetcd.members._registry" and event["log_level"].name == "warn":
                 self.warnings.append(event)
 
         globalLogPublisher.addObserver(observe)

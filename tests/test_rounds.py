@@ -12,22 +12,26 @@ import signal
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.clusterspec import ClusterSpec, Local
-from idetcd.embedded import free_port
-from idetcd.commands import EXIT_ETCD, EXIT_NO_SPEC, EXIT_SPARE, EXIT_TIMEOUT
+from idetcd.cli._commands import EXIT_ETCD, EXIT_NO_SPEC, EXIT_SPARE, EXIT_TIMEOUT
 from idetcd.etcd import EtcdClient, KeyValue, LeaseInfo
-from idetcd.members import Member
-from idetcd.registry import dead_key
-from idetcd.training.liveness import overdue
-from idetcd.training.rounds import Round, parse_nnodes, round_key
-from idetcd.registry import Registry
+from idetcd.members._record import Member
+from idetcd.members._registry import Registry, dead_key
+from idetcd.node._embedded import free_port
 from idetcd.training import rounds
-from idetcd.training.rounds import PROPOSERS, RoundKeeper
+from idetcd.training._clusterspec import ClusterSpec, Local
+from idetcd.training.liveness import overdue
+from idetcd.training.rounds import (
+    PROPOSERS,
+    Round,
+    RoundKeeper,
+    parse_nnodes,
+    round_key,
+)
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
 from tests.test_cli import CommandCase
+from tests.test_etcd import sleep, wait_for
 from tests.test_scale import write_members
 from tests.test_secure import start_node
-from tests.test_etcd import sleep, wait_for
 
 #: Lease 6 unless a test says otherwise: a live node renews every 2 s and
 #: is counted dead 3 s after its last renewal; room for a busy 2-core box.

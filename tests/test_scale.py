@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from idetcd import IdetcdService
 from idetcd.etcd import EtcdClient, _b64
-from idetcd.members import Member
+from idetcd.members._record import Member
 from tests.etcdserver import start_etcd
 from tests.test_etcd import sleep
 from tests.test_server import tcp_session

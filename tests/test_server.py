@@ -1,5 +1,5 @@
 """
-Tests for L{idetcd.server}: a live server on loopback, real clients.
+Tests for L{idetcd.dns._server}: a live server on loopback, real clients.
 
 dnspython and raw sockets run in threads (deferToThread) with timeouts, so
 the server keeps the reactor; dig and kdig run as child processes.
@@ -30,12 +30,12 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from idetcd.authority import ZoneAuthority
-from idetcd.freshness import CURRENT, View
-from idetcd.members import Member
-from idetcd import server as server_module
-from idetcd import tally
-from idetcd.server import DNSServer
+from idetcd.dns import _server as server_module
+from idetcd.dns import _tally as tally
+from idetcd.dns._authority import ZoneAuthority
+from idetcd.dns._freshness import CURRENT, View
+from idetcd.dns._server import DNSServer
+from idetcd.members._record import Member
 from tests.test_authority import FakeRegistry, sample_members
 
 HOST = "127.0.0.1"

@@ -13,7 +13,7 @@ from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
 from idetcd import ClusterSpec, IdetcdService, StateDirectoryBusy
-from idetcd.identity import announced_address
+from idetcd.claim._announcement import announced_address
 from idetcd.etcd import EtcdClient, prefix_range_end
 from tests.etcdserver import start_etcd, start_etcd_cluster
 from tests.test_cluster import query

@@ -16,7 +16,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from idetcd.systemd import SystemdNotifier, from_environment, socket_address
+from idetcd.node._systemd import SystemdNotifier, from_environment, socket_address
 from tests.test_cluster import NodeProcessCase, query
 from tests.test_etcd import sleep
 
@@ -191,7 +191,7 @@ class NotifierTests(unittest.TestCase):
         notifier.startService()
         notifier.notify(STATUS="one")
         notifier.stopService()
-        warnings = [e for e in events if e.get("log_namespace") == "idetcd.systemd"]
+        warnings = [e for e in events if e.get("log_namespace") == "idetcd.node._systemd"]
         self.assertEqual(len(warnings), 1)
         self.assertIn("Connection refused", str(warnings[0]["error"]))
 

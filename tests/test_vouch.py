@@ -10,7 +10,7 @@ import dns.rcode
 from twisted.internet import defer, reactor, threads
 
 from idetcd.etcd import EtcdClient, prefix_range_end
-from idetcd.members import Member
+from idetcd.members._record import Member
 from tests.faultproxy import FaultProxy
 from tests.test_cluster import NodeProcessCase
 from tests.test_etcd import sleep

@@ -14,8 +14,14 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import ResponseDone, ResponseFailed
 
-from idetcd.etcd import EtcdClient, EtcdUnavailable, ResyncNeeded, Watch, prefix_range_end
-from idetcd.registry import Registry
+from idetcd.etcd import (
+    EtcdClient,
+    EtcdUnavailable,
+    ResyncNeeded,
+    Watch,
+    prefix_range_end,
+)
+from idetcd.members._registry import Registry
 from tests.etcdserver import start_etcd_cluster
 from tests.peerproxy import PeerNetwork
 from tests.test_etcd import sleep, wait_for

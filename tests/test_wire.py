@@ -1,5 +1,5 @@
 """
-L{idetcd.wire}, checked with dnspython: replies the encoder writes, and
+L{idetcd.dns._wire}, checked with dnspython: replies the encoder writes, and
 hostile messages the reader refuses with work bounded by a few records,
 whatever their length.
 """
@@ -15,8 +15,8 @@ import dns.tsigkeyring
 from twisted.names import dns as tdns
 from twisted.trial import unittest
 
-from idetcd import wire
-from idetcd.authority import Response, domain_labels
+from idetcd.dns import _wire as wire
+from idetcd.dns._authority import Response, domain_labels
 from tests.flood import pointer_chain
 
 

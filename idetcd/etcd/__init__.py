@@ -28,7 +28,14 @@ from idetcd.etcd.errors import (
     describe,
 )
 from idetcd.etcd.tls import TlsSettings
-from idetcd.etcd.values import Event, KeyValue, LeaseInfo, TxnResult, _b64, prefix_range_end
+from idetcd.etcd.values import (
+    Event,
+    KeyValue,
+    LeaseInfo,
+    TxnResult,
+    _b64,
+    prefix_range_end,
+)
 from idetcd.etcd.watch import MAX_WATCH_LINE, Watch, _WatchStream
 
 __all__ = [

@@ -15,8 +15,7 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 
-from idetcd.backoff import Backoff
-from idetcd.ratelimit import RateLimitedLog
+from idetcd.common import Backoff, RateLimitedLog
 from idetcd.etcd.errors import (
     AuthenticationFailed,
     EtcdError,

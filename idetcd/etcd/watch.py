@@ -11,8 +11,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from idetcd.backoff import Backoff
-from idetcd.ratelimit import RateLimitedLog
+from idetcd.common import Backoff, RateLimitedLog
 from idetcd.etcd.auth import watch_refused
 from idetcd.etcd.errors import Compacted, EtcdError, ResyncNeeded
 from idetcd.etcd.values import Event, KeyValue, _range_body

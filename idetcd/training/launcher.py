@@ -17,7 +17,7 @@ import time
 
 import attr
 
-from idetcd.commands import EXIT_SPARE, EXIT_TIMEOUT
+from idetcd.cli import EXIT_SPARE, EXIT_TIMEOUT
 
 #: The idetcd command, with the Python this process runs on.
 IDETCD = (sys.executable, "-m", "idetcd.cli")

@@ -2,7 +2,7 @@
 Which members are alive: a member whose holder stopped renewing its lease
 is dead long before etcd expires the lease, and a job must not wait for it.
 
-A live holder renews every third of its TTL (L{idetcd.lease.LeaseKeeper}),
+A live holder renews every third of its TTL (L{idetcd.claim._lease.LeaseKeeper}),
 so etcd's time-to-live on its lease stays above two thirds of the granted
 TTL.  A lease surely below half of it is I{overdue}: its holder has missed
 a renewal by a wide margin, and is dead.  etcd reports whole seconds,
@@ -32,10 +32,9 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 
+from idetcd.common import RateLimitedLog
 from idetcd.etcd import LeaseNotFound
-from idetcd.membership import member_filter
-from idetcd.ratelimit import RateLimitedLog
-from idetcd.registry import dead_key
+from idetcd.members import dead_key, member_filter
 
 log = Logger()
 

@@ -24,10 +24,14 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from idetcd.clusterspec import member_order
-from idetcd.members import Member
-from idetcd.membership import live_filter, next_change, when_members
-from idetcd.registry import JOBS
+from idetcd.members import (
+    JOBS,
+    Member,
+    live_filter,
+    member_order,
+    next_change,
+    when_members,
+)
 
 log = Logger()
 

@@ -30,7 +30,7 @@ from torch.distributed.elastic.rendezvous import (
     RendezvousTimeoutError,
 )
 
-from idetcd.commands import EXIT_ETCD, EXIT_TIMEOUT
+from idetcd.cli import EXIT_ETCD, EXIT_TIMEOUT
 from idetcd.training.launcher import Idetcd, IdetcdError, RoundWatch, nodes_waiting
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from twisted.application.service import ServiceMaker
 
 idetcd = ServiceMaker(
     "idetcd",
-    "idetcd.tap",
+    "idetcd.node._tap",
     "Collision-free cluster node names in etcd, served over DNS",
     "idetcd",
 )

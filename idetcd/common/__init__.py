@@ -1,0 +1,11 @@
+"""
+Small tools every part uses: a retry backoff and rate-limited warnings.
+"""
+
+from idetcd.common._backoff import Backoff
+from idetcd.common._ratelimit import RateLimitedLog
+
+__all__ = [
+    "Backoff",
+    "RateLimitedLog",
+]

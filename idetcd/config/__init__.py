@@ -1,0 +1,28 @@
+"""
+The Corefile: read, parsed and checked into the settings every part
+of a node takes.
+"""
+
+from idetcd.config._corefile import (
+    CorefileError,
+    ForwardSettings,
+    HttpAddress,
+    IdetcdSettings,
+    ServerBlock,
+    Upstream,
+    load,
+    parse,
+    read,
+)
+
+__all__ = [
+    "CorefileError",
+    "ForwardSettings",
+    "HttpAddress",
+    "IdetcdSettings",
+    "ServerBlock",
+    "Upstream",
+    "load",
+    "parse",
+    "read",
+]

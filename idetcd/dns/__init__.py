@@ -1,0 +1,21 @@
+"""
+The DNS front end: the zone authority answering from memory, the UDP
+and TCP server in front of it, replies as bytes, forwarding of other
+names, and how far a node can vouch for its answers.
+"""
+
+from idetcd.dns._authority import ZoneAuthority
+from idetcd.dns._forward import Forwarder
+from idetcd.dns._freshness import Freshness
+from idetcd.dns._peers import reverse_zones
+from idetcd.dns._server import DNSServer
+from idetcd.dns._tally import DnsTally
+
+__all__ = [
+    "DNSServer",
+    "DnsTally",
+    "Forwarder",
+    "Freshness",
+    "ZoneAuthority",
+    "reverse_zones",
+]

@@ -1,0 +1,214 @@
+"""
+A node's Prometheus metrics, named after CoreDNS's so that dashboards carry
+over.
+
+Nothing here runs per DNS query: the DNS server counts in plain structures
+(L{idetcd.dns._tally}), the lease keeper counts its keepalives, the etcd client
+tells L{EtcdCalls} of each call, and L{NodeCollector} reads those counts and
+the registry's and claimer's state only when Prometheus scrapes
+(L{DnsCollector}, L{ForwardCollector}, L{NodeCollector}).  Each node
+has a registry of its own, so several nodes in one process (an embedding
+application, the tests) each report their own.
+"""
+
+import collections
+
+import attr
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.utils import floatToGoString
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from idetcd.dns import _tally as tally
+from idetcd.etcd import EtcdUnavailable
+
+#: etcd's gRPC method for each gateway path, as etcd's own metrics name it
+#: (grpc_server_handled_total{grpc_method}), for the calls idetcd makes;
+#: any other path counts as itself.
+METHODS = {
+    "/v3/kv/range": "Range",
+    "/v3/kv/put": "Put",
+    "/v3/kv/deleterange": "DeleteRange",
+    "/v3/kv/txn": "Txn",
+    "/v3/lease/grant": "LeaseGrant",
+    "/v3/lease/revoke": "LeaseRevoke",
+    "/v3/lease/keepalive": "LeaseKeepAlive",
+    "/v3/lease/timetolive": "LeaseTimeToLive",
+}
+
+#: Every outcome of a lease keepalive, reported from 0 so alerts on their
+#: rate work from the start.
+KEEPALIVE_OUTCOMES = ("ok", "failed", "gone")
+
+
+def etcd_outcome(result):
+    """
+    How an etcd call ended: "ok"; "error" (etcd refused it); "unavailable"
+    (no endpoint answered); "cancelled" (given up by its caller).
+    """
+    if not isinstance(result, Failure):
+        return "ok"
+    if result.check(defer.CancelledError):
+        return "cancelled"
+    if result.check(EtcdUnavailable):
+        return "unavailable"
+    return "error"
+
+
+@attr.s(eq=False)
+class EtcdCalls:
+    """
+    The etcd client's C{on_call} hook: counts calls by (method, outcome).
+    """
+
+    counts = attr.ib(factory=collections.Counter, init=False)
+
+    def __call__(self, path, result):
+        self.counts[METHODS.get(path, path), etcd_outcome(result)] += 1
+
+
+def _counter(name, documentation, labels, counts):
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(counts.items()):
+        family.add_metric(key if isinstance(key, tuple) else (key,), value)
+    return family
+
+
+@attr.s(eq=False)
+class DnsCollector:
+    """
+    A prometheus_client collector of the answers counted in C{tally} (a
+    L{tally.DnsTally}).
+    """
+
+    tally = attr.ib()
+
+    def collect(self):
+        zone = self.tally.zone
+        yield _counter(
+            "idetcd_dns_requests",
+            "DNS requests answered, per zone, protocol, family and query type.",
+            ("zone", "proto", "family", "type"),
+            {(zone, *key): count for key, count in self.tally.requests().items()},
+        )
+        yield _counter(
+            "idetcd_dns_responses", "DNS responses, per zone and response code.",
+            ("zone", "rcode"),
+            {(zone, rcode): count for rcode, count in self.tally.responses().items()},
+        )
+        cumulative, count, seconds = self.tally.durations()
+        durations = HistogramMetricFamily(
+            "idetcd_dns_request_duration_seconds",
+            "Time from reading a DNS request to handing its response to the kernel, per zone.",
+            labels=("zone",),
+        )
+        buckets = [(floatToGoString(bound), n) for bound, n in zip(tally.BOUNDS, cumulative)]
+        durations.add_metric((zone,), buckets + [("+Inf", count)], seconds)
+        yield durations
+
+
+@attr.s(eq=False)
+class ForwardCollector:
+    """
+    A prometheus_client collector of what C{forwarder} (an
+    L{idetcd.dns._forward.Forwarder}) sent upstream and got back.
+    """
+
+    forwarder = attr.ib()
+
+    def collect(self):
+        forwarder = self.forwarder
+        tries = {str(upstream): 0 for upstream in forwarder.upstreams}
+        tries.update(forwarder.tries)
+        yield _counter(
+            "idetcd_forward_requests", "Queries sent upstream, per upstream; each try counts.",
+            ("to",), tries,
+        )
+        yield _counter(
+            "idetcd_forward_responses", "Replies taken from upstreams, per upstream and response code.",
+            ("to", "rcode"), forwarder.replies,
+        )
+        yield _counter(
+            "idetcd_forward_max_concurrent_rejects",
+            "Queries to forward dropped because max_concurrent were in flight.",
+            (), {(): forwarder.dropped},
+        )
+
+
+@attr.s(eq=False)
+class NodeCollector:
+    """
+    A prometheus_client collector of one node's state: its registry, its
+    claim, its lease keepalives, and its etcd calls as C{etcd} (its
+    client's L{EtcdCalls}) counted them.
+    """
+
+    node = attr.ib()
+    etcd = attr.ib()
+    _claimed = attr.ib(factory=set, init=False)  # every name seen held
+
+    def collect(self):
+        node = self.node
+        yield GaugeMetricFamily(
+            "idetcd_members", "Names claimed in etcd, as this node's registry holds them.",
+            value=len(node.registry.members),
+        )
+        yield GaugeMetricFamily(
+            "idetcd_registry_revision",
+            "etcd revision of the last membership change the registry applied.",
+            value=node.registry.revision,
+        )
+        held = node.held_name
+        if held is not None:
+            self._claimed.add(held)
+        claimed = GaugeMetricFamily(
+            "idetcd_claimed",
+            "1 for the name this node holds on a live lease; 0 for names it held before.",
+            labels=("name",),
+        )
+        for name in sorted(self._claimed):
+            claimed.add_metric((name,), 1 if name == held else 0)
+        yield claimed
+        yield GaugeMetricFamily(
+            "idetcd_etcd_nospace",
+            "1 while etcd's NOSPACE alarm refuses this node's claim (database space exceeded), else 0.",
+            value=int(node.claimer.nospace),
+        )
+        keepalives = node.claimer.keepalives
+        yield _counter(
+            "idetcd_lease_keepalives", "Keepalives of this node's lease, by outcome.",
+            ("outcome",), {outcome: keepalives[outcome] for outcome in KEEPALIVE_OUTCOMES},
+        )
+        yield _counter(
+            "idetcd_etcd_requests", "Calls to etcd, by gRPC method and outcome.",
+            ("method", "outcome"), self.etcd.counts,
+        )
+
+
+def node_registry(node):
+    """
+    A new registry of C{node}'s metrics (and of its process, as every
+    Prometheus client reports them); C{node} starts counting them.  Call it
+    before the node starts.
+    """
+    dns = tally.DnsTally(node.dns.authority.zone)
+    node.dns.tally = dns
+    calls = node.client.on_call = EtcdCalls()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DnsCollector(dns))
+    registry.register(NodeCollector(node, calls))
+    if node.dns.forwarder is not None:
+        registry.register(ForwardCollector(node.dns.forwarder))
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    return registry

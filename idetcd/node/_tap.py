@@ -1,0 +1,211 @@
+"""
+The ``twistd idetcd`` command: options, the service it runs, and how it
+fails: one line that says what is wrong and what to do, and the exit status
+of L{idetcd.node._failures}.
+"""
+
+import atexit
+import os
+import sys
+
+import attr
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet import reactor as global_reactor
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from idetcd.config import CorefileError, load
+from idetcd.node import _failures as failures
+from idetcd.node._http import HttpEndpoint
+from idetcd.node._reload import Reloader
+from idetcd.node._service import IdetcdService
+from idetcd.node._systemd import SystemdNotifier, from_environment
+
+log = Logger()
+
+
+def _leave(message, status):
+    """
+    Fail before twistd logs or binds anything: one line on stderr.
+    """
+    print(f"twistd idetcd: {failures.one_line(message)}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+class Options(usage.Options):
+    synopsis = "[--corefile FILE] [--port PORT] [--state DIR]"
+    longdesc = (
+        "Claim a unique name for this node in etcd and answer DNS for every "
+        "node's name. See the README for the Corefile directives and the "
+        "exit statuses."
+    )
+    optParameters = [
+        ["corefile", "c", "Corefile", "The Corefile to read."],
+        ["port", "p", None, "DNS port to listen on, instead of the Corefile's.", int],
+        ["state", "s", None, "State directory, instead of the Corefile's 'state'."],
+    ]
+
+    def parseOptions(self, options=None):
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            _leave(f"{e} (see twistd idetcd --help)", failures.EXIT_USAGE)
+
+    def postOptions(self):
+        try:
+            blocks = load(self["corefile"])
+        except CorefileError as e:
+            _leave(e, failures.EXIT_CONFIG)
+        blocks = [block for block in blocks if block.idetcd is not None]
+        if not blocks:
+            _leave(f"{self['corefile']}: no server block has an idetcd directive", failures.EXIT_CONFIG)
+        if len(blocks) > 1 and (self["port"] is not None or self["state"] is not None):
+            raise usage.UsageError("--port and --state apply to a Corefile with one idetcd server block")
+        self["blocks"] = blocks
+
+
+def _exit_after_shutdown(status):
+    # twistd exits 0 whenever the reactor stops; leave with our status once
+    # it has cleaned up after itself.
+    def leave():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    atexit.register(leave)
+
+
+def _ready_status(nodes):
+    """
+    What C{STATUS=} says once every node holds its name.
+    """
+    return "; ".join(f"{node.held_name} answers DNS on port {node.dns.port}" for node in nodes)
+
+
+@attr.s(eq=False)
+class Nodes(MultiService):
+    """
+    The nodes of one Corefile, failing together: when one cannot start, the
+    reason is logged as one line, every node stops and the process exits
+    with the status L{failures.explain} gives (70 for an unexpected error,
+    logged with its traceback).  Under systemd (C{notify}: the address and
+    watchdog period of L{from_environment}), a L{SystemdNotifier} child
+    reports readiness once every node holds its name.  With the
+    C{corefile} they come from, a L{Reloader} handles SIGHUP, SIGUSR1 and
+    SIGUSR2 from start until every node has stopped.
+    """
+
+    nodes = attr.ib()
+    reactor = attr.ib()
+    notify = attr.ib(default=(None, None))
+    corefile = attr.ib(default=None)
+    status = attr.ib(default=None, init=False)
+    notifier = attr.ib(default=None, init=False)
+    reloader = attr.ib(default=None, init=False)
+
+    def __attrs_post_init__(self):
+        MultiService.__init__(self)
+        for node in self.nodes:
+            node.setServiceParent(self)
+        if self.corefile is not None:
+            self.reloader = Reloader(self.corefile, self.nodes, self.reactor)
+        address, watchdog = self.notify
+        if address:
+            # Added last: started last, stopped first (STOPPING=1 before the
+            # names are given back).
+            self.notifier = SystemdNotifier(address, self._all_named, self.reactor, watchdog)
+            self.notifier.setServiceParent(self)
+
+    def _all_named(self):
+        named = defer.gatherResults([node.when_claimed() for node in self.nodes], consumeErrors=True)
+        return named.addCallback(lambda _: _ready_status(self.nodes))
+
+    def privilegedStartService(self):
+        # twistd binds the ports here, before dropping privileges.
+        try:
+            MultiService.privilegedStartService(self)
+        except Exception:
+            self.fail(Failure())
+
+    def startService(self):
+        # Wait for the names before starting: a node that fails at once then
+        # leaves the telling to fail(), rather than logging it itself.
+        for node in self.nodes:
+            node.when_claimed().addErrback(self.fail)
+        if self.status is not None:
+            # A port could not be bound: nothing starts, and the stop that
+            # follows closes what was bound.
+            Service.startService(self)
+            return
+        if self.reloader is not None:
+            self.reloader.start()
+        try:
+            MultiService.startService(self)
+        except Exception:
+            self.fail(Failure())
+
+    def stopService(self):
+        if self.reloader is None:
+            return MultiService.stopService(self)
+        self.reloader.stop()
+
+        def restore(result):
+            # Only now: a signal while the names are given back must not
+            # kill the process.
+            self.reloader.restore()
+            return result
+
+        return MultiService.stopService(self).addBoth(restore)
+
+    def _listeners(self):
+        """
+        What listens on which port, to name it in a failure.
+        """
+        listeners = {}
+        for node in self.nodes:
+            listeners[node.dns.port] = "DNS"
+            for child in node:
+                if isinstance(child, HttpEndpoint):
+                    listeners[child.address.port] = f"the {child.name} endpoint"
+        return listeners
+
+    def fail(self, failure):
+        """
+        A node cannot start: say why once, stop, and exit with the status
+        that says whether starting again can help.
+        """
+        if failure.check(defer.CancelledError) or self.status is not None:
+            return None  # stopped before it had a name, or failing already
+        explained = failures.explain(
+            failure.value, self._listeners(), tuple(node.state.path for node in self.nodes)
+        )
+        if explained is None:
+            log.failure("cannot start: unexpected error", failure)
+            line, self.status = failures.one_line(failure.getErrorMessage()), failures.EXIT_SOFTWARE
+        else:
+            line, self.status = explained
+            log.critical("cannot start: {why}", why=line, exit_status=self.status)
+        if self.notifier is not None:
+            self.notifier.notify(STATUS=f"cannot start: {line}")
+        _exit_after_shutdown(self.status)
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
+        return None
+
+
+def makeService(options, reactor=global_reactor):
+    try:
+        nodes = [
+            IdetcdService(block, reactor, port=options["port"], state_dir=options["state"])
+            for block in options["blocks"]
+        ]
+    except Exception as e:
+        explained = failures.explain(e)
+        if explained is None:
+            raise
+        _leave(*explained)
+    return Nodes(nodes, reactor, from_environment(), options["corefile"])
