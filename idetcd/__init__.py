@@ -10,7 +10,7 @@ from idetcd.config import CorefileError, IdetcdSettings, ServerBlock, load, pars
 from idetcd.members import Member
 from idetcd.names import Pattern, PatternError
 from idetcd.node import IdetcdService
-from idetcd.training._clusterspec import ClusterSpec, SpecError
+from idetcd.training import ClusterSpec, SpecError
 from idetcd.training.rounds import Round
 
 __all__ = [

@@ -20,7 +20,7 @@ from idetcd.members import (
     read_members,
     when_members,
 )
-from idetcd.training._clusterspec import ClusterSpec, Local, SpecError, member_json
+from idetcd.training import ClusterSpec, Local, SpecError, member_json
 from idetcd.training.interfaces import interface_of
 from idetcd.training.rounds import RoundKeeper
 

@@ -37,7 +37,7 @@ from idetcd.cli._commands import (
     NodeView,
     RoundRequest,
 )
-from idetcd.training._clusterspec import FORMATS
+from idetcd.training import FORMATS
 from idetcd.training.rounds import parse_nnodes
 
 

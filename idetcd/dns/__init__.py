@@ -9,9 +9,11 @@ from idetcd.dns._forward import Forwarder
 from idetcd.dns._freshness import Freshness
 from idetcd.dns._peers import reverse_zones
 from idetcd.dns._server import DNSServer
+from idetcd.dns._tally import BOUNDS as DURATION_BOUNDS
 from idetcd.dns._tally import DnsTally
 
 __all__ = [
+    "DURATION_BOUNDS",
     "DNSServer",
     "DnsTally",
     "Forwarder",

@@ -29,7 +29,7 @@ from prometheus_client.utils import floatToGoString
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from idetcd.dns import _tally as tally
+from idetcd.dns import DURATION_BOUNDS, DnsTally
 from idetcd.etcd import EtcdUnavailable
 
 #: etcd's gRPC method for each gateway path, as etcd's own metrics name it
@@ -88,7 +88,7 @@ def _counter(name, documentation, labels, counts):
 class DnsCollector:
     """
     A prometheus_client collector of the answers counted in C{tally} (a
-    L{tally.DnsTally}).
+    L{DnsTally}).
     """
 
     tally = attr.ib()
@@ -112,7 +112,7 @@ class DnsCollector:
             "Time from reading a DNS request to handing its response to the kernel, per zone.",
             labels=("zone",),
         )
-        buckets = [(floatToGoString(bound), n) for bound, n in zip(tally.BOUNDS, cumulative)]
+        buckets = [(floatToGoString(bound), n) for bound, n in zip(DURATION_BOUNDS, cumulative)]
         durations.add_metric((zone,), buckets + [("+Inf", count)], seconds)
         yield durations
 
@@ -201,7 +201,7 @@ def node_registry(node):
     Prometheus client reports them); C{node} starts counting them.  Call it
     before the node starts.
     """
-    dns = tally.DnsTally(node.dns.authority.zone)
+    dns = DnsTally(node.dns.authority.zone)
     node.dns.tally = dns
     calls = node.client.on_call = EtcdCalls()
     registry = CollectorRegistry(auto_describe=False)
