@@ -17,7 +17,9 @@ from idetcd.node._embedded import free_port
 from tests.test_cli import CommandCase
 from tests.test_etcd import wait_for
 
-#: A DDP job: one all-reduce a step, each line saying where it runs.
+#: A DDP job: one all-reduce a step, each line saying where it runs; and
+#: first, how many workers have come to the workers' store so far, this
+#: one included: an earlier round's workers would count too.
 DDP = """\
 import os, sys, time
 import torch
@@ -25,6 +27,8 @@ import torch.distributed as dist
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
+store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+print(f"STORE round={os.environ['IDETCD_ROUND']} came={store.add('check/came', 1)}", flush=True)
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
 steps = int(sys.argv[1])
 for step in range(steps):
@@ -39,6 +43,7 @@ dist.destroy_process_group()
 """
 
 STEP = re.compile(rb"STEP (\d+) round=(\d+) rank=(\d+) world=(\d+) sum=(\d+)")
+CAME = re.compile(rb"STORE round=(\d+) came=(\d+)")
 
 
 def steps(output):
@@ -46,6 +51,14 @@ def steps(output):
     The job's steps in C{output}: (step, round, rank, world size, sum).
     """
     return [tuple(int(x) for x in found) for found in STEP.findall(output)]
+
+
+def came(runs, round_):
+    """
+    The workers of C{runs} in C{round_}: each one's count of the workers
+    come to its store, in order.
+    """
+    return sorted(int(n) for run in runs for r, n in CAME.findall(run.output) if int(r) == round_)
 
 
 class TorchrunTests(CommandCase):
@@ -98,24 +111,51 @@ class TorchrunTests(CommandCase):
         return run.ended
 
     @defer.inlineCallbacks
-    def test_ddp_ranks_in_one_round(self):
+    def test_ddp_ranks_and_a_new_round_after_a_death(self):
         """
         Three nodes, one round: ranks 0 to 2, the sum of the ranks from
-        every node, every job done.  (A member's death and the next round
-        are not checked here yet: the survivors' gloo, set up again for the
-        next round, sometimes fails to connect (issue #15's note).)
+        every node.  Then the rank-2 machine dies, node and job: the
+        others agree a newer round without it, ranks 0 and 1 in a world
+        of 2, train in it and end well.
         """
-        nodes = yield self.workers(3)
         started = time.monotonic()
-        runs = [self.torchrun(node, "ddp", "2:3", "3", "0") for node in nodes]
+        nodes = yield self.workers(3)
+        named = time.monotonic() - started
+        runs = [self.torchrun(node, "ddp", "2:3", "200", "0.05") for node in nodes]
         yield wait_for(lambda: all(steps(run.output) for run in runs) or any(r.ended.called for r in runs), 120)
         first_step = time.monotonic() - started
         firsts = [steps(run.output)[0] for run in runs]
         self.assertEqual(len({f[1] for f in firsts}), 1, firsts)
         self.assertEqual(sorted(f[2] for f in firsts), [0, 1, 2])
         self.assertEqual({(f[3], f[4]) for f in firsts}, {(3, 3)})
-        print(f"3 nodes: torchrun start to first step in {first_step:.1f}s, round {firsts[0][1]}")
-        for run in runs:
+        first_round = firsts[0][1]
+        self.assertEqual(came(runs, first_round), [1, 2, 3])
+        print(
+            f"\ntorchrun --rdzv-backend idetcd: 3 nodes; from their start: every node named in {named:.1f}s,"
+            f" first step on every node by {first_step:.1f}s (torchrun started once named), round {first_round}"
+        )
+
+        dead = [i for i, f in enumerate(firsts) if f[2] == 2][0]
+        nodes[dead].process.signalProcess(signal.SIGKILL)
+        yield self.kill_job(runs[dead])
+        died = time.monotonic()
+        survivors = [run for i, run in enumerate(runs) if i != dead]
+        yield wait_for(
+            lambda: all(any(s[1] > first_round for s in steps(r.output)) for r in survivors)
+            or any(r.ended.called for r in survivors),
+            120,
+        )
+        print(f"after the death: first step of the next round in {time.monotonic() - died:.1f}s")
+        for run in survivors:
+            self.assertFalse(run.ended.called, run.output.decode()[-3000:])
+        later = [[s for s in steps(r.output) if s[1] > first_round][0] for r in survivors]
+        self.assertEqual(len({s[1] for s in later}), 1, later)
+        self.assertEqual(sorted(s[2] for s in later), [0, 1])
+        self.assertEqual({(s[3], s[4]) for s in later}, {(2, 1)})
+        # The workers' store is the new round's alone: gloo finds there the
+        # addresses of this round's workers, not of those that were.
+        self.assertEqual(came(survivors, later[0][1]), [1, 2])
+        for run in survivors:
             status = yield run.ended
             self.assertEqual(status, 0, run.output.decode()[-3000:])
 

@@ -8,9 +8,9 @@ torchrun finds it through the entry-point group C{torchrun.handlers}
 (L{idetcd.training.launcher.torchrun_handlers}).  The
 ranks are the round's (lowest slot first); the rank-0 node's agent hosts
 the job's C{TCPStore} at its announced address, on the C{port} of
-C{--rdzv-conf} or else the master's C{srv} port, and its workers share it
-(torch's C{use_agent_store}).  This module is the only one that imports
-torch: idetcd does not depend on it.
+C{--rdzv-conf} or else the master's C{srv} port, and for each round a
+fresh one for the workers (torch's C{use_agent_store}).  This module is
+the only one that imports torch: idetcd does not depend on it.
 """
 
 import datetime
@@ -44,6 +44,9 @@ CLOSED = "idetcd/closed"
 
 #: In a round's prefix: how many of its members have come to its store.
 ARRIVED = "idetcd/arrived"
+
+#: In a round's prefix: the port of the round's store for the workers.
+WORKERS_PORT = "idetcd/workers_port"
 
 #: How long a round's members have to come to its store before this node
 #: asks idetcd whether the round still stands: a member that died just
@@ -82,6 +85,7 @@ class IdetcdRendezvousHandler(RendezvousHandler):
     watch_interval = attr.ib(default=5.0)
     _round = attr.ib(default=None, init=False)
     _store = attr.ib(default=None, init=False)  # (the TCPStore, (address, port, hosting))
+    _workers_store = attr.ib(default=None, init=False)  # the round's, while this node is rank 0
     _arrived_in = attr.ib(default=None, init=False)  # the round this node was counted in
     _closed = attr.ib(default=False, init=False)
     _watch = attr.ib(default=None, init=False)
@@ -152,11 +156,12 @@ class IdetcdRendezvousHandler(RendezvousHandler):
             "idetcd: job %s: round %d, %s is rank %d of %d",
             self.run_id, agreed.number, agreed.name, agreed.rank, agreed.world_size,
         )
+        round_store = self._round_store(agreed)
         return RendezvousInfo(
-            self._round_store(agreed),
+            round_store,
             agreed.rank,
             agreed.world_size,
-            RendezvousStoreInfo(agreed.master_address, port),
+            RendezvousStoreInfo(agreed.master_address, int(round_store.get(WORKERS_PORT))),
         )
 
     def _call(self, command, *args):
@@ -183,6 +188,7 @@ class IdetcdRendezvousHandler(RendezvousHandler):
         try:
             store = self._round_store_at(agreed, port)
             if self._arrived_in != agreed.number:
+                self._host_workers_store(agreed, store)
                 store.add(ARRIVED, 1)
                 self._arrived_in = agreed.number
             until = time.monotonic() + ARRIVAL
@@ -214,6 +220,26 @@ class IdetcdRendezvousHandler(RendezvousHandler):
             store.set_timeout(datetime.timedelta(seconds=self.timeout))
             self._store = (store, where)
         return self._round_store(agreed)
+
+    def _host_workers_store(self, agreed, store):
+        """
+        On the rank-0 node, start the round's store for the workers, on a
+        port of the system's choosing, and tell the others its port in
+        C{store}, the round's, before counting this node in.  Workers keep
+        their keys in the store with no prefix of their own (gloo's each
+        rank's address, for one): a store they shared with the workers of
+        an earlier round would hand them the addresses of workers gone.
+        """
+        self._workers_store = None  # the last round's closes now
+        if agreed.rank == 0:
+            self._workers_store = TCPStore(
+                agreed.master_address,
+                0,
+                is_master=True,
+                timeout=datetime.timedelta(seconds=self.timeout),
+                wait_for_workers=False,
+            )
+            store.set(WORKERS_PORT, str(self._workers_store.port))
 
     def is_closed(self):
         if self._closed or self._store is None:
