@@ -468,7 +468,7 @@ class CountTests(ForwardTestCase):
             dict(counts.requests()), {("udp", "1", "A"): 3, ("tcp", "1", "A"): 1}
         )
         self.assertEqual(dict(counts.responses()), {"NOERROR": 4})
-        self.assertEqual(counts.durations()[1], 4)
+        self.assertEqual(counts.durations()["A"][1], 4)
         # Over TCP the scripted (UDP only) upstream refuses the connection.
         self.assertEqual(failing.received, 2)
         page = samples(generate_latest(registry).decode("ascii"))

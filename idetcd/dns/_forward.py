@@ -266,7 +266,7 @@ class Forwarder:
             return
         exchange = _Exchange(self, data, query, send, tcp, self._order())
         if self.tally is not None:
-            exchange.lane = self.tally.lane("tcp" if tcp else "udp", tally.family(peer))
+            exchange.lane = tally.lane("tcp" if tcp else "udp", peer)
         self.in_flight.add(exchange)
         exchange.start()
 
@@ -311,7 +311,8 @@ class _Exchange:
     send = attr.ib()
     tcp = attr.ib()
     order = attr.ib()
-    #: Where the reply to the client is counted (a L{tally.Lane}), or None.
+    #: The L{tally.LANES} bits the reply to the client is counted with, or
+    #: None when it is not counted.
     lane = attr.ib(init=False, default=None)
     _started = attr.ib(init=False, default=0)  # tally.now() when read, if counted
     _fallback = attr.ib(init=False, default=None)  # an upstream's SERVFAIL or REFUSED
@@ -398,8 +399,11 @@ class _Exchange:
         reply = reply or self._fallback or self._servfail()
         self.send(self.data[:2] + reply[2:])
         if self.lane is not None:
-            self.lane.answers[tally.kind(self.query.type, reply[3] & 0x0F)] += 1
-            self.forwarder.tally.timed(1, tally.now() - self._started)
+            answer = tally.kind(self.query.type, reply[3] & 0x0F)
+            self.forwarder.tally.settle(
+                [tally.key(answer, self.lane, len(self.data), len(reply))],
+                tally.now() - self._started, "tcp" if self.tcp else "udp", len(self.data), len(reply),
+            )
 
     def _servfail(self):
         query = self.query

@@ -12,8 +12,10 @@ application, the tests) each report their own.
 """
 
 import collections
+import platform
 
 import attr
+import twisted
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
@@ -27,8 +29,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 from twisted.internet import defer
+from twisted.internet.error import ConnectError
+from twisted.web.client import ResponseNeverReceived
 from twisted.python.failure import Failure
 
+from idetcd._version import __version__
 from idetcd.dns import _tally as tally
 from idetcd.etcd import EtcdUnavailable
 
@@ -44,6 +49,10 @@ METHODS = {
     "/v3/lease/revoke": "LeaseRevoke",
     "/v3/lease/keepalive": "LeaseKeepAlive",
     "/v3/lease/timetolive": "LeaseTimeToLive",
+    # The gateway's plain HTTP GETs: the start-up check's and the embedded
+    # etcd's readiness probes.
+    "/version": "Version",
+    "/health": "Health",
 }
 
 #: Every outcome of a lease keepalive, reported from 0 so alerts on their
@@ -54,13 +63,14 @@ KEEPALIVE_OUTCOMES = ("ok", "failed", "gone")
 def etcd_outcome(result):
     """
     How an etcd call ended: "ok"; "error" (etcd refused it); "unavailable"
-    (no endpoint answered); "cancelled" (given up by its caller).
+    (no endpoint answered; for a single GET, its endpoint did not);
+    "cancelled" (given up by its caller).
     """
     if not isinstance(result, Failure):
         return "ok"
     if result.check(defer.CancelledError):
         return "cancelled"
-    if result.check(EtcdUnavailable):
+    if result.check(EtcdUnavailable, ConnectError, defer.TimeoutError, ResponseNeverReceived):
         return "unavailable"
     return "error"
 
@@ -106,15 +116,36 @@ class DnsCollector:
             ("zone", "rcode"),
             {(zone, rcode): count for rcode, count in self.tally.responses().items()},
         )
-        cumulative, count, seconds = self.tally.durations()
         durations = HistogramMetricFamily(
             "idetcd_dns_request_duration_seconds",
-            "Time from reading a DNS request to handing its response to the kernel, per zone.",
-            labels=("zone",),
+            "Time from reading a DNS request to handing its response to the kernel, per zone and query type.",
+            labels=("zone", "type"),
         )
-        buckets = [(floatToGoString(bound), n) for bound, n in zip(tally.BOUNDS, cumulative)]
-        durations.add_metric((zone,), buckets + [("+Inf", count)], seconds)
+        for type_label, (cumulative, count, seconds) in sorted(self.tally.durations().items()):
+            durations.add_metric((zone, type_label), _buckets(tally.BOUNDS, cumulative, count), seconds)
         yield durations
+        requests, responses = self.tally.sizes()
+        for name, what, sizes in (
+            ("idetcd_dns_request_size_bytes", "DNS requests", requests),
+            ("idetcd_dns_response_size_bytes", "DNS responses", responses),
+        ):
+            family = HistogramMetricFamily(
+                name, f"Size of {what} in bytes, per server, zone and protocol.",
+                labels=("server", "zone", "proto"),
+            )
+            for proto, (cumulative, count, total) in sorted(sizes.items()):
+                family.add_metric(
+                    (self.tally.server, zone, proto), _buckets(tally.SIZE_BOUNDS, cumulative, count), total
+                )
+            yield family
+
+
+def _buckets(bounds, cumulative, count):
+    """
+    Histogram buckets for prometheus_client: each of C{bounds} with its
+    C{cumulative} count, then +Inf with C{count}.
+    """
+    return [(floatToGoString(bound), n) for bound, n in zip(bounds, cumulative)] + [("+Inf", count)]
 
 
 @attr.s(eq=False)
@@ -195,6 +226,31 @@ class NodeCollector:
         )
 
 
+def build_info():
+    """
+    A prometheus_client collector of C{idetcd_build_info}: 1, labelled with
+    the versions running, as CoreDNS's C{coredns_build_info}.
+    """
+    info = GaugeMetricFamily(
+        "idetcd_build_info", "A metric with a constant '1' value labeled by version, python and twisted.",
+        labels=("version", "python", "twisted"),
+    )
+    info.add_metric((__version__, platform.python_version(), twisted.__version__), 1)
+    return _Fixed(info)
+
+
+@attr.s(eq=False)
+class _Fixed:
+    """
+    A collector of one metric family that never changes.
+    """
+
+    family = attr.ib()
+
+    def collect(self):
+        yield self.family
+
+
 def node_registry(node):
     """
     A new registry of C{node}'s metrics (and of its process, as every
@@ -205,6 +261,7 @@ def node_registry(node):
     node.dns.tally = dns
     calls = node.client.on_call = EtcdCalls()
     registry = CollectorRegistry(auto_describe=False)
+    registry.register(build_info())
     registry.register(DnsCollector(dns))
     registry.register(NodeCollector(node, calls))
     if node.dns.forwarder is not None:
