@@ -408,6 +408,7 @@ class _UDPPort(udp.Port):
         counting = self._tally is not None
         ipv6 = self._ipv6
         requests, responses = _REQUEST_SIZES, _RESPONSE_SIZES
+        shift, mask, ipv6_bit = _LENGTH, _KIND, _IPV6
         started = _now() if counting else 0
         keys = []
         received = sent = 0
@@ -425,10 +426,10 @@ class _UDPPort(udp.Port):
                     log.failure("UDP datagram from {peer}", peer=address[0])
                     continue
                 if counting and outcome is not None:
-                    length = outcome >> _LENGTH
-                    key = outcome & _KIND | requests[len(data)] | responses[length]
+                    length = outcome >> shift
+                    key = outcome & mask | requests[len(data)] | responses[length]
                     if ipv6 and not address[0].startswith("::ffff:"):
-                        key |= _IPV6
+                        key |= ipv6_bit
                     keys.append(key)
                     received += len(data)
                     sent += length

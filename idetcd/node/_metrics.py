@@ -13,6 +13,7 @@ application, the tests) each report their own.
 
 import collections
 import platform
+from itertools import accumulate
 
 import attr
 import twisted
@@ -174,6 +175,63 @@ class ForwardCollector:
             "Queries to forward dropped because max_concurrent were in flight.",
             (), {(): forwarder.dropped},
         )
+        latency = HistogramMetricFamily(
+            "idetcd_forward_request_duration_seconds",
+            "Time an upstream took to answer a try, per upstream.",
+            labels=("to",),
+        )
+        for to, buckets in sorted(forwarder.latency.items()):
+            cumulative = list(accumulate(buckets.get(k, 0) for k in range(tally.BUCKETS)))
+            latency.add_metric(
+                (to,), _buckets(tally.BOUNDS, cumulative, sum(buckets.values())), forwarder.latency_ns[to] / 1e9
+            )
+        yield latency
+        health = forwarder.health
+        yield _counter(
+            "idetcd_forward_healthcheck_failures",
+            "Health probes an upstream did not answer, per upstream.",
+            ("to",), {str(upstream): health[upstream].probe_failures for upstream in forwarder.upstreams},
+        )
+        up = GaugeMetricFamily(
+            "idetcd_forward_up", "1 while an upstream is used, 0 while it is down (max_fails failures in a row).",
+            labels=("to",),
+        )
+        for upstream in forwarder.upstreams:
+            up.add_metric((str(upstream),), 0 if health[upstream].down else 1)
+        yield up
+        yield _counter(
+            "idetcd_forward_tcp_connections", "TCP connections opened to upstreams.", (),
+            {(): forwarder.pool.opened},
+        )
+        yield _counter(
+            "idetcd_forward_tcp_reuses", "Queries sent on a TCP connection kept from an earlier one (expire).", (),
+            {(): forwarder.pool.reused},
+        )
+        cache = forwarder.cache
+        if cache is not None:
+            server = forwarder.tally.server if forwarder.tally is not None else ""
+            entries = GaugeMetricFamily(
+                "idetcd_cache_entries", "Forwarded answers kept, per kind.", labels=("server", "type")
+            )
+            for kind, count in sorted(cache.sizes().items()):
+                entries.add_metric((server, kind), count)
+            yield entries
+            yield _counter(
+                "idetcd_cache_hits", "Queries answered from the cache, per kind.", ("server", "type"),
+                {(server, kind): count for kind, count in cache.hits.items()},
+            )
+            yield _counter(
+                "idetcd_cache_misses", "Queries to forward the cache could not answer.", ("server",),
+                {(server,): cache.misses},
+            )
+            yield _counter(
+                "idetcd_cache_evictions", "Answers dropped from a full cache, per kind.", ("server", "type"),
+                {(server, kind): count for kind, count in cache.evictions.items()},
+            )
+            yield _counter(
+                "idetcd_cache_prefetch", "Popular answers asked again before they expire.", ("server",),
+                {(server,): cache.prefetches},
+            )
 
 
 @attr.s(eq=False)
