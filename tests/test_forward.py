@@ -175,10 +175,10 @@ class ForwardTestCase(unittest.TestCase):
         self.registry = FakeRegistry(sample_members(), revision=100)
         self.authority, self.upstream_port = start_authority(self)
 
-    def serve(self, *upstreams, zones=(".",), tally=None, **settings):
+    def serve(self, *upstreams, zones=(".",), tally=None, cache=None, **settings):
         upstreams = upstreams or (Upstream(HOST, self.upstream_port),)
         self.forwarder = Forwarder(
-            forward_settings(upstreams, **settings), "tf.local.", zones, reactor
+            forward_settings(upstreams, **settings), "tf.local.", zones, reactor, cache_settings=cache
         )
         self.server = DNSServer(
             ZoneAuthority("tf.local.", self.registry, 30), 0, forwarder=self.forwarder, tally=tally
