@@ -118,7 +118,8 @@ class Forwarder:
     Relays queries for names outside C{zone}, and inside one of the server
     block's C{scope} zones, to the upstreams of C{settings} (a
     L{idetcd.config._corefile.ForwardSettings}), for clients in its allowed
-    networks.  L{start} reads the resolv.conf files it names.
+    networks, answering from a L{AnswerCache} when given C{cache_settings}.
+    L{start} reads the resolv.conf files it names.
     """
 
     settings = attr.ib()
@@ -221,7 +222,7 @@ class Forwarder:
             else:
                 self.health[upstream] = Health(
                     upstream, settings.max_fails, settings.health_check, self.reactor,
-                    lambda owner, id, upstream=upstream: self.attempt(owner, upstream, id, settings.force_tcp),
+                    lambda owner, id, upstream=upstream: self.attempt(owner, upstream, id, self.settings.force_tcp),
                 )
         log.info(
             "forwarding names outside {zone} to {upstreams} for clients in {allowed}",

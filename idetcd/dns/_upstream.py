@@ -140,7 +140,7 @@ class TCPAttempt:
         if connection is not self._connection:
             return
         self._connection = None
-        if self._reused and not connection.replies:
+        if self._reused:
             # The upstream closed the idle connection as we took it.
             self._reused = False
             self._connection = self.pool.connect(self.upstream, self, self._message, self._wait)
@@ -163,7 +163,6 @@ class _TCPConnection(protocol.Protocol):
         self.pool = pool
         self.upstream = upstream
         self.closed = defer.Deferred()
-        self.replies = 0  # replies read on it so far
         self.expiry = None  # the timer that closes it while idle
         self._user = None
         self._pending = None
@@ -191,7 +190,6 @@ class _TCPConnection(protocol.Protocol):
             return
         reply = self._buffer[2 : 2 + length]
         self._buffer = self._buffer[2 + length :]
-        self.replies += 1
         user, self._user = self._user, None
         if user is None:
             self.abort()  # nobody asked: the upstream is not speaking DNS to us
