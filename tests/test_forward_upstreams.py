@@ -573,6 +573,8 @@ class AnswerCacheTests(unittest.TestCase):
         data, reply = _reply()
         self.keep(outside, data, reply)
         self.assertEqual(outside.sizes(), {"success": 0, "denial": 0})
+        self.assertIsNone(self.answer(outside, data))
+        self.assertEqual(outside.misses, 0)  # not the cache's to answer
 
     def test_capacity_drops_the_oldest(self):
         cache = self.cache(success=2)

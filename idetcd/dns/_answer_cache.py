@@ -143,9 +143,11 @@ class AnswerCache:
         longer than C{limit} bytes is not given (the client cannot take
         it over UDP).
         """
+        if not self.covers(query):
+            return None
         key = cache_key(query)
         now = self.clock.seconds()
-        for kind, entries in self._entries.items():
+        for entries in self._entries.values():
             entry = entries.get(key)
             if entry is not None:
                 break
