@@ -118,15 +118,24 @@ def dead_upstream(case):
     A loopback port whose UDP socket never answers and whose TCP listener
     never accepts: its number.
     """
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    case.addCleanup(udp.close)
-    udp.bind((HOST, 0))
-    port = udp.getsockname()[1]
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    case.addCleanup(tcp.close)
-    tcp.bind((HOST, port))
-    tcp.listen(100)
-    return port
+    # The UDP port the kernel picks may be a local TCP port in use (a busy
+    # box has thousands, many in TIME_WAIT): pick again.
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((HOST, 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind((HOST, port))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        case.addCleanup(udp.close)
+        case.addCleanup(tcp.close)
+        tcp.listen(100)
+        return port
+    raise RuntimeError("no free port for both UDP and TCP")
 
 
 def closed_port():
