@@ -314,9 +314,11 @@ class Server:
             text = response.read().decode("utf-8")
         families = {f.name: f for f in text_string_to_metric_families(text)}
         answers = sum(s.value for s in families["idetcd_dns_requests"].samples)
-        histogram = {s.name: s.value for s in families["idetcd_dns_request_duration_seconds"].samples}
-        count = histogram["idetcd_dns_request_duration_seconds_count"]
-        mean = histogram["idetcd_dns_request_duration_seconds_sum"] / count * 1e6 if count else 0.0
+        # The histogram has a series per query type: sum them all.
+        samples = families["idetcd_dns_request_duration_seconds"].samples
+        count = sum(s.value for s in samples if s.name == "idetcd_dns_request_duration_seconds_count")
+        seconds = sum(s.value for s in samples if s.name == "idetcd_dns_request_duration_seconds_sum")
+        mean = seconds / count * 1e6 if count else 0.0
         return int(answers), mean
 
     def stop(self):

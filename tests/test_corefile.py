@@ -462,7 +462,7 @@ class ServerBlockTests(ErrorAssertions, TestCase):
 
     def test_directive_errors(self):
         cases = [
-            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, forward, health, ready, prometheus, reload, idetcd)"),
+            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, cache, forward, health, ready, prometheus, reload, idetcd)"),
             (". {\n    import snippet\n}", 2, "unknown directive 'import'"),
             (". {\n    idetcd\n}", 2, "idetcd needs a block", "pattern"),
             (". {\n    idetcd x {\n    pattern w{{.ID}}.x.\n    }\n}", 2, "'idetcd' takes no arguments, got 1"),
@@ -841,7 +841,8 @@ class ForwardTests(TestCase, ErrorAssertions):
         self.assertEqual(
             self.forward("forward . 10.0.0.1"),
             ForwardSettings(
-                (Upstream("10.0.0.1", 53),), "random", 1000, 4.0, PRIVATE_NETWORKS, "Corefile", 2
+                (Upstream("10.0.0.1", 53),), "random", 1000, 4.0, PRIVATE_NETWORKS, 2, 0.5, False, False, 10.0,
+                "Corefile", 2,
             ),
         )
         self.assertEqual(
@@ -897,7 +898,7 @@ class ForwardTests(TestCase, ErrorAssertions):
             (["forward . 10.0.0.1 10.0.0.1:53"], 2, "forward lists 10.0.0.1:53 twice"),
             (["forward . " + " ".join(f"10.0.0.{i}" for i in range(1, 17))], 2, "at most 15 upstreams, got 16"),
             (["forward . 10.0.0.1", "forward . 10.0.0.2"], 3, "duplicate 'forward' in this server block", "first on line 2"),
-            (["forward . 10.0.0.1 {", "force_tcp", "}"], 3, "unknown directive 'force_tcp' in forward", "expected one of: allow_recursion, max_concurrent, policy, timeout"),
+            (["forward . 10.0.0.1 {", "tls", "}"], 3, "unknown directive 'tls' in forward", "expected one of: allow_recursion, expire, force_tcp, health_check, max_concurrent, max_fails, policy, prefer_udp, timeout"),
             (["forward . 10.0.0.1 {", "policy fastest", "}"], 3, "policy must be one of random, round_robin, sequential, got 'fastest'"),
             (["forward . 10.0.0.1 {", "max_concurrent 0", "}"], 3, "max_concurrent must be a whole number from 1 to 10000"),
             (["forward . 10.0.0.1 {", "timeout 0.05", "}"], 3, "timeout must be a number of seconds from 0.1 to 10"),

@@ -118,15 +118,24 @@ def dead_upstream(case):
     A loopback port whose UDP socket never answers and whose TCP listener
     never accepts: its number.
     """
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    case.addCleanup(udp.close)
-    udp.bind((HOST, 0))
-    port = udp.getsockname()[1]
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    case.addCleanup(tcp.close)
-    tcp.bind((HOST, port))
-    tcp.listen(100)
-    return port
+    # The UDP port the kernel picks may be a local TCP port in use (a busy
+    # box has thousands, many in TIME_WAIT): pick again.
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((HOST, 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind((HOST, port))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        case.addCleanup(udp.close)
+        case.addCleanup(tcp.close)
+        tcp.listen(100)
+        return port
+    raise RuntimeError("no free port for both UDP and TCP")
 
 
 def closed_port():
@@ -175,10 +184,10 @@ class ForwardTestCase(unittest.TestCase):
         self.registry = FakeRegistry(sample_members(), revision=100)
         self.authority, self.upstream_port = start_authority(self)
 
-    def serve(self, *upstreams, zones=(".",), tally=None, **settings):
+    def serve(self, *upstreams, zones=(".",), tally=None, cache=None, **settings):
         upstreams = upstreams or (Upstream(HOST, self.upstream_port),)
         self.forwarder = Forwarder(
-            forward_settings(upstreams, **settings), "tf.local.", zones, reactor
+            forward_settings(upstreams, **settings), "tf.local.", zones, reactor, cache_settings=cache
         )
         self.server = DNSServer(
             ZoneAuthority("tf.local.", self.registry, 30), 0, forwarder=self.forwarder, tally=tally
@@ -468,7 +477,7 @@ class CountTests(ForwardTestCase):
             dict(counts.requests()), {("udp", "1", "A"): 3, ("tcp", "1", "A"): 1}
         )
         self.assertEqual(dict(counts.responses()), {"NOERROR": 4})
-        self.assertEqual(counts.durations()[1], 4)
+        self.assertEqual(counts.durations()["A"][1], 4)
         # Over TCP the scripted (UDP only) upstream refuses the connection.
         self.assertEqual(failing.received, 2)
         page = samples(generate_latest(registry).decode("ascii"))

@@ -5,6 +5,8 @@ own parser, real DNS clients; the counting parts on their own, with real
 sockets or a fake clock.
 """
 
+import os
+import platform
 import socket
 from collections import Counter
 from types import SimpleNamespace
@@ -12,14 +14,17 @@ from types import SimpleNamespace
 import dns.message
 import dns.query
 import treq
+import twisted
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+import idetcd
 from idetcd.claim._lease import LeaseKeeper
 from idetcd.dns import _tally as tally
 from idetcd.dns._authority import ZoneAuthority
@@ -30,9 +35,11 @@ from idetcd.node._metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_ou
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_claimer import ScriptedClient
 from tests.test_cluster import query
-from tests.test_etcd import wait_for
+from tests.test_etcd import sleep, wait_for
+from idetcd import IdetcdService
+from tests.test_http import COREFILE as HTTP_COREFILE
 from tests.test_http import NodeHttpTestCase
-from tests.test_server import exchange_udp, header, question
+from tests.test_server import exchange_udp, header, question, tcp_session
 
 ZONE = "tf.local."
 
@@ -115,17 +122,92 @@ class MetricsEndpointTests(NodeHttpTestCase):
         self.assertEqual(total(after, responses), total(after, requests))
 
         histogram = "idetcd_dns_request_duration_seconds"
-        self.assertEqual(delta(before, after, histogram + "_count", zone=ZONE), 35)
-        self.assertEqual(value(after, histogram + "_count", zone=ZONE), total(after, requests))
-        self.assertGreater(delta(before, after, histogram + "_sum", zone=ZONE), 0)
+        for type_label, count in (("A", 29), ("AAAA", 5), ("TXT", 1)):
+            self.assertEqual(
+                delta(before, after, histogram + "_count", zone=ZONE, type=type_label), count, type_label
+            )
+            self.assertGreater(delta(before, after, histogram + "_sum", zone=ZONE, type=type_label), 0)
+        self.assertEqual(total(after, histogram + "_count"), total(after, requests))
         buckets = sorted(
             (float(dict(labels)["le"]), v) for (name, labels), v in after.items()
-            if name == histogram + "_bucket"
+            if name == histogram + "_bucket" and dict(labels)["type"] == "A"
         )
         self.assertEqual(len(buckets), tally.BUCKETS + 1)
-        self.assertEqual(buckets[-1], (float("inf"), total(after, requests)))
+        self.assertEqual(buckets[-1], (float("inf"), value(after, histogram + "_count", zone=ZONE, type="A")))
         counts = [v for _, v in buckets]
         self.assertEqual(counts, sorted(counts))
+
+    @defer.inlineCallbacks
+    def test_sizes(self):
+        """
+        Requests and responses of known sizes, over UDP and TCP from real
+        clients, count in the size histograms by protocol, with CoreDNS's
+        buckets and their exact sums in bytes.
+        """
+        node = self.node()
+        yield node.when_claimed()
+        before = yield self.scrape(node)
+        small = dns.message.make_query("worker1.tf.local", "A").to_wire()
+        padded = dns.message.make_query("worker1.tf.local", "A", use_edns=0, pad=512).to_wire()
+        sizes = {"udp": ([], []), "tcp": ([], [])}
+        for payload in (small, small, padded):
+            reply = yield threads.deferToThread(exchange_udp, node.dns.port, payload)
+            sizes["udp"][0].append(len(payload))
+            sizes["udp"][1].append(len(reply))
+        for payload in (small, padded):
+            (reply,) = yield threads.deferToThread(tcp_session, node.dns.port, [payload])
+            sizes["tcp"][0].append(len(payload))
+            sizes["tcp"][1].append(len(reply))
+        after = yield self.scrape(node)
+        self.assertEqual(len(padded), 512)  # in the 1023 bucket, past the 511 one
+        server = f"dns://:{node.dns.port}"
+        for histogram, index in (("idetcd_dns_request_size_bytes", 0), ("idetcd_dns_response_size_bytes", 1)):
+            for proto, measured in sizes.items():
+                labels = dict(server=server, zone=ZONE, proto=proto)
+                seen = measured[index]
+                self.assertEqual(delta(before, after, histogram + "_count", **labels), len(seen))
+                self.assertEqual(delta(before, after, histogram + "_sum", **labels), sum(seen))
+                for bound in tally.SIZE_BOUNDS:
+                    self.assertEqual(
+                        delta(before, after, histogram + "_bucket", le=floatToGoString(bound), **labels),
+                        sum(1 for size in seen if size <= bound), (histogram, proto, bound),
+                    )
+
+    @defer.inlineCallbacks
+    def test_etcd_requests_counted_while_stuck_in_the_check(self):
+        """
+        A node whose etcd does not answer stays in its start-up check; its
+        page shows the check's requests (the GETs of etcd's /version) as
+        they fail, from the first.
+        """
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            nobody = s.getsockname()[1]  # nothing listens here once closed
+        text = HTTP_COREFILE.format(http="prometheus 127.0.0.1:0", endpoint=f"http://127.0.0.1:{nobody}")
+        node = IdetcdService.from_corefile(reactor, text=text, state_dir=os.path.abspath(self.mktemp()))
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        etcd = "idetcd_etcd_requests_total"
+        for _ in range(100):
+            page = yield self.scrape(node)
+            if value(page, etcd, method="Version", outcome="unavailable") >= 2:
+                break
+            yield sleep(0.1)
+        self.assertGreaterEqual(value(page, etcd, method="Version", outcome="unavailable"), 2)
+        self.assertEqual(total(page, etcd), value(page, etcd, method="Version", outcome="unavailable"))
+        self.assertIsNone(node.held_name)
+
+    @defer.inlineCallbacks
+    def test_build_info(self):
+        node = self.node()
+        page = yield self.scrape(node)
+        self.assertEqual(
+            value(
+                page, "idetcd_build_info", version=idetcd.__version__,
+                python=platform.python_version(), twisted=twisted.__version__,
+            ),
+            1,
+        )
 
     @defer.inlineCallbacks
     def test_two_nodes_report_their_own(self):
@@ -256,9 +338,12 @@ class DnsTallyTests(unittest.TestCase):
         self.assertEqual(
             dict(self.tally.responses()), {"NOERROR": 5, "FORMERR": 1, "NXDOMAIN": 1}
         )
-        cumulative, count, seconds = self.tally.durations()
-        self.assertEqual((count, cumulative[-1]), (7, 7))
-        self.assertGreater(seconds, 0)
+        durations = self.tally.durations()
+        self.assertEqual(
+            {label: (count, cumulative[-1]) for label, (cumulative, count, _) in durations.items()},
+            {"A": (4, 4), "AAAA": (1, 1), "other": (2, 2)},
+        )
+        self.assertTrue(all(seconds > 0 for _, _, seconds in durations.values()))
 
 
 class TallyTests(unittest.TestCase):
@@ -286,20 +371,44 @@ class TallyTests(unittest.TestCase):
         self.assertEqual(tally.BOUNDS[:2], (1.024e-06, 2.048e-06))
         self.assertEqual(tally.BOUNDS[-1], 2 ** 33 / 1e9)
         owner = tally.DnsTally(ZONE)
-        owner.timed(4, 4 * 1500)  # 1.5 µs each
-        owner.timed(3, 3 * 1000)  # 1 µs each
-        owner.timed(1, 20 * 10**9)
-        cumulative, count, seconds = owner.durations()
-        self.assertEqual(cumulative[:3], [3, 7, 7])
-        self.assertEqual((cumulative[-1], count), (7, 8))
-        self.assertEqual(seconds, (6000 + 3000 + 20 * 10**9) / 1e9)
+        a, aaaa = tally.key(tally.kind(1, 0), 0, 40, 60), tally.key(tally.kind(28, 0), 0, 40, 72)
+        owner.settle([a] * 4, 4 * 1500, "udp", 160, 240)  # 1.5 µs each
+        owner.settle([a, a, aaaa], 3 * 1000, "udp", 120, 192)  # 1 µs each
+        owner.settle([a], 20 * 10**9, "udp", 40, 60)
+        durations = owner.durations()
+        cumulative, count, seconds = durations["A"]
+        self.assertEqual(cumulative[:3], [2, 6, 6])
+        self.assertEqual((cumulative[-1], count), (6, 7))
+        self.assertEqual(seconds, (6000 + 2000 + 20 * 10**9) / 1e9)
+        self.assertEqual(durations["AAAA"][:2], ([1] * tally.BUCKETS, 1))
+
+    def test_sizes(self):
+        """
+        CoreDNS's size buckets: each holds sizes up to its bound; the sums
+        are the bytes given.
+        """
+        owner = tally.DnsTally(ZONE)
+        answers = [tally.key(tally.kind(1, 0), tally.LANES["udp", "1"], q, r) for q, r in ((0, 100), (101, 511), (512, 65535))]
+        owner.settle(answers, 3000, "udp", 613, 66146)
+        owner.settle([tally.key(tally.kind(1, 0), tally.LANES["tcp", "2"], 64000, 64001)], 1000, "tcp", 64000, 64001)
+        requests, responses = owner.sizes()
+        bounds = tally.SIZE_BOUNDS
+        self.assertEqual(requests["udp"][1:], (3, 613))
+        self.assertEqual(
+            dict(zip(bounds, requests["udp"][0])),
+            {0: 1, 100: 1, 200: 2, 300: 2, 400: 2, 511: 2, 1023: 3, 2047: 3, 4095: 3, 8291: 3,
+             16000: 3, 32000: 3, 48000: 3, 64000: 3},
+        )
+        self.assertEqual(dict(zip(bounds, responses["udp"][0]))[511], 2)
+        self.assertEqual(responses["udp"][0][-1], 2)  # 65535 only in +Inf
+        self.assertEqual(responses["udp"][1:], (3, 66146))
+        self.assertEqual(requests["tcp"][0][-1], 1)
+        self.assertEqual(responses["tcp"][0][-1], 0)
 
     def test_lanes(self):
         owner = tally.DnsTally(ZONE)
-        lane = owner.lane("udp", "1")
-        self.assertIs(owner.lane("udp", "1"), lane)
-        lane.answers[tally.kind(1, 0)] += 2
-        owner.lane("tcp", "2").answers[tally.kind(1, 3)] += 1
+        owner.settle([tally.key(tally.kind(1, 0), tally.lane("udp", "127.0.0.1"), 40, 60)] * 2, 10, "udp", 80, 120)
+        owner.settle([tally.key(tally.kind(1, 3), tally.lane("tcp", "::1"), 40, 60)], 10, "tcp", 40, 60)
         self.assertEqual(
             dict(owner.requests()), {("udp", "1", "A"): 2, ("tcp", "2", "A"): 1}
         )
@@ -430,8 +539,7 @@ class NodeCollectorTests(unittest.TestCase):
     def test_state_and_counts(self):
         self.calls("/v3/kv/txn", {})
         self.calls("/v3/kv/txn", Failure(EtcdError(3, "bad")))
-        self.dns.lane("udp", "2").answers[tally.kind(28, 0)] += 1
-        self.dns.timed(1, 2500)
+        self.dns.settle([tally.key(tally.kind(28, 0), tally.lane("udp", "::1"), 40, 80)], 2500, "udp", 40, 80)
         page = self.page()
         self.assertEqual(value(page, "idetcd_members"), 2)
         self.assertEqual(value(page, "idetcd_registry_revision"), 5)
@@ -447,8 +555,8 @@ class NodeCollectorTests(unittest.TestCase):
         )
         self.assertEqual(value(page, "idetcd_dns_responses_total", zone=ZONE, rcode="NOERROR"), 1)
         histogram = "idetcd_dns_request_duration_seconds"
-        self.assertEqual(value(page, histogram + "_count", zone=ZONE), 1)
-        self.assertEqual(value(page, histogram + "_sum", zone=ZONE), 2.5e-06)
-        self.assertEqual(value(page, histogram + "_bucket", zone=ZONE, le="2.048e-06"), 0)
-        self.assertEqual(value(page, histogram + "_bucket", zone=ZONE, le="4.096e-06"), 1)
+        self.assertEqual(value(page, histogram + "_count", zone=ZONE, type="AAAA"), 1)
+        self.assertEqual(value(page, histogram + "_sum", zone=ZONE, type="AAAA"), 2.5e-06)
+        self.assertEqual(value(page, histogram + "_bucket", zone=ZONE, type="AAAA", le="2.048e-06"), 0)
+        self.assertEqual(value(page, histogram + "_bucket", zone=ZONE, type="AAAA", le="4.096e-06"), 1)
 

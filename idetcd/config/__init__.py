@@ -4,6 +4,7 @@ of a node takes.
 """
 
 from idetcd.config._corefile import (
+    CacheSettings,
     CorefileError,
     ForwardSettings,
     HttpAddress,
@@ -16,6 +17,7 @@ from idetcd.config._corefile import (
 )
 
 __all__ = [
+    "CacheSettings",
     "CorefileError",
     "ForwardSettings",
     "HttpAddress",

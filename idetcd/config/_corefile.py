@@ -132,6 +132,36 @@ class ForwardSettings:
     max_concurrent: int = 1000
     timeout: float = 4.0
     allowed: tuple = PRIVATE_NETWORKS
+    #: Consecutive failures that mark an upstream down (0: never).
+    max_fails: int = 2
+    #: Seconds between probes of an upstream that failed.
+    health_check: float = 0.5
+    force_tcp: bool = False
+    prefer_udp: bool = False
+    #: Seconds an idle TCP connection to an upstream is kept for reuse.
+    expire: float = 10.0
+    filename: str = "Corefile"
+    line: int = 0
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class CacheSettings:
+    """
+    The C{cache} directive, as CoreDNS's, for forwarded answers: at most
+    C{success} and C{denial} answers of each kind, kept for their TTL
+    within [C{*_min_ttl}, C{*_ttl}] seconds, answers under C{zones} only,
+    and C{prefetch} (hits, seconds between them, percentage of the TTL
+    left) or None.  See the README.
+    """
+
+    zones: tuple = (".",)
+    success: int = 9984
+    success_ttl: int = 3600
+    success_min_ttl: int = 5
+    denial: int = 9984
+    denial_ttl: int = 1800
+    denial_min_ttl: int = 5
+    prefetch: tuple = None
     filename: str = "Corefile"
     line: int = 0
 
@@ -172,6 +202,7 @@ class ServerBlock:
     forward: ForwardSettings = None
     prometheus: HttpAddress = None
     reload: ReloadSettings = None
+    cache: CacheSettings = None
 
 
 def parse(text, filename="Corefile", environ=None):
@@ -700,12 +731,56 @@ POLICIES = ("random", "round_robin", "sequential")
 MAX_UPSTREAMS = 15
 
 # forward's block: directive: (ForwardSettings field, fewest, most, convert)
+def _between(name, low, high):
+    def convert(args):
+        seconds = _duration(name, args[0])
+        if not low <= seconds <= high:
+            raise ValueError(f"{name} must be from {low:g}s to {high:g}s, got {args[0]!r}")
+        return seconds
+
+    return convert
+
+
 _FORWARD_SETTINGS = {
     "allow_recursion": ("allowed", 1, None, _networks),
+    "expire": ("expire", 1, 1, _between("expire", 0, 3600)),
+    "force_tcp": ("force_tcp", 0, 0, lambda args: True),
+    "health_check": ("health_check", 1, 1, _between("health_check", 0.01, 3600)),
     "max_concurrent": ("max_concurrent", 1, 1, _number("max_concurrent", 1, 10000)),
+    "max_fails": ("max_fails", 1, 1, _number("max_fails", 0, 1000)),
     "policy": ("policy", 1, 1, _choice("policy", POLICIES)),
+    "prefer_udp": ("prefer_udp", 0, 0, lambda args: True),
     "timeout": ("timeout", 1, 1, _seconds("timeout", 0.1, 10)),
 }
+
+#: The C{cache} settings CoreDNS has that idetcd does not.
+_CACHE_UNSUPPORTED = ("serve_stale", "servfail", "disable", "keepttl")
+#: The most entries one kind of cached answer may take.
+MAX_CACHE = 1_000_000
+
+
+def _zone(directive, text):
+    zone = absolute(text)
+    problem = zone != "." and name_problem(zone)
+    if problem:
+        raise ValueError(f"{directive} takes zones, and {text!r} is not one: {zone!r} {problem}")
+    return zone
+
+
+def _prefetch(args):
+    """
+    C{AMOUNT [DURATION [PERCENTAGE%]]}: (hits, seconds, fraction), with
+    CoreDNS's defaults of one minute and 10%.
+    """
+    amount = _number("prefetch's amount", 1, 1_000_000)(args)
+    seconds = _between("prefetch's duration", 1, 86400)(args[1:]) if len(args) > 1 else 60.0
+    percentage = 10
+    if len(args) > 2:
+        text = args[2]
+        if not (re.fullmatch(r"[0-9]{1,2}%", text) and 10 <= int(text[:-1]) <= 90):
+            raise ValueError(f"prefetch's percentage must be from 10% to 90%, got {text!r}")
+        percentage = int(text[:-1])
+    return amount, seconds, percentage / 100
 
 
 def _within(zone, parent):
@@ -751,7 +826,7 @@ class _Reader(_Failing):
     def server_block(self, keys, body):
         zones, port = self.keys(keys)
         binds = ()
-        idetcd = forward = reload = None
+        idetcd = forward = reload = cache = None
         seen = {}
         http = {}
         for directive in body:
@@ -767,6 +842,9 @@ class _Reader(_Failing):
             elif directive.name == "forward":
                 self.once(seen, directive, "this server block")
                 forward = self.forward(directive)
+            elif directive.name == "cache":
+                self.once(seen, directive, "this server block")
+                cache = self.cache(directive)
             elif directive.name == "reload":
                 self.once(seen, directive, "this server block")
                 args = self.arguments(directive, 0, 2)
@@ -776,7 +854,7 @@ class _Reader(_Failing):
                 self.fail(
                     directive.line,
                     f"unknown directive {directive.name!r}"
-                    f" (expected one of: bind, forward, {', '.join(HTTP_DEFAULTS)}, reload, idetcd)",
+                    f" (expected one of: bind, cache, forward, {', '.join(HTTP_DEFAULTS)}, reload, idetcd)",
                 )
         if http and idetcd is None:
             first = min(http, key=seen.get)
@@ -785,12 +863,14 @@ class _Reader(_Failing):
             if beside is not None and idetcd is None:
                 name = "forward" if beside is forward else "reload"
                 self.fail(beside.line, f"{name!r} serves beside idetcd: this server block has no idetcd directive")
+        if cache is not None and forward is None:
+            self.fail(cache.line, "'cache' keeps forwarded answers: this server block has no forward directive")
         self.endpoints.extend(
             (f"{name} of the block on line {keys[0].line}", address) for name, (address, _) in http.items()
         )
         return ServerBlock(
             zones, port, binds, idetcd, self.filename, keys[0].line,
-            forward=forward, reload=reload, **{k: a for k, (a, _) in http.items()},
+            forward=forward, reload=reload, cache=cache, **{k: a for k, (a, _) in http.items()},
         )
 
     def forward(self, directive):
@@ -823,10 +903,60 @@ class _Reader(_Failing):
                 directive.line,
                 f"forward takes at most {MAX_UPSTREAMS} upstreams, got {len(upstreams)}",
             )
-        _, values = self.settings(directive, _FORWARD_SETTINGS)
+        seen, values = self.settings(directive, _FORWARD_SETTINGS)
+        if values.get("max_fails") == 0 and "health_check" in seen:
+            self.fail(seen["health_check"], "health_check probes failed upstreams, and max_fails 0 marks none failed")
         return ForwardSettings(
             tuple(upstreams), filename=self.filename, line=directive.line, **values
         )
+
+    def cache(self, directive):
+        """
+        C{cache [TTL] [ZONES…] [{ success CAPACITY [TTL [MINTTL]]; denial
+        CAPACITY [TTL [MINTTL]]; prefetch AMOUNT [DURATION [PERCENTAGE%]] }]},
+        as CoreDNS's.
+        """
+        args = self.arguments(directive, 0, None, block=True)
+        values = {}
+        if args and args[0].isdigit():
+            ttl = self.convert(directive, lambda: _number("cache's TTL", 1, 86400, " of seconds")(args))
+            values.update(success_ttl=ttl, denial_ttl=ttl)
+            args = args[1:]
+        if args:
+            values["zones"] = tuple(self.convert(directive, lambda: _zone("cache", zone)) for zone in args)
+        seen = {}
+        for setting in directive.block or ():
+            if setting.name in _CACHE_UNSUPPORTED:
+                self.fail(setting.line, f"cache's {setting.name} is not supported by idetcd")
+            if setting.name not in ("success", "denial", "prefetch"):
+                self.fail(
+                    setting.line,
+                    f"unknown directive {setting.name!r} in cache (expected one of: success, denial, prefetch)",
+                )
+            self.once(seen, setting, "cache")
+            if setting.name == "prefetch":
+                values["prefetch"] = self.convert(setting, lambda: _prefetch(self.arguments(setting, 1, 3)))
+                continue
+            kind = setting.name
+            given = self.arguments(setting, 1, 3)
+            values[kind] = self.convert(setting, lambda: _number(f"{kind}'s capacity", 1, MAX_CACHE)(given))
+            if len(given) > 1:
+                values[f"{kind}_ttl"] = self.convert(
+                    setting, lambda: _number(f"{kind}'s TTL", 1, 86400, " of seconds")(given[1:])
+                )
+            if len(given) > 2:
+                values[f"{kind}_min_ttl"] = self.convert(
+                    setting, lambda: _number(f"{kind}'s minimum TTL", 0, 86400, " of seconds")(given[2:])
+                )
+        settings = CacheSettings(filename=self.filename, line=directive.line, **values)
+        for kind in ("success", "denial"):
+            if getattr(settings, f"{kind}_min_ttl") > getattr(settings, f"{kind}_ttl"):
+                self.fail(
+                    seen.get(kind, directive.line),
+                    f"cache's {kind} minimum TTL {getattr(settings, f'{kind}_min_ttl')} is above"
+                    f" its TTL {getattr(settings, f'{kind}_ttl')}",
+                )
+        return settings
 
     def settings(self, directive, table):
         """

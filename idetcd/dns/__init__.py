@@ -10,10 +10,11 @@ from idetcd.dns._freshness import Freshness
 from idetcd.dns._peers import reverse_zones
 from idetcd.dns._server import DNSServer
 from idetcd.dns._tally import BOUNDS as DURATION_BOUNDS
-from idetcd.dns._tally import DnsTally
+from idetcd.dns._tally import SIZE_BOUNDS, DnsTally
 
 __all__ = [
     "DURATION_BOUNDS",
+    "SIZE_BOUNDS",
     "DNSServer",
     "DnsTally",
     "Forwarder",

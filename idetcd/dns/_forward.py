@@ -1,35 +1,39 @@
 """
 Relaying queries for names outside the served zone to upstream servers
-(the Corefile's C{forward}), for allowed clients only.
+(the Corefile's C{forward}), for allowed clients only, keeping their
+answers when the block has C{cache} (L{idetcd.dns._answer_cache}).
 
 The work is bounded: a query in flight holds one socket and one timer,
 and at most C{max_concurrent} are in flight; beyond that queries are
 dropped, so a flood cannot take the reactor from the lease keepalive.
-Each try leaves from a socket of its own, connected to the upstream (a
-random source port, only the upstream's datagrams delivered), with a
-random id, and only a reply with that id and the same question is taken
-(RFC 5452).
+Each try over UDP leaves from a socket of its own, connected to the
+upstream (a random source port, only the upstream's datagrams delivered),
+with a random id, and only a reply with that id and the same question is
+taken (RFC 5452); over TCP, connections are reused until idle for
+C{expire}.  Upstreams that keep failing are left aside until a health probe
+is answered (L{idetcd.dns._upstream}).
 """
 
 from __future__ import annotations
 
 import collections
 import ipaddress
-import os
 import random
 import secrets
 import socket
 import struct
 
 import attr
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
 
 from idetcd.config import CorefileError, Upstream
 from idetcd.dns import _tally as tally
 from idetcd.dns import _wire as wire
+from idetcd.dns._answer_cache import AnswerCache
 from idetcd.dns._authority import domain_labels
+from idetcd.dns._upstream import Health, TCPAttempt, TCPPool, UDPAttempt
 
 log = Logger()
 
@@ -38,8 +42,6 @@ log = Logger()
 ATTEMPT = 2.0
 #: A try with less time than this left is not started: the time is up.
 MIN_ATTEMPT = 0.05
-#: Datagrams read from one upstream socket per reactor turn.
-READ_BATCH = 4
 #: Client addresses whose verdict (allowed or not) is remembered.
 VERDICTS = 4096
 #: The most of a resolv.conf file that is read.
@@ -116,13 +118,26 @@ class Forwarder:
     Relays queries for names outside C{zone}, and inside one of the server
     block's C{scope} zones, to the upstreams of C{settings} (a
     L{idetcd.config._corefile.ForwardSettings}), for clients in its allowed
-    networks.  L{start} reads the resolv.conf files it names.
+    networks, answering from a L{AnswerCache} when given C{cache_settings}.
+    L{start} reads the resolv.conf files it names.
     """
 
     settings = attr.ib()
     zone = attr.ib()
     scope = attr.ib(converter=tuple)
     reactor = attr.ib()
+    #: The block's C{cache} (an L{idetcd.config.CacheSettings}), or None.
+    cache_settings = attr.ib(default=None)
+    #: The answers kept, when the block has C{cache}.
+    cache = attr.ib(init=False, default=None)
+    #: Each upstream's L{Health}, by upstream.
+    health = attr.ib(init=False, factory=dict)
+    #: TCP connections to upstreams (a L{TCPPool}), once started.
+    pool = attr.ib(init=False, default=None)
+    #: How long upstreams took to answer a try: by upstream (as text), the
+    #: count in each L{tally} duration bucket, and nanoseconds in all.
+    latency = attr.ib(init=False, factory=lambda: collections.defaultdict(collections.Counter))
+    latency_ns = attr.ib(init=False, factory=collections.Counter)
     #: The upstreams, once started.
     upstreams = attr.ib(init=False, default=())
     #: The client queries in flight upstream.
@@ -146,6 +161,9 @@ class Forwarder:
     def __attrs_post_init__(self):
         self._apex = domain_labels(self.zone)
         self._scopes = tuple(domain_labels(zone) for zone in self.scope)
+        self.pool = TCPPool(self.reactor, self.settings.expire, self.closing)
+        if self.cache_settings is not None:
+            self.cache = AnswerCache(self.cache_settings, self.reactor, self.prefetch)
 
     def start(self, port, interfaces, report):
         """
@@ -194,6 +212,18 @@ class Forwarder:
         """
         self.settings, self.upstreams = settings, upstreams
         self._verdicts.clear()
+        self.pool.expire = settings.expire
+        for upstream in set(self.health) - set(upstreams):
+            self.health.pop(upstream).stop()
+        for upstream in upstreams:
+            health = self.health.get(upstream)
+            if health is not None:
+                health.max_fails, health.interval = settings.max_fails, settings.health_check
+            else:
+                self.health[upstream] = Health(
+                    upstream, settings.max_fails, settings.health_check, self.reactor,
+                    lambda owner, id, upstream=upstream: self.attempt(owner, upstream, id, self.settings.force_tcp),
+                )
         log.info(
             "forwarding names outside {zone} to {upstreams} for clients in {allowed}",
             zone=self.zone,
@@ -249,13 +279,23 @@ class Forwarder:
             address = address.ipv4_mapped
         return any(address in network for network in self.settings.allowed)
 
+    def attempt(self, owner, upstream, id, tcp):
+        """
+        A try for C{owner} to C{upstream}, with C{id}, over TCP if C{tcp}.
+        """
+        if tcp:
+            return TCPAttempt(owner, upstream, id, self.pool)
+        return UDPAttempt(owner, upstream, id, self.reactor, self.report)
+
     def relay(self, data, query, send, tcp, peer):
         """
         Forward the message C{data} (read as C{query}) of the client at
         address C{peer} and hand the reply, with the client's id, to
-        C{send}; over TCP if C{tcp}.  With C{max_concurrent} queries in
-        flight it is dropped instead.
+        C{send}; over TCP if C{tcp}.  A kept answer is handed at once.
+        With C{max_concurrent} queries in flight it is dropped instead.
         """
+        if self.cache is not None and self._from_cache(data, query, send, tcp, peer):
+            return
         if len(self.in_flight) >= self.settings.max_concurrent:
             self.dropped += 1
             self.report(
@@ -266,18 +306,50 @@ class Forwarder:
             return
         exchange = _Exchange(self, data, query, send, tcp, self._order())
         if self.tally is not None:
-            exchange.lane = self.tally.lane("tcp" if tcp else "udp", tally.family(peer))
+            exchange.lane = tally.lane("tcp" if tcp else "udp", peer)
         self.in_flight.add(exchange)
         exchange.start()
 
+    def _from_cache(self, data, query, send, tcp, peer):
+        started = tally.now()
+        limit = wire.MAX_MESSAGE if tcp else max(wire.MIN_PAYLOAD, query.edns.payload if query.edns else 0)
+        reply = self.cache.answer(data, query, limit)
+        if reply is None:
+            return False
+        send(reply)
+        if self.tally is not None:
+            proto = "tcp" if tcp else "udp"
+            answer = tally.kind(query.type, reply[3] & 0x0F)
+            self.tally.settle(
+                [tally.key(answer, tally.lane(proto, peer), len(data), len(reply))],
+                tally.now() - started, proto, len(data), len(reply),
+            )
+        return True
+
+    def prefetch(self, query, data):
+        """
+        Ask upstream again for the kept answer to C{query} (the client
+        message C{data}), for the cache only, unless C{max_concurrent}
+        queries are in flight.
+        """
+        if len(self.in_flight) < self.settings.max_concurrent:
+            exchange = _Exchange(self, data, query, None, False, self._order())
+            self.in_flight.add(exchange)
+            exchange.start()
+
     def _order(self):
+        """
+        The upstreams to try, in order, by the policy: those not down, or,
+        when all are down, one of them at random (as CoreDNS does).
+        """
         upstreams = list(self.upstreams)
         if self.settings.policy == "random":
             self._random.shuffle(upstreams)
         elif self.settings.policy == "round_robin":
             self._turn = (self._turn + 1) % len(upstreams)
             upstreams = upstreams[self._turn :] + upstreams[: self._turn]
-        return collections.deque(upstreams)
+        up = [upstream for upstream in upstreams if not self.health[upstream].down]
+        return collections.deque(up or [self._random.choice(upstreams)])
 
     def closing(self, closed):
         """
@@ -293,6 +365,9 @@ class Forwarder:
         """
         for exchange in list(self.in_flight):
             exchange.end()
+        for health in self.health.values():
+            health.stop()
+        self.pool.close()
         return defer.gatherResults(list(self._closing)).addCallback(lambda _: None)
 
 
@@ -302,7 +377,10 @@ class _Exchange:
     One client query, tried on the upstreams in C{order} until one answers
     or its time is up.  An upstream that times out goes to the back of the
     order (its datagram may have been lost); one that fails at once, or
-    answers SERVFAIL or REFUSED, is not tried again.
+    answers SERVFAIL or REFUSED, is not tried again.  Over TCP when the
+    client asked over TCP (over UDP first with C{prefer_udp}: a truncated
+    reply is asked again over TCP), always with C{force_tcp}.  C{send} is
+    None for a prefetch: the reply is only kept.
     """
 
     forwarder = attr.ib()
@@ -311,18 +389,22 @@ class _Exchange:
     send = attr.ib()
     tcp = attr.ib()
     order = attr.ib()
-    #: Where the reply to the client is counted (a L{tally.Lane}), or None.
+    #: The L{tally.LANES} bits the reply to the client is counted with, or
+    #: None when it is not counted.
     lane = attr.ib(init=False, default=None)
-    _started = attr.ib(init=False, default=0)  # tally.now() when read, if counted
+    _started = attr.ib(init=False, default=0)  # tally.now() when read
     _fallback = attr.ib(init=False, default=None)  # an upstream's SERVFAIL or REFUSED
     _deadline = attr.ib(init=False, default=None)  # when the time is up
     _attempt = attr.ib(init=False, default=None)
+    _attempt_started = attr.ib(init=False, default=0)  # tally.now() when the try was sent
     _timer = attr.ib(init=False, default=None)  # the one timer: the try's
+    _over_tcp = attr.ib(init=False, default=False)  # the next try goes over TCP
 
     def start(self):
-        if self.lane is not None:
-            self._started = tally.now()
-        self._deadline = self.forwarder.reactor.seconds() + self.forwarder.settings.timeout
+        self._started = tally.now()
+        settings = self.forwarder.settings
+        self._over_tcp = settings.force_tcp or (self.tcp and not settings.prefer_udp)
+        self._deadline = self.forwarder.reactor.seconds() + settings.timeout
         self._next()
 
     def _next(self):
@@ -339,10 +421,11 @@ class _Exchange:
             return self._finish(None)
         upstream = self.order.popleft()
         id = secrets.randbits(16)
-        attempt = (_TCPAttempt if self.tcp else _UDPAttempt)(self, upstream, id)
+        attempt = self.forwarder.attempt(self, upstream, id, self._over_tcp)
         self._attempt = attempt
         self._timer = clock.callLater(wait, self._timed_out, attempt)
         self.forwarder.tries[str(upstream)] += 1
+        self._attempt_started = tally.now()
         attempt.start(_SHORT.pack(id) + self.data[2:], wait)
 
     def accepts(self, reply, id):
@@ -366,16 +449,28 @@ class _Exchange:
     def answered(self, attempt, reply):
         if attempt is not self._attempt:
             return
-        self.forwarder.replies[str(attempt.upstream), tally.rcode_label(reply[3] & 0x0F)] += 1
-        if reply[3] & 0x0F in _TRY_NEXT and self.order:
+        forwarder, upstream = self.forwarder, attempt.upstream
+        forwarder.health[upstream].success()
+        took = tally.now() - self._attempt_started
+        forwarder.latency[str(upstream)][(took >> tally.SHIFT).bit_length()] += 1
+        forwarder.latency_ns[str(upstream)] += took
+        forwarder.replies[str(upstream), tally.rcode_label(reply[3] & 0x0F)] += 1
+        if reply[2] & 0x02 and not attempt.tcp and self.tcp:
+            # Truncated over UDP for a client on TCP (prefer_udp): the same
+            # upstream again, over TCP.
+            self._over_tcp = True
+            self.order.appendleft(upstream)
+            self._next()
+        elif reply[3] & 0x0F in _TRY_NEXT and self.order:
             self._fallback = reply
             self._next()
         else:
-            self._finish(reply)
+            self._finish(reply, kept=True)
 
     def failed(self, attempt, why):
         if attempt is not self._attempt:
             return
+        self.forwarder.health[attempt.upstream].failure()
         self.forwarder.report(
             "forward-failed", "forwarding to {upstream} failed: {why}",
             upstream=str(attempt.upstream), why=why,
@@ -384,22 +479,32 @@ class _Exchange:
 
     def _timed_out(self, attempt):
         self._timer = None
+        self.forwarder.health[attempt.upstream].failure()
         self.order.append(attempt.upstream)
         self.forwarder.report(
             "forward-timeout", "no answer from {upstream} in time", upstream=str(attempt.upstream)
         )
         self._next()
 
-    def _finish(self, reply):
+    def _finish(self, reply, kept=False):
         """
-        Send C{reply} (or the fallback, or SERVFAIL) to the client.
+        Send C{reply} (or the fallback, or SERVFAIL) to the client; an
+        upstream's answer (C{kept}) goes to the cache first.
         """
         self.end()
+        cache = self.forwarder.cache
+        if kept and cache is not None:
+            reply = cache.keep(self.query, reply)
         reply = reply or self._fallback or self._servfail()
+        if self.send is None:
+            return
         self.send(self.data[:2] + reply[2:])
         if self.lane is not None:
-            self.lane.answers[tally.kind(self.query.type, reply[3] & 0x0F)] += 1
-            self.forwarder.tally.timed(1, tally.now() - self._started)
+            answer = tally.kind(self.query.type, reply[3] & 0x0F)
+            self.forwarder.tally.settle(
+                [tally.key(answer, self.lane, len(self.data), len(reply))],
+                tally.now() - self._started, "tcp" if self.tcp else "udp", len(self.data), len(reply),
+            )
 
     def _servfail(self):
         query = self.query
@@ -423,125 +528,3 @@ class _Exchange:
         if self._attempt is not None:
             attempt, self._attempt = self._attempt, None
             attempt.close()
-
-
-class _UDPAttempt:
-    """
-    One try over UDP, from a connected socket of its own: the kernel picks
-    a random source port, delivers only the upstream's datagrams, and
-    reports an ICMP unreachable as an error.  A reader for the reactor.
-    """
-
-    def __init__(self, exchange, upstream, id):
-        self.exchange = exchange
-        self.upstream = upstream
-        self.id = id
-        self.reactor = exchange.forwarder.reactor
-        self.socket = None
-        self._reading = False
-
-    def start(self, message, wait):
-        family = socket.AF_INET6 if ":" in self.upstream.host else socket.AF_INET
-        try:
-            self.socket = socket.socket(family, socket.SOCK_DGRAM)
-            self.socket.setblocking(False)
-            self.socket.connect((self.upstream.host, self.upstream.port))
-            self.reactor.addReader(self)
-            self._reading = True
-            self.socket.send(message)
-        except OSError as e:
-            self.exchange.failed(self, e.strerror or str(e))
-
-    def fileno(self):
-        return -1 if self.socket is None else self.socket.fileno()
-
-    def logPrefix(self):
-        return "forward"
-
-    def doRead(self):
-        for _ in range(READ_BATCH):
-            try:
-                reply = self.socket.recv(wire.MAX_MESSAGE)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                self.exchange.failed(self, e.strerror or str(e))
-                return
-            if self.exchange.accepts(reply, self.id):
-                self.exchange.answered(self, reply)
-                return
-            self.exchange.forwarder.report(
-                "forward-mismatch", "ignored a datagram from {upstream}: not the reply to our query",
-                upstream=str(self.upstream),
-            )
-
-    def connectionLost(self, reason):
-        # The reactor saw an error on the socket (an ICMP unreachable) and
-        # stopped reading it.
-        self._reading = False
-        error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if self.socket else 0
-        self.exchange.failed(self, os.strerror(error) if error else reason.getErrorMessage())
-
-    def close(self):
-        if self._reading:
-            self._reading = False
-            self.reactor.removeReader(self)
-        if self.socket is not None:
-            self.socket.close()
-            self.socket = None
-
-
-class _TCPAttempt(protocol.Protocol):
-    """
-    One try over TCP: a connection of its own, one query, one reply.
-    """
-
-    def __init__(self, exchange, upstream, id):
-        self.exchange = exchange
-        self.upstream = upstream
-        self.id = id
-        self.closed = defer.Deferred()
-        self._message = None
-        self._connector = None
-        self._buffer = b""
-
-    def start(self, message, wait):
-        self._message = message
-        factory = protocol.ClientFactory.forProtocol(lambda: self)
-        factory.noisy = False
-        factory.clientConnectionFailed = self._connection_failed
-        self.exchange.forwarder.closing(self.closed)
-        self._connector = self.exchange.forwarder.reactor.connectTCP(
-            self.upstream.host, self.upstream.port, factory, timeout=wait
-        )
-
-    def connectionMade(self):
-        self.transport.write(_SHORT.pack(len(self._message)) + self._message)
-
-    def dataReceived(self, data):
-        self._buffer += data
-        if len(self._buffer) < 2:
-            return
-        (length,) = _SHORT.unpack_from(self._buffer)
-        if len(self._buffer) < 2 + length:
-            return
-        reply = self._buffer[2 : 2 + length]
-        self._buffer = b""
-        if self.exchange.accepts(reply, self.id):
-            self.exchange.answered(self, reply)
-        else:
-            self.exchange.failed(self, "its reply does not answer our query")
-
-    def connectionLost(self, reason):
-        self.exchange.failed(self, reason.getErrorMessage())
-        self.closed.callback(None)
-
-    def _connection_failed(self, connector, reason):
-        self.exchange.failed(self, reason.getErrorMessage())
-        self.closed.callback(None)
-
-    def close(self):
-        if self.transport is not None:
-            self.transport.abortConnection()
-        elif self._connector is not None and self._connector.state == "connecting":
-            self._connector.stopConnecting()

@@ -72,6 +72,8 @@ _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, local address, destination
 
 _FLAGS = struct.Struct("!H")
 _now = tally.now
+_LENGTH, _KIND, _IPV6 = tally.LENGTH, tally.KIND_MASK, tally.IPV6
+_REQUEST_SIZES, _RESPONSE_SIZES = tally.REQUEST_SIZES, tally.RESPONSE_SIZES
 _BADVERS = wire.Encoded(dns.EBADVERSION, auth=False)
 
 
@@ -377,19 +379,16 @@ class _UDPPort(udp.Port):
     other), on hosts with several addresses.
 
     With a C{tally} (a L{tally.DnsTally}) it counts the answers its
-    protocol gives, by the L{tally.kind} it returns, and times each batch.
+    protocol gives, by the L{tally.kind} and reply length it returns, and
+    times each batch.
     """
 
     def __init__(self, port, proto, interface, maxPacketSize, reactor, tally=None):
         udp.Port.__init__(self, port, proto, interface, maxPacketSize, reactor)
         self._tally = tally
-        # The answer counts of this socket's family; on IPv6, IPv4 clients
-        # arrive as mapped addresses and count with IPv4.
-        self._answers = self._mapped = None
-        if tally is not None:
-            self._answers = tally.lane("udp", "2" if ":" in interface else "1").answers
-            if ":" in interface:
-                self._mapped = tally.lane("udp", "1").answers
+        # On IPv6, IPv4 clients arrive as mapped addresses and count with
+        # IPv4.
+        self._ipv6 = ":" in interface
 
     def createInternetSocket(self):
         skt = udp.Port.createInternetSocket(self)
@@ -406,9 +405,13 @@ class _UDPPort(udp.Port):
         receive = self.socket.recvmsg
         space = _PKTINFO_SPACE if self.wildcard else 0
         answer = self.protocol.datagramReceived
-        counts, mapped = self._answers, self._mapped
-        started = _now() if counts is not None else 0
-        answered = 0
+        counting = self._tally is not None
+        ipv6 = self._ipv6
+        requests, responses = _REQUEST_SIZES, _RESPONSE_SIZES
+        shift, mask, ipv6_bit = _LENGTH, _KIND, _IPV6
+        started = _now() if counting else 0
+        keys = []
+        received = sent = 0
         try:
             for _ in range(UDP_BATCH):
                 try:
@@ -418,19 +421,21 @@ class _UDPPort(udp.Port):
                         return
                     raise
                 try:
-                    kind = answer(data, address, _reply_pktinfo(ancillary), flags)
+                    outcome = answer(data, address, _reply_pktinfo(ancillary), flags)
                 except BaseException:
                     log.failure("UDP datagram from {peer}", peer=address[0])
                     continue
-                if counts is not None and kind is not None:
-                    if mapped is not None and address[0].startswith("::ffff:"):
-                        mapped[kind] += 1
-                    else:
-                        counts[kind] += 1
-                    answered += 1
+                if counting and outcome is not None:
+                    length = outcome >> shift
+                    key = outcome & mask | requests[len(data)] | responses[length]
+                    if ipv6 and not address[0].startswith("::ffff:"):
+                        key |= ipv6_bit
+                    keys.append(key)
+                    received += len(data)
+                    sent += length
         finally:
-            if answered:
-                self._tally.timed(answered, _now() - started)
+            if keys:
+                self._tally.settle(keys, _now() - started, "udp", received, sent)
 
 
 def _size_receive_buffer(skt, interface):
@@ -455,7 +460,8 @@ def _size_receive_buffer(skt, interface):
 class _UDP(protocol.DatagramProtocol):
     """
     Answers the datagrams of one UDP socket; each call returns the
-    L{tally.kind} of the answer sent, or L{None} when none was.
+    L{tally.kind} of the answer sent with the reply's length shifted by
+    L{tally.LENGTH}, or L{None} when none was.
     """
 
     noisy = False
@@ -492,7 +498,7 @@ class _UDP(protocol.DatagramProtocol):
             head, end, tail, kind = hit
             reply = data[:2] + head + data[12:end] + tail
         self._send(pktinfo, address, reply)
-        return kind
+        return kind | len(reply) << _LENGTH
 
     def _send(self, pktinfo, address, reply):
         try:
@@ -522,12 +528,12 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._holding = False  # reading stopped until the buffer is answered
         self._waiting = False  # in the factory's queue for the next turn
         self._peer = None
-        self._lane = None  # where answers are counted, if they are
+        self._lane = None  # the tally.LANES bits of its answers, if counted
 
     def connectionMade(self):
         self._peer = self.transport.getPeer().host
         if self.factory.tally is not None:
-            self._lane = self.factory.tally.lane("tcp", tally.family(self._peer))
+            self._lane = tally.lane("tcp", self._peer)
         self.factory.opened(self)
         # The size of one read, and of the reply backlog that pauses us.
         self.transport.bufferSize = TCP_BUFFER
@@ -546,7 +552,8 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         budget = self.factory.budget()
         lane = self._lane
         started = _now() if lane is not None else 0
-        counted = 0
+        keys = []
+        received = sent = 0
         while answered < budget:
             if self._blocked or len(buffer) - offset < 2:
                 break
@@ -561,10 +568,11 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
                 if lane is not None:
-                    lane.answers[kind] += 1
-                    counted += 1
-        if counted:
-            self.factory.tally.timed(counted, _now() - started)
+                    keys.append(kind | lane | _REQUEST_SIZES[length] | _RESPONSE_SIZES[len(reply)])
+                    received += length
+                    sent += len(reply)
+        if keys:
+            self.factory.tally.settle(keys, _now() - started, "tcp", received, sent)
         self._buffer = buffer = buffer[offset:]
         self.factory.spend(answered)
         if self._blocked:
@@ -771,6 +779,8 @@ class DNSServer(service.Service):
             except CannotListenError:
                 if attempt + 1 == attempts:
                     raise
+        if self.tally is not None:
+            self.tally.server = f"dns://:{self.port}"
         if self.forwarder is not None:
             self.forwarder.tally = self.tally
             try:

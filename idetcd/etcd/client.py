@@ -128,8 +128,13 @@ class EtcdClient:
     def _get_once(self, index, path):
         """
         GET C{path} from endpoint C{index}: the status and the JSON reply.
+        C{on_call} hears of it as of any call: the start-up check's first
+        requests are these, and a node stuck there shows them.
         """
-        return self._post_once(index, path, None, None, None, method="GET")
+        d = self._post_once(index, path, None, None, None, method="GET")
+        if self.on_call is not None:
+            d.addBoth(self._observed, path)
+        return d
 
     def _post_once(self, index, path, body, timeout, token, method="POST"):
         endpoint = self.endpoints[index]

@@ -12,6 +12,8 @@ application, the tests) each report their own.
 """
 
 import collections
+import platform
+from itertools import accumulate
 
 import attr
 from prometheus_client import (
@@ -27,9 +29,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 from twisted.internet import defer
+from twisted.internet.error import ConnectError
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
 
-from idetcd.dns import DURATION_BOUNDS, DnsTally
+import twisted
+from idetcd._version import __version__
+from idetcd.dns import DURATION_BOUNDS, SIZE_BOUNDS, DnsTally
 from idetcd.etcd import EtcdUnavailable
 
 #: etcd's gRPC method for each gateway path, as etcd's own metrics name it
@@ -44,6 +50,10 @@ METHODS = {
     "/v3/lease/revoke": "LeaseRevoke",
     "/v3/lease/keepalive": "LeaseKeepAlive",
     "/v3/lease/timetolive": "LeaseTimeToLive",
+    # The gateway's plain HTTP GETs: the start-up check's and the embedded
+    # etcd's readiness probes.
+    "/version": "Version",
+    "/health": "Health",
 }
 
 #: Every outcome of a lease keepalive, reported from 0 so alerts on their
@@ -54,13 +64,14 @@ KEEPALIVE_OUTCOMES = ("ok", "failed", "gone")
 def etcd_outcome(result):
     """
     How an etcd call ended: "ok"; "error" (etcd refused it); "unavailable"
-    (no endpoint answered); "cancelled" (given up by its caller).
+    (no endpoint answered; for a single GET, its endpoint did not);
+    "cancelled" (given up by its caller).
     """
     if not isinstance(result, Failure):
         return "ok"
     if result.check(defer.CancelledError):
         return "cancelled"
-    if result.check(EtcdUnavailable):
+    if result.check(EtcdUnavailable, ConnectError, defer.TimeoutError, ResponseNeverReceived):
         return "unavailable"
     return "error"
 
@@ -106,15 +117,36 @@ class DnsCollector:
             ("zone", "rcode"),
             {(zone, rcode): count for rcode, count in self.tally.responses().items()},
         )
-        cumulative, count, seconds = self.tally.durations()
         durations = HistogramMetricFamily(
             "idetcd_dns_request_duration_seconds",
-            "Time from reading a DNS request to handing its response to the kernel, per zone.",
-            labels=("zone",),
+            "Time from reading a DNS request to handing its response to the kernel, per zone and query type.",
+            labels=("zone", "type"),
         )
-        buckets = [(floatToGoString(bound), n) for bound, n in zip(DURATION_BOUNDS, cumulative)]
-        durations.add_metric((zone,), buckets + [("+Inf", count)], seconds)
+        for type_label, (cumulative, count, seconds) in sorted(self.tally.durations().items()):
+            durations.add_metric((zone, type_label), _buckets(DURATION_BOUNDS, cumulative, count), seconds)
         yield durations
+        requests, responses = self.tally.sizes()
+        for name, what, sizes in (
+            ("idetcd_dns_request_size_bytes", "DNS requests", requests),
+            ("idetcd_dns_response_size_bytes", "DNS responses", responses),
+        ):
+            family = HistogramMetricFamily(
+                name, f"Size of {what} in bytes, per server, zone and protocol.",
+                labels=("server", "zone", "proto"),
+            )
+            for proto, (cumulative, count, total) in sorted(sizes.items()):
+                family.add_metric(
+                    (self.tally.server, zone, proto), _buckets(SIZE_BOUNDS, cumulative, count), total
+                )
+            yield family
+
+
+def _buckets(bounds, cumulative, count):
+    """
+    Histogram buckets for prometheus_client: each of C{bounds} with its
+    C{cumulative} count, then +Inf with C{count}.
+    """
+    return [(floatToGoString(bound), n) for bound, n in zip(bounds, cumulative)] + [("+Inf", count)]
 
 
 @attr.s(eq=False)
@@ -143,6 +175,63 @@ class ForwardCollector:
             "Queries to forward dropped because max_concurrent were in flight.",
             (), {(): forwarder.dropped},
         )
+        latency = HistogramMetricFamily(
+            "idetcd_forward_request_duration_seconds",
+            "Time an upstream took to answer a try, per upstream.",
+            labels=("to",),
+        )
+        for to, buckets in sorted(forwarder.latency.items()):
+            cumulative = list(accumulate(buckets.get(k, 0) for k in range(len(DURATION_BOUNDS))))
+            latency.add_metric(
+                (to,), _buckets(DURATION_BOUNDS, cumulative, sum(buckets.values())), forwarder.latency_ns[to] / 1e9
+            )
+        yield latency
+        health = forwarder.health
+        yield _counter(
+            "idetcd_forward_healthcheck_failures",
+            "Health probes an upstream did not answer, per upstream.",
+            ("to",), {str(upstream): health[upstream].probe_failures for upstream in forwarder.upstreams},
+        )
+        up = GaugeMetricFamily(
+            "idetcd_forward_up", "1 while an upstream is used, 0 while it is down (max_fails failures in a row).",
+            labels=("to",),
+        )
+        for upstream in forwarder.upstreams:
+            up.add_metric((str(upstream),), 0 if health[upstream].down else 1)
+        yield up
+        yield _counter(
+            "idetcd_forward_tcp_connections", "TCP connections opened to upstreams.", (),
+            {(): forwarder.pool.opened},
+        )
+        yield _counter(
+            "idetcd_forward_tcp_reuses", "Queries sent on a TCP connection kept from an earlier one (expire).", (),
+            {(): forwarder.pool.reused},
+        )
+        cache = forwarder.cache
+        if cache is not None:
+            server = forwarder.tally.server if forwarder.tally is not None else ""
+            entries = GaugeMetricFamily(
+                "idetcd_cache_entries", "Forwarded answers kept, per kind.", labels=("server", "type")
+            )
+            for kind, count in sorted(cache.sizes().items()):
+                entries.add_metric((server, kind), count)
+            yield entries
+            yield _counter(
+                "idetcd_cache_hits", "Queries answered from the cache, per kind.", ("server", "type"),
+                {(server, kind): count for kind, count in cache.hits.items()},
+            )
+            yield _counter(
+                "idetcd_cache_misses", "Queries to forward the cache could not answer.", ("server",),
+                {(server,): cache.misses},
+            )
+            yield _counter(
+                "idetcd_cache_evictions", "Answers dropped from a full cache, per kind.", ("server", "type"),
+                {(server, kind): count for kind, count in cache.evictions.items()},
+            )
+            yield _counter(
+                "idetcd_cache_prefetch", "Popular answers asked again before they expire.", ("server",),
+                {(server,): cache.prefetches},
+            )
 
 
 @attr.s(eq=False)
@@ -195,6 +284,31 @@ class NodeCollector:
         )
 
 
+def build_info():
+    """
+    A prometheus_client collector of C{idetcd_build_info}: 1, labelled with
+    the versions running, as CoreDNS's C{coredns_build_info}.
+    """
+    info = GaugeMetricFamily(
+        "idetcd_build_info", "A metric with a constant '1' value labeled by version, python and twisted.",
+        labels=("version", "python", "twisted"),
+    )
+    info.add_metric((__version__, platform.python_version(), twisted.__version__), 1)
+    return _Fixed(info)
+
+
+@attr.s(eq=False)
+class _Fixed:
+    """
+    A collector of one metric family that never changes.
+    """
+
+    family = attr.ib()
+
+    def collect(self):
+        yield self.family
+
+
 def node_registry(node):
     """
     A new registry of C{node}'s metrics (and of its process, as every
@@ -205,6 +319,7 @@ def node_registry(node):
     node.dns.tally = dns
     calls = node.client.on_call = EtcdCalls()
     registry = CollectorRegistry(auto_describe=False)
+    registry.register(build_info())
     registry.register(DnsCollector(dns))
     registry.register(NodeCollector(node, calls))
     if node.dns.forwarder is not None:

@@ -133,7 +133,8 @@ class IdetcdService(OrderedMultiService):
                 interfaces=tuple(self.interfaces or self.block.binds or DEFAULT_BINDS),
                 reactor=self.reactor,
                 forwarder=None if self.block.forward is None else Forwarder(
-                    self.block.forward, settings.pattern.zone, self.block.zones, self.reactor
+                    self.block.forward, settings.pattern.zone, self.block.zones, self.reactor,
+                    cache_settings=self.block.cache,
                 ),
             ),
         )
