@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import dns.message
 import dns.query
 import treq
-import twisted
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,6 +24,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 import idetcd
+import twisted
+from idetcd import IdetcdService
 from idetcd.claim._lease import LeaseKeeper
 from idetcd.dns import _tally as tally
 from idetcd.dns._authority import ZoneAuthority
@@ -36,7 +37,6 @@ from tests.test_authority import FakeRegistry, sample_members
 from tests.test_claimer import ScriptedClient
 from tests.test_cluster import query
 from tests.test_etcd import sleep, wait_for
-from idetcd import IdetcdService
 from tests.test_http import COREFILE as HTTP_COREFILE
 from tests.test_http import NodeHttpTestCase
 from tests.test_server import exchange_udp, header, question, tcp_session
