@@ -32,9 +32,10 @@ from idetcd.dns._freshness import CURRENT
 
 log = Logger()
 
-# Nobody transfers this zone (every node reads etcd itself), so the SOA
-# timers only need to be sane (RFC 1912 section 2.2): refresh an hour, retry
-# ten minutes, expire a day, each longer than the one before.
+# The SOA timers, for secondaries of the zone (the transfer directive):
+# refresh an hour (NOTIFY tells them of changes sooner), retry ten minutes,
+# expire a day, as a stale view's default, each longer than the one before
+# (RFC 1912 section 2.2).
 REFRESH = 3600
 RETRY = 600
 EXPIRE = 86400
