@@ -698,10 +698,11 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         if self._streaming is not None or self._blocked:
             self.transport.abortConnection()
             return
-        # Every reply is with the kernel: close as TCP does, so that the
-        # end of a long zone transfer, which a client may still be reading,
-        # is not thrown away; abort if the client does not take it within
-        # another idle time.
+        # No more than TCP_BUFFER bytes of replies wait here, the rest is
+        # with the kernel: close as TCP does, so that the end of a long zone
+        # transfer, which a client may still be reading, is not thrown
+        # away; abort if the client does not take it within another idle
+        # time.
         self.transport.loseConnection()
         self._closing = self.callLater(self.factory.idle_timeout, self.transport.abortConnection)
 
