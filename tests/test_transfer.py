@@ -332,7 +332,7 @@ class QueryFormTests(unittest.TestCase):
     A well-formed IXFR is never FORMERR, with or without transfer.
     """
 
-    def test_ixfr_serialread_exactly(self):
+    def test_ixfr_serial_read(self):
         query = wire.read_query(ixfr_query(1234).to_wire())
         self.assertEqual((query.type, query.serial), (dns.rdatatype.IXFR, 1234))
 
