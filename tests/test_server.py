@@ -818,7 +818,7 @@ class _EchoReplies:
     def __init__(self):
         self.asked = []
 
-    def tcp(self, data, peer, send):
+    def tcp(self, data, peer, send, stream):
         self.asked.append(data)
         return data, tally.kind(1, 0)
 

@@ -185,6 +185,55 @@ class ReloadSettings:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class TransferSettings:
+    """
+    The C{transfer} directive, as CoreDNS's: C{allowed} holds the networks
+    that may transfer the zone (L{None} for C{*}, everyone), C{targets} the
+    (address, port)s sent NOTIFY when it changes.
+    """
+
+    allowed: tuple
+    targets: tuple = ()
+    filename: str = "Corefile"
+    line: int = 0
+
+
+def _transfer_address(text):
+    """
+    What one C{to} address of C{transfer} allows, and where it sends NOTIFY:
+    (network or L{None} for C{*}, (address, port) or L{None}).  Addresses
+    and their ports are spelt as CoreDNS's: 10.0.0.1, 10.0.0.1:5300,
+    [fd00::1]:5300, a network such as 10.0.0.0/24 (no NOTIFY), or C{*}.
+    """
+    if text == "*":
+        return None, None
+    expected = (
+        f"transfer: expected an address (10.0.0.1, 10.0.0.1:5300, [fd00::1]:5300),"
+        f" a network (10.0.0.0/24) or *, got {text!r}"
+    )
+    if "/" in text:
+        try:
+            return ipaddress.ip_network(text, strict=False), None
+        except ValueError:
+            raise ValueError(expected) from None
+    host, port = text, str(DEFAULT_PORT)
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(expected)
+        port = rest[1:] or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"transfer: bad port in {text!r} (expected 1 to 65535)")
+    return ipaddress.ip_network(address), (address.compressed, int(port))
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class ServerBlock:
     """
     One server block: the zones it answers for, where, its idetcd block,
@@ -203,6 +252,7 @@ class ServerBlock:
     prometheus: HttpAddress = None
     reload: ReloadSettings = None
     cache: CacheSettings = None
+    transfer: TransferSettings = None
 
 
 def parse(text, filename="Corefile", environ=None):
@@ -826,7 +876,7 @@ class _Reader(_Failing):
     def server_block(self, keys, body):
         zones, port = self.keys(keys)
         binds = ()
-        idetcd = forward = reload = cache = None
+        idetcd = forward = reload = cache = transfer = None
         seen = {}
         http = {}
         for directive in body:
@@ -850,11 +900,14 @@ class _Reader(_Failing):
                 args = self.arguments(directive, 0, 2)
                 interval, jitter = self.convert(directive, lambda: _reload(args))
                 reload = ReloadSettings(interval, jitter, self.filename, directive.line)
+            elif directive.name == "transfer":
+                self.once(seen, directive, "this server block")
+                transfer = self.transfer(directive)
             else:
                 self.fail(
                     directive.line,
                     f"unknown directive {directive.name!r}"
-                    f" (expected one of: bind, cache, forward, {', '.join(HTTP_DEFAULTS)}, reload, idetcd)",
+                    f" (expected one of: bind, cache, forward, {', '.join(HTTP_DEFAULTS)}, reload, transfer, idetcd)",
                 )
         if http and idetcd is None:
             first = min(http, key=seen.get)
@@ -865,13 +918,58 @@ class _Reader(_Failing):
                 self.fail(beside.line, f"{name!r} serves beside idetcd: this server block has no idetcd directive")
         if cache is not None and forward is None:
             self.fail(cache.line, "'cache' keeps forwarded answers: this server block has no forward directive")
+        if transfer is not None:
+            transfer = self.transfer_zones(transfer, idetcd)
         self.endpoints.extend(
             (f"{name} of the block on line {keys[0].line}", address) for name, (address, _) in http.items()
         )
         return ServerBlock(
             zones, port, binds, idetcd, self.filename, keys[0].line,
-            forward=forward, reload=reload, cache=cache, **{k: a for k, (a, _) in http.items()},
+            forward=forward, reload=reload, cache=cache, transfer=transfer,
+            **{k: a for k, (a, _) in http.items()},
         )
+
+    def transfer(self, directive):
+        """
+        C{transfer [ZONE…] { to ADDRESS… }}: (the zones it names, the
+        settings); C{to} may come more than once.
+        """
+        args = self.arguments(directive, 0, None, block=True)
+        allowed, targets = [], []
+        for setting in directive.block or ():
+            if setting.name != "to":
+                self.fail(setting.line, f"unknown directive {setting.name!r} in transfer (expected: to)")
+            for text in self.arguments(setting, 1, None):
+                network, target = self.convert(setting, lambda: _transfer_address(text))
+                if network not in allowed:
+                    allowed.append(network)
+                if target is not None and target not in targets:
+                    targets.append(target)
+        if not allowed:
+            self.fail(
+                directive.line,
+                "transfer needs a block naming who may transfer the zone, such as:"
+                " transfer { to 10.0.0.1 }",
+            )
+        zones = tuple(absolute(zone) for zone in args)
+        return zones, TransferSettings(tuple(allowed), tuple(targets), self.filename, directive.line)
+
+    def transfer_zones(self, transfer, idetcd):
+        """
+        The C{transfer} settings, once its zones are known to be the one
+        the idetcd block serves: the only zone it transfers.
+        """
+        zones, settings = transfer
+        if idetcd is None:
+            self.fail(settings.line, "'transfer' serves beside idetcd: this server block has no idetcd directive")
+        zone = idetcd.pattern.zone
+        for other in zones:
+            if other.lower() != zone.lower():
+                self.fail(
+                    settings.line,
+                    f"transfer can only transfer the zone of the pattern, {zone}, not {other}",
+                )
+        return settings
 
     def forward(self, directive):
         """

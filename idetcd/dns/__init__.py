@@ -1,7 +1,7 @@
 """
 The DNS front end: the zone authority answering from memory, the UDP
 and TCP server in front of it, replies as bytes, forwarding of other
-names, and how far a node can vouch for its answers.
+names, zone transfers to secondaries, and how far a node can vouch for its answers.
 """
 
 from idetcd.dns._authority import ZoneAuthority
@@ -11,6 +11,7 @@ from idetcd.dns._peers import reverse_zones
 from idetcd.dns._server import DNSServer
 from idetcd.dns._tally import BOUNDS as DURATION_BOUNDS
 from idetcd.dns._tally import SIZE_BOUNDS, DnsTally
+from idetcd.dns._transfer import ZoneTransfer
 
 __all__ = [
     "DURATION_BOUNDS",
@@ -20,5 +21,6 @@ __all__ = [
     "Forwarder",
     "Freshness",
     "ZoneAuthority",
+    "ZoneTransfer",
     "reverse_zones",
 ]

@@ -32,9 +32,10 @@ from idetcd.dns._freshness import CURRENT
 
 log = Logger()
 
-# Nobody transfers this zone (every node reads etcd itself), so the SOA
-# timers only need to be sane (RFC 1912 section 2.2): refresh an hour, retry
-# ten minutes, expire a day, each longer than the one before.
+# The SOA timers, for secondaries of the zone (the transfer directive):
+# refresh an hour (NOTIFY tells them of changes sooner), retry ten minutes,
+# expire a day, as a stale view's default, each longer than the one before
+# (RFC 1912 section 2.2).
 REFRESH = 3600
 RETRY = 600
 EXPIRE = 86400
@@ -338,6 +339,39 @@ class ZoneAuthority(common.ResolverBase):
             for type, response in rrsets.items()
             if response.__class__ is Response and labels != self.view.unvouched
         ]
+
+    def soa(self):
+        """
+        The zone's SOA record now, or L{None} before the first read from
+        etcd.
+        """
+        if not self.registry.ready:
+            return None
+        self._current()
+        return self._nodes[self.apex][dns.SOA].answers[0]
+
+    def zone_nodes(self):
+        """
+        The labels of every node of the zone (not of the reverse zones).
+        """
+        self._current()
+        return [labels for labels in self._nodes if _within(labels, self.apex)]
+
+    def zone_records(self, labels):
+        """
+        The records at the node C{labels} that a transfer of the zone
+        carries: NS, A, AAAA and SRV, not the SOA, which frames a
+        transfer, nor the answers to ANY, which are not data.
+        """
+        self._current()
+        records = []
+        if _within(labels, self.apex):
+            for type, rrset in self._nodes.get(labels, _EMPTY).items():
+                if rrset.__class__ is peers.PeerRRset:
+                    records += rrset.records()
+                elif type not in (dns.SOA, dns.ALL_RECORDS):
+                    records += rrset.answers
+        return records
 
     def update(self, names):
         """

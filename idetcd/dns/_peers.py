@@ -133,6 +133,12 @@ class PeerRRset:
         del self._entries[index]
         self.response = None
 
+    def records(self):
+        """
+        Every record, in order: what a zone transfer carries.
+        """
+        return tuple(entry.record for entry in self._entries)
+
     def fitting(self):
         """
         The first records in order that fit a reply, and the extra records

@@ -168,6 +168,9 @@ class _Replies:
     report = attr.ib()
     #: Relays queries outside the zone, or None (they are refused).
     forwarder = attr.ib(default=None)
+    #: Answers zone transfers (an L{idetcd.dns._transfer.ZoneTransfer}),
+    #: or None (they are refused).
+    transfer = attr.ib(default=None)
     fast = attr.ib(init=False, factory=lambda: _Cache(CACHE_SIZE))
     #: How many replies were encoded for the prepared tables so far.
     encoded_count = attr.ib(init=False, default=0)
@@ -180,7 +183,7 @@ class _Replies:
         Prepare every positive reply again.  Replies whose response did not
         change are kept, so only the names that changed are encoded.
         """
-        self.authority.update(None)
+        self._follow(self.authority.update(None))
         prepared = {}
         types = collections.defaultdict(set)
         for labels, type, response in self.authority.positive():
@@ -207,6 +210,7 @@ class _Replies:
                 self.rebuild()
             else:
                 self._update(nodes)
+                self._follow(nodes)
         except Exception as e:
             self.report(
                 "update", "updating prepared replies failed ({why}); rebuilding them all",
@@ -216,6 +220,13 @@ class _Replies:
             self.fast.reset({})
             self._encoded.reset({})
             self.rebuild()
+
+    def _follow(self, nodes):
+        """
+        Let the zone transfer follow an update that touched C{nodes}.
+        """
+        if self.transfer is not None:
+            self.transfer.changed(nodes)
 
     def _update(self, nodes):
         self.fast.drop_cached()
@@ -278,20 +289,30 @@ class _Replies:
             query = self._read(data, peer, send, tcp=False)
         except _Unanswered as e:
             return e.reply, e.kind
+        transferred = self._transfer(query, peer, tcp=False)
+        if transferred is not None:
+            rcode, messages = transferred
+            return next(messages), tally.kind(query.type, rcode)
         head, tail, kind = self._template(query, _udp_limit(query.edns))
         if len(data) <= CACHEABLE_QUERY:
             self.fast.put(key, (head, wire.HEADER.size + len(query.question), tail, kind))
         return data[:2] + head + query.question + tail, kind
 
-    def tcp(self, data, peer, send):
+    def tcp(self, data, peer, send, stream):
         """
         The reply to one message from a TCP stream (or L{None}) and its
-        L{tally.kind}; a forwarded query's reply goes to C{send} later.
+        L{tally.kind}; a forwarded query's reply goes to C{send} later,
+        and the messages of a zone transfer to C{stream}, as an iterator.
         """
         try:
             query = self._read(data, peer, send, tcp=True)
         except _Unanswered as e:
             return e.reply, e.kind
+        transferred = self._transfer(query, peer, tcp=True)
+        if transferred is not None:
+            rcode, messages = transferred
+            stream(messages)
+            return None, tally.kind(query.type, rcode)
         head, tail, kind = self._template(query, wire.MAX_MESSAGE)
         return data[:2] + head + query.question + tail, kind
 
@@ -329,6 +350,33 @@ class _Replies:
             head, tail, kind = self._template(query, wire.MAX_MESSAGE)
             raise _Unanswered(data[:2] + head + query.question + tail, kind)
         return query
+
+    def _transfer(self, query, peer, tcp):
+        """
+        The (rcode, messages) of a zone transfer's answer to C{query}, or
+        L{None} for a query that is not a transfer this server gives,
+        which is then refused as any.
+        """
+        transfer = self.transfer
+        if transfer is None or query.type not in (dns.AXFR, dns.IXFR):
+            return None
+        labels = tuple(label.lower() for label in query.labels)
+        if not transfer.serves(labels):
+            return None
+        qtype = "AXFR" if query.type == dns.AXFR else "IXFR"
+        if not transfer.allows(peer):
+            self.report(
+                "transfer-refused", "{qtype} refused to {peer}: not listed in transfer",
+                qtype=qtype, peer=peer,
+            )
+            return None
+        rcode, messages = transfer.respond(query, tcp)
+        self.report(
+            "transfer", "{qtype} of {zone} at serial {serial} to {peer} over {protocol}: {rcode}",
+            qtype=qtype, zone=self.authority.zone, serial=transfer.serial, peer=peer,
+            protocol="TCP" if tcp else "UDP", rcode=tally.RCODES.get(rcode, rcode),
+        )
+        return rcode, messages
 
     def _not_implemented(self, data, flags, peer, edns, qtype):
         self.report(
@@ -529,6 +577,9 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._waiting = False  # in the factory's queue for the next turn
         self._peer = None
         self._lane = None  # the tally.LANES bits of its answers, if counted
+        self._streaming = None  # the messages of a zone transfer being sent
+        self._pump = None  # the timer that sends its next message
+        self._closing = None  # the timer that aborts a connection closing
 
     def connectionMade(self):
         self._peer = self.transport.getPeer().host
@@ -546,6 +597,8 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
 
     def _answer(self):
         self._waiting = False
+        if self._streaming is not None:
+            return  # the next queries wait until the transfer is sent
         buffer = self._buffer
         offset = 0
         answered = 0
@@ -555,26 +608,36 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         keys = []
         received = sent = 0
         while answered < budget:
-            if self._blocked or len(buffer) - offset < 2:
+            if self._blocked or self._streaming is not None or len(buffer) - offset < 2:
                 break
             (length,) = _FLAGS.unpack_from(buffer, offset)
             end = offset + 2 + length
             if len(buffer) < end:
                 break
             self.resetTimeout()
-            reply, kind = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer, self._send)
+            reply, kind = self.factory.replies.tcp(
+                buffer[offset + 2 : end], self._peer, self._send, self._stream
+            )
             answered += 1
             offset = end
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
-                if lane is not None:
-                    keys.append(kind | lane | _REQUEST_SIZES[length] | _RESPONSE_SIZES[len(reply)])
-                    received += length
-                    sent += len(reply)
+            if kind is not None and lane is not None:
+                # A zone transfer streams its reply later: its size is not counted.
+                size = 0 if reply is None else len(reply)
+                keys.append(kind | lane | _REQUEST_SIZES[length] | _RESPONSE_SIZES[size])
+                received += length
+                sent += size
         if keys:
             self.factory.tally.settle(keys, _now() - started, "tcp", received, sent)
         self._buffer = buffer = buffer[offset:]
         self.factory.spend(answered)
+        if self._streaming is not None:
+            # Nothing more is read until the transfer is sent.
+            if not self._holding:
+                self._holding = True
+                self.transport.pauseProducing()
+            return
         if self._blocked:
             return  # resumeProducing goes on once the client reads
         if len(buffer) >= 2 and len(buffer) >= 2 + _FLAGS.unpack_from(buffer)[0]:
@@ -588,6 +651,27 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         elif self._holding:
             self._holding = False
             self.transport.resumeProducing()
+
+    def _stream(self, messages):
+        """
+        Send the messages of a zone transfer, one per reactor turn, each
+        built only when the client has read enough of the ones before.
+        """
+        self._streaming = messages
+        self._next_message()
+
+    def _next_message(self):
+        self._pump = None
+        if self._streaming is None or self._blocked:
+            return  # resumeProducing goes on once the client reads
+        message = next(self._streaming, None)
+        if message is None:
+            self._streaming = None
+            self._answer()
+            return
+        self.resetTimeout()
+        self.transport.write(_FLAGS.pack(len(message)) + message)
+        self._pump = self.callLater(0, self._next_message)
 
     def _send(self, reply):
         """
@@ -606,7 +690,12 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._blocked = False
         if not self._holding:
             self.transport.resumeProducing()
-        if not self._waiting:
+        if self._streaming is not None:
+            # A client that reads a long transfer slowly is not idle.
+            self.resetTimeout()
+            if self._pump is None:
+                self._next_message()
+        elif not self._waiting:
             self._answer()
 
     def stopProducing(self):
@@ -616,10 +705,25 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self.factory.replies.report(
             "tcp-idle", "closed TCP connection from {peer}: idle", peer=self._peer
         )
-        self.transport.abortConnection()
+        if self._streaming is not None or self._blocked:
+            self.transport.abortConnection()
+            return
+        # No more than TCP_BUFFER bytes of replies wait here, the rest is
+        # with the kernel: close as TCP does, so that the end of a long zone
+        # transfer, which a client may still be reading, is not thrown
+        # away; abort if the client does not take it within another idle
+        # time.
+        self.transport.loseConnection()
+        self._closing = self.callLater(self.factory.idle_timeout, self.transport.abortConnection)
 
     def connectionLost(self, reason):
         self.setTimeout(None)
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
+        self._streaming = None
         self._blocked = True  # so a turn that still lists it does nothing
         self.factory.closed(self)
         self.lost.callback(None)
@@ -730,6 +834,8 @@ class DNSServer(service.Service):
     #: An L{idetcd.dns._forward.Forwarder} for names outside the zone, or None.
     forwarder = attr.ib(default=None)
     tally = attr.ib(default=None)
+    #: An L{idetcd.dns._transfer.ZoneTransfer} for AXFR and IXFR, or None.
+    transfer = attr.ib(default=None)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -761,7 +867,7 @@ class DNSServer(service.Service):
         if self._listening:
             return
         report = RateLimitedLog(self.reactor, log, LOG_INTERVAL)
-        self._replies = _Replies(self.authority, report, self.forwarder)
+        self._replies = _Replies(self.authority, report, self.forwarder, self.transfer)
         self._replies.rebuild()
         self._tcp = _TCPFactory(
             self._replies,
@@ -800,6 +906,8 @@ class DNSServer(service.Service):
         # What the registry learnt since the ports were bound.
         self._replies.rebuild()
         self._unsubscribe = self.authority.registry.subscribe_changes(self._replies.changed)
+        if self.transfer is not None:
+            self.transfer.start(self.reactor, self._replies.report)
         service.Service.startService(self)
         log.info(
             "serving {zone} on port {port} of {interfaces}",
@@ -860,6 +968,8 @@ class DNSServer(service.Service):
             self._unsubscribe()
             self._unsubscribe = None
         waiting = [defer.maybeDeferred(port.stopListening) for port in self._listening]
+        if self.transfer is not None:
+            waiting.append(self.transfer.stop())
         if self.forwarder is not None:
             waiting.append(self.forwarder.stop())
         self._listening = []

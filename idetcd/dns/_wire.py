@@ -82,7 +82,9 @@ class Query:
     C{cls} is the class to answer from: IN for a question of class ANY
     (RFC 1035 section 3.2.5; this server holds nothing else).  C{signed},
     for a query with a TSIG, is the unsigned BADKEY TSIG record to answer
-    it with: this server holds no keys (RFC 8945 section 5.2).
+    it with: this server holds no keys (RFC 8945 section 5.2).  C{serial}
+    is the serial of the SOA an IXFR query carries in its authority section
+    (RFC 1995 section 3): the version of the zone the client holds.
     """
 
     id: int
@@ -93,6 +95,7 @@ class Query:
     cls: int
     edns: Optional[EDNS]
     signed: Optional[bytes] = None
+    serial: Optional[int] = None
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -210,17 +213,35 @@ def _badkey(data, owner, start, end):
     return name(key) + _RECORD.pack(TSIG, dns.ANY, 0, len(rdata)) + rdata
 
 
+_SERIAL = struct.Struct("!I")
+
+
+def _soa_serial(data, start, end):
+    """
+    The serial of the SOA whose data is C{data[start:end]}; its names are
+    skipped over, not followed.
+    """
+    for _ in range(2):
+        _, start = _read_name(data, start, follow=False)
+    if start + _SOA_TIMES.size != end:
+        raise FormatError("SOA data is not two names and five numbers")
+    return _SERIAL.unpack_from(data, start)[0]
+
+
 def _read_records(data, offset, ancount, nscount, arcount):
     """
-    The OPT, the BADKEY answer to a TSIG (or L{None}s) and the end of the
-    records at C{offset}.  Only the owners of those two are read.
+    The OPT, the BADKEY answer to a TSIG (or L{None}s), the serial of an
+    SOA alone in the authority section (or L{None}) and the end of the
+    records at C{offset}.  Only the owners of OPT and TSIG are read.
     """
-    edns = signed = None
+    edns = signed = serial = None
     records = ancount + nscount + arcount
     try:
         for index in range(records):
             owner, labels, rtype, rcls, ttl, start, offset = _read_record(data, offset)
-            if rtype == dns.OPT:
+            if index == ancount and nscount == 1 and rtype == dns.SOA:
+                serial = _soa_serial(data, start, offset)
+            elif rtype == dns.OPT:
                 if index < ancount + nscount:
                     raise FormatError("OPT record outside the additional section")
                 if edns is not None:
@@ -233,7 +254,7 @@ def _read_records(data, offset, ancount, nscount, arcount):
     except FormatError as e:
         e.edns = edns
         raise
-    return edns, signed, offset
+    return edns, signed, serial, offset
 
 
 def read_query(data):
@@ -256,16 +277,18 @@ def read_query(data):
         type, cls = TYPE_CLASS.unpack_from(data, offset)
         offset += TYPE_CLASS.size
         question = data[HEADER.size : offset]
-    edns, signed, offset = _read_records(data, offset, ancount, nscount, arcount)
+    edns, signed, serial, offset = _read_records(data, offset, ancount, nscount, arcount)
     if offset != len(data):
         raise FormatError("bytes after the last record", edns)
     if question is None:
         raise FormatError("QDCOUNT is 0, not 1", edns)
-    if ancount or nscount:
+    # RFC 1995 section 3: an IXFR query carries the client's SOA there.
+    ixfr = type == dns.IXFR and not ancount and serial is not None
+    if (ancount or nscount) and not ixfr:
         raise FormatError("records in the answer or authority section of a query", edns)
     if cls == dns.ANY:
         cls = dns.IN
-    return Query(id, flags, question, labels, type, cls, edns, signed)
+    return Query(id, flags, question, labels, type, cls, edns, signed, serial if ixfr else None)
 
 
 def name(labels):
@@ -293,7 +316,7 @@ _POINTER = struct.Struct("!H")
 _SOA_TIMES = struct.Struct("!5I")
 
 
-class _Message:
+class Message:
     """
     A reply's bytes from the question on, with name compression that only
     ever points back to offsets a pointer can hold.
@@ -321,6 +344,13 @@ class _Message:
             data.append(len(label))
             data += label
         data.append(0)
+
+    def raw(self, labels, type, ttl, rdata):
+        """
+        Append one IN record whose data is the bytes C{rdata}.
+        """
+        self.name(labels)
+        self.data += _RECORD.pack(type, dns.IN, ttl, len(rdata)) + rdata
 
     def record(self, record):
         """
@@ -353,6 +383,18 @@ class _Message:
         _POINTER.pack_into(data, start - 2, length)
 
 
+def rdata(payload):
+    """
+    The data of the record C{payload} as bytes, names uncompressed: what
+    tells two records of one owner and type apart.
+    """
+    if payload.TYPE in (dns.A, dns.AAAA):
+        return payload.address
+    out = io.BytesIO()
+    payload.encode(out, None)
+    return out.getvalue()
+
+
 def _labels(text):
     return tuple(text.split(b".")) if text else ()
 
@@ -360,7 +402,7 @@ def _labels(text):
 def record_size(record, pointer=False):
     """
     The most bytes C{record} takes in a reply: its owner written out, or,
-    with C{pointer}, a pointer to the question; its data as L{_Message}
+    with C{pointer}, a pointer to the question; its data as L{Message}
     writes it (names in NS and SOA data may take fewer, compressed).
     """
     payload = record.payload
@@ -395,7 +437,7 @@ def encode(labels, question, response):
     Encode the records of C{response} (an L{idetcd.dns._authority.Response}) for
     a reply to C{question}, the lower-case wire question for C{labels}.
     """
-    message = _Message(labels, question)
+    message = Message(labels, question)
     counts = [0, 0, 0]
     cuts = []
     sections = (response.answers, response.authority, response.additional)
@@ -428,7 +470,7 @@ def template(encoded, flags, question_length, limit, edns):
     The (head, tail) of a reply of at most C{limit} bytes to a query with
     C{flags}, a question of C{question_length} bytes and C{edns} (or L{None}).
     """
-    opt = b"" if edns is None else _opt(encoded.rcode, edns, encoded.ede)
+    opt = b"" if edns is None else opt_record(encoded.rcode, edns, encoded.ede)
     body, (an, ns, ar), truncated = _fit(
         encoded, limit - HEADER.size - question_length - len(opt)
     )
@@ -442,7 +484,7 @@ def template(encoded, flags, question_length, limit, edns):
     return HEAD.pack(reply_flags, 1, an, ns, ar + (1 if opt else 0)), body + opt
 
 
-def _opt(rcode, edns, ede=None):
+def opt_record(rcode, edns, ede=None):
     """
     Our OPT record for a reply with C{rcode} to a query with C{edns}, with
     the Extended DNS Error C{ede} (RFC 8914), if any.
@@ -462,7 +504,7 @@ def header_only(data, rcode, edns=None):
     """
     id, flags = struct.unpack_from("!HH", data)
     head = HEADER.pack(id, QR | flags & (OPCODE | RD | CD) | rcode, 0, 0, 0, 0 if edns is None else 1)
-    return head if edns is None else head + _opt(rcode, edns)
+    return head if edns is None else head + opt_record(rcode, edns)
 
 
 def badkey(data, query):
@@ -470,7 +512,7 @@ def badkey(data, query):
     The NOTAUTH reply to a TSIG-signed C{query} (read from C{data}): its
     question, our OPT if it had one, and its unsigned BADKEY TSIG.
     """
-    opt = b"" if query.edns is None else _opt(NOTAUTH, query.edns)
+    opt = b"" if query.edns is None else opt_record(NOTAUTH, query.edns)
     flags = QR | query.flags & (OPCODE | RD | CD) | NOTAUTH
     head = HEADER.pack(query.id, flags, 1, 0, 0, 1 + (1 if opt else 0))
     return head + query.question + opt + query.signed

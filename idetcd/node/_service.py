@@ -15,7 +15,14 @@ from twisted.python.failure import Failure
 
 from idetcd.claim import Claimer, NodeIdentity, NodeState, state_path
 from idetcd.config import CorefileError, load, parse
-from idetcd.dns import DNSServer, Forwarder, Freshness, ZoneAuthority, reverse_zones
+from idetcd.dns import (
+    DNSServer,
+    Forwarder,
+    Freshness,
+    ZoneAuthority,
+    ZoneTransfer,
+    reverse_zones,
+)
 from idetcd.etcd import EtcdClient
 from idetcd.members import JOBS, Registry, when_members
 from idetcd.node._embedded import EtcdProcess
@@ -135,6 +142,9 @@ class IdetcdService(OrderedMultiService):
                 forwarder=None if self.block.forward is None else Forwarder(
                     self.block.forward, settings.pattern.zone, self.block.zones, self.reactor,
                     cache_settings=self.block.cache,
+                ),
+                transfer=None if self.block.transfer is None else ZoneTransfer(
+                    authority, self.block.transfer.allowed, self.block.transfer.targets
                 ),
             ),
         )
