@@ -96,7 +96,7 @@ class UserDataTests(unittest.TestCase):
         """
         (block,) = parse(self.files["/etc/idetcd/Corefile"], environ={"IDETCD_ADDRESS": "10.0.0.5"})
         self.assertEqual((block.port, block.binds), (53, ("127.0.0.1", "10.0.0.5")))
-        zone = block.idetcd.names._pattern.zone.rstrip(".")
+        zone = block.idetcd.pattern.zone.rstrip(".")
         resolved = settings(self.files["/etc/systemd/resolved.conf.d/idetcd.conf"])
         self.assertEqual(resolved["Domains"], [f"~{zone}"])
         (servers,) = resolved["DNS"]

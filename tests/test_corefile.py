@@ -100,7 +100,7 @@ class OriginalTests(TestCase):
         self.assertEqual((block.zones, block.port, block.binds), ((".",), 1053, ("127.0.0.1",)))
         self.assertEqual(block.idetcd.endpoints, ("embedded",))
         self.assertEqual(block.idetcd.limit, 5)
-        self.assertEqual(block.idetcd.names._pattern.render(5), "worker5.tf.local.")
+        self.assertEqual(block.idetcd.pattern.render(5), "worker5.tf.local.")
         self.assertEqual(block.idetcd.filename, path.path)
 
 
@@ -290,7 +290,7 @@ class SettingErrorTests(ErrorAssertions, TestCase):
         for keys in (".", "tf.local", "local", "example.org, TF.local", "tf.local.:1053"):
             text = keys + " {\n    idetcd {\n        pattern worker{{.ID}}.tf.local.\n    }\n}\n"
             (block,) = parse(text, environ={})
-            self.assertEqual(block.idetcd.names._pattern.zone, "tf.local.", keys)
+            self.assertEqual(block.idetcd.pattern.zone, "tf.local.", keys)
         self.assertCorefileError(
             "cal {\n idetcd {\n pattern w{{.ID}}.tf.local.\n }\n}", 3, "outside"
         )
@@ -558,7 +558,7 @@ class LexerTests(ErrorAssertions, TestCase):
         (block,) = parse(text, environ={})
         self.assertEqual(block.binds, ())
         self.assertEqual(block.idetcd.node, "a#b")
-        self.assertEqual(block.idetcd.names._pattern.text, "w{{.ID}}.x.")
+        self.assertEqual(block.idetcd.pattern.text, "w{{.ID}}.x.")
 
     def test_quotes(self):
         """
@@ -601,7 +601,7 @@ class LexerTests(ErrorAssertions, TestCase):
         ]:
             (block,) = parse(text, environ={})
             self.assertEqual(block.port, 1053, text)
-            self.assertEqual(block.idetcd.names._pattern.render(3), "w3.x.", text)
+            self.assertEqual(block.idetcd.pattern.render(3), "w3.x.", text)
 
     def test_template_words(self):
         """

@@ -25,7 +25,7 @@ def default_state_dir(block, port):
     directory per DNS port, so nodes sharing a machine stay distinct.
     """
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    zone = block.idetcd.names._pattern.zone.rstrip(".") or "root"
+    zone = block.idetcd.pattern.zone.rstrip(".") or "root"
     return os.path.join(base, "idetcd", f"{zone}-{port}")
 
 
@@ -35,7 +35,7 @@ def state_path(block, port=None, state_dir=None):
     C{--state} it was started with, if any.
     """
     port = block.port if port is None else port
-    return state_dir or block.idetcd.claim._state_directory or default_state_dir(block, port)
+    return state_dir or block.idetcd.state or default_state_dir(block, port)
 
 
 def _boot_id():
