@@ -48,7 +48,8 @@ def after(prefix, stderr):
 
 
 class CorpusTests(unittest.TestCase):
-    timeout = 600
+    # 84 processes of about a CPU second each, on a busy 2-core box.
+    timeout = 1800
 
     @defer.inlineCallbacks
     def test_check_says_what_the_node_says(self):
@@ -85,7 +86,7 @@ class CorpusTests(unittest.TestCase):
 
 
 class GoodCorefileTests(unittest.TestCase):
-    timeout = 60
+    timeout = 600
 
     @defer.inlineCallbacks
     def test_checks_without_binding(self):
@@ -137,7 +138,7 @@ class GoodCorefileTests(unittest.TestCase):
 
 
 class OptionTests(unittest.TestCase):
-    timeout = 60
+    timeout = 600
 
     @defer.inlineCallbacks
     def test_port_out_of_range(self):
