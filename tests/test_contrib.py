@@ -4,6 +4,7 @@ with each other and with the code they run.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,18 @@ from tests.test_cluster import ROOT
 
 UNIT = os.path.join(ROOT, "contrib", "systemd", "idetcd.service")
 USER_DATA = os.path.join(ROOT, "contrib", "cloud-init", "user-data.yaml")
+EXAMPLE_USER_DATA = os.path.join(ROOT, "examples", "cloud-init.yaml")
+#: What ``python -m build`` names the wheel (idetcd is not on PyPI), or a
+#: glob of it.
+WHEEL = re.compile(r"\S*/idetcd-(?:[0-9.]+|\*)-py3-none-any\.whl$")
+
+
+def pip_installs(commands):
+    """
+    What the C{pip install} among C{commands} (shell lines) installs.
+    """
+    found = (re.search(r"/opt/idetcd/bin/pip install (.*)$", command) for command in commands)
+    return [match.group(1).split() for match in found if match]
 
 
 def settings(unit_text):
@@ -82,6 +95,21 @@ class UserDataTests(unittest.TestCase):
         self.assertTrue(self.text.startswith("#cloud-config\n"))
         self.assertEqual(self.data["packages"], ["python3-venv"])
         self.assertIn("systemctl enable --now --no-block idetcd.service", self.data["runcmd"])
+
+    def test_installs_the_wheel(self):
+        """
+        idetcd comes from its wheel, by URL or path, as the unit's comment
+        says too: there is no idetcd on PyPI.
+        """
+        for path in (USER_DATA, EXAMPLE_USER_DATA):
+            with open(path) as f:
+                commands = yaml.safe_load(f)["runcmd"]
+            ((wheel,),) = pip_installs(commands)
+            self.assertRegex(wheel, WHEEL, path)
+        with open(UNIT) as f:
+            comment = [line for line in f if line.startswith("#")]
+        ((wheel,),) = pip_installs(line.lstrip("# ") for line in comment)
+        self.assertRegex(wheel, r"idetcd-VERSION-py3-none-any\.whl$")
 
     def test_installs_the_contrib_unit(self):
         with open(UNIT) as f:

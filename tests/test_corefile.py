@@ -220,6 +220,9 @@ class SettingErrorTests(ErrorAssertions, TestCase):
             (["pattern"], 3, "'pattern' needs 1 argument"),
             (["pattern a{{.ID}}.x. b{{.ID}}.x."], 3, "'pattern' needs 1 argument", "got 2"),
             (["pattern w{{.ID}}.x.", "prefix"], 4, "'prefix' needs 1 argument"),
+            (["pattern w{{.ID}}.x.", "prefix idetcd"], 4, "prefix must start and end with '/', such as /idetcd/, or be \"\"", "got 'idetcd'"),
+            (["pattern w{{.ID}}.x.", "prefix /idetcd"], 4, "prefix must start and end with '/'", "got '/idetcd'"),
+            (["pattern w{{.ID}}.x.", "prefix idetcd/"], 4, "prefix must start and end with '/'", "got 'idetcd/'"),
             (["pattern w{{.ID}}.x.", "endpoint"], 4, "'endpoint' needs at least 1 argument"),
             (["pattern w{{.ID}}.x.", "address"], 4, "'address' needs at least 1 argument"),
             (["pattern w{{.ID}}.x.", "wait yes"], 4, "'wait' takes no arguments", "got 1"),
@@ -568,13 +571,13 @@ class LexerTests(ErrorAssertions, TestCase):
         text = idetcd(
             "pattern w{{.ID}}.x.",
             r'state "/var/lib/my idetcd/\"x\"\\y#z\n"',
-            'prefix "a\n{b}\n"',
+            'prefix "/a\n{b}\n/"',
         )
         block = parse(text, environ={})[0].idetcd
         self.assertEqual(block.state, '/var/lib/my idetcd/"x"\\y#z\\n')
-        self.assertEqual(block.prefix, "a\n{b}\n")
+        self.assertEqual(block.prefix, "/a\n{b}\n/")
         self.assertCorefileError(
-            idetcd("pattern w{{.ID}}.x.", 'prefix "a\n\nb"', "limit 0"), 7, "limit"
+            idetcd("pattern w{{.ID}}.x.", 'prefix "/a\n\nb/"', "limit 0"), 7, "limit"
         )
         self.assertCorefileError(
             idetcd("pattern w{{.ID}}.x.", 'prefix "/idetcd/'), 4, "unterminated quoted word"
@@ -584,8 +587,8 @@ class LexerTests(ErrorAssertions, TestCase):
         """
         Quoted braces are words, not blocks.
         """
-        (block,) = parse('. {\n idetcd {\n pattern w{{.ID}}.x.\n prefix "{"\n node "}"\n }\n}\n', environ={})
-        self.assertEqual((block.idetcd.prefix, block.idetcd.node), ("{", "}"))
+        (block,) = parse('. {\n idetcd {\n pattern w{{.ID}}.x.\n prefix "/{/"\n node "}"\n }\n}\n', environ={})
+        self.assertEqual((block.idetcd.prefix, block.idetcd.node), ("/{/", "}"))
 
     def test_layouts(self):
         """
@@ -691,9 +694,9 @@ class EnvironmentTests(ErrorAssertions, TestCase):
         A variable holding a brace is a word, not a block.
         """
         (block,) = parse(
-            idetcd("pattern w{{.ID}}.x.", "prefix {$B}"), environ={"B": "{"}
+            idetcd("pattern w{{.ID}}.x.", "node {$B}"), environ={"B": "{"}
         )
-        self.assertEqual(block.idetcd.prefix, "{")
+        self.assertEqual(block.idetcd.node, "{")
 
     def test_os_environ(self):
         """

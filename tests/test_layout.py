@@ -27,7 +27,7 @@ MAY_IMPORT = {
     "claim": {"common", "etcd", "members"},
     "dns": {"common", "config", "etcd", "members", "names"},
     "training": {"common", "etcd", "members", "names"},
-    "cli": {"version", "common", "config", "etcd", "members", "names", "claim", "training"},
+    "cli": {"version", "common", "config", "etcd", "members", "names", "claim", "training", "node"},
     "launchers": {"cli", "training"},
     "node": {"version", "common", "config", "etcd", "members", "names", "claim", "dns", "training"},
     "version": set(),

@@ -6,11 +6,14 @@ The ``idetcd`` command: what a training job needs from its node's cluster.
     idetcd wait --nnodes N[:M] [--job NAME] [--timeout S] [--json]
     idetcd env --format FORMAT [--slots K] [--addresses] [--nnodes N[:M] [--job NAME] [--timeout S]]
     idetcd round [--job NAME] [--json]
+    idetcd check
 
 Each reads the etcd and the state directory of the node that runs the
 same Corefile (``--corefile``, ``--state``, ``--port`` as given to
-``twistd idetcd``).  Errors are one line on stderr and an exit status from
-L{idetcd.cli._commands}.
+``twistd idetcd``), except C{check}, which asks nothing of etcd: it checks
+the Corefile as the node would (L{idetcd.cli._check}).  Errors are one line
+on stderr and an exit status from L{idetcd.cli._commands} (C{check}: the
+node's).
 """
 
 import argparse
@@ -28,6 +31,7 @@ from twisted.logger import (
 
 from idetcd._version import __version__
 from idetcd.cli import _commands as commands
+from idetcd.cli._check import check
 from idetcd.cli._commands import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -37,6 +41,7 @@ from idetcd.cli._commands import (
     NodeView,
     RoundRequest,
 )
+from idetcd.node import Unusable, dns_port
 from idetcd.training import FORMATS
 from idetcd.training.rounds import parse_nnodes
 
@@ -64,6 +69,13 @@ def _at_least(low, convert):
         return value
 
     return check
+
+
+def _port(text):
+    try:
+        return dns_port(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _nnodes(text):
@@ -126,12 +138,12 @@ def parser():
         prog="idetcd",
         description="Look at this node's idetcd cluster: its members, a barrier, its cluster spec.",
     )
-    top.add_argument("--version", action="version", version=__version__)
+    top.add_argument("--version", action="version", version=f"idetcd {__version__}")
     node = argparse.ArgumentParser(add_help=False)
     node.add_argument("--corefile", "-c", default="Corefile", help="the node's Corefile (default: %(default)s)")
     node.add_argument("--state", "-s", help="the node's state directory, if given to twistd idetcd")
     node.add_argument(
-        "--port", "-p", type=_at_least(0, int),
+        "--port", "-p", type=_port,
         help="the node's DNS port, if given to twistd idetcd (it names the default state directory)",
     )
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
@@ -183,6 +195,14 @@ def parser():
     )
     round_.add_argument("--job", type=_job, help="the job's name (default: this node's role)")
     round_.add_argument("--json", "-j", action="store_true", help="print JSON")
+
+    sub.add_parser(
+        "check", parents=[node], help="check the Corefile as the node would, without starting it",
+        description="Read the Corefile and build its nodes as twistd idetcd does, with the same "
+        "--port and --state, without binding a port or asking etcd: every directive, the files "
+        "that tls, credentials and forward name, forward's upstreams. Prints a line for each node, "
+        "or the node's one-line error with its exit status (78 for the Corefile, 64 for options).",
+    )
     return top
 
 
@@ -262,6 +282,12 @@ def run(argv=None):
     command, exit with its status.
     """
     args = parser().parse_args(argv)
+    if args.command == "check":
+        try:
+            check(args.corefile, args.port, args.state, sys.stdout)
+        except Unusable as e:
+            _fail(e.status, e.line)
+        return
     try:
         view = NodeView.load(args.corefile, args.state, args.port)
     except CommandError as e:

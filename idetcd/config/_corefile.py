@@ -743,6 +743,21 @@ def _credentials(args):
     return Credentials(user, password)
 
 
+def _prefix(args):
+    """
+    An etcd key prefix that starts and ends with C{/}, or C{""} (the
+    original plugin's keys): C{idetcd} or C{/idetcd} would make keys that
+    nodes writing C{/idetcd/} never see.
+    """
+    prefix = args[0]
+    if prefix and not (prefix.startswith("/") and prefix.endswith("/")):
+        raise ValueError(
+            f"prefix must start and end with '/', such as /idetcd/, or be \"\""
+            f" for the original plugin's keys; got {prefix!r}"
+        )
+    return prefix
+
+
 def _text(name, what, spaces):
     def convert(args):
         text = args[0]
@@ -765,7 +780,7 @@ _SETTINGS = {
     "nameservers": ("nameservers", 1, 1, _number("nameservers", 1, 13)),
     "node": ("node", 1, 1, _text("node", "a name without spaces", spaces=False)),
     "pattern": ("pattern", 1, 1, lambda args: Pattern.parse(args[0])),
-    "prefix": ("prefix", 1, 1, lambda args: args[0]),
+    "prefix": ("prefix", 1, 1, _prefix),
     "srv": ("srv", 1, 1, _number("srv", 1, 65535)),
     "stale": ("stale", 1, 1, _number("stale", 0, 259200, " of seconds")),
     "state": ("state", 1, 1, _text("state", "a directory", spaces=True)),

@@ -138,7 +138,7 @@ class Forwarder:
     #: count in each L{tally} duration bucket, and nanoseconds in all.
     latency = attr.ib(init=False, factory=lambda: collections.defaultdict(collections.Counter))
     latency_ns = attr.ib(init=False, factory=collections.Counter)
-    #: The upstreams, once started.
+    #: The upstreams, once prepared.
     upstreams = attr.ib(init=False, default=())
     #: The client queries in flight upstream.
     in_flight = attr.ib(init=False, factory=set)
@@ -165,15 +165,26 @@ class Forwarder:
         if self.cache_settings is not None:
             self.cache = AnswerCache(self.cache_settings, self.reactor, self.prefetch)
 
-    def start(self, port, interfaces, report):
+    def prepare(self, port, interfaces):
         """
         Find the upstreams for a server on C{port} of C{interfaces} (see
-        L{upstreams_for}) and relay to them.  C{report} is the server's
+        L{upstreams_for}) before it listens: a mistake stops the start
+        before any port is bound.
+        """
+        self._server = (port, tuple(interfaces))
+        self.upstreams = self.upstreams_for(self.settings)
+
+    def start(self, port, interfaces, report):
+        """
+        Relay to the upstreams for a server on C{port} of C{interfaces}:
+        those L{prepare} found, unless the server listens elsewhere than it
+        was told (a port 0 became a port).  C{report} is the server's
         rate-limited log.
         """
         self.report = report
-        self._server = (port, interfaces)
-        self.use(self.settings, self.upstreams_for(self.settings))
+        if not self.upstreams or self._server != (port, tuple(interfaces)):
+            self.prepare(port, interfaces)
+        self.use(self.settings, self.upstreams)
 
     def upstreams_for(self, settings):
         """

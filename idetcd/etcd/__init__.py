@@ -24,6 +24,7 @@ from idetcd.etcd.errors import (
     NotEtcdGateway,
     PermissionDenied,
     ResyncNeeded,
+    SchemeMismatch,
     TlsFailed,
     describe,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "PermissionDenied",
     "RANGE_PAGE",
     "ResyncNeeded",
+    "SchemeMismatch",
     "TlsFailed",
     "TlsSettings",
     "TxnResult",

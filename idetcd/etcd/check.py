@@ -4,7 +4,9 @@ answers is the JSON gateway of etcd 3.4 or later, etcd takes the configured
 user, and that user may read and write idetcd's prefix.  Each way this fails is an
 L{EtcdSetupError} whose one-line message says what to fix; while no
 endpoint answers at all, the check waits and tries again, as the rest of
-the node does.  An etcd out of space (NOSPACE alarm) refuses the write
+the node does; but an endpoint that answers the other scheme (C{http://}
+pointed at a TLS port, or C{https://} at a plain one) is a setup error.
+An etcd out of space (NOSPACE alarm) refuses the write
 check; the node starts anyway, as it can still read and answer, and says
 what the operator must do.
 """
@@ -14,6 +16,7 @@ import re
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
+from twisted.web.client import ResponseFailed
 
 from idetcd.common import Backoff, RateLimitedLog
 from idetcd.etcd.errors import (
@@ -28,6 +31,7 @@ from idetcd.etcd.errors import (
     describe,
 )
 from idetcd.etcd.replies import EXPECTED
+from idetcd.etcd.scheme import check_scheme
 from idetcd.etcd.values import _b64
 
 log = Logger()
@@ -76,6 +80,10 @@ def _check_once(client, prefix):
         except (EtcdSetupError, defer.CancelledError):
             raise
         except Exception as e:
+            if isinstance(e, ResponseFailed):
+                # Connected, and no reply: an endpoint that speaks the other
+                # scheme fails so.  Ask it, rather than retry for ever.
+                yield check_scheme(client.reactor, endpoint)
             unreachable.append(f"{endpoint}: {describe(e)}")
     if not versions:
         raise EtcdUnavailable("no etcd endpoint answered: " + "; ".join(unreachable))

@@ -128,3 +128,10 @@ class TlsFailed(EtcdSetupError):
     refused ours (in the handshake, or on its gateway for having a Common
     Name while users are on).
     """
+
+
+class SchemeMismatch(EtcdSetupError):
+    """
+    An endpoint answers the other scheme than its URL says: C{http://} to a
+    TLS port, or C{https://} to a plain one.
+    """

@@ -16,11 +16,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from idetcd.config import CorefileError, load
+from idetcd._version import __version__
 from idetcd.node import _failures as failures
+from idetcd.node._configured import Unusable, build_nodes, dns_port, idetcd_blocks
 from idetcd.node._http import HttpEndpoint
 from idetcd.node._reload import Reloader
-from idetcd.node._service import IdetcdService
 from idetcd.node._systemd import SystemdNotifier, from_environment
 
 log = Logger()
@@ -43,7 +43,7 @@ class Options(usage.Options):
     )
     optParameters = [
         ["corefile", "c", "Corefile", "The Corefile to read."],
-        ["port", "p", None, "DNS port to listen on, instead of the Corefile's.", int],
+        ["port", "p", None, "DNS port to listen on, instead of the Corefile's.", dns_port],
         ["state", "s", None, "State directory, instead of the Corefile's 'state'."],
     ]
 
@@ -53,17 +53,21 @@ class Options(usage.Options):
         except usage.UsageError as e:
             _leave(f"{e} (see twistd idetcd --help)", failures.EXIT_USAGE)
 
+    def opt_version(self):
+        """
+        Display idetcd's version and exit.
+        """
+        # usage.Options' own prints Twisted's.
+        print(f"idetcd {__version__}")
+        raise SystemExit(0)
+
     def postOptions(self):
         try:
-            blocks = load(self["corefile"])
-        except CorefileError as e:
-            _leave(e, failures.EXIT_CONFIG)
-        blocks = [block for block in blocks if block.idetcd is not None]
-        if not blocks:
-            _leave(f"{self['corefile']}: no server block has an idetcd directive", failures.EXIT_CONFIG)
-        if len(blocks) > 1 and (self["port"] is not None or self["state"] is not None):
-            raise usage.UsageError("--port and --state apply to a Corefile with one idetcd server block")
-        self["blocks"] = blocks
+            self["blocks"] = idetcd_blocks(self["corefile"], self["port"], self["state"])
+        except Unusable as e:
+            if e.status == failures.EXIT_USAGE:
+                raise usage.UsageError(e.line) from None
+            _leave(e.line, e.status)
 
 
 def _exit_after_shutdown(status):
@@ -199,13 +203,7 @@ class Nodes(MultiService):
 
 def makeService(options, reactor=global_reactor):
     try:
-        nodes = [
-            IdetcdService(block, reactor, port=options["port"], state_dir=options["state"])
-            for block in options["blocks"]
-        ]
-    except Exception as e:
-        explained = failures.explain(e)
-        if explained is None:
-            raise
-        _leave(*explained)
+        nodes = build_nodes(options["blocks"], reactor, options["port"], options["state"])
+    except Unusable as e:
+        _leave(e.line, e.status)
     return Nodes(nodes, reactor, from_environment(), options["corefile"])
