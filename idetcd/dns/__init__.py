@@ -8,6 +8,7 @@ from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._forward import Forwarder
 from idetcd.dns._freshness import Freshness
 from idetcd.dns._peers import reverse_zones
+from idetcd.dns._querylog import QueryLog, query_log
 from idetcd.dns._server import DNSServer
 from idetcd.dns._tally import BOUNDS as DURATION_BOUNDS
 from idetcd.dns._tally import DnsTally
@@ -18,6 +19,8 @@ __all__ = [
     "DnsTally",
     "Forwarder",
     "Freshness",
+    "QueryLog",
     "ZoneAuthority",
+    "query_log",
     "reverse_zones",
 ]

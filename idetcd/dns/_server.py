@@ -484,8 +484,7 @@ class _UDP(protocol.DatagramProtocol):
         key = data[2:12] + data[12:zero].lower() + data[zero:]
         hit = self._fast.get(key)
         if hit is None:
-            send = functools.partial(self._send, pktinfo, address)
-            reply, kind = self._replies.udp(data, key, address[0], send)
+            reply, kind = self._replies.udp(data, key, address[0], self._later(pktinfo, address))
             if reply is None:
                 return None
         else:
@@ -502,6 +501,40 @@ class _UDP(protocol.DatagramProtocol):
             self._replies.report(
                 "send", "reply to {peer} lost: {why}", peer=address[0], why=str(e)
             )
+
+    def _later(self, pktinfo, address):
+        """
+        Where the reply to a query answered later (forwarded) goes.
+        """
+        return functools.partial(self._send, pktinfo, address)
+
+
+class _LoggedUDP(_UDP):
+    """
+    L{_UDP} that gives each query and its reply to C{querylog} (a
+    L{idetcd.dns._querylog.QueryLog}): a protocol of its own, so that
+    without C{log} or C{errors} the fast path has no check to make.
+    """
+
+    def __init__(self, replies, querylog):
+        _UDP.__init__(self, replies)
+        self._querylog = querylog
+        self._query = None  # (data, when it came) of the query being answered
+
+    def datagramReceived(self, data, address, pktinfo=(), flags=0):
+        self._query = (data, _now())
+        try:
+            return _UDP.datagramReceived(self, data, address, pktinfo, flags)
+        finally:
+            self._query = None
+
+    def _send(self, pktinfo, address, reply, query=None):
+        _UDP._send(self, pktinfo, address, reply)
+        data, started = query or self._query
+        self._querylog(data, reply, address, "udp", started)
+
+    def _later(self, pktinfo, address):
+        return functools.partial(self._send, pktinfo, address, query=self._query)
 
 
 class _TCP(protocol.Protocol, policies.TimeoutMixin):
@@ -522,10 +555,13 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._holding = False  # reading stopped until the buffer is answered
         self._waiting = False  # in the factory's queue for the next turn
         self._peer = None
+        self._address = None  # (host, port) of the client
         self._lane = None  # where answers are counted, if they are
 
     def connectionMade(self):
-        self._peer = self.transport.getPeer().host
+        peer = self.transport.getPeer()
+        self._peer = peer.host
+        self._address = (peer.host, peer.port)
         if self.factory.tally is not None:
             self._lane = self.factory.tally.lane("tcp", tally.family(self._peer))
         self.factory.opened(self)
@@ -545,6 +581,7 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         answered = 0
         budget = self.factory.budget()
         lane = self._lane
+        querylog = self.factory.querylog
         started = _now() if lane is not None else 0
         counted = 0
         while answered < budget:
@@ -555,11 +592,19 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             if len(buffer) < end:
                 break
             self.resetTimeout()
-            reply, kind = self.factory.replies.tcp(buffer[offset + 2 : end], self._peer, self._send)
+            message = buffer[offset + 2 : end]
+            if querylog is None:
+                send = self._send
+            else:
+                came = _now()
+                send = functools.partial(self._send_logged, message, came)
+            reply, kind = self.factory.replies.tcp(message, self._peer, send)
             answered += 1
             offset = end
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
+                if querylog is not None:
+                    querylog(message, reply, self._address, "tcp", came)
                 if lane is not None:
                     lane.answers[kind] += 1
                     counted += 1
@@ -589,6 +634,10 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         if self.transport.connected and not self.transport.disconnecting:
             self.resetTimeout()
             self.transport.write(_FLAGS.pack(len(reply)) + reply)
+
+    def _send_logged(self, message, started, reply):
+        self._send(reply)
+        self.factory.querylog(message, reply, self._address, "tcp", started)
 
     def pauseProducing(self):
         self._blocked = True
@@ -627,6 +676,8 @@ class _TCPFactory(protocol.Factory):
     max_connections = attr.ib()
     max_per_client = attr.ib()
     tally = attr.ib(default=None)
+    #: A L{idetcd.dns._querylog.QueryLog} for every query, or None.
+    querylog = attr.ib(default=None)
     connections = attr.ib(init=False, factory=set)
     _per_client = attr.ib(init=False, factory=collections.Counter)
     _spent = attr.ib(init=False, default=0)  # queries answered this turn
@@ -722,6 +773,8 @@ class DNSServer(service.Service):
     #: An L{idetcd.dns._forward.Forwarder} for names outside the zone, or None.
     forwarder = attr.ib(default=None)
     tally = attr.ib(default=None)
+    #: A L{idetcd.dns._querylog.QueryLog} (C{log}, C{errors}), or None.
+    querylog = attr.ib(default=None)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -762,6 +815,7 @@ class DNSServer(service.Service):
             self.max_tcp_connections,
             self.max_tcp_per_client,
             self.tally,
+            self.querylog,
         )
         attempts = PORT_ATTEMPTS if self.port == 0 else 1
         for attempt in range(attempts):
@@ -823,8 +877,12 @@ class DNSServer(service.Service):
         ports = []
         try:
             for interface in self.interfaces:
+                if self.querylog is None:
+                    answering = _UDP(self._replies)
+                else:
+                    answering = _LoggedUDP(self._replies, self.querylog)
                 udp = _UDPPort(
-                    port, _UDP(self._replies), interface, wire.MAX_MESSAGE, self.reactor,
+                    port, answering, interface, wire.MAX_MESSAGE, self.reactor,
                     self.tally,
                 )
                 udp.startListening()
@@ -855,6 +913,8 @@ class DNSServer(service.Service):
         self._listening = []
         if self._tcp is not None:
             self._tcp.stop()
+        if self.querylog is not None:
+            self.querylog.stop()
         for connection in list(self._tcp.connections if self._tcp else ()):
             waiting.append(connection.lost)
             connection.transport.abortConnection()

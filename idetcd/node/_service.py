@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from idetcd.claim import Claimer, NodeIdentity, NodeState, state_path
 from idetcd.config import CorefileError, load, parse
-from idetcd.dns import DNSServer, Forwarder, Freshness, ZoneAuthority, reverse_zones
+from idetcd.dns import DNSServer, Forwarder, Freshness, ZoneAuthority, query_log, reverse_zones
 from idetcd.etcd import EtcdClient
 from idetcd.members import JOBS, Registry, when_members
 from idetcd.node._embedded import EtcdProcess
@@ -135,6 +135,7 @@ class IdetcdService(OrderedMultiService):
                 forwarder=None if self.block.forward is None else Forwarder(
                     self.block.forward, settings.pattern.zone, self.block.zones, self.reactor
                 ),
+                querylog=query_log(self.block, self.reactor),
             ),
         )
         # Each HTTP endpoint listens only when its directive is present.
