@@ -462,7 +462,7 @@ class ServerBlockTests(ErrorAssertions, TestCase):
 
     def test_directive_errors(self):
         cases = [
-            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, forward, health, ready, prometheus, reload, idetcd)"),
+            (". {\n    whoami\n}", 2, "unknown directive 'whoami' (expected one of: bind, forward, health, ready, prometheus, reload, log, errors, idetcd)"),
             (". {\n    import snippet\n}", 2, "unknown directive 'import'"),
             (". {\n    idetcd\n}", 2, "idetcd needs a block", "pattern"),
             (". {\n    idetcd x {\n    pattern w{{.ID}}.x.\n    }\n}", 2, "'idetcd' takes no arguments, got 1"),
