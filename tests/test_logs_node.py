@@ -15,9 +15,9 @@ import dns.message
 import dns.rcode
 from twisted.internet import defer, threads
 
-from tests.test_cluster import COREFILE, NodeProcessCase
-from tests.test_etcd import sleep
+from tests.test_cluster import COREFILE
 from tests.test_forward import closed_port
+from tests.test_signals import SignalCase
 
 
 # One line of the query log in CoreDNS's common format.
@@ -74,7 +74,28 @@ def flood(port, wire, count):
     return answered
 
 
-class LogCase(NodeProcessCase):
+class _Logged:
+    """
+    A node whose standard output and error go to the file at C{path}:
+    C{output} reads it.
+    """
+
+    def __init__(self, node, path):
+        self.node = node
+        self.path = path
+
+    def __getattr__(self, name):
+        return getattr(self.node, name)
+
+    @property
+    def output(self):
+        with open(self.path, "rb") as f:
+            return f.read()
+
+
+class LogCase(SignalCase):
+    COREFILE = COREFILE
+
     def corefile_with(self, logging):
         """
         The path of a Corefile like the test's whose server block also has
@@ -87,9 +108,9 @@ class LogCase(NodeProcessCase):
 
     def start_logging(self, logging, options=(), journal=False):
         """
-        A node whose server block has C{logging} and whose standard output
-        and error go to a file, which C{$JOURNAL_STREAM} names if
-        C{journal}: (the node, the file's path).
+        A node (a L{_Logged}) whose server block has C{logging} and whose
+        standard output and error go to a file, which C{$JOURNAL_STREAM}
+        names if C{journal}.
         """
         path = os.path.abspath(self.mktemp())
         out = open(path, "wb")
@@ -100,29 +121,16 @@ class LogCase(NodeProcessCase):
             child_fds={0: "w", 1: out.fileno(), 2: out.fileno()},
             JOURNAL_STREAM=f"{status.st_dev}:{status.st_ino}" if journal else "1:1",
         )
-        return node, path
+        return _Logged(node, path)
 
     @defer.inlineCallbacks
-    def wait_text(self, node, path, pattern, timeout=30):
+    def stop(self, node):
         """
-        Wait until the file at C{path} matches C{pattern}; fire with its text.
+        Stop C{node} with SIGTERM; fire with all it wrote.
         """
-        for _ in range(int(timeout / 0.05)):
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            if re.search(pattern, text, re.M):
-                return text
-            if node.ended.called:
-                self.fail(f"node exited with {node.status}:\n{text}")
-            yield sleep(0.05)
-        self.fail(f"no {pattern!r} in {timeout}s:\n{text}")
-
-    @defer.inlineCallbacks
-    def stop(self, node, path):
         node.process.signalProcess(signal.SIGTERM)
         yield node.ended
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        return node.output.decode("utf-8")
 
 
 class JournalTests(LogCase):
@@ -134,17 +142,17 @@ class JournalTests(LogCase):
         query log's summary, error 3 for a SERVFAIL with C{errors}.
         """
         upstream = closed_port()
-        node, path = self.start_logging(
+        node = self.start_logging(
             f"    forward . 127.0.0.1:{upstream}\n    log {{\n limit 1\n }}\n    errors", journal=True
         )
-        yield self.wait_text(node, path, r"answers DNS on port")
+        yield self.wait_output(node, rb"answers DNS on port")
         known = dns.message.make_query("worker1.tf.local.", "A").to_wire()
         for _ in range(3):
             yield threads.deferToThread(exchange, node.port, known)
         servfail, _ = yield threads.deferToThread(exchange, node.port, dns.message.make_query("example.com.", "A").to_wire())
         self.assertEqual(dns.message.from_wire(servfail).rcode(), dns.rcode.SERVFAIL)
-        yield self.wait_text(node, path, r"lines suppressed")
-        text = yield self.stop(node, path)
+        yield self.wait_output(node, rb"lines suppressed")
+        text = yield self.stop(node)
         lines = text.splitlines()
         self.assertTrue(all(re.match(r"<[2-7]>(?!<)", line) for line in lines), text)
         self.assertRegex(text, r"(?m)^<6>\S+ \[idetcd\.claim\._claimer#info\] claimed worker1\.tf\.local\.")
@@ -154,37 +162,28 @@ class JournalTests(LogCase):
 
     @defer.inlineCallbacks
     def test_without_the_journal_no_prefix(self):
-        node, path = self.start_logging("")
-        yield self.wait_text(node, path, r"answers DNS on port")
-        text = yield self.stop(node, path)
+        node = self.start_logging("")
+        yield self.wait_output(node, rb"answers DNS on port")
+        text = yield self.stop(node)
         self.assertNotIn("<6>", text)
         self.assertRegex(text, r"(?m)^\S+ \[idetcd\.claim\._claimer#info\] claimed worker1")
 
     @defer.inlineCallbacks
     def test_a_corefile_mistake_on_stderr_is_an_error(self):
-        with open(self.corefile, "w") as f:
-            f.write(COREFILE.replace("limit 3", "limit none"))
-        path = os.path.abspath(self.mktemp())
-        with open(path, "wb") as out:
-            status = os.fstat(out.fileno())
-            node = self.start_node(
-                child_fds={0: "w", 1: out.fileno(), 2: out.fileno()},
-                JOURNAL_STREAM=f"{status.st_dev}:{status.st_ino}",
-            )
-            self.assertEqual((yield node.ended), 78)
-        with open(path, encoding="utf-8") as f:
-            self.assertRegex(f.read(), r"^<3>twistd idetcd: \S+:6: limit must be a whole number")
+        node = self.start_logging("    log {\n class nope\n }", journal=True)
+        self.assertEqual((yield node.ended), 78)
+        self.assertRegex(node.output, rb"^<3>twistd idetcd: \S+:5: class must be one of all, success, denial, error, got 'nope'\n$")
 
 
 class JsonTests(LogCase):
     @defer.inlineCallbacks
     def test_every_line_is_a_json_object(self):
-        node, path = self.start_logging("    log", options=("--log-format", "json"))
-        yield self.wait_text(node, path, r"answers DNS on port")
+        node = self.start_logging("    log", options=("--log-format", "json"))
+        yield self.wait_output(node, rb"answers DNS on port")
         query = dns.message.make_query("worker1.tf.local.", "A")
         reply, client_port = yield threads.deferToThread(exchange, node.port, query.to_wire())
-        yield self.wait_text(node, path, r'"namespace": "idetcd.dns.querylog"')
-        text = yield self.stop(node, path)
+        yield self.wait_output(node, rb'"namespace": "idetcd.dns.querylog"')
+        text = yield self.stop(node)
         records = [json.loads(line) for line in text.splitlines()]
         self.assertTrue(all({"time", "level", "namespace", "text"} <= set(r) for r in records))
         (logged,) = [r for r in records if r["namespace"] == "idetcd.dns.querylog"]
@@ -203,15 +202,16 @@ class JsonTests(LogCase):
 class QueryLogTests(LogCase):
     @defer.inlineCallbacks
     def test_fields_of_udp_and_tcp_queries(self):
-        node, path = self.start_logging("    log")
-        yield self.wait_text(node, path, r"answers DNS on port")
+        node = self.start_logging("    log")
+        yield self.wait_output(node, rb"answers DNS on port")
         known = dns.message.make_query("Worker1.tf.local.", "A", use_edns=0, payload=1232, want_dnssec=True)
         unknown = dns.message.make_query("worker9.tf.local.", "AAAA")
         asked = []
         for query, tcp in ((known, False), (unknown, True)):
             reply, client_port = yield threads.deferToThread(exchange, node.port, query.to_wire(), tcp)
             asked.append((query, reply, client_port, tcp))
-        text = yield self.wait_text(node, path, r"worker9\.tf\.local\. tcp")
+        yield self.wait_output(node, rb"worker9\.tf\.local\. tcp")
+        text = node.output.decode("utf-8")
         logged = [COMMON.search(line) for line in text.splitlines() if "#info] 127.0.0.1:" in line]
         self.assertEqual(len(logged), 2, text)
         for match, (query, reply, client_port, tcp) in zip(logged, asked):
@@ -232,11 +232,11 @@ class QueryLogTests(LogCase):
 
     @defer.inlineCallbacks
     def test_classes_choose_the_lines(self):
-        node, path = self.start_logging("    log tf.local. {\n class denial\n }")
-        yield self.wait_text(node, path, r"answers DNS on port")
+        node = self.start_logging("    log tf.local. {\n class denial\n }")
+        yield self.wait_output(node, rb"answers DNS on port")
         for name in ("worker1.tf.local.", "worker7.tf.local.", "worker1.tf.local."):
             yield threads.deferToThread(exchange, node.port, dns.message.make_query(name, "A").to_wire())
-        text = yield self.stop(node, path)
+        text = yield self.stop(node)
         logged = [m["name"] for m in map(COMMON.search, text.splitlines()) if m]
         self.assertEqual(logged, ["worker7.tf.local."])
 
@@ -247,8 +247,8 @@ class QueryLogTests(LogCase):
         and the lines left out are counted, so lines and counts add up to
         every query answered.
         """
-        node, path = self.start_logging("    log {\n limit 50\n }")
-        yield self.wait_text(node, path, r"answers DNS on port")
+        node = self.start_logging("    log {\n limit 50\n }")
+        yield self.wait_output(node, rb"answers DNS on port")
         wire = dns.message.make_query("worker1.tf.local.", "A").to_wire()
         from twisted.internet import reactor
 
@@ -256,7 +256,7 @@ class QueryLogTests(LogCase):
         answered = yield threads.deferToThread(flood, node.port, wire, 5000)
         elapsed = reactor.seconds() - started
         # Stopping says what was held back.
-        text = yield self.stop(node, path)
+        text = yield self.stop(node)
         lines = [line for line in text.splitlines() if COMMON.search(line)]
         held = [SUPPRESSED.search(line) for line in text.splitlines() if SUPPRESSED.search(line)]
         self.assertEqual(answered, 5000)
@@ -270,14 +270,14 @@ class ErrorLogTests(LogCase):
     @defer.inlineCallbacks
     def test_servfail_logged_and_consolidated(self):
         upstream = closed_port()
-        node, path = self.start_logging(
+        node = self.start_logging(
             f"    forward . 127.0.0.1:{upstream}\n    errors {{\n consolidate 30s \"^2 consolidated\\.example\\. \"\n }}"
         )
-        yield self.wait_text(node, path, r"answers DNS on port")
+        yield self.wait_output(node, rb"answers DNS on port")
         for name in ("example.com.", "consolidated.example.", "consolidated.example."):
             reply, _ = yield threads.deferToThread(exchange, node.port, dns.message.make_query(name, "A").to_wire())
             self.assertEqual(dns.message.from_wire(reply).rcode(), dns.rcode.SERVFAIL)
-        text = yield self.stop(node, path)
+        text = yield self.stop(node)
         self.assertRegex(text, r"\[idetcd\.dns\.errors#error\] 2 example\.com\. A: server failure \(from 127\.0\.0\.1:\d+\)")
         self.assertNotRegex(text, r"#error\] 2 consolidated\.example")
         self.assertIn(r"#error] 2 errors like '^2 consolidated\.example\. ' occurred in last 30s", text)

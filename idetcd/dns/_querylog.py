@@ -198,11 +198,14 @@ class QueryLog:
             self._log_error(data, reply, peer)
 
     def _log_query(self, data, reply, peer, proto, started):
-        name = _question_name(data)
+        name = None
         for rule in self._rules:
             settings = rule.settings
-            if not _within(name, settings.names):
-                continue
+            if settings.names != (".",):
+                # The name is read only for a rule that needs it.
+                name = name or _question_name(data)
+                if not _within(name, settings.names):
+                    continue
             # The first rule whose names match decides, as in CoreDNS.
             classes = settings.classes
             if ("all" in classes or response_class(reply) in classes) and rule.limit.allow():
