@@ -10,6 +10,7 @@ or C{errors}: without them the fast path does not change.
 """
 
 import re
+import struct
 
 import attr
 from twisted.logger import Logger, LogLevel
@@ -31,8 +32,9 @@ _LEVELS = {"error": LogLevel.error, "warning": LogLevel.warn, "info": LogLevel.i
 #: The Extended DNS Errors (RFC 8914) this server gives, as a SERVFAIL's reason.
 _EDE_REASONS = {3: "stale answer", 22: "no reachable authority"}
 # An OPT record ending the message with one Extended DNS Error and nothing
-# else, as wire._opt writes it: its RDLENGTH, the option code and length.
-_EDE_TAIL = wire._FLAGS.pack(6) + wire._OPTION.pack(wire.EDE, 2)
+# else, as this server writes it: its RDLENGTH, the option code and length.
+_EDE_TAIL = struct.pack("!HHH", 6, wire.EDE, 2)
+_SHORT = struct.Struct("!H")
 SERVFAIL = dns.ESERVER
 
 
@@ -66,32 +68,43 @@ def _within(name, names):
     return any(scope == "." or name == scope or name.endswith("." + scope) for scope in names)
 
 
-def _question_name(data):
+def _read(data):
     """
-    The question's name in C{data}, lower case, with a trailing dot; "."
-    when it cannot be read.
+    The query in C{data}, or None when it cannot be read.
     """
     try:
-        labels, _ = wire._read_name(data, wire.HEADER.size)
-    except (wire.FormatError, IndexError):
+        return wire.read_query(data)
+    except (wire.FormatError, struct.error):
+        return None
+
+
+def _name(query):
+    """
+    The question's name, lower case, with a trailing dot ("." for a query
+    that could not be read).
+    """
+    if query is None:
         return "."
-    return "".join(label.decode("ascii", "replace").lower() + "." for label in labels) or "."
+    return "".join(label.decode("ascii", "replace").lower() + "." for label in query.labels) or "."
 
 
-def fields(data, reply, peer, proto, seconds):
+def fields(data, reply, peer, proto, seconds, query=None):
     """
-    CoreDNS's placeholders for the query C{data} answered with C{reply}
-    (C{>} dropped from their names): the question, EDNS and sizes of the
-    query, and the code, flags and size of the reply.
+    CoreDNS's placeholders for the query C{data} (read: C{query}, if
+    already) answered with C{reply} (C{>} dropped from their names): the
+    question, EDNS and sizes of the query, and the code, flags and size of
+    the reply.
     """
-    (flags,) = wire._FLAGS.unpack_from(reply, 2)
+    if query is None:
+        query = _read(data)
+    (flags,) = _SHORT.unpack_from(reply, 2)
     values = {
         "remote": peer[0],
         "port": peer[1],
-        "id": wire._FLAGS.unpack_from(data)[0] if len(data) >= 2 else 0,
+        "id": _SHORT.unpack_from(data)[0] if len(data) >= 2 else 0,
         "type": "-",
         "class": "-",
-        "name": _question_name(data),
+        "name": _name(query),
         "proto": proto,
         "size": len(data),
         "do": "false",
@@ -100,11 +113,9 @@ def fields(data, reply, peer, proto, seconds):
         "rflags": ",".join(name for bit, name in _FLAG_NAMES if flags & bit),
         "rsize": len(reply),
         "duration": f"{seconds:.6f}s",
-        "opcode": (wire._FLAGS.unpack_from(data, 2)[0] & wire.OPCODE) >> 11 if len(data) >= 4 else 0,
+        "opcode": (_SHORT.unpack_from(data, 2)[0] & wire.OPCODE) >> 11 if len(data) >= 4 else 0,
     }
-    try:
-        query = wire.read_query(data)
-    except (wire.FormatError, IndexError, ValueError):
+    if query is None:
         return values
     values["type"] = dns.QUERY_TYPES.get(query.type) or dns.EXT_QUERIES.get(query.type) or f"TYPE{query.type}"
     values["class"] = dns.QUERY_CLASSES.get(query.cls, f"CLASS{query.cls}")
@@ -119,7 +130,7 @@ def servfail_reason(reply):
     Why a SERVFAIL was given, from its Extended DNS Error.
     """
     if reply[-8:-2] == _EDE_TAIL:
-        code = wire._FLAGS.unpack_from(reply, len(reply) - 2)[0]
+        (code,) = _SHORT.unpack_from(reply, len(reply) - 2)
         return _EDE_REASONS.get(code, f"extended DNS error {code}")
     return "server failure"
 
@@ -198,22 +209,28 @@ class QueryLog:
             self._log_error(data, reply, peer)
 
     def _log_query(self, data, reply, peer, proto, started):
-        name = None
+        query = name = None
         for rule in self._rules:
             settings = rule.settings
             if settings.names != (".",):
-                # The name is read only for a rule that needs it.
-                name = name or _question_name(data)
+                # The query is read only for a rule that needs its name.
+                if name is None:
+                    query = _read(data)
+                    name = _name(query)
                 if not _within(name, settings.names):
                     continue
             # The first rule whose names match decides, as in CoreDNS.
             classes = settings.classes
             if ("all" in classes or response_class(reply) in classes) and rule.limit.allow():
                 seconds = (tally.now() - started) / 1e9
-                querylog.info(rule.format, **fields(data, reply, peer, proto, seconds))
+                querylog.info(rule.format, **fields(data, reply, peer, proto, seconds, query))
             return
 
     def _log_error(self, data, reply, peer):
+        # Without consolidate, a SERVFAIL past the limit is not even read.
+        allowed = None if self._consolidated else self._errors_limit.allow()
+        if allowed is False:
+            return
         values = fields(data, reply, peer, "", 0.0)
         reason = servfail_reason(reply)
         text = f"{SERVFAIL} {values['name']} {values['type']}: {reason}"
@@ -223,7 +240,7 @@ class QueryLog:
                 if consolidated.timer is None:
                     consolidated.timer = self.clock.callLater(consolidated.seconds, self._summarise, consolidated)
                 return
-        if self._errors_limit.allow():
+        if allowed or self._errors_limit.allow():
             errorlog.error(
                 "{rcode_number} {name} {type}: {reason} (from {remote}:{port})",
                 rcode_number=SERVFAIL, reason=reason, **values,

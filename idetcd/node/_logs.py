@@ -98,15 +98,12 @@ def stdout_observer(stream, log_format="text", priority="auto", environ=None):
     C{log_format}, with priority prefixes when C{priority} is C{"yes"}, or
     C{"auto"} and C{stream} is the journal.
     """
-    if priority == "yes" or (priority == "auto" and is_journal(stream, environ)):
-        prefix = _prefixed
-    else:
-        prefix = lambda text, level: text  # noqa: E731
+    prefixed = priority == "yes" or (priority == "auto" and is_journal(stream, environ))
     formatter = event_as_json if log_format == "json" else formatEventAsClassicLogText
 
     def format_event(event):
         text = formatter(event)
-        return prefix(text, event.get("log_level")) if text else text
+        return _prefixed(text, event.get("log_level")) if prefixed and text else text
 
     return FileLogObserver(stream, format_event)
 
