@@ -4,10 +4,13 @@ of a node takes.
 """
 
 from idetcd.config._corefile import (
+    LOG_PLACEHOLDER,
     CorefileError,
+    ErrorsSettings,
     ForwardSettings,
     HttpAddress,
     IdetcdSettings,
+    QueryLogSettings,
     ServerBlock,
     Upstream,
     load,
@@ -16,10 +19,13 @@ from idetcd.config._corefile import (
 )
 
 __all__ = [
+    "LOG_PLACEHOLDER",
     "CorefileError",
+    "ErrorsSettings",
     "ForwardSettings",
     "HttpAddress",
     "IdetcdSettings",
+    "QueryLogSettings",
     "ServerBlock",
     "Upstream",
     "load",

@@ -17,7 +17,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.names import dns
 
 from idetcd.common import LinesPerSecond
-from idetcd.config._corefile import LOG_PLACEHOLDER
+from idetcd.config import LOG_PLACEHOLDER
 from idetcd.dns import _tally as tally
 from idetcd.dns import _wire as wire
 
