@@ -48,8 +48,6 @@ class Options(usage.Options):
         ["corefile", "c", "Corefile", "The Corefile to read."],
         ["port", "p", None, "DNS port to listen on, instead of the Corefile's.", int],
         ["state", "s", None, "State directory, instead of the Corefile's 'state'."],
-    ]
-    optParameters += [
         ["log-format", None, "text", "How the log on standard output is written: text or json "
          "(one JSON object per line)."],
         ["log-priority", None, "auto", "Start each line of the log on standard output with its "
