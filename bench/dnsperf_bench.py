@@ -1,7 +1,8 @@
 """
 idetcd's DNS front end against a stock twisted.names server holding the same
-records, and against itself counting its answers for the C{prometheus}
-directive, all driven by dnsperf over UDP on loopback.
+records, against itself counting its answers for the C{prometheus}
+directive, and against itself with the C{log} directive (the query log,
+rate-limited), all driven by dnsperf over UDP on loopback.
 
 Not part of the test run.  Each server runs in a process of its own (pinned
 to one core when there are two or more, dnsperf to the others), so neither
@@ -54,7 +55,8 @@ GOAL_RATIO = 3.0
 # Issue #10: counting for /metrics costs known-name queries/s at most 10%.
 GOAL_METRICS_RATIO = 0.9
 # "metrics" is idetcd counting its answers, with /metrics on a port of its own.
-SERVERS = ("idetcd", "metrics", "stock")
+# "log" is idetcd with the log directive (the query log, rate-limited).
+SERVERS = ("idetcd", "metrics", "log", "stock")
 MIXES = ("known", "90/10")
 # Distinct unknown names in the 90/10 mix: by default more than idetcd
 # caches, so every unknown query takes its slow path, as a stream of typos
@@ -109,9 +111,9 @@ def _start(reactor, service):
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
 
-def _listen_idetcd(reactor, authority, counts=None):
+def _listen_idetcd(reactor, authority, counts=None, querylog=None):
     dns_server = idetcd_server.DNSServer(
-        authority, 0, interfaces=(HOST,), reactor=reactor, tally=counts
+        authority, 0, interfaces=(HOST,), reactor=reactor, tally=counts, querylog=querylog
     )
     _start(reactor, dns_server)
     return (dns_server.port,)
@@ -136,6 +138,18 @@ def _listen_metrics(reactor, authority):
     return _listen_idetcd(reactor, authority, counts) + (endpoint.port,)
 
 
+def _listen_log(reactor, authority):
+    """
+    idetcd with the log directive: every query due a line, at most 100
+    lines/s written (to the server's log file), the rest counted.
+    """
+    from idetcd.config import parse
+    from idetcd.dns import query_log
+
+    block = parse(f".:53 {{\n idetcd {{\n pattern w{{{{.ID}}}}.{ZONE}\n }}\n log\n}}\n")[0]
+    return _listen_idetcd(reactor, authority, querylog=query_log(block, reactor))
+
+
 def _listen_stock(reactor, authority):
     from twisted.names import dns, server
 
@@ -143,7 +157,9 @@ def _listen_stock(reactor, authority):
     return (reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface=HOST).getHost().port,)
 
 
-LISTEN = {"idetcd": _listen_idetcd, "metrics": _listen_metrics, "stock": _listen_stock}
+LISTEN = {
+    "idetcd": _listen_idetcd, "metrics": _listen_metrics, "log": _listen_log, "stock": _listen_stock,
+}
 
 
 def serve(kind, count, lifetime):
@@ -500,7 +516,7 @@ def report(args, table, counted, together, pin_text):
                   f"{fmt_ms(r.p99_ms):>8}  {r.rcodes}")
     print()
     ratios = {}
-    for kind, base in (("idetcd", "stock"), ("metrics", "idetcd")):
+    for kind, base in (("idetcd", "stock"), ("metrics", "idetcd"), ("log", "idetcd")):
         if kind not in args.servers or base not in args.servers:
             continue
         for mix in MIXES:

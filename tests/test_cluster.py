@@ -66,11 +66,12 @@ def query(port, name, rdtype="A", tcp=False):
     return threads.deferToThread(send, message, "127.0.0.1", timeout=2, port=port)
 
 
-def spawn_node(corefile, state, env, options=()):
+def spawn_node(corefile, state, env, options=(), child_fds=None):
     """
     Start ``twistd -n idetcd`` on C{corefile} with the state directory
-    C{state}, C{options} for idetcd, and C{env} added to the environment;
-    returns its L{_Output}, with the process as C{process}.
+    C{state}, C{options} for idetcd, and C{env} added to the environment
+    (and C{child_fds} as spawnProcess takes them, if given); returns its
+    L{_Output}, with the process as C{process}.
     """
     node = _Output()
     args = [
@@ -81,7 +82,7 @@ def spawn_node(corefile, state, env, options=()):
         *options,
     ]
     env = dict(dict(os.environ, PYTHONPATH=ROOT), **env)
-    node.process = reactor.spawnProcess(node, sys.executable, args, env=env)
+    node.process = reactor.spawnProcess(node, sys.executable, args, env=env, childFDs=child_fds)
     return node
 
 
@@ -103,13 +104,14 @@ class NodeProcessCase(unittest.TestCase):
         with open(self.corefile, "w") as f:
             f.write(self.COREFILE)
 
-    def start_node(self, state=None, options=(), corefile=None, **env):
+    def start_node(self, state=None, options=(), corefile=None, child_fds=None, **env):
         port = free_port()
         node = spawn_node(
             corefile or self.corefile,
             state or os.path.abspath(self.mktemp()),
             dict(dict(NODE_PORT=str(port), ETCD_URL=self.etcd.client_url), **env),
             options,
+            child_fds,
         )
         node.port = port
         return self.kill_at_end(node)

@@ -465,7 +465,7 @@ class ServerBlockTests(ErrorAssertions, TestCase):
 
     def test_directive_errors(self):
         cases = [
-            (". {\n    log\n}", 2, "unknown directive 'log' (expected one of: bind, cache, forward, health, ready, prometheus, reload, transfer, idetcd)"),
+            (". {\n    whoami\n}", 2, "unknown directive 'whoami' (expected one of: bind, cache, forward, health, ready, prometheus, reload, transfer, log, errors, idetcd)"),
             (". {\n    import snippet\n}", 2, "unknown directive 'import'"),
             (". {\n    idetcd\n}", 2, "idetcd needs a block", "pattern"),
             (". {\n    idetcd x {\n    pattern w{{.ID}}.x.\n    }\n}", 2, "'idetcd' takes no arguments, got 1"),

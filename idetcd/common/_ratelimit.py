@@ -35,3 +35,45 @@ class RateLimitedLog:
         The trouble of C{kind} is over: its next event is logged at once.
         """
         self._last.pop(kind, None)
+
+
+@attr.s(eq=False)
+class LinesPerSecond:
+    """
+    At most C{limit} lines in any window of a second, so a flood cannot
+    fill a disk: L{allow} says whether the next line may go out, and at
+    the end of a window in which lines were held back, C{summarise(held,
+    limit)} is called once with how many.  L{stop} says it at once.
+    """
+
+    clock = attr.ib()
+    limit = attr.ib()
+    summarise = attr.ib()
+    _window_end = attr.ib(init=False, default=float("-inf"))
+    _lines = attr.ib(init=False, default=0)
+    _held = attr.ib(init=False, default=0)
+    _summary = attr.ib(init=False, default=None)
+
+    def allow(self):
+        now = self.clock.seconds()
+        if now >= self._window_end:
+            self._window_end = now + 1.0
+            self._lines = 0
+        if self._lines < self.limit:
+            self._lines += 1
+            return True
+        self._held += 1
+        if self._summary is None:
+            self._summary = self.clock.callLater(self._window_end - now, self._say)
+        return False
+
+    def _say(self):
+        self._summary = None
+        held, self._held = self._held, 0
+        if held:
+            self.summarise(held, self.limit)
+
+    def stop(self):
+        if self._summary is not None:
+            self._summary.cancel()
+            self._say()

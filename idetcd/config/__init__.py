@@ -4,11 +4,14 @@ of a node takes.
 """
 
 from idetcd.config._corefile import (
+    LOG_PLACEHOLDER,
     CacheSettings,
     CorefileError,
+    ErrorsSettings,
     ForwardSettings,
     HttpAddress,
     IdetcdSettings,
+    QueryLogSettings,
     ServerBlock,
     TransferSettings,
     Upstream,
@@ -19,10 +22,13 @@ from idetcd.config._corefile import (
 
 __all__ = [
     "CacheSettings",
+    "LOG_PLACEHOLDER",
     "CorefileError",
+    "ErrorsSettings",
     "ForwardSettings",
     "HttpAddress",
     "IdetcdSettings",
+    "QueryLogSettings",
     "ServerBlock",
     "TransferSettings",
     "Upstream",

@@ -253,6 +253,8 @@ class ServerBlock:
     reload: ReloadSettings = None
     cache: CacheSettings = None
     transfer: TransferSettings = None
+    log: tuple = ()  # a QueryLogSettings per log directive, in order
+    errors: "ErrorsSettings" = None
 
 
 def parse(text, filename="Corefile", environ=None):
@@ -894,6 +896,7 @@ class _Reader(_Failing):
         idetcd = forward = reload = cache = transfer = None
         seen = {}
         http = {}
+        logging = {}
         for directive in body:
             if directive.name == "bind":
                 args = self.arguments(directive, 1, None)
@@ -910,6 +913,10 @@ class _Reader(_Failing):
             elif directive.name == "cache":
                 self.once(seen, directive, "this server block")
                 cache = self.cache(directive)
+            elif directive.name in ("log", "errors"):
+                if directive.name == "errors":
+                    self.once(seen, directive, "this server block")
+                logging.setdefault(directive.name, []).append(_logging(self, directive))
             elif directive.name == "reload":
                 self.once(seen, directive, "this server block")
                 args = self.arguments(directive, 0, 2)
@@ -922,14 +929,15 @@ class _Reader(_Failing):
                 self.fail(
                     directive.line,
                     f"unknown directive {directive.name!r}"
-                    f" (expected one of: bind, cache, forward, {', '.join(HTTP_DEFAULTS)}, reload, transfer, idetcd)",
+                    f" (expected one of: bind, cache, forward, {', '.join(HTTP_DEFAULTS)}, reload, transfer, log, errors, idetcd)",
                 )
         if http and idetcd is None:
             first = min(http, key=seen.get)
             self.fail(seen[first], f"{first!r} reports on idetcd: this server block has no idetcd directive")
-        for beside in (forward, reload):
+        besides = [("forward", forward), ("reload", reload)]
+        besides += [(name, settings) for name, each in logging.items() for settings in each]
+        for name, beside in besides:
             if beside is not None and idetcd is None:
-                name = "forward" if beside is forward else "reload"
                 self.fail(beside.line, f"{name!r} serves beside idetcd: this server block has no idetcd directive")
         if cache is not None and forward is None:
             self.fail(cache.line, "'cache' keeps forwarded answers: this server block has no forward directive")
@@ -941,6 +949,7 @@ class _Reader(_Failing):
         return ServerBlock(
             zones, port, binds, idetcd, self.filename, keys[0].line,
             forward=forward, reload=reload, cache=cache, transfer=transfer,
+            log=tuple(logging.get("log", ())), errors=logging.get("errors", [None])[0],
             **{k: a for k, (a, _) in http.items()},
         )
 
@@ -1206,3 +1215,140 @@ class _Reader(_Failing):
                         f"zone {min(shared)} on port {block.port} is already served"
                         f" by the block on line {other.line}",
                     )
+
+
+# The query log (CoreDNS's log) and the error log (CoreDNS's errors).
+
+#: CoreDNS's Common Log Format, and its combined one (with the opcode).
+COMMON_LOG_FORMAT = (
+    '{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} {>bufsize}"'
+    " {rcode} {>rflags} {rsize} {duration}"
+)
+COMBINED_LOG_FORMAT = COMMON_LOG_FORMAT + ' "{>opcode}"'
+#: The placeholders a log format may use, CoreDNS's names.
+LOG_PLACEHOLDERS = (
+    "remote", "port", "type", "class", "name", "proto", "size", "rcode", "rsize", "duration",
+    ">id", ">do", ">bufsize", ">rflags", ">opcode",
+)
+LOG_PLACEHOLDER = re.compile(r"\{(>?[a-z]+)\}")
+#: CoreDNS's classes of responses: success, denial (NXDOMAIN, NODATA), error.
+LOG_CLASSES = ("all", "success", "denial", "error")
+#: Lines each of log and errors writes per second at most, unless 'limit' says.
+LOG_LIMIT = 100
+LOG_LEVELS = ("error", "warning", "info", "debug")
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class QueryLogSettings:
+    """
+    One C{log} directive: the queries for C{names} (and below) whose
+    response is of one of C{classes}, written in C{format}, at most
+    C{limit} lines per second.
+    """
+
+    names: tuple = (".",)
+    format: str = COMMON_LOG_FORMAT
+    classes: frozenset = frozenset({"all"})
+    limit: int = LOG_LIMIT
+    filename: str = "Corefile"
+    line: int = 0
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class ErrorsSettings:
+    """
+    The C{errors} directive: SERVFAIL answers logged, at most C{limit}
+    lines per second; those matching a C{consolidate} pattern
+    (seconds, regular expression, level) summed up once per period.
+    """
+
+    consolidate: tuple = ()
+    limit: int = LOG_LIMIT
+    filename: str = "Corefile"
+    line: int = 0
+
+
+def _log_format(text):
+    text = text.replace("{common}", COMMON_LOG_FORMAT).replace("{combined}", COMBINED_LOG_FORMAT)
+    for placeholder in LOG_PLACEHOLDER.findall(text):
+        if placeholder not in LOG_PLACEHOLDERS:
+            raise ValueError(
+                f"log format has an unknown placeholder {{{placeholder}}} (expected {{common}},"
+                f" {{combined}} or: {', '.join('{' + p + '}' for p in LOG_PLACEHOLDERS)})"
+            )
+    return text
+
+
+def _log_classes(args):
+    for word in args:
+        if word not in LOG_CLASSES:
+            raise ValueError(f"class must be one of {', '.join(LOG_CLASSES)}, got {word!r}")
+    return frozenset(args)
+
+
+def _consolidate(args):
+    seconds = _duration("consolidate's period", args[0])
+    if seconds < 1:
+        raise ValueError(f"consolidate's period must be at least 1s, got {args[0]!r}")
+    try:
+        re.compile(args[1])
+    except re.error as e:
+        raise ValueError(f"consolidate's pattern {args[1]!r} is not a regular expression: {e}") from None
+    level = args[2] if len(args) > 2 else "error"
+    if level not in LOG_LEVELS:
+        raise ValueError(f"consolidate's level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return seconds, args[1], level
+
+
+def _log_names(args):
+    names = []
+    for text in args:
+        name = absolute(text)
+        problem = name != "." and name_problem(name)
+        if problem:
+            raise ValueError(f"log's NAMES must be domain names: {name!r} {problem}")
+        names.append(name)
+    return tuple(names) or (".",)
+
+
+def _logging(reader, directive):
+    """
+    C{log [NAMES...] [FORMAT] [{ class CLASSES... / limit N }]} or C{errors
+    [{ consolidate DURATION REGEXP [LEVEL]... / limit N }]}, read by the
+    L{_Reader} C{reader}.
+    """
+    limit = ("limit", 1, 1, _number("limit", 1, 100000, " of lines per second"))
+    if directive.name == "errors":
+        reader.arguments(directive, 0, 0, block=True)
+        table = {"consolidate": ("consolidate", 2, 3, _consolidate), "limit": limit}
+    else:
+        reader.arguments(directive, 0, None, block=True)
+        table = {"class": ("classes", 1, None, _log_classes), "limit": limit}
+    values = {"limit": LOG_LIMIT}
+    consolidate = []
+    seen = {}
+    for setting in directive.block or ():
+        if setting.name not in table:
+            reader.fail(
+                setting.line,
+                f"unknown directive {setting.name!r} in {directive.name} (expected one of: {', '.join(table)})",
+            )
+        if setting.name != "consolidate":
+            reader.once(seen, setting, directive.name)
+        field, fewest, most, convert = table[setting.name]
+        args = reader.arguments(setting, fewest, most)
+        value = reader.convert(setting, lambda: convert(args))
+        if field == "consolidate":
+            consolidate.append(value)
+        else:
+            values[field] = value
+    where = {"filename": reader.filename, "line": directive.line}
+    if directive.name == "errors":
+        return ErrorsSettings(tuple(consolidate), values["limit"], **where)
+    args = list(directive.args)
+    log_format = COMMON_LOG_FORMAT
+    if args and "{" in args[-1]:
+        log_format = reader.convert(directive, lambda: _log_format(args.pop()))
+    names = reader.convert(directive, lambda: _log_names(args))
+    classes = values.get("classes", frozenset({"all"}))
+    return QueryLogSettings(names, log_format, classes, values["limit"], **where)

@@ -8,6 +8,7 @@ from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._forward import Forwarder
 from idetcd.dns._freshness import Freshness
 from idetcd.dns._peers import reverse_zones
+from idetcd.dns._querylog import QueryLog, query_log
 from idetcd.dns._server import DNSServer
 from idetcd.dns._tally import BOUNDS as DURATION_BOUNDS
 from idetcd.dns._tally import SIZE_BOUNDS, DnsTally
@@ -20,7 +21,9 @@ __all__ = [
     "DnsTally",
     "Forwarder",
     "Freshness",
+    "QueryLog",
     "ZoneAuthority",
     "ZoneTransfer",
+    "query_log",
     "reverse_zones",
 ]

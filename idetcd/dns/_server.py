@@ -538,8 +538,7 @@ class _UDP(protocol.DatagramProtocol):
         key = data[2:12] + data[12:zero].lower() + data[zero:]
         hit = self._fast.get(key)
         if hit is None:
-            send = functools.partial(self._send, pktinfo, address)
-            reply, kind = self._replies.udp(data, key, address[0], send)
+            reply, kind = self._replies.udp(data, key, address[0], self._later(pktinfo, address))
             if reply is None:
                 return None
         else:
@@ -556,6 +555,40 @@ class _UDP(protocol.DatagramProtocol):
             self._replies.report(
                 "send", "reply to {peer} lost: {why}", peer=address[0], why=str(e)
             )
+
+    def _later(self, pktinfo, address):
+        """
+        Where the reply to a query answered later (forwarded) goes.
+        """
+        return functools.partial(self._send, pktinfo, address)
+
+
+class _LoggedUDP(_UDP):
+    """
+    L{_UDP} that gives each query and its reply to C{querylog} (a
+    L{idetcd.dns._querylog.QueryLog}): a protocol of its own, so that
+    without C{log} or C{errors} the fast path has no check to make.
+    """
+
+    def __init__(self, replies, querylog):
+        _UDP.__init__(self, replies)
+        self._querylog = querylog
+        self._query = None  # (data, when it came) of the query being answered
+
+    def datagramReceived(self, data, address, pktinfo=(), flags=0):
+        self._query = (data, _now())
+        try:
+            return _UDP.datagramReceived(self, data, address, pktinfo, flags)
+        finally:
+            self._query = None
+
+    def _send(self, pktinfo, address, reply, query=None):
+        _UDP._send(self, pktinfo, address, reply)
+        data, started = query or self._query
+        self._querylog(data, reply, address, "udp", started)
+
+    def _later(self, pktinfo, address):
+        return functools.partial(self._send, pktinfo, address, query=self._query)
 
 
 class _TCP(protocol.Protocol, policies.TimeoutMixin):
@@ -576,13 +609,16 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         self._holding = False  # reading stopped until the buffer is answered
         self._waiting = False  # in the factory's queue for the next turn
         self._peer = None
+        self._address = None  # (host, port) of the client
         self._lane = None  # the tally.LANES bits of its answers, if counted
         self._streaming = None  # the messages of a zone transfer being sent
         self._pump = None  # the timer that sends its next message
         self._closing = None  # the timer that aborts a connection closing
 
     def connectionMade(self):
-        self._peer = self.transport.getPeer().host
+        peer = self.transport.getPeer()
+        self._peer = peer.host
+        self._address = (peer.host, peer.port)
         if self.factory.tally is not None:
             self._lane = tally.lane("tcp", self._peer)
         self.factory.opened(self)
@@ -604,6 +640,7 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
         answered = 0
         budget = self.factory.budget()
         lane = self._lane
+        querylog = self.factory.querylog
         started = _now() if lane is not None else 0
         keys = []
         received = sent = 0
@@ -615,13 +652,19 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             if len(buffer) < end:
                 break
             self.resetTimeout()
-            reply, kind = self.factory.replies.tcp(
-                buffer[offset + 2 : end], self._peer, self._send, self._stream
-            )
+            message = buffer[offset + 2 : end]
+            if querylog is None:
+                send = self._send
+            else:
+                came = _now()
+                send = functools.partial(self._send_logged, message, came)
+            reply, kind = self.factory.replies.tcp(message, self._peer, send, self._stream)
             answered += 1
             offset = end
             if reply is not None:
                 self.transport.write(_FLAGS.pack(len(reply)) + reply)
+                if querylog is not None:
+                    querylog(message, reply, self._address, "tcp", came)
             if kind is not None and lane is not None:
                 # A zone transfer streams its reply later: its size is not counted.
                 size = 0 if reply is None else len(reply)
@@ -682,6 +725,10 @@ class _TCP(protocol.Protocol, policies.TimeoutMixin):
             self.resetTimeout()
             self.transport.write(_FLAGS.pack(len(reply)) + reply)
 
+    def _send_logged(self, message, started, reply):
+        self._send(reply)
+        self.factory.querylog(message, reply, self._address, "tcp", started)
+
     def pauseProducing(self):
         self._blocked = True
         self.transport.pauseProducing()
@@ -739,6 +786,8 @@ class _TCPFactory(protocol.Factory):
     max_connections = attr.ib()
     max_per_client = attr.ib()
     tally = attr.ib(default=None)
+    #: A L{idetcd.dns._querylog.QueryLog} for every query, or None.
+    querylog = attr.ib(default=None)
     connections = attr.ib(init=False, factory=set)
     _per_client = attr.ib(init=False, factory=collections.Counter)
     _spent = attr.ib(init=False, default=0)  # queries answered this turn
@@ -836,6 +885,8 @@ class DNSServer(service.Service):
     tally = attr.ib(default=None)
     #: An L{idetcd.dns._transfer.ZoneTransfer} for AXFR and IXFR, or None.
     transfer = attr.ib(default=None)
+    #: A L{idetcd.dns._querylog.QueryLog} (C{log}, C{errors}), or None.
+    querylog = attr.ib(default=None)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -876,6 +927,7 @@ class DNSServer(service.Service):
             self.max_tcp_connections,
             self.max_tcp_per_client,
             self.tally,
+            self.querylog,
         )
         attempts = PORT_ATTEMPTS if self.port == 0 else 1
         for attempt in range(attempts):
@@ -941,8 +993,12 @@ class DNSServer(service.Service):
         ports = []
         try:
             for interface in self.interfaces:
+                if self.querylog is None:
+                    answering = _UDP(self._replies)
+                else:
+                    answering = _LoggedUDP(self._replies, self.querylog)
                 udp = _UDPPort(
-                    port, _UDP(self._replies), interface, wire.MAX_MESSAGE, self.reactor,
+                    port, answering, interface, wire.MAX_MESSAGE, self.reactor,
                     self.tally,
                 )
                 udp.startListening()
@@ -975,6 +1031,8 @@ class DNSServer(service.Service):
         self._listening = []
         if self._tcp is not None:
             self._tcp.stop()
+        if self.querylog is not None:
+            self.querylog.stop()
         for connection in list(self._tcp.connections if self._tcp else ()):
             waiting.append(connection.lost)
             connection.transport.abortConnection()

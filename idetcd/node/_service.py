@@ -21,6 +21,7 @@ from idetcd.dns import (
     Freshness,
     ZoneAuthority,
     ZoneTransfer,
+    query_log,
     reverse_zones,
 )
 from idetcd.etcd import EtcdClient
@@ -146,6 +147,7 @@ class IdetcdService(OrderedMultiService):
                 transfer=None if self.block.transfer is None else ZoneTransfer(
                     authority, self.block.transfer.allowed, self.block.transfer.targets
                 ),
+                querylog=query_log(self.block, self.reactor),
             ),
         )
         if self.dns.forwarder is not None:

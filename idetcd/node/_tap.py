@@ -12,12 +12,14 @@ import attr
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python import usage
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from idetcd._version import __version__
 from idetcd.node import _failures as failures
+from idetcd.node import _logs as logs
 from idetcd.node._configured import Unusable, build_nodes, dns_port, idetcd_blocks
 from idetcd.node._http import HttpEndpoint
 from idetcd.node._reload import Reloader
@@ -30,12 +32,13 @@ def _leave(message, status):
     """
     Fail before twistd logs or binds anything: one line on stderr.
     """
-    print(f"twistd idetcd: {failures.one_line(message)}", file=sys.stderr)
+    prefix = logs.priority_prefix(LogLevel.error) if logs.is_journal(sys.stderr) else ""
+    print(f"{prefix}twistd idetcd: {failures.one_line(message)}", file=sys.stderr)
     raise SystemExit(status)
 
 
 class Options(usage.Options):
-    synopsis = "[--corefile FILE] [--port PORT] [--state DIR]"
+    synopsis = "[--corefile FILE] [--port PORT] [--state DIR] [--log-format text|json]"
     longdesc = (
         "Claim a unique name for this node in etcd and answer DNS for every "
         "node's name. See the README for the Corefile directives and the "
@@ -45,6 +48,11 @@ class Options(usage.Options):
         ["corefile", "c", "Corefile", "The Corefile to read."],
         ["port", "p", None, "DNS port to listen on, instead of the Corefile's.", dns_port],
         ["state", "s", None, "State directory, instead of the Corefile's 'state'."],
+        ["log-format", None, "text", "How the log on standard output is written: text or json "
+         "(one JSON object per line)."],
+        ["log-priority", None, "auto", "Start each line of the log on standard output with its "
+         "syslog priority (<3>), as journald reads it: yes, no, or auto (when standard output "
+         "is the journal, as $JOURNAL_STREAM says)."],
     ]
 
     def parseOptions(self, options=None):
@@ -68,6 +76,29 @@ class Options(usage.Options):
             if e.status == failures.EXIT_USAGE:
                 raise usage.UsageError(e.line) from None
             _leave(e.line, e.status)
+        self["log_observer"] = self._log_observer()
+
+    def _log_observer(self):
+        """
+        The observer that writes twistd's log on standard output, or
+        C{None} when twistd logs elsewhere (C{--logfile}, C{--syslog},
+        C{--logger}, a daemon).
+        """
+        for name, choices in (("log-format", logs.FORMATS), ("log-priority", logs.PRIORITY_CHOICES)):
+            if self[name] not in choices:
+                _leave(
+                    f"--{name} must be one of {', '.join(choices)}, got {self[name]!r}"
+                    " (see twistd idetcd --help)", failures.EXIT_USAGE,
+                )
+        twistd = getattr(self, "parent", None)
+        if twistd is not None and not logs.twistd_logs_to_stdout(twistd):
+            if self["log-format"] != "text":
+                _leave(
+                    f"--log-format {self['log-format']} writes to standard output: use it with"
+                    " --nodaemon and without --logfile, --syslog or --logger", failures.EXIT_USAGE,
+                )
+            return None
+        return logs.stdout_observer(sys.stdout, self["log-format"], self["log-priority"])
 
 
 def _exit_after_shutdown(status):
@@ -105,6 +136,8 @@ class Nodes(MultiService):
     reactor = attr.ib()
     notify = attr.ib(default=(None, None))
     corefile = attr.ib(default=None)
+    #: What twistd logs through instead of its own observer, or None.
+    log_observer = attr.ib(default=None)
     status = attr.ib(default=None, init=False)
     notifier = attr.ib(default=None, init=False)
     reloader = attr.ib(default=None, init=False)
@@ -121,6 +154,13 @@ class Nodes(MultiService):
             # names are given back).
             self.notifier = SystemdNotifier(address, self._all_named, self.reactor, watchdog)
             self.notifier.setServiceParent(self)
+
+    def setServiceParent(self, parent):
+        # twistd's application, whose observer twistd uses in place of the
+        # one it would make for standard output.
+        if isinstance(parent, Componentized) and self.log_observer is not None and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, self.log_observer)
+        MultiService.setServiceParent(self, parent)
 
     def _all_named(self):
         named = defer.gatherResults([node.when_claimed() for node in self.nodes], consumeErrors=True)
@@ -206,4 +246,4 @@ def makeService(options, reactor=global_reactor):
         nodes = build_nodes(options["blocks"], reactor, options["port"], options["state"])
     except Unusable as e:
         _leave(e.line, e.status)
-    return Nodes(nodes, reactor, from_environment(), options["corefile"])
+    return Nodes(nodes, reactor, from_environment(), options["corefile"], options.get("log_observer"))
