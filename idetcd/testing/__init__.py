@@ -71,6 +71,14 @@ class FakeEtcd:
         """
         return self._store.revision
 
+    def served(self, path):
+        """
+        How many requests for C{path} (such as C{"/v3/kv/range"}) it has
+        answered: what a change costs etcd, whatever the client believes
+        it sent.
+        """
+        return self.resource.served[path.encode("ascii")]
+
     @property
     def no_space(self):
         """

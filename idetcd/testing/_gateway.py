@@ -4,6 +4,7 @@ paths, the error objects with their HTTP statuses, the header every reply
 carries, users and tokens, and the watch stream, as etcd 3.5 sends them.
 """
 
+import collections
 import json
 import secrets
 
@@ -47,6 +48,9 @@ class Gateway(Resource):
         super().__init__()
         self.store = store
         self.users = None
+        #: How many requests of each path (bytes) it answered, as etcd's
+        #: own metrics count them.
+        self.served = collections.Counter()
         self._tokens = {}
         self._routes = {
             b"/v3/kv/range": store.range,
@@ -100,6 +104,10 @@ class Gateway(Resource):
         }
 
     # HTTP.
+
+    def render(self, request):
+        self.served[request.path] += 1
+        return super().render(request)
 
     def render_GET(self, request):
         if request.path == b"/version":
