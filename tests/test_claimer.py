@@ -22,7 +22,7 @@ from idetcd.etcd import (
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry
 from idetcd.names._pattern import Pattern
-from idetcd.testing import FakeEtcd
+from tests.memoryetcd import FakeEtcdCase
 
 PREFIX = b"/idetcd/"
 PATTERN = Pattern.parse("worker{{.ID}}.tf.local.")
@@ -32,38 +32,11 @@ def identity(node, address="127.0.0.1"):
     return Member(name="", ipv4=(address,), port="53", node=node)
 
 
-class ClaimerTests(unittest.TestCase):
+class ClaimerTests(FakeEtcdCase):
     """
     What the claimer does with what etcd decides, on idetcd.testing's etcd
-    and its clock: time passes only when the test advances it, in steps
-    of a tenth of a second, as it would pass for the claimer's timers.
+    and its clock.
     """
-
-    def setUp(self):
-        self.clock = Clock()
-        self.etcd = FakeEtcd(self.clock)
-        self.addCleanup(self.etcd.close)
-        self.client = self.etcd.client(timeout=2.0)
-        self.addCleanup(self.client.close)
-
-    def advance(self, seconds):
-        for _ in range(round(seconds / 0.1)):
-            self.clock.advance(0.1)
-
-    def settled(self, d, timeout=30.0):
-        """
-        C{d}, once the claimers' timers have run until it fired (at most
-        C{timeout} seconds of the clock).
-        """
-        self.advance_until(lambda: d.called, timeout)
-        return d
-
-    def advance_until(self, predicate, timeout=10.0):
-        for _ in range(round(timeout / 0.1)):
-            if predicate():
-                return
-            self.clock.advance(0.1)
-        self.fail(f"not so after {timeout}s")
 
     def claimer(self, node, limit=5, lease_ttl=3, **kwargs):
         claimer = Claimer(

@@ -6,15 +6,13 @@ its behaviour through etcd's failures on a real one.
 import shutil
 
 from twisted.internet import defer, reactor
-from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.trial import unittest
 
 from idetcd.etcd import prefix_range_end
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry
-from idetcd.testing import FakeEtcd
 from tests.etcdserver import EtcdTestCase, restart
+from tests.memoryetcd import FakeEtcdCase
 from tests.proxy import CuttableProxy
 from tests.test_etcd import wait_for
 
@@ -67,18 +65,15 @@ class RegistryCase:
         return {name: m.ipv4 + m.ipv6 for name, m in registry.members.items()}
 
 
-class RegistryLogicTests(RegistryCase, unittest.TestCase):
+class RegistryLogicTests(RegistryCase, FakeEtcdCase):
     """
     How the registry reads and follows etcd, on idetcd.testing's etcd: its
     watch delivers each change by the time the write returns.
     """
 
     def setUp(self):
-        self.reactor = Clock()
-        self.etcd = FakeEtcd(self.reactor)
-        self.addCleanup(self.etcd.close)
-        self.client = self.etcd.client()
-        self.addCleanup(self.client.close)
+        FakeEtcdCase.setUp(self)
+        self.reactor = self.clock
         self.watch_warnings()
 
     @defer.inlineCallbacks
