@@ -13,8 +13,8 @@ import attr
 from twisted.internet import task
 
 #: etcd's defaults: operations per transaction (C{--max-txn-ops}), and the
-#: smallest TTL it grants (C{minLeaseTTL}: 3 * election timeout / heartbeat,
-#: rounded up, with the default 1 s election timeout and 100 ms heartbeat).
+#: smallest TTL it grants (one and a half election timeouts, rounded up to
+#: a second, with the default 1 s election timeout).
 MAX_TXN_OPS = 128
 MIN_LEASE_TTL = 2
 #: How often etcd tells watchers that asked for it how far they are
@@ -468,7 +468,13 @@ class Store:
         if revision <= self.compact_revision:
             raise _compacted()
         self.compact_revision = revision
-        self._log = [version for version in self._log if version.mod_revision > revision]
+        # What a watch from the compaction revision still hears: the puts
+        # made there (each the newest version of its key), not deletions.
+        self._log = [
+            version
+            for version in self._log
+            if version.mod_revision > revision or (version.mod_revision == revision and version.version)
+        ]
         for key in list(self._history):
             versions = self._history[key]
             keep = bisect.bisect_right([v.mod_revision for v in versions], revision) - 1
