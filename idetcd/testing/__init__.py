@@ -82,8 +82,9 @@ class FakeEtcd:
     @property
     def no_space(self):
         """
-        Whether the NOSPACE alarm is raised: writes are refused with
-        "etcdserver: mvcc: database space exceeded".
+        Whether the NOSPACE alarm is raised: puts, lease grants and
+        transactions with a put are refused with "etcdserver: mvcc:
+        database space exceeded".
         """
         return self._store.no_space
 

@@ -173,8 +173,10 @@ class Store:
     """
     The key space at every revision since the last compaction, its leases
     (timed on C{clock}) and its watchers.  C{no_space} raises etcd's
-    NOSPACE alarm: every write (put, lease grant, a transaction that would
-    write) is refused, reads and keepalives go on.
+    NOSPACE alarm: puts, lease grants and transactions with a put are
+    refused; reads, deletions, keepalives and revocations go on.  (A real
+    etcd whose database file has grown to the quota also refuses the
+    transactions without a put, until it is defragmented.)
     """
 
     clock = attr.ib()
@@ -364,7 +366,7 @@ class Store:
 
     def txn(self, body):
         self._validate_txn(body)
-        if self.no_space and self._txn_writes(body):
+        if self.no_space and self._txn_puts(body):
             raise no_space()
         return self._in_revision(lambda revision: self._txn(body, revision, [False]))
 
@@ -393,13 +395,14 @@ class Store:
             if any(_in_range(key, *deleted) for key in puts for deleted in deletes):
                 raise _error(3, "duplicate key given in txn request")
 
-    def _txn_writes(self, body):
-        for op in [*body.get("success", ()), *body.get("failure", ())]:
-            if "request_put" in op or "request_delete_range" in op:
-                return True
-            if "request_txn" in op and self._txn_writes(op["request_txn"]):
-                return True
-        return False
+    @staticmethod
+    def _txn_puts(body):
+        """
+        Whether etcd's quota counts a cost for the transaction: it has a
+        put in a branch of its own (deletions cost nothing, nor do the
+        operations of a nested transaction).
+        """
+        return any("request_put" in op for op in [*body.get("success", ()), *body.get("failure", ())])
 
     def _compare(self, compare):
         key, end = _selector(compare)
