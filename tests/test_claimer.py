@@ -1,10 +1,11 @@
 """
-The claimer: against a real etcd for what etcd decides, and on a
-L{Clock} with a scripted client for the timing of keepalives.
+The claimer: on idetcd.testing's etcd for what etcd decides, and on a
+L{Clock} with a scripted client for the timing of keepalives.  Races and
+storms against real etcd are in test_claim_race.
 """
 
 import attr
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
@@ -21,8 +22,7 @@ from idetcd.etcd import (
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry
 from idetcd.names._pattern import Pattern
-from tests.etcdserver import EtcdTestCase
-from tests.test_etcd import sleep, wait_for
+from tests.memoryetcd import FakeEtcdCase
 
 PREFIX = b"/idetcd/"
 PATTERN = Pattern.parse("worker{{.ID}}.tf.local.")
@@ -32,11 +32,15 @@ def identity(node, address="127.0.0.1"):
     return Member(name="", ipv4=(address,), port="53", node=node)
 
 
-class ClaimerTests(EtcdTestCase):
+class ClaimerTests(FakeEtcdCase):
+    """
+    What the claimer does with what etcd decides, on idetcd.testing's etcd
+    and its clock.
+    """
 
     def claimer(self, node, limit=5, lease_ttl=3, **kwargs):
         claimer = Claimer(
-            self.client, PATTERN, limit, PREFIX, identity(node), lease_ttl, reactor, **kwargs
+            self.client, PATTERN, limit, PREFIX, identity(node), lease_ttl, self.clock, **kwargs
         )
         claimer.startService()
         self.addCleanup(lambda: claimer.stopService() if claimer.running else None)
@@ -50,14 +54,14 @@ class ClaimerTests(EtcdTestCase):
     @defer.inlineCallbacks
     def test_lowest_free_slot_first(self):
         yield self.client.put(PREFIX + b"worker1.tf.local.", identity("other").to_value())
-        name = yield self.claimer("a").when_claimed()
+        name = yield self.settled(self.claimer("a").when_claimed())
         self.assertEqual(name, "worker2.tf.local.")
         held = yield self.names_in_etcd()
         self.assertEqual(held, {"worker1.tf.local.": "other", "worker2.tf.local.": "a"})
 
     @defer.inlineCallbacks
     def test_value_is_the_original_plugins_shape(self):
-        yield self.claimer("a").when_claimed()
+        yield self.settled(self.claimer("a").when_claimed())
         kvs, _ = yield self.client.range(PREFIX + b"worker1.tf.local.")
         # The original plugin's fields first; it ignores the rest.
         self.assertEqual(
@@ -69,7 +73,7 @@ class ClaimerTests(EtcdTestCase):
     @defer.inlineCallbacks
     def test_simultaneous_claimers_get_distinct_names(self):
         claimers = [self.claimer(f"n{i}", limit=10) for i in range(10)]
-        names = yield defer.gatherResults([c.when_claimed() for c in claimers])
+        names = yield self.settled(defer.gatherResults([c.when_claimed() for c in claimers]))
         self.assertEqual(sorted(names), sorted(PATTERN.render(i) for i in range(1, 11)))
         held = yield self.names_in_etcd()
         self.assertEqual(len(held), 10)
@@ -77,25 +81,25 @@ class ClaimerTests(EtcdTestCase):
     @defer.inlineCallbacks
     def test_full_fails_with_message(self):
         for i in range(2):
-            yield self.claimer(f"n{i}", limit=2).when_claimed()
-        error = yield self.assertFailure(self.claimer("late", limit=2).when_claimed(), SlotsExhausted)
+            yield self.settled(self.claimer(f"n{i}", limit=2).when_claimed())
+        error = yield self.assertFailure(self.settled(self.claimer("late", limit=2).when_claimed()), SlotsExhausted)
         self.assertIn("all 2 slots of pattern 'worker{{.ID}}.tf.local.' are taken", str(error))
 
     @defer.inlineCallbacks
     def test_wait_takes_a_freed_slot(self):
         first = self.claimer("a", limit=1)
-        yield first.when_claimed()
+        yield self.settled(first.when_claimed())
         waiting = self.claimer("b", limit=1, wait=True).when_claimed()
-        yield sleep(0.5)
+        self.advance(0.5)
         self.assertFalse(waiting.called)
         yield first.stopService()
-        name = yield waiting
+        name = yield self.settled(waiting)
         self.assertEqual(name, "worker1.tf.local.")
 
     @defer.inlineCallbacks
     def test_stop_revokes_the_lease(self):
         claimer = self.claimer("a")
-        yield claimer.when_claimed()
+        yield self.settled(claimer.when_claimed())
         yield claimer.stopService()
         held = yield self.names_in_etcd()
         self.assertEqual(held, {})
@@ -103,8 +107,8 @@ class ClaimerTests(EtcdTestCase):
     @defer.inlineCallbacks
     def test_keeps_the_name_past_the_ttl(self):
         claimer = self.claimer("a", lease_ttl=2)
-        name = yield claimer.when_claimed()
-        yield sleep(5)
+        name = yield self.settled(claimer.when_claimed())
+        self.advance(5)
         self.assertEqual(claimer.held_name, name)
         held = yield self.names_in_etcd()
         self.assertEqual(held, {name: "a"})
@@ -118,14 +122,14 @@ class ClaimerTests(EtcdTestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        registry = Registry(self.client, PREFIX, reactor)
+        registry = Registry(self.client, PREFIX, self.clock)
         registry.startService()
         self.addCleanup(registry.stopService)
         claimer = self.claimer("a", lease_ttl=3, registry=registry)
-        yield claimer.when_claimed()
+        yield self.settled(claimer.when_claimed())
         old_lease = claimer.lease
         yield self.client.lease_revoke(old_lease)
-        yield wait_for(lambda: claimer.lease not in (None, old_lease), timeout=10)
+        self.advance_until(lambda: claimer.lease not in (None, old_lease))
         self.assertEqual(claimer.held_name, "worker1.tf.local.")
         lines = [formatEvent(e) for e in events]
         self.assertIn("the claim's lease is gone from etcd (revoked, or expired); claiming with a new one", lines)
@@ -139,14 +143,14 @@ class ClaimerTests(EtcdTestCase):
         An operator deleting the key makes the node claim again, on the same
         lease, which is still alive and now holds nothing.
         """
-        registry = Registry(self.client, PREFIX, reactor)
+        registry = Registry(self.client, PREFIX, self.clock)
         registry.startService()
         self.addCleanup(registry.stopService)
         claimer = self.claimer("a", registry=registry)
-        yield claimer.when_claimed()
+        yield self.settled(claimer.when_claimed())
         lease = claimer.lease
         yield self.client.delete(PREFIX + b"worker1.tf.local.")
-        yield wait_for(lambda: registry.members.get("worker1.tf.local.") is not None)
+        self.advance_until(lambda: registry.members.get("worker1.tf.local.") is not None)
         self.assertEqual(registry.members["worker1.tf.local."].lease, lease)
         self.assertEqual(claimer.held_name, "worker1.tf.local.")
         self.assertEqual(claimer.lease, lease)
@@ -161,7 +165,7 @@ class ClaimerTests(EtcdTestCase):
         lease, _ = yield self.client.lease_grant(60)
         yield self.client.put(PREFIX + b"worker3.tf.local.", identity("a").to_value(), lease=lease)
         claimer = self.claimer("a", preferred="worker3.tf.local.", predecessor_lease=lease)
-        name = yield claimer.when_claimed()
+        name = yield self.settled(claimer.when_claimed())
         self.assertEqual(name, "worker3.tf.local.")
         held = yield self.names_in_etcd()
         self.assertEqual(held, {"worker3.tf.local.": "a"})
@@ -177,7 +181,7 @@ class ClaimerTests(EtcdTestCase):
         lease, _ = yield self.client.lease_grant(3)
         put = yield self.client.put(PREFIX + b"worker3.tf.local.", identity("a").to_value(), lease=lease)
         claimer = self.claimer("a", preferred="worker3.tf.local.")
-        name = yield claimer.when_claimed()
+        name = yield self.settled(claimer.when_claimed())
         self.assertEqual(name, "worker3.tf.local.")
         kvs, _ = yield self.client.range(PREFIX + b"worker3.tf.local.")
         self.assertEqual(kvs[0].lease, claimer.lease)
@@ -191,13 +195,13 @@ class ClaimerTests(EtcdTestCase):
         takes a fresh identity, says so, and claims another slot.
         """
         twin = self.claimer("a", lease_ttl=3)
-        yield twin.when_claimed()
+        yield self.settled(twin.when_claimed())
         fresh = []
         later = self.claimer(
             "a", lease_ttl=3, preferred="worker1.tf.local.",
             predecessor_lease=12345, on_identity=fresh.append,
         )
-        name = yield later.when_claimed()
+        name = yield self.settled(later.when_claimed())
         self.assertEqual(name, "worker2.tf.local.")
         self.assertEqual(len(fresh), 1)
         self.assertNotEqual(fresh[0], "a")
@@ -214,7 +218,7 @@ class ClaimerTests(EtcdTestCase):
         not take a second one.
         """
         lower = self.claimer("low")
-        yield lower.when_claimed()
+        yield self.settled(lower.when_claimed())
         lost = []
         create = self.client.create
 
@@ -228,7 +232,7 @@ class ClaimerTests(EtcdTestCase):
 
         self.client.create = lose_first_reply
         claimer = self.claimer("a")
-        name = yield claimer.when_claimed()
+        name = yield self.settled(claimer.when_claimed())
         self.assertEqual(lost, [PREFIX + b"worker2.tf.local."])
         self.assertEqual(name, "worker2.tf.local.")
         held = yield self.names_in_etcd()
@@ -255,7 +259,7 @@ class ClaimerTests(EtcdTestCase):
 
         self.client.lease_grant = lose_first_reply
         claimer = self.claimer("a")
-        name = yield claimer.when_claimed()
+        name = yield self.settled(claimer.when_claimed())
         self.assertEqual(len(lost), 1)
         self.assertEqual(name, "worker1.tf.local.")
         leases = yield self.client.call("/v3/lease/leases", {})
@@ -264,15 +268,15 @@ class ClaimerTests(EtcdTestCase):
     @defer.inlineCallbacks
     def test_garbage_in_a_slot_counts_as_taken(self):
         yield self.client.put(PREFIX + b"worker1.tf.local.", b"not json")
-        name = yield self.claimer("a").when_claimed()
+        name = yield self.settled(self.claimer("a").when_claimed())
         self.assertEqual(name, "worker2.tf.local.")
 
     @defer.inlineCallbacks
     def test_stop_while_waiting_for_a_slot(self):
-        yield self.claimer("a", limit=1).when_claimed()
+        yield self.settled(self.claimer("a", limit=1).when_claimed())
         waiting = self.claimer("b", limit=1, wait=True)
         d = waiting.when_claimed()
-        yield sleep(0.3)
+        self.advance(0.3)
         yield waiting.stopService()
         yield self.assertFailure(d, defer.CancelledError)
         held = yield self.names_in_etcd()
@@ -280,18 +284,18 @@ class ClaimerTests(EtcdTestCase):
 
     @defer.inlineCallbacks
     def test_empty_prefix_gives_the_original_keys(self):
-        claimer = Claimer(self.client, PATTERN, 5, b"", identity("a"), 3, reactor)
+        claimer = Claimer(self.client, PATTERN, 5, b"", identity("a"), 3, self.clock)
         claimer.startService()
         self.addCleanup(claimer.stopService)
         yield self.client.put(b"unrelated", b"x")
-        name = yield claimer.when_claimed()
+        name = yield self.settled(claimer.when_claimed())
         self.assertEqual(name, "worker1.tf.local.")
         kvs, _ = yield self.client.range(b"worker1.tf.local.")
         self.assertEqual(Member.from_value(name, kvs[0].value).node, "a")
 
     @defer.inlineCallbacks
     def test_preferred_slot_when_free(self):
-        name = yield self.claimer("a", preferred="worker4.tf.local.").when_claimed()
+        name = yield self.settled(self.claimer("a", preferred="worker4.tf.local.").when_claimed())
         self.assertEqual(name, "worker4.tf.local.")
 
 

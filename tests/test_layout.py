@@ -22,6 +22,7 @@ MAY_IMPORT = {
     "common": set(),
     "names": set(),
     "etcd": {"common"},
+    "testing": {"etcd"},
     "config": {"etcd", "names"},
     "members": {"common", "etcd", "names"},
     "claim": {"common", "etcd", "members"},

@@ -1,5 +1,6 @@
 """
-The registry against a real etcd: one read, then a watch.
+The registry: one read, then a watch; its logic on idetcd.testing's etcd,
+its behaviour through etcd's failures on a real one.
 """
 
 import shutil
@@ -10,7 +11,8 @@ from twisted.logger import globalLogPublisher
 from idetcd.etcd import prefix_range_end
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry
-from tests.etcdserver import EtcdTestCase, handled, restart
+from tests.etcdserver import EtcdTestCase, restart
+from tests.memoryetcd import FakeEtcdCase
 from tests.proxy import CuttableProxy
 from tests.test_etcd import wait_for
 
@@ -21,10 +23,13 @@ def value(ipv4="10.0.0.1", ipv6="", node="n"):
     return Member(name="", ipv4=(ipv4,) if ipv4 else (), ipv6=(ipv6,) if ipv6 else (), node=node).to_value()
 
 
-class RegistryTests(EtcdTestCase):
-    @defer.inlineCallbacks
-    def setUp(self):
-        yield EtcdTestCase.setUp(self)
+class RegistryCase:
+    """
+    A registry of C{self.client}'s etcd, timed by C{self.reactor}, and the
+    warnings it logs.
+    """
+
+    def watch_warnings(self):
         self.warnings = []
 
         def observe(event):
@@ -36,7 +41,7 @@ class RegistryTests(EtcdTestCase):
 
     @defer.inlineCallbacks
     def start(self):
-        registry = Registry(self.client, PREFIX, reactor)
+        registry = Registry(self.client, PREFIX, self.reactor)
         self.changes = 0
 
         def changed():
@@ -59,6 +64,18 @@ class RegistryTests(EtcdTestCase):
     def addresses(self, registry):
         return {name: m.ipv4 + m.ipv6 for name, m in registry.members.items()}
 
+
+class RegistryLogicTests(RegistryCase, FakeEtcdCase):
+    """
+    How the registry reads and follows etcd, on idetcd.testing's etcd: its
+    watch delivers each change by the time the write returns.
+    """
+
+    def setUp(self):
+        FakeEtcdCase.setUp(self)
+        self.reactor = self.clock
+        self.watch_warnings()
+
     @defer.inlineCallbacks
     def test_reads_then_follows(self):
         yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
@@ -67,7 +84,7 @@ class RegistryTests(EtcdTestCase):
         yield self.client.put(PREFIX + b"ps1.tf.local.", value("", "fd00::1"))
         yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.9"))
         yield self.client.delete(PREFIX + b"worker1.tf.local.")
-        yield wait_for(lambda: "worker1.tf.local." not in registry.members)
+        self.assertNotIn("worker1.tf.local.", registry.members)
         self.assertEqual(self.addresses(registry), {"ps1.tf.local.": ("fd00::1",)})
         _, revision = yield self.client.range(PREFIX)
         self.assertEqual(registry.revision, revision)
@@ -88,7 +105,7 @@ class RegistryTests(EtcdTestCase):
         """
         yield self.client.put(b"worker1.tf.local.", value("10.0.0.1"))
         yield self.client.put(b"/somebody/else", b"x")
-        registry = Registry(self.client, b"", reactor)
+        registry = Registry(self.client, b"", self.reactor)
         registry.startService()
         self.addCleanup(registry.stopService)
         yield registry.when_ready()
@@ -99,7 +116,7 @@ class RegistryTests(EtcdTestCase):
         for i in range(20):  # other users of the same etcd
             yield self.client.put(b"/somebody/else", b"%d" % i)
         yield self.client.put(b"worker2.tf.local.", value("10.0.0.2"))
-        yield wait_for(lambda: "worker2.tf.local." in registry.members)
+        self.assertIn("worker2.tf.local.", registry.members)
         # Only the member's write moved the zone.
         self.assertEqual(len(changes), 1)
         self.assertGreater(changes[0], revision)
@@ -123,106 +140,18 @@ class RegistryTests(EtcdTestCase):
         # The same garbage written again is not logged again.
         yield self.client.put(PREFIX + b"worker1.tf.local.", b"still not json")
         yield self.client.put(PREFIX + b"worker5.tf.local.", value("10.0.0.5"))
-        yield wait_for(lambda: "worker5.tf.local." in registry.members)
+        self.assertIn("worker5.tf.local.", registry.members)
         self.assertEqual(len(self.warnings), 4)
         # Fixed, it is a member.
         yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
-        yield wait_for(lambda: "worker1.tf.local." in registry.members)
+        self.assertIn("worker1.tf.local.", registry.members)
 
     @defer.inlineCallbacks
     def test_valid_member_turned_garbage_is_dropped(self):
         yield self.client.put(PREFIX + b"worker1.tf.local.", value())
         registry = yield self.start()
         yield self.client.put(PREFIX + b"worker1.tf.local.", b"[]")
-        yield wait_for(lambda: not registry.members)
-
-    @defer.inlineCallbacks
-    def test_keeps_members_while_etcd_is_down_and_catches_up(self):
-        """
-        The registry answers from memory while etcd restarts, and afterwards
-        equals what etcd holds, including changes it missed.  Meanwhile it
-        says since when it has not heard from etcd, and tells when that
-        changes.
-        """
-        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
-        yield self.client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
-        registry = yield self.start()
-        self.assertIsNone(registry.unheard_since)
-        told = []
-        registry.subscribe_contact(lambda: told.append(registry.unheard_since))
-        killed = reactor.seconds()
-        yield self.etcd.kill()
-        yield wait_for(lambda: registry.unheard_since is not None, timeout=15)
-        self.assertGreaterEqual(registry.unheard_since, killed)
-        self.assertEqual(set(registry.members), {"worker1.tf.local.", "worker2.tf.local."})
-        self.etcd.running = 0
-        yield self.etcd.startService()
-        yield self.client.delete(PREFIX + b"worker1.tf.local.")
-        yield self.client.put(PREFIX + b"worker3.tf.local.", value("10.0.0.3"))
-        yield wait_for(lambda: set(registry.members) == {"worker2.tf.local.", "worker3.tf.local."}, timeout=15)
-        view = yield self.etcd_view()
-        self.assertEqual(set(view), set(registry.members))
-        self.assertIsNone(registry.unheard_since)
-        self.assertEqual(len(told), 2)
-        self.assertIsNotNone(told[0])
-        self.assertIsNone(told[1])
-
-    @defer.inlineCallbacks
-    def test_rereads_after_compaction(self):
-        """
-        When the watch cannot resume because etcd compacted what it missed
-        during a partition, the registry reads everything again and ends
-        equal to etcd.
-        """
-        proxy = CuttableProxy(self.etcd.client_port)
-        proxy.start()
-        self.addCleanup(proxy.close)
-        client = self.make_client([proxy.url])
-        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
-        registry = Registry(client, PREFIX, reactor)
-        changes = []
-        registry.subscribe_changes(changes.append)
-        registry.startService()
-        self.addCleanup(registry.stopService)
-        yield registry.when_ready()
-        yield proxy.cut()
-        yield self.client.delete(PREFIX + b"worker1.tf.local.")
-        yield self.client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
-        revision = yield self.client.put(b"/unrelated", b"x")
-        yield self.client.call("/v3/kv/compaction", {"revision": str(revision)})
-        proxy.start()
-        yield wait_for(lambda: set(registry.members) == {"worker2.tf.local."}, timeout=15)
-        self.assertEqual(registry.revision, revision)
-        self.assertTrue(any("compacted" in e.get("why", "") for e in self.warnings))
-        # The second full read reports only what it found changed.
-        self.assertEqual(changes[-1], {"worker1.tf.local.", "worker2.tf.local."})
-
-    @defer.inlineCallbacks
-    def test_rereads_when_etcd_goes_back_in_time(self):
-        """
-        An etcd wiped (or restored from an old snapshot) behind a running
-        registry has lower revisions than the watch resumes from; the
-        registry notices and reads everything again.
-        """
-        for i in range(5):
-            yield self.client.put(PREFIX + f"worker{i}.tf.local.".encode(), value(f"10.0.0.{i}"))
-        registry = yield self.start()
-        self.assertEqual(len(registry.members), 5)
-        before = registry.revision
-        yield self.etcd.kill()
-        shutil.rmtree(self.etcd.data_dir)
-        self.etcd.running = 0
-        yield self.etcd.startService()
-        yield self.client.put(PREFIX + b"fresh.tf.local.", value("10.0.0.99"))
-        yield wait_for(lambda: list(registry.members) == ["fresh.tf.local."], timeout=15)
-        self.assertGreater(registry.revision, before)
-
-    @defer.inlineCallbacks
-    def test_restart_helper_keeps_data(self):
-        yield self.client.put(PREFIX + b"worker1.tf.local.", value())
-        yield restart(self.etcd)
-        view = yield self.etcd_view()
-        self.assertEqual(list(view), ["worker1.tf.local."])
+        self.assertEqual(registry.members, {})
 
     @defer.inlineCallbacks
     def test_change_subscribers_get_the_names(self):
@@ -279,4 +208,106 @@ class RegistryTests(EtcdTestCase):
         )
 
     def range_requests(self):
-        return handled(self.etcd, "Range")
+        return self.etcd.served("/v3/kv/range")
+
+
+class RegistryTests(RegistryCase, EtcdTestCase):
+    """
+    The registry through etcd's failures: restarts, compaction during a
+    partition, a store gone back in time.
+    """
+
+    reactor = reactor
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield EtcdTestCase.setUp(self)
+        self.watch_warnings()
+
+    @defer.inlineCallbacks
+    def test_keeps_members_while_etcd_is_down_and_catches_up(self):
+        """
+        The registry answers from memory while etcd restarts, and afterwards
+        equals what etcd holds, including changes it missed.  Meanwhile it
+        says since when it has not heard from etcd, and tells when that
+        changes.
+        """
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        yield self.client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
+        registry = yield self.start()
+        self.assertIsNone(registry.unheard_since)
+        told = []
+        registry.subscribe_contact(lambda: told.append(registry.unheard_since))
+        killed = reactor.seconds()
+        yield self.etcd.kill()
+        yield wait_for(lambda: registry.unheard_since is not None, timeout=15)
+        self.assertGreaterEqual(registry.unheard_since, killed)
+        self.assertEqual(set(registry.members), {"worker1.tf.local.", "worker2.tf.local."})
+        self.etcd.running = 0
+        yield self.etcd.startService()
+        yield self.client.delete(PREFIX + b"worker1.tf.local.")
+        yield self.client.put(PREFIX + b"worker3.tf.local.", value("10.0.0.3"))
+        yield wait_for(lambda: set(registry.members) == {"worker2.tf.local.", "worker3.tf.local."}, timeout=15)
+        view = yield self.etcd_view()
+        self.assertEqual(set(view), set(registry.members))
+        self.assertIsNone(registry.unheard_since)
+        self.assertEqual(len(told), 2)
+        self.assertIsNotNone(told[0])
+        self.assertIsNone(told[1])
+
+    @defer.inlineCallbacks
+    def test_rereads_after_compaction(self):
+        """
+        When the watch cannot resume because etcd compacted what it missed
+        during a partition, the registry reads everything again and ends
+        equal to etcd.
+        """
+        proxy = CuttableProxy(self.etcd.client_port)
+        proxy.start()
+        self.addCleanup(proxy.close)
+        client = self.make_client([proxy.url])
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value("10.0.0.1"))
+        registry = Registry(client, PREFIX, self.reactor)
+        changes = []
+        registry.subscribe_changes(changes.append)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        yield registry.when_ready()
+        yield proxy.cut()
+        yield self.client.delete(PREFIX + b"worker1.tf.local.")
+        yield self.client.put(PREFIX + b"worker2.tf.local.", value("10.0.0.2"))
+        revision = yield self.client.put(b"/unrelated", b"x")
+        yield self.client.call("/v3/kv/compaction", {"revision": str(revision)})
+        proxy.start()
+        yield wait_for(lambda: set(registry.members) == {"worker2.tf.local."}, timeout=15)
+        self.assertEqual(registry.revision, revision)
+        self.assertTrue(any("compacted" in e.get("why", "") for e in self.warnings))
+        # The second full read reports only what it found changed.
+        self.assertEqual(changes[-1], {"worker1.tf.local.", "worker2.tf.local."})
+
+    @defer.inlineCallbacks
+    def test_rereads_when_etcd_goes_back_in_time(self):
+        """
+        An etcd wiped (or restored from an old snapshot) behind a running
+        registry has lower revisions than the watch resumes from; the
+        registry notices and reads everything again.
+        """
+        for i in range(5):
+            yield self.client.put(PREFIX + f"worker{i}.tf.local.".encode(), value(f"10.0.0.{i}"))
+        registry = yield self.start()
+        self.assertEqual(len(registry.members), 5)
+        before = registry.revision
+        yield self.etcd.kill()
+        shutil.rmtree(self.etcd.data_dir)
+        self.etcd.running = 0
+        yield self.etcd.startService()
+        yield self.client.put(PREFIX + b"fresh.tf.local.", value("10.0.0.99"))
+        yield wait_for(lambda: list(registry.members) == ["fresh.tf.local."], timeout=15)
+        self.assertGreater(registry.revision, before)
+
+    @defer.inlineCallbacks
+    def test_restart_helper_keeps_data(self):
+        yield self.client.put(PREFIX + b"worker1.tf.local.", value())
+        yield restart(self.etcd)
+        view = yield self.etcd_view()
+        self.assertEqual(list(view), ["worker1.tf.local."])

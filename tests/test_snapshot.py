@@ -1,9 +1,10 @@
 """
-Reading a zone's members and their leases, and waiting for members, against
-a real etcd.
+Reading a zone's members and their leases, and waiting for members: on
+idetcd.testing's etcd, but for the lookups of many leases at once, whose
+bound on requests in flight needs replies that take their time.
 """
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 
 from idetcd.etcd import EtcdUnavailable
 from idetcd.members._barrier import when_members
@@ -11,7 +12,8 @@ from idetcd.members._record import Member
 from idetcd.members._registry import QUEUE, Registry
 from idetcd.members._snapshot import lease_times, read_members
 from tests.etcdserver import EtcdTestCase
-from tests.test_etcd import sleep, wait_for
+from tests.memoryetcd import FakeEtcdCase
+from tests.test_etcd import sleep
 
 PREFIX = b"/idetcd/"
 ZONE = "tf.local."
@@ -61,19 +63,6 @@ class SnapshotTests(EtcdTestCase):
         return leases
 
     @defer.inlineCallbacks
-    def test_read_members_of_the_zone(self):
-        yield put_member(self.client, "worker", 1)
-        yield put_member(self.client, "ps", 1)
-        yield put_member(self.client, "worker", 1, zone="other.zone.")
-        yield self.client.put(PREFIX + b"worker2.tf.local.", b"not json")
-        yield self.client.put(PREFIX + QUEUE + b"0123456789abcdef/00000000000000a1", b"")
-        members, revision = yield read_members(self.client, PREFIX, ZONE)
-        self.assertEqual(sorted(members), ["ps1.tf.local.", "worker1.tf.local."])
-        self.assertEqual((members["ps1.tf.local."].role, members["ps1.tf.local."].slot), ("ps", 1))
-        _, now = yield self.client.range(PREFIX)
-        self.assertEqual(revision, now)
-
-    @defer.inlineCallbacks
     def test_lease_times_with_bounded_lookups(self):
         leases = yield self.grant(120)
         yield self.client.lease_revoke(leases[-1])
@@ -96,10 +85,25 @@ class SnapshotTests(EtcdTestCase):
         self.assertEqual(counting.in_flight, 0)
 
 
-class WhenMembersTests(EtcdTestCase):
+class ReadMembersTests(FakeEtcdCase):
+    @defer.inlineCallbacks
+    def test_read_members_of_the_zone(self):
+        yield put_member(self.client, "worker", 1)
+        yield put_member(self.client, "ps", 1)
+        yield put_member(self.client, "worker", 1, zone="other.zone.")
+        yield self.client.put(PREFIX + b"worker2.tf.local.", b"not json")
+        yield self.client.put(PREFIX + QUEUE + b"0123456789abcdef/00000000000000a1", b"")
+        members, revision = yield read_members(self.client, PREFIX, ZONE)
+        self.assertEqual(sorted(members), ["ps1.tf.local.", "worker1.tf.local."])
+        self.assertEqual((members["ps1.tf.local."].role, members["ps1.tf.local."].slot), ("ps", 1))
+        _, now = yield self.client.range(PREFIX)
+        self.assertEqual(revision, now)
+
+
+class WhenMembersTests(FakeEtcdCase):
     @defer.inlineCallbacks
     def test_fires_once_enough_of_the_role_are_in_the_zone(self):
-        registry = Registry(self.client, PREFIX, reactor)
+        registry = Registry(self.client, PREFIX, self.clock)
         self.addCleanup(registry.stopService)
         first = yield put_member(self.client, "worker", 1)
         d = when_members(registry, 2, "worker", ZONE)
@@ -110,7 +114,7 @@ class WhenMembersTests(EtcdTestCase):
         yield put_member(self.client, "ps", 1)
         yield self.client.delete(PREFIX + first.encode())
         yield put_member(self.client, "worker", 2)
-        yield wait_for(lambda: "worker2.tf.local." in registry.members)
+        self.assertIn("worker2.tf.local.", registry.members)
         self.assertFalse(d.called)
         yield put_member(self.client, "worker", 1)
         found = yield d
@@ -120,7 +124,7 @@ class WhenMembersTests(EtcdTestCase):
 
     @defer.inlineCallbacks
     def test_cancel_stops_following(self):
-        registry = Registry(self.client, PREFIX, reactor)
+        registry = Registry(self.client, PREFIX, self.clock)
         self.addCleanup(registry.stopService)
         registry.startService()
         yield registry.when_ready()

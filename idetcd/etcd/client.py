@@ -405,8 +405,10 @@ class EtcdClient:
         """
         body = {"ID": str(lease), "keys": bool(keys)}
         data = yield self.call("/v3/lease/timetolive", body, timeout)
-        ttl = int(data.get("TTL", -1))
-        if ttl < 0:  # 0 is a lease with under a second left
+        # A lease that is gone says TTL -1; one with under a second left
+        # has TTL 0, which the gateway leaves out, as it does every zero.
+        ttl = int(data.get("TTL", 0))
+        if ttl < 0:
             raise LeaseNotFound(_NOT_FOUND, f"lease {lease:x} has expired")
         return LeaseInfo(
             ttl=ttl,

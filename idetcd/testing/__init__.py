@@ -1,0 +1,121 @@
+"""
+An etcd in memory for tests of code that uses idetcd's etcd client, as
+treq's C{StubTreq} is for HTTP: L{FakeEtcd} is etcd's JSON gateway as a
+twisted.web resource, and L{FakeEtcd.client} an L{idetcd.etcd.EtcdClient}
+whose requests reach it through the client's real HTTP stack, with no
+socket and no reactor turn.  Leases run on the clock it is given (a
+L{twisted.internet.task.Clock} in tests): advance it to make them expire.
+
+Its behaviour is etcd 3.5's as the client sees it (revisions, ranges,
+transactions, leases, watches, compaction, auth errors, the NOSPACE
+alarm), checked by a contract suite that runs the same cases against it
+and against real etcd 3.4 and 3.5 (C{tests/test_contract.py}).
+"""
+
+import attr
+
+from idetcd.etcd import EtcdClient
+from idetcd.testing._gateway import VERSION, Gateway
+from idetcd.testing._memory import memory_http_client
+from idetcd.testing._store import MAX_TXN_OPS, MIN_LEASE_TTL, PROGRESS_INTERVAL, Store
+
+
+@attr.s(eq=False)
+class _MemoryClient(EtcdClient):
+    """
+    An L{EtcdClient} whose connections go to C{resource} in memory.
+    """
+
+    resource = attr.ib(kw_only=True)
+
+    def __attrs_post_init__(self):
+        EtcdClient.__attrs_post_init__(self)
+        # The one difference from a client of a real etcd: the HTTP client
+        # under it, which the client builds for itself.
+        self._pool, self._http = memory_http_client(self.resource)
+
+
+@attr.s(eq=False)
+class FakeEtcd:
+    """
+    One etcd member in memory, timed by C{clock} (an C{IReactorTime}),
+    telling watchers that ask for it their progress every
+    C{progress_interval} seconds, as etcd does every 10 minutes by default.
+
+    Tests switch its failures on and off: L{enable_auth} and
+    L{expire_tokens} for users and tokens, C{no_space} for the NOSPACE
+    alarm; L{compact} compacts its history as C{etcdctl compact} does.
+    """
+
+    clock = attr.ib()
+    progress_interval = attr.ib(default=PROGRESS_INTERVAL, kw_only=True)
+    _store = attr.ib(init=False)
+    resource = attr.ib(init=False)
+
+    def __attrs_post_init__(self):
+        self._store = Store(self.clock, self.progress_interval)
+        self.resource = Gateway(self._store)
+
+    def client(self, endpoints=("http://etcd.invalid:2379",), **kwargs):
+        """
+        An L{EtcdClient} of this etcd, on the fake's clock; C{kwargs} go to
+        L{EtcdClient} (C{timeout}, C{credentials}, C{on_call}).  Every
+        endpoint reaches this etcd.
+        """
+        return _MemoryClient(list(endpoints), self.clock, resource=self.resource, **kwargs)
+
+    @property
+    def revision(self):
+        """
+        The store's revision.
+        """
+        return self._store.revision
+
+    def served(self, path):
+        """
+        How many requests for C{path} (such as C{"/v3/kv/range"}) it has
+        answered: what a change costs etcd, whatever the client believes
+        it sent.
+        """
+        return self.resource.served[path.encode("ascii")]
+
+    @property
+    def no_space(self):
+        """
+        Whether the NOSPACE alarm is raised: puts, lease grants and
+        transactions with a put are refused with "etcdserver: mvcc:
+        database space exceeded".
+        """
+        return self._store.no_space
+
+    @no_space.setter
+    def no_space(self, raised):
+        self._store.no_space = raised
+
+    def compact(self, revision):
+        """
+        Forget the history before C{revision}.
+        """
+        self._store.compact(revision)
+
+    def enable_auth(self, users):
+        """
+        Turn authentication on, for C{users} (names to passwords).
+        """
+        self.resource.enable_auth(users)
+
+    def expire_tokens(self):
+        """
+        Forget every token handed out, as etcd does after
+        C{--auth-token-ttl} idle seconds or a restart.
+        """
+        self.resource.expire_tokens()
+
+    def close(self):
+        """
+        Stop the fake's timers (lease expiries, progress notifications).
+        """
+        self._store.close()
+
+
+__all__ = ["FakeEtcd", "MAX_TXN_OPS", "MIN_LEASE_TTL", "PROGRESS_INTERVAL", "VERSION"]

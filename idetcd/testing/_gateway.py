@@ -1,0 +1,182 @@
+"""
+etcd's gRPC JSON gateway as a twisted.web resource over a L{Store}: the
+paths, the error objects with their HTTP statuses, the header every reply
+carries, users and tokens, and the watch stream, as etcd 3.5 sends them.
+"""
+
+import collections
+import json
+import secrets
+
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from idetcd.testing._store import GatewayError
+
+#: What the fake says it is, on C{/version} and C{/v3/maintenance/status}.
+VERSION = "3.5.1"
+_CLUSTER_ID = "7801232528081817440"
+_MEMBER_ID = "13458989633860879742"
+_RAFT_TERM = "2"
+
+
+def _filled(header):
+    """
+    A reply's header as the gateway sends it: the member's identity
+    around the revision (none in a watch's cancellation).
+    """
+    filled = {"cluster_id": _CLUSTER_ID, "member_id": _MEMBER_ID}
+    if "revision" in header:
+        filled["revision"] = header["revision"]
+    filled["raft_term"] = _RAFT_TERM
+    return filled
+
+
+def _error_body(error):
+    return {"error": error.message, "code": error.code, "message": error.message}
+
+
+class Gateway(Resource):
+    """
+    The JSON gateway of one etcd member holding C{store}.  C{users} maps
+    user names to passwords once L{enable_auth} turned authentication on.
+    """
+
+    isLeaf = True
+
+    def __init__(self, store):
+        super().__init__()
+        self.store = store
+        self.users = None
+        #: How many requests of each path (bytes) it answered, as etcd's
+        #: own metrics count them.
+        self.served = collections.Counter()
+        self._tokens = {}
+        self._routes = {
+            b"/v3/kv/range": store.range,
+            b"/v3/kv/put": store.put,
+            b"/v3/kv/deleterange": store.delete_range,
+            b"/v3/kv/txn": store.txn,
+            b"/v3/kv/compaction": lambda body: store.compact(int(body.get("revision") or 0)),
+            b"/v3/lease/grant": store.grant,
+            b"/v3/lease/revoke": store.revoke,
+            b"/v3/kv/lease/revoke": store.revoke,
+            b"/v3/lease/keepalive": store.keepalive,
+            b"/v3/lease/timetolive": store.time_to_live,
+            b"/v3/kv/lease/timetolive": store.time_to_live,
+            b"/v3/lease/leases": lambda body: store.leases(),
+            b"/v3/maintenance/status": self._status,
+        }
+
+    # Users and tokens.
+
+    def enable_auth(self, users):
+        self.users = dict(users)
+
+    def expire_tokens(self):
+        self._tokens.clear()
+
+    def _authenticate(self, body):
+        if self.users is None:
+            raise GatewayError(9, "etcdserver: authentication is not enabled", 400)
+        name = body.get("name") or ""
+        if self.users.get(name) != body.get("password") or not name:
+            raise GatewayError(3, "etcdserver: authentication failed, invalid user ID or password", 400)
+        token = f"{secrets.token_hex(8)}.{len(self._tokens) + 1}"
+        self._tokens[token] = name
+        return {"header": {"revision": str(self.store.revision)}, "token": token}
+
+    def _check_token(self, request):
+        if self.users is None:
+            return
+        token = (request.getHeader(b"authorization") or b"").decode("ascii", "replace")
+        if not token:
+            raise GatewayError(3, "etcdserver: user name is empty", 400)
+        if token not in self._tokens:
+            raise GatewayError(16, "etcdserver: invalid auth token", 401)
+
+    def _status(self, body):
+        return {
+            "header": {"revision": str(self.store.revision)},
+            "version": VERSION,
+            "leader": _MEMBER_ID,
+            "raftTerm": _RAFT_TERM,
+        }
+
+    # HTTP.
+
+    def render(self, request):
+        self.served[request.path] += 1
+        return super().render(request)
+
+    def render_GET(self, request):
+        if request.path == b"/version":
+            return self._json(request, 200, {"etcdserver": VERSION, "etcdcluster": "3.5.0"})
+        if request.path == b"/health":
+            return self._json(request, 200, {"health": "true", "reason": ""})
+        return self._not_found(request)
+
+    def render_POST(self, request):
+        try:
+            body = json.loads(request.content.read() or b"{}")
+        except ValueError:
+            return self._json(request, 400, {"error": "bad JSON", "code": 3, "message": "bad JSON"})
+        if request.path == b"/v3/watch":
+            return self._watch(request, body.get("create_request") or {})
+        if request.path == b"/v3/auth/authenticate":
+            route = self._authenticate
+        elif request.path in self._routes:
+            route = self._routes[request.path]
+        else:
+            return self._not_found(request)
+        try:
+            if route != self._authenticate:
+                self._check_token(request)
+            reply = route(body)
+        except GatewayError as e:
+            return self._json(request, e.status, _error_body(e))
+        # A keepalive's reply is wrapped, as a stream's results are.
+        inner = reply.get("result", reply)
+        inner["header"] = _filled(inner["header"])
+        return self._json(request, 200, reply)
+
+    @staticmethod
+    def _not_found(request):
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"404 page not found\n"
+
+    @staticmethod
+    def _json(request, code, body):
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+    def _watch(self, request, create):
+        """
+        A watch stream: one JSON result per line, for as long as the
+        client keeps the connection.
+        """
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+
+        def send(result):
+            result = {**result, "header": _filled(result["header"])}
+            request.write(json.dumps({"result": result}, separators=(",", ":")).encode("utf-8") + b"\n")
+
+        try:
+            self._check_token(request)
+        except GatewayError:
+            send(
+                {
+                    "header": {"revision": str(self.store.revision)},
+                    "created": True,
+                    "canceled": True,
+                    "cancel_reason": "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+                }
+            )
+            return NOT_DONE_YET
+        cancel = self.store.watch(create, send)
+        request.notifyFinish().addBoth(lambda _: cancel())
+        return NOT_DONE_YET
+
