@@ -10,7 +10,7 @@ import attr
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.etcd import EtcdClient, EtcdError, _b64, prefix_range_end
+from idetcd.etcd import EtcdClient, EtcdError, b64_text, prefix_range_end
 from idetcd.etcd.auth import Credentials
 from idetcd.etcd.tls import TlsSettings
 from idetcd.node._embedded import EtcdProcess, free_ports
@@ -241,7 +241,7 @@ def enable_auth(etcd, user, password, prefix=b"/idetcd/", read_only=b"/read-only
     role = f"{user}-role"
 
     def grant(granted, permission):
-        perm = {"key": _b64(granted), "range_end": _b64(prefix_range_end(granted)), "permType": permission}
+        perm = {"key": b64_text(granted), "range_end": b64_text(prefix_range_end(granted)), "permType": permission}
         return ("/v3/auth/role/grant", {"name": role, "perm": perm})
 
     try:

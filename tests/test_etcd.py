@@ -17,7 +17,7 @@ from idetcd.etcd import (
     EtcdClient,
     EtcdUnavailable,
     LeaseNotFound,
-    _WatchStream,
+    WatchStream,
     describe,
     prefix_range_end,
 )
@@ -80,7 +80,7 @@ class WatchStreamTests(unittest.TestCase):
 
     def test_lines_split_across_reads(self):
         lines = []
-        stream = _WatchStream(lines.append)
+        stream = WatchStream(lines.append)
         stream.makeConnection(object())
         one = json.dumps({"result": {"events": []}}).encode()
         two = json.dumps({"result": {"events": [{"type": "DELETE"}]}}).encode()
