@@ -33,6 +33,7 @@ def identity(node, address="127.0.0.1"):
 
 
 class ClaimerTests(EtcdTestCase):
+    share_etcd = True
 
     def claimer(self, node, limit=5, lease_ttl=3, **kwargs):
         claimer = Claimer(

@@ -10,7 +10,7 @@ from twisted.logger import globalLogPublisher
 from idetcd.etcd import prefix_range_end
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry
-from tests.etcdserver import EtcdTestCase, handled, restart
+from tests.etcdserver import EtcdTestCase, handled, own_etcd, restart
 from tests.proxy import CuttableProxy
 from tests.test_etcd import wait_for
 
@@ -22,6 +22,8 @@ def value(ipv4="10.0.0.1", ipv6="", node="n"):
 
 
 class RegistryTests(EtcdTestCase):
+    share_etcd = True
+
     @defer.inlineCallbacks
     def setUp(self):
         yield EtcdTestCase.setUp(self)
@@ -136,6 +138,7 @@ class RegistryTests(EtcdTestCase):
         yield self.client.put(PREFIX + b"worker1.tf.local.", b"[]")
         yield wait_for(lambda: not registry.members)
 
+    @own_etcd
     @defer.inlineCallbacks
     def test_keeps_members_while_etcd_is_down_and_catches_up(self):
         """
@@ -197,6 +200,7 @@ class RegistryTests(EtcdTestCase):
         # The second full read reports only what it found changed.
         self.assertEqual(changes[-1], {"worker1.tf.local.", "worker2.tf.local."})
 
+    @own_etcd
     @defer.inlineCallbacks
     def test_rereads_when_etcd_goes_back_in_time(self):
         """
@@ -217,6 +221,7 @@ class RegistryTests(EtcdTestCase):
         yield wait_for(lambda: list(registry.members) == ["fresh.tf.local."], timeout=15)
         self.assertGreater(registry.revision, before)
 
+    @own_etcd
     @defer.inlineCallbacks
     def test_restart_helper_keeps_data(self):
         yield self.client.put(PREFIX + b"worker1.tf.local.", value())
