@@ -4,6 +4,7 @@ upstream DNS servers (a small twisted.names authority, and raw sockets
 for the misbehaving ones), asked by real clients.
 """
 
+import errno
 import ipaddress
 import os
 import socket
@@ -118,15 +119,25 @@ def dead_upstream(case):
     A loopback port whose UDP socket never answers and whose TCP listener
     never accepts: its number.
     """
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    case.addCleanup(udp.close)
-    udp.bind((HOST, 0))
-    port = udp.getsockname()[1]
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    case.addCleanup(tcp.close)
-    tcp.bind((HOST, port))
-    tcp.listen(100)
-    return port
+    for _ in range(20):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((HOST, 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # The TCP port of that number may be someone else's already.
+            tcp.bind((HOST, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            udp.close()
+            tcp.close()
+            continue
+        case.addCleanup(udp.close)
+        case.addCleanup(tcp.close)
+        tcp.listen(100)
+        return port
+    raise RuntimeError("no free port for both UDP and TCP")
 
 
 def closed_port():
