@@ -3,14 +3,16 @@ Real etcd servers for tests: private, on loopback, on free ports, with their
 data in the test's temporary directory.
 """
 
+import atexit
 import os
 import signal
+import tempfile
 
 import attr
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.etcd import EtcdClient, EtcdError, _b64, prefix_range_end
+from idetcd.etcd import EtcdClient, EtcdError, LeaseNotFound, b64_text, prefix_range_end
 from idetcd.etcd.auth import Credentials
 from idetcd.etcd.tls import TlsSettings
 from idetcd.node._embedded import EtcdProcess, free_ports
@@ -241,7 +243,7 @@ def enable_auth(etcd, user, password, prefix=b"/idetcd/", read_only=b"/read-only
     role = f"{user}-role"
 
     def grant(granted, permission):
-        perm = {"key": _b64(granted), "range_end": _b64(prefix_range_end(granted)), "permType": permission}
+        perm = {"key": b64_text(granted), "range_end": b64_text(prefix_range_end(granted)), "permType": permission}
         return ("/v3/auth/role/grant", {"name": role, "perm": perm})
 
     try:
@@ -277,16 +279,114 @@ def restart(etcd, sig=signal.SIGTERM):
     yield etcd.startService()
 
 
+@attr.s(eq=False)
+class _OutlivingEtcd(ExtraArgsEtcd):
+    """
+    A member that can outlive the test that started it: after each test
+    trial takes every pipe out of the reactor and kills the processes
+    behind them, so this member writes its output to a file beside its
+    data instead, read back when it ends for the error a failed start
+    reports.
+    """
+
+    def _spawn(self):
+        path = self.data_dir + ".log"
+        with open(path, "ab") as output:
+            healthy = ExtraArgsEtcd._spawn(self, child_fds={1: output.fileno(), 2: output.fileno()})
+        said = self._protocol
+
+        def read_back(result):
+            with open(path, "rb") as output:
+                output.seek(max(0, os.path.getsize(path) - 65536))
+                said.errReceived(output.read())
+            return result
+
+        said.ended.addBoth(read_back)
+        return healthy
+
+    @property
+    def alive(self):
+        return self._protocol is not None and not self._protocol.ended.called
+
+    def terminate(self):
+        """
+        Ask it to end, without waiting (the process is ending).
+        """
+        if self.alive:
+            os.kill(self._process.pid, signal.SIGTERM)
+
+
+#: The etcd each class of L{EtcdTestCase} with C{share_etcd} has now, by
+#: class; one at a time.
+_SHARED = {}
+atexit.register(lambda: [etcd.terminate() for etcd in _SHARED.values()])
+
+
+@defer.inlineCallbacks
+def shared_etcd(case):
+    """
+    The etcd that the tests of C{case}'s class share, started for the first
+    of them (and again should it die), and emptied for each: no key, no
+    lease.  The previous class's stops when the next class starts its own.
+    """
+    cls = type(case)
+    etcd = _SHARED.get(cls)
+    if etcd is None or not etcd.alive:
+        for other in list(_SHARED):
+            yield _SHARED.pop(other).stopService()
+        etcd = _OutlivingEtcd(reactor, tempfile.mkdtemp(prefix=f"etcd-{cls.__name__}-", dir=os.getcwd()))
+        _SHARED[cls] = etcd
+        yield etcd.startService()
+    yield empty(etcd)
+    return etcd
+
+
+@defer.inlineCallbacks
+def empty(etcd):
+    """
+    Revoke every lease in C{etcd} and delete every key.
+    """
+    client = etcd.make_client()
+    try:
+        leases = yield client.call("/v3/lease/leases", {})
+        for lease in leases.get("leases", []):
+            try:
+                yield client.call("/v3/lease/revoke", {"ID": lease["ID"]})
+            except LeaseNotFound:
+                pass  # expired meanwhile
+        yield client.call("/v3/kv/deleterange", {"key": b64_text(b"\0"), "range_end": b64_text(b"\0")})
+    finally:
+        yield client.close()
+
+
+def own_etcd(test):
+    """
+    Mark C{test}, in a class with C{share_etcd}, as one that needs an etcd
+    of its own: it stops, restarts or wipes it.
+    """
+    test.own_etcd = True
+    return test
+
+
 class EtcdTestCase(unittest.TestCase):
     """
-    A test with an etcd server of its own, C{etcd}, and a client to it.
+    A test with an etcd server, C{etcd}, and a client to it.  The server
+    is the test's own, or with C{share_etcd} the one its class shares (see
+    L{shared_etcd}), emptied for it: as good as new but for its revision
+    numbers, and half a second sooner.  Tests marked L{own_etcd} still get
+    their own.
     """
 
     timeout = 60
+    share_etcd = False
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.etcd = yield start_etcd(self)
+        test = getattr(self, self.id().rsplit(".", 1)[-1])
+        if self.share_etcd and not getattr(test, "own_etcd", False):
+            self.etcd = yield shared_etcd(self)
+        else:
+            self.etcd = yield start_etcd(self)
         self.client = self.make_client([self.etcd.client_url])
 
     def make_client(self, endpoints):

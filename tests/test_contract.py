@@ -26,7 +26,7 @@ from idetcd.etcd import (
     LeaseExists,
     LeaseNotFound,
     NoSpace,
-    _WatchStream,
+    WatchStream,
     prefix_range_end,
 )
 from idetcd.testing import MAX_TXN_OPS, MIN_LEASE_TTL, FakeEtcd
@@ -102,8 +102,8 @@ class ContractTests:
         def line(data):
             results.append(json.loads(data)["result"])
 
-        stream = _WatchStream(line)
-        yield self.client._open_watch_stream(0, {"create_request": create_request}, stream)
+        stream = WatchStream(line)
+        yield self.client.open_watch_stream(0, {"create_request": create_request}, stream)
         self.addCleanup(stream.stop)
         return results
 

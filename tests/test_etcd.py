@@ -17,13 +17,13 @@ from idetcd.etcd import (
     EtcdClient,
     EtcdUnavailable,
     LeaseNotFound,
-    _WatchStream,
+    WatchStream,
     describe,
     prefix_range_end,
 )
 from idetcd.etcd.connections import request_url
 from idetcd.node._embedded import free_port
-from tests.etcdserver import EtcdTestCase, restart
+from tests.etcdserver import EtcdTestCase, own_etcd, restart
 
 PREFIX = b"/idetcd/"
 
@@ -80,7 +80,7 @@ class WatchStreamTests(unittest.TestCase):
 
     def test_lines_split_across_reads(self):
         lines = []
-        stream = _WatchStream(lines.append)
+        stream = WatchStream(lines.append)
         stream.makeConnection(object())
         one = json.dumps({"result": {"events": []}}).encode()
         two = json.dumps({"result": {"events": [{"type": "DELETE"}]}}).encode()
@@ -91,6 +91,7 @@ class WatchStreamTests(unittest.TestCase):
 
 
 class EtcdClientTests(EtcdTestCase):
+    share_etcd = True
 
     @defer.inlineCallbacks
     def test_put_and_range(self):
@@ -173,6 +174,7 @@ class EtcdClientTests(EtcdTestCase):
         self.assertEqual([(e.deleted, e.kv.key, e.kv.value) for e in seen],
                          [(False, PREFIX + b"a", b"1"), (True, PREFIX + b"a", b"")])
 
+    @own_etcd
     @defer.inlineCallbacks
     def test_watch_resumes_after_etcd_restart(self):
         """

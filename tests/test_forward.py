@@ -4,6 +4,7 @@ upstream DNS servers (a small twisted.names authority, and raw sockets
 for the misbehaving ones), asked by real clients.
 """
 
+import errno
 import ipaddress
 import os
 import socket
@@ -126,8 +127,11 @@ def dead_upstream(case):
         port = udp.getsockname()[1]
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
+            # The TCP port of that number may be someone else's already.
             tcp.bind((HOST, port))
-        except OSError:
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
             udp.close()
             tcp.close()
             continue

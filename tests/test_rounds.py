@@ -533,6 +533,10 @@ class EmbeddedRoundTests(unittest.TestCase):
 
         # A member leaves: the next round, and the running job hears of it.
         yield second.stopService()
+        # The round is agreed on what the first node has heard: wait until
+        # it has heard of the second one's leaving (under load the watch
+        # can deliver the deletion after the stop has returned).
+        yield wait_for(lambda: "worker2.tf.local." not in first.members)
         again = yield first.when_round(1, 2, settle=0)
         self.assertEqual((again.number, [m.name for m in again.members]), (2, ["worker1.tf.local."]))
         yield wait_for(lambda: len(heard) == 2)

@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from idetcd import IdetcdService
-from idetcd.etcd import EtcdClient, _b64
+from idetcd.etcd import EtcdClient, b64_text
 from idetcd.members._record import Member
 from tests.etcdserver import start_etcd
 from tests.test_etcd import sleep
@@ -57,8 +57,8 @@ def write_members(client, prefix, count, parallel=4, member=plain_member):
         puts = [
             {
                 "request_put": {
-                    "key": _b64(prefix + f"worker{index}.tf.local.".encode()),
-                    "value": _b64(member(index).to_value()),
+                    "key": b64_text(prefix + f"worker{index}.tf.local.".encode()),
+                    "value": b64_text(member(index).to_value()),
                 }
             }
             for index in range(start, min(start + TXN_OPS, count + 1))

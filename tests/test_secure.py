@@ -482,7 +482,7 @@ class EndpointCheckTests(OneLineErrors, unittest.TestCase):
         tls = TlsSettings(ca=certs.ca)
         for interface, host in [("127.0.0.1", "localhost"), ("127.0.0.1", "127.0.0.1")]:
             url = serve(self, {b"/version": VERSION_35}, interface, certs).replace(interface, host)
-            code, data = yield self.client(url, tls=tls)._get_once(0, "/version")
+            code, data = yield self.client(url, tls=tls).get_once(0, "/version")
             self.assertEqual((code, data["etcdserver"]), (200, "3.5.1"))
         url = serve(self, {b"/version": VERSION_35}, "127.0.0.2", certs)
         error = yield self.assertFailure(self.client(url, tls=tls).check(PREFIX), TlsFailed)
@@ -511,7 +511,7 @@ class _Unreachable:
         self.reactor = Clock()
         self.up = False
 
-    def _get_once(self, index, path):
+    def get_once(self, index, path):
         if not self.up:
             return defer.fail(ConnectionRefusedError())
         return defer.succeed(VERSION_35[:1] + (json.loads(VERSION_35[2]),))

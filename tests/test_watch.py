@@ -69,7 +69,7 @@ class FakeClient:
 
     endpoints = attr.ib()
     reactor = attr.ib(factory=Clock)
-    _current = attr.ib(default=0)
+    current_index = attr.ib(default=0)
     opened = attr.ib(factory=list)
     #: With credentials, the tokens a watch said etcd refused.
     credentials = attr.ib(default=False)
@@ -77,17 +77,17 @@ class FakeClient:
 
     @property
     def endpoint(self):
-        return self.endpoints[self._current]
+        return self.endpoints[self.current_index]
 
-    def _next_endpoint(self, failed_index):
-        if self._current == failed_index:
-            self._current = (failed_index + 1) % len(self.endpoints)
+    def next_endpoint(self, failed_index):
+        if self.current_index == failed_index:
+            self.current_index = (failed_index + 1) % len(self.endpoints)
 
     def forget_token(self, token):
         self.forgotten.append(token)
         return self.credentials
 
-    def _open_watch_stream(self, index, body, protocol):
+    def open_watch_stream(self, index, body, protocol):
         protocol.token = f"token{len(self.opened)}"
         protocol.makeConnection(FakeTransport())
         # The first revision the watch wants: it asks etcd from the one

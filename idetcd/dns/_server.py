@@ -11,6 +11,7 @@ until the next change.
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import ipaddress
 import socket
@@ -51,6 +52,10 @@ TCP_BACKLOG = 511
 # All TCP connections together answer at most TCP_TURN queries per turn,
 # taking turns in order, so many connections cannot crowd UDP out.
 UDP_BATCH = 128
+# A read that finds nothing (or was interrupted), and the refusal a UDP
+# socket reports for an earlier send: the errors udp.Port.doRead stops
+# reading on without raising (Twisted keeps its list private).
+_UDP_READ_DONE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED)
 TCP_BATCH = 16
 TCP_TURN = 128
 # A TCP connection reads at most this much at once, and stops being read
@@ -465,7 +470,7 @@ class _UDPPort(udp.Port):
                 try:
                     data, ancillary, flags, address = receive(self.maxPacketSize, space)
                 except OSError as e:
-                    if e.args[0] in udp._sockErrReadIgnore + udp._sockErrReadRefuse:
+                    if e.errno in _UDP_READ_DONE:
                         return
                     raise
                 try:

@@ -34,10 +34,10 @@ from idetcd.etcd.values import (
     KeyValue,
     LeaseInfo,
     TxnResult,
-    _b64,
+    b64_text,
     prefix_range_end,
 )
-from idetcd.etcd.watch import MAX_WATCH_LINE, Watch, _WatchStream
+from idetcd.etcd.watch import MAX_WATCH_LINE, Watch, WatchStream
 
 __all__ = [
     "AuthenticationFailed",
@@ -65,8 +65,8 @@ __all__ = [
     "TlsSettings",
     "TxnResult",
     "Watch",
-    "_WatchStream",
-    "_b64",
+    "WatchStream",
+    "b64_text",
     "describe",
     "prefix_range_end",
 ]

@@ -112,7 +112,7 @@ def authenticate(client, credentials):
     """
     body = {"name": credentials.user, "password": credentials.password}
     try:
-        data = yield client._call("/v3/auth/authenticate", body, None, None)
+        data = yield client.call_with_token("/v3/auth/authenticate", body, None, None)
     except EtcdError as e:
         if "authentication is not enabled" in e.message:
             log.info(

@@ -32,7 +32,7 @@ from idetcd.etcd.errors import (
 )
 from idetcd.etcd.replies import EXPECTED
 from idetcd.etcd.scheme import check_scheme
-from idetcd.etcd.values import _b64
+from idetcd.etcd.values import b64_text
 
 log = Logger()
 
@@ -56,7 +56,7 @@ def server_version(client, index):
     L{NotEtcdGateway} or L{EtcdTooOld} when it is not one idetcd can use.
     """
     endpoint = client.endpoints[index]
-    code, data = yield client._get_once(index, "/version")
+    code, data = yield client.get_once(index, "/version")
     server = data.get("etcdserver") if isinstance(data, dict) else None
     if code != 200 or parse_version(server) is None:
         raise NotEtcdGateway(
@@ -142,7 +142,7 @@ def _write_probe(prefix):
     permission of every operation in it before it compares, and the
     comparison (a version below 0) never holds.
     """
-    key = _b64(prefix)
+    key = b64_text(prefix)
     return {
         "compare": [{"key": key, "target": "VERSION", "result": "LESS", "version": "0"}],
         "success": [{"request_put": {"key": key, "value": ""}}],

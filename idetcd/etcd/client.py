@@ -26,7 +26,7 @@ from idetcd.etcd.errors import (
     describe,
 )
 from idetcd.etcd.replies import connection_error, json_reply
-from idetcd.etcd.values import KeyValue, LeaseInfo, TxnResult, _b64, _range_body
+from idetcd.etcd.values import KeyValue, LeaseInfo, TxnResult, _range_body, b64_text
 from idetcd.etcd.watch import Watch
 
 #: etcd's gRPC codes that say "this member cannot serve now, another may".
@@ -78,7 +78,8 @@ class EtcdClient:
     credentials = attr.ib(default=None)
     on_call = attr.ib(default=None, kw_only=True)
     _auth = attr.ib(default=None, init=False)
-    _current = attr.ib(default=0, init=False)
+    #: The index in C{endpoints} of the endpoint requests go to now.
+    current_index = attr.ib(default=0, init=False)
     _pool = attr.ib(default=None, init=False)
     _http = attr.ib(default=None, init=False)
     _pending = attr.ib(factory=set, init=False)
@@ -95,12 +96,15 @@ class EtcdClient:
         """
         The endpoint requests go to now.
         """
-        return self.endpoints[self._current]
+        return self.endpoints[self.current_index]
 
-    def _next_endpoint(self, failed_index):
-        # Only move on if nobody else moved on in the meantime.
-        if self._current == failed_index:
-            self._current = (failed_index + 1) % len(self.endpoints)
+    def next_endpoint(self, failed_index):
+        """
+        Endpoint C{failed_index} failed: move on to the next one, unless
+        someone else moved on in the meantime.
+        """
+        if self.current_index == failed_index:
+            self.current_index = (failed_index + 1) % len(self.endpoints)
 
     def _track(self, d):
         self._pending.add(d)
@@ -125,7 +129,7 @@ class EtcdClient:
         d.addErrback(lambda failure: Failure(connection_error(endpoint, failure)))
         return self._track(d)
 
-    def _get_once(self, index, path):
+    def get_once(self, index, path):
         """
         GET C{path} from endpoint C{index}: the status and the JSON reply.
         C{on_call} hears of it as of any call: the start-up check's first
@@ -191,7 +195,7 @@ class EtcdClient:
         each try bounded by C{timeout} (default: the client's).  A request
         whose token etcd refused is sent again, once, with a new token.
         """
-        d = self._call_with_token(path, body, timeout)
+        d = self._call_authenticated(path, body, timeout)
         if self.on_call is not None:
             d.addBoth(self._observed, path)
         return d
@@ -201,25 +205,30 @@ class EtcdClient:
         return result
 
     @defer.inlineCallbacks
-    def _call_with_token(self, path, body, timeout):
+    def _call_authenticated(self, path, body, timeout):
         if self._auth is None:
-            return (yield self._call(path, body, timeout, None))
+            return (yield self.call_with_token(path, body, timeout, None))
         token = yield self._auth.token()
         try:
-            return (yield self._call(path, body, timeout, token))
+            return (yield self.call_with_token(path, body, timeout, token))
         except TokenRefused:
             self._auth.forget(token)
         token = yield self._auth.token()
-        return (yield self._call(path, body, timeout, token))
+        return (yield self.call_with_token(path, body, timeout, token))
 
     @defer.inlineCallbacks
-    def _call(self, path, body, timeout, token):
+    def call_with_token(self, path, body, timeout, token):
+        """
+        L{call} with C{token} (or none), as it is: each endpoint tried once,
+        no new token traded when etcd refuses it (authenticating is such
+        a call).
+        """
         errors = []
         setup_error = None
         for _ in range(len(self.endpoints)):
             if self._closed:
                 raise defer.CancelledError()
-            index = self._current
+            index = self.current_index
             try:
                 code, data = yield self._post_once(index, path, body, timeout, token)
             except defer.CancelledError:
@@ -232,7 +241,7 @@ class EtcdClient:
                     errors.append(str(e))
                 else:
                     errors.append(f"{self.endpoints[index]}: {describe(e)}")
-                self._next_endpoint(index)
+                self.next_endpoint(index)
                 continue
             if not isinstance(data, dict):
                 raise EtcdError(-1, f"unexpected reply from {self.endpoints[index]}")
@@ -241,7 +250,7 @@ class EtcdClient:
                 message = data.get("message") or data.get("error") or f"HTTP {code}"
                 if error_code in _UNAVAILABLE_CODES or code >= 500:
                     errors.append(f"{self.endpoints[index]}: {message}")
-                    self._next_endpoint(index)
+                    self.next_endpoint(index)
                     continue
                 if error_code == _NOT_FOUND and "lease" in message:
                     raise LeaseNotFound(error_code, message)
@@ -263,7 +272,7 @@ class EtcdClient:
         """
         Whether the current endpoint says it is healthy; never fails.
         """
-        d = self._get_once(self._current, "/health")
+        d = self.get_once(self.current_index, "/health")
         d.addCallbacks(
             lambda reply: isinstance(reply[1], dict) and reply[1].get("health") == "true",
             lambda failure: False,
@@ -314,7 +323,7 @@ class EtcdClient:
             body.setdefault("revision", data["header"]["revision"])
             if not (data.get("more") and found):
                 return kvs, int(body["revision"])
-            body["key"] = _b64(found[-1].key + b"\0")
+            body["key"] = b64_text(found[-1].key + b"\0")
 
     @defer.inlineCallbacks
     def create(self, key, value, lease=0, replacing=None, also_delete=None):
@@ -327,14 +336,14 @@ class EtcdClient:
         A loser learns who holds C{key}, read in the same transaction.
         """
         if replacing is None:
-            compare = {"key": _b64(key), "target": "CREATE", "create_revision": "0"}
+            compare = {"key": b64_text(key), "target": "CREATE", "create_revision": "0"}
         else:
             compare = {
-                "key": _b64(key),
+                "key": b64_text(key),
                 "target": "MOD",
                 "mod_revision": str(replacing.mod_revision),
             }
-        put = {"key": _b64(key), "value": _b64(value)}
+        put = {"key": b64_text(key), "value": b64_text(value)}
         if lease:
             put["lease"] = str(lease)
         data = yield self.call(
@@ -342,7 +351,7 @@ class EtcdClient:
             {
                 "compare": [compare],
                 "success": [{"request_put": put}]
-                + ([{"request_delete_range": {"key": _b64(also_delete)}}] if also_delete else []),
+                + ([{"request_delete_range": {"key": b64_text(also_delete)}}] if also_delete else []),
                 "failure": [{"request_range": _range_body(key)}],
             },
         )
@@ -359,7 +368,7 @@ class EtcdClient:
 
     @defer.inlineCallbacks
     def put(self, key, value, lease=0):
-        body = {"key": _b64(key), "value": _b64(value)}
+        body = {"key": b64_text(key), "value": b64_text(value)}
         if lease:
             body["lease"] = str(lease)
         data = yield self.call("/v3/kv/put", body)
@@ -426,8 +435,8 @@ class EtcdClient:
         data = yield self.call(
             "/v3/kv/txn",
             {
-                "compare": [{"key": _b64(key), "target": "LEASE", "lease": str(lease)}],
-                "success": [{"request_delete_range": {"key": _b64(key)}}],
+                "compare": [{"key": b64_text(key), "target": "LEASE", "lease": str(lease)}],
+                "success": [{"request_delete_range": {"key": b64_text(key)}}],
             },
         )
         return bool(data.get("succeeded", False))
@@ -459,7 +468,7 @@ class EtcdClient:
         self._auth.forget(token)
         return True
 
-    def _open_watch_stream(self, index, body, protocol):
+    def open_watch_stream(self, index, body, protocol):
         """
         Open one watch stream on endpoint C{index} and feed its body to
         C{protocol}, telling it the token it was opened with; fires when

@@ -6,9 +6,14 @@ noticed.
 
 import socket
 
+import attr
 import treq
 from hyperlink import EncodedURL
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from idetcd.etcd.tls import TlsSettings
 
@@ -43,20 +48,44 @@ def _keep_alive(transport):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
-class _EtcdConnections(_HTTP11ClientFactory):
-    # One log line per etcd connection would drown the node's own log.
-    noisy = False
+@implementer(IStreamClientEndpoint)
+@attr.s(frozen=True)
+class _QuietKeptAlive:
+    """
+    An endpoint that connects through C{endpoint}, quietly (one log line per
+    etcd connection would drown the node's own log), and turns TCP
+    keepalive on in each connection it makes.
+    """
 
-    def buildProtocol(self, addr):
-        protocol = _HTTP11ClientFactory.buildProtocol(self, addr)
-        made = protocol.connectionMade
+    endpoint = attr.ib()
 
-        def connectionMade():
+    def connect(self, protocolFactory):
+        protocolFactory.noisy = False
+
+        def made(protocol):
             _keep_alive(protocol.transport)
-            made()
+            return protocol
 
-        protocol.connectionMade = connectionMade
-        return protocol
+        return self.endpoint.connect(protocolFactory).addCallback(made)
+
+
+@implementer(IAgentEndpointFactory)
+@attr.s(frozen=True)
+class _EtcdEndpoints:
+    """
+    The endpoints of etcd connections: TCP for C{http://}, TLS under
+    C{policy} for C{https://} (as L{Agent}'s own), each quiet and kept
+    alive.
+    """
+
+    reactor = attr.ib()
+    policy = attr.ib()
+
+    def endpointForURI(self, uri):
+        endpoint = HostnameEndpoint(self.reactor, uri.host.decode("ascii"), uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return _QuietKeptAlive(endpoint)
 
 
 def http_client(reactor, tls=None):
@@ -66,10 +95,9 @@ def http_client(reactor, tls=None):
     default against the system's trust store.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _EtcdConnections
     pool.retryAutomatically = False
-    policy = (tls or TlsSettings()).policy()
-    return pool, treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    endpoints = _EtcdEndpoints(reactor, (tls or TlsSettings()).policy())
+    return pool, treq.client.HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
 class _URL(EncodedURL):

@@ -12,13 +12,16 @@ import attr
 def _range_body(key, range_end=None):
     # etcd reads an empty key as "no key given"; "\0" with a range end
     # means the same start: the very first key.
-    body = {"key": _b64(key or b"\0")}
+    body = {"key": b64_text(key or b"\0")}
     if range_end is not None:
-        body["range_end"] = _b64(range_end)
+        body["range_end"] = b64_text(range_end)
     return body
 
 
-def _b64(data):
+def b64_text(data):
+    """
+    C{data} (bytes) as the JSON gateway takes keys and values: base64 text.
+    """
     return base64.b64encode(data).decode("ascii")
 
 

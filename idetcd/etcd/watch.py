@@ -22,7 +22,7 @@ log = Logger()
 MAX_WATCH_LINE = 64 * 1024 * 1024
 
 
-class _WatchStream:
+class WatchStream:
     """
     Reads a watch's never-ending body: newline-separated JSON objects that a
     TCP read may split anywhere.
@@ -151,9 +151,9 @@ class Watch:
                 "progress_notify": True,
             }
         }
-        index = self.client._current
-        stream = self._stream = _WatchStream(lambda line: self._line(stream, index, line))
-        self._opening = self.client._open_watch_stream(index, body, stream)
+        index = self.client.current_index
+        stream = self._stream = WatchStream(lambda line: self._line(stream, index, line))
+        self._opening = self.client.open_watch_stream(index, body, stream)
         self._opening.addErrback(lambda failure: self._broken(stream, index, failure))
         stream.finished.addCallback(lambda _: self._broken(stream, index, None))
 
@@ -244,7 +244,7 @@ class Watch:
         if stream is not self._stream or self.done.called:
             return None
         self._stream = None
-        self.client._next_endpoint(index)
+        self.client.next_endpoint(index)
         delay = self.backoff.next()
         self._breaks += 1
         if self._breaks == 1 and self.on_contact is not None:

@@ -217,13 +217,16 @@ class EtcdProcess(Service):
                 log.info("etcd ports were taken; trying others")
                 self.client_port, self.peer_port = free_ports(2, self.host)
 
-    def _spawn(self):
+    def _spawn(self, child_fds=None):
+        # child_fds: as spawnProcess's childFDs; by default etcd's output
+        # comes through pipes, into the log.
         self._protocol = _EtcdProtocol(self.member, keep=50)
         self._process = self.reactor.spawnProcess(
             self._protocol,
             sys.executable,
             [sys.executable, "-c", _SHIM, str(os.getpid())] + self._args(),
             env=dict(os.environ),
+            childFDs=child_fds,
         )
         log.info(
             "started etcd {member} (pid {pid}) on {url}, data in {data_dir}",

@@ -12,6 +12,8 @@ import bisect
 import attr
 from twisted.internet import task
 
+from idetcd.etcd import b64_text
+
 #: etcd's defaults: operations per transaction (C{--max-txn-ops}), and the
 #: smallest TTL it grants (one and a half election timeouts, rounded up to
 #: a second, with the default 1 s election timeout).
@@ -59,9 +61,6 @@ def _bytes(text):
     return base64.b64decode(text or "")
 
 
-def _b64(data):
-    return base64.b64encode(data).decode("ascii")
-
 
 def _int(value):
     return int(value or 0)
@@ -86,11 +85,11 @@ class _Version:
         does.
         """
         fields = {
-            "key": _b64(self.key),
+            "key": b64_text(self.key),
             "create_revision": str(self.create_revision),
             "mod_revision": str(self.mod_revision),
             "version": str(self.version),
-            "value": "" if keys_only else _b64(self.value),
+            "value": "" if keys_only else b64_text(self.value),
             "lease": str(self.lease),
         }
         return {name: value for name, value in fields.items() if value not in ("", "0")}
@@ -103,7 +102,7 @@ class _Version:
         """
         if self.version:
             return {"kv": self.to_json()}
-        return {"type": "DELETE", "kv": {"key": _b64(self.key), "mod_revision": str(self.mod_revision)}}
+        return {"type": "DELETE", "kv": {"key": b64_text(self.key), "mod_revision": str(self.mod_revision)}}
 
 
 def _selector(body):
@@ -559,7 +558,7 @@ class Store:
         reply["TTL"] = str(int(max(held.expiry - self.clock.seconds(), 0)))
         reply["grantedTTL"] = str(held.ttl)
         if body.get("keys") and held.keys:
-            reply["keys"] = [_b64(key) for key in sorted(held.keys)]
+            reply["keys"] = [b64_text(key) for key in sorted(held.keys)]
         return {k: v for k, v in reply.items() if v != "0"}
 
     def leases(self):
