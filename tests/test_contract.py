@@ -659,7 +659,7 @@ class ContractTests:
         credentials = yield self.turn_auth_on("contract", "secret")
         anonymous = yield self.failure_of(self.client.range(self.key(b"a")))
         self.assertEqual((anonymous.code, anonymous.message), (3, "etcdserver: user name is empty"))
-        bogus = yield self.failure_of(self.client._call("/v3/kv/range", {"key": b64(self.key(b"a"))}, None, "bogus.1"))
+        bogus = yield self.failure_of(self.client.call_with_token("/v3/kv/range", {"key": b64(self.key(b"a"))}, None, "bogus.1"))
         self.assertEqual((bogus.code, bogus.message), (16, "etcdserver: invalid auth token"))
         wrong = yield self.failure_of(self.client.call("/v3/auth/authenticate", {"name": "contract", "password": "wrong"}))
         self.assertEqual(wrong.code, 3)
