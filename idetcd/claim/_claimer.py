@@ -39,7 +39,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from idetcd.claim._lease import LeaseKeeper
-from idetcd.common import Backoff, RateLimitedLog
+from idetcd.common import EXIT_UNAVAILABLE, Backoff, RateLimitedLog, Waiters
 from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, NoSpace
 from idetcd.members import Member, Registry
 
@@ -58,6 +58,8 @@ class SlotsExhausted(Exception):
     """
     Every slot of the pattern is held by another node.
     """
+
+    exit_status = EXIT_UNAVAILABLE
 
 
 @attr.s(eq=False)
@@ -100,7 +102,7 @@ class Claimer(Service):
     _holding = attr.ib(default=False, init=False)
     _held_before = attr.ib(default=False, init=False)
     _failure = attr.ib(default=None, init=False)
-    _waiters = attr.ib(factory=list, init=False)
+    _waiters = attr.ib(factory=Waiters, init=False)
     _task = attr.ib(default=None, init=False)
     _dropping = attr.ib(default=None, init=False)
     _verifying = attr.ib(default=None, init=False)
@@ -196,9 +198,7 @@ class Claimer(Service):
             return defer.succeed(self._name)
         if self._failure is not None:
             return defer.fail(self._failure)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
+        return self._waiters.wait()
 
     def startService(self):
         Service.startService(self)
@@ -340,7 +340,7 @@ class Claimer(Service):
             ttl=self.lease_ttl,
         )
         self._report_claim(name)
-        self._fire_waiters(name)
+        self._waiters.fire(name)
 
     @_machine.output()
     def _hold_unconfirmed(self, name, revision):
@@ -360,7 +360,7 @@ class Claimer(Service):
             lease=self._keeper.lease,
         )
         self._report_claim(self._name)
-        self._fire_waiters(self._name)
+        self._waiters.fire(self._name)
 
     @_machine.output()
     def _suspend(self):
@@ -404,9 +404,7 @@ class Claimer(Service):
             f"all {self.limit} slots of pattern {self.pattern.text!r} are taken "
             "(raise 'limit', or set 'wait' to wait for a free slot)"
         )
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(self._failure)
+        self._waiters.fire(Failure(self._failure))
 
     @_machine.output()
     def _drop_lease(self):
@@ -430,9 +428,7 @@ class Claimer(Service):
 
     @_machine.output()
     def _cancel_waiters(self):
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.cancel()
+        self._waiters.cancel()
 
     @_machine.output()
     def _release(self):
@@ -503,11 +499,6 @@ class Claimer(Service):
             self.on_claimed(name, self._keeper.lease)
         except Exception:
             log.failure("could not record the claim of {name}", name=name)
-
-    def _fire_waiters(self, name):
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(name)
 
     def _lose(self, why):
         log.warn("no longer holding {name}: {why}; claiming again", name=self._name, why=why)
