@@ -38,6 +38,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from idetcd.claim._decision import Full, Probe, Queue, WaitTurn, Won, for_preferred, for_queued, make_way
 from idetcd.claim._lease import LeaseKeeper
 from idetcd.common import EXIT_UNAVAILABLE, Backoff, RateLimitedLog, Waiters
 from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, NoSpace
@@ -729,14 +730,14 @@ class Claimer(Service):
             revision = yield self.client.put(queue_key, b"", lease=lease)
         while True:
             yield registry.when_caught_up(revision)
-            name = registry.assignment(self._tag, self._names).get(lease)
-            if name is None:
-                if not any(registry.is_free(n) for n in self._names):
-                    return None
-                # Every free slot is promised to a node queued earlier:
-                # wait for it to claim, or for its lease to end.
+            share = registry.assignment(self._tag, self._names).get(lease)
+            step = for_queued(share, self._names, registry.is_free)
+            if isinstance(step, Full):
+                return None
+            if isinstance(step, WaitTurn):
                 revision = yield self._next_change(registry.applied, self.lease_ttl / 3)
                 continue
+            name = step.name
             result = yield self.client.create(
                 self._key(name), self._value(name), lease=lease, also_delete=queue_key
             )
@@ -795,27 +796,26 @@ class Claimer(Service):
         the registry.
         """
         registry = self.registry
-        name = registry.assignment(self._tag, self._names).get(lease)
-        if name is None or registry.queue(self._tag) != [lease]:
-            return False
-        slot = self._slots[name]
-        dead = sorted(
-            (self._slots[n], n) for n in registry.dead
-            if self._slots.get(n, slot) < slot and n in registry.members and registry.is_dead(registry.members[n])
+        step = make_way(
+            registry.assignment(self._tag, self._names).get(lease),
+            registry.queue(self._tag),
+            lease,
+            self._slots,
+            [n for n in registry.dead if n in registry.members and registry.is_dead(registry.members[n])],
         )
-        if not dead:
+        if step is None:
             return False
         bound = self.lease_ttl / 2 + EXPIRY_MARGIN
         log.info(
             "waiting up to {bound:.0f}s for {dead}, whose holder stopped renewing its lease, "
             "rather than taking {name}",
             bound=bound,
-            dead=dead[0][1],
-            name=name,
+            dead=step.dead[0],
+            name=step.name,
         )
         yield self.client.delete_on_lease(queue_key, lease)
         deadline = self.reactor.seconds() + bound
-        while not any(registry.is_free(n) for _, n in dead) and self.reactor.seconds() < deadline:
+        while not any(registry.is_free(n) for n in step.dead) and self.reactor.seconds() < deadline:
             yield self._next_change(registry.applied, deadline - self.reactor.seconds())
         return True
 
@@ -831,11 +831,14 @@ class Claimer(Service):
             key = self._key(preferred)
             kvs, _ = yield self.client.range(key)
             kv = kvs[0] if kvs else None
-            if kv is not None and kv.lease == lease:
-                return preferred, kv.mod_revision  # won by a try whose reply was lost
-            if kv is not None and kv.lease != self.predecessor_lease:
-                if not kv.lease or not self._carries_identity(kv):
-                    return None
+            step = for_preferred(
+                preferred, kv, lease, self.predecessor_lease, kv is not None and self._carries_identity(kv)
+            )
+            if isinstance(step, Won):
+                return preferred, step.revision  # won by a try whose reply was lost
+            if isinstance(step, Queue):
+                return None
+            if isinstance(step, Probe):
                 # Ours by identity, but not provably: wait for its lease to
                 # end, unless someone keeps it alive.
                 twin = yield self._probe(kv)
@@ -844,7 +847,7 @@ class Claimer(Service):
                     return None
                 continue
             result = yield self.client.create(
-                key, self._value(preferred), lease=lease, replacing=kv,
+                key, self._value(preferred), lease=lease, replacing=step.replacing,
                 also_delete=self.registry.queue_key(self._tag, lease),
             )
             won = self._won(result, lease)
