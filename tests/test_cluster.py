@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._registry import dead_key
 from idetcd.node._embedded import free_port
-from idetcd.node._failures import EXIT_UNAVAILABLE
+from idetcd.common import EXIT_UNAVAILABLE
 from tests.etcdserver import start_etcd
 from tests.test_etcd import sleep
 

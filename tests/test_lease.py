@@ -157,3 +157,30 @@ class LeaseKeeperTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         # The keepalive under way was cancelled, and counted as nothing.
         self.assertEqual(dict(self.keeper.keepalives), {})
+
+    def keepalive(self, result):
+        self.clock.advance(3)
+        self.client.answer("keepalive", result)
+
+    def test_keepalive_outcomes_are_counted(self):
+        self.granted()
+        self.keepalive(9)
+        self.keepalive(9)
+        self.keepalive(EtcdUnavailable("no etcd endpoint answered"))
+        # Retried 1 s later, then every 3 s; none answered: the first is
+        # given up on when the third goes out.
+        for step in (1, 3, 3):
+            self.clock.advance(step)
+        self.assertEqual(len(self.client.pending("keepalive")), 2)
+        self.assertEqual(self.keeper.keepalives["failed"], 2)
+        self.client.answer("keepalive", LeaseNotFound(5, "lease not found"))
+        self.assertEqual(dict(self.keeper.keepalives), {"ok": 2, "failed": 2, "gone": 1})
+        self.assertEqual(self.events, ["expired", "gone"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_dropped_lease_counts_nothing_more(self):
+        self.granted()
+        self.clock.advance(3)
+        self.keeper.drop()
+        self.assertEqual(dict(self.keeper.keepalives), {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -11,30 +11,7 @@ import os
 
 from twisted.internet.error import CannotListenError
 
-from idetcd.common import (
-    EXIT_CANTCREAT,
-    EXIT_CONFIG,
-    EXIT_NOPERM,
-    EXIT_SOFTWARE,
-    EXIT_TEMPFAIL,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    PERMANENT,
-)
-
-# The statuses, for the start-up code that names them.
-__all__ = [
-    "EXIT_CANTCREAT",
-    "EXIT_CONFIG",
-    "EXIT_NOPERM",
-    "EXIT_SOFTWARE",
-    "EXIT_TEMPFAIL",
-    "EXIT_UNAVAILABLE",
-    "EXIT_USAGE",
-    "PERMANENT",
-    "explain",
-    "one_line",
-]
+from idetcd.common import EXIT_CANTCREAT, EXIT_CONFIG, EXIT_NOPERM, EXIT_TEMPFAIL
 
 
 def one_line(text):

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from idetcd.common import EXIT_CONFIG, EXIT_SOFTWARE, EXIT_USAGE
 from idetcd.config import CorefileError, load
 from idetcd.node import _failures as failures
 from idetcd.node._http import HttpEndpoint
@@ -51,16 +52,16 @@ class Options(usage.Options):
         try:
             usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
-            _leave(f"{e} (see twistd idetcd --help)", failures.EXIT_USAGE)
+            _leave(f"{e} (see twistd idetcd --help)", EXIT_USAGE)
 
     def postOptions(self):
         try:
             blocks = load(self["corefile"])
         except CorefileError as e:
-            _leave(e, failures.EXIT_CONFIG)
+            _leave(e, EXIT_CONFIG)
         blocks = [block for block in blocks if block.idetcd is not None]
         if not blocks:
-            _leave(f"{self['corefile']}: no server block has an idetcd directive", failures.EXIT_CONFIG)
+            _leave(f"{self['corefile']}: no server block has an idetcd directive", EXIT_CONFIG)
         if len(blocks) > 1 and (self["port"] is not None or self["state"] is not None):
             raise usage.UsageError("--port and --state apply to a Corefile with one idetcd server block")
         self["blocks"] = blocks
@@ -183,7 +184,7 @@ class Nodes(MultiService):
         )
         if explained is None:
             log.failure("cannot start: unexpected error", failure)
-            line, self.status = failures.one_line(failure.getErrorMessage()), failures.EXIT_SOFTWARE
+            line, self.status = failures.one_line(failure.getErrorMessage()), EXIT_SOFTWARE
         else:
             line, self.status = explained
             log.critical("cannot start: {why}", why=line, exit_status=self.status)
