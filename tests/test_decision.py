@@ -3,7 +3,7 @@ What a claim attempt does next (L{idetcd.claim._decision}): every case as
 a table row, and properties over random queues and slots.
 """
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -74,6 +74,7 @@ class QueuedTests(unittest.TestCase):
         for share, free, step in rows:
             self.assertEqual(for_queued(share, NAMES, free.__contains__), step, (share, free))
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.sampled_from([None, *NAMES]), st.sets(st.sampled_from(NAMES)))
     def test_takes_only_its_share_and_is_full_only_when_nothing_is_free(self, share, free):
         step = for_queued(share, NAMES, free.__contains__)
@@ -109,6 +110,7 @@ class MakeWayTests(unittest.TestCase):
         for share, queue, dead, step in rows:
             self.assertEqual(make_way(share, queue, OWN, SLOTS, dead), step, (share, queue, dead))
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
         st.sampled_from([None, *NAMES]),
         st.lists(st.sampled_from([OWN, OTHER, PREDECESSOR]), max_size=3, unique=True),

@@ -8,7 +8,8 @@ from twisted.internet import defer, reactor
 from idetcd.etcd import EtcdUnavailable
 from idetcd.members._barrier import when_members
 from idetcd.members._record import Member
-from idetcd.members._registry import QUEUE, Registry
+from idetcd.claim import QUEUE
+from idetcd.members import Registry
 from idetcd.members._snapshot import lease_times, read_members
 from tests.etcdserver import EtcdTestCase
 from tests.test_etcd import sleep, wait_for

@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 
 from idetcd.claim._decision import Full, Probe, Queue, WaitTurn, Won, for_preferred, for_queued, make_way
 from idetcd.claim._lease import LeaseKeeper
+from idetcd.claim._queue import ClaimQueue
 from idetcd.common import EXIT_UNAVAILABLE, Backoff, RateLimitedLog, Waiters
 from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, NoSpace
 from idetcd.members import Member, Registry
@@ -71,7 +72,9 @@ class Claimer(Service):
 
     C{preferred} names a slot to try first, such as the one held before a
     restart.  C{registry} (a L{Registry} of C{prefix}) is the claimer's view
-    of etcd; without one it runs its own.  C{predecessor_lease} is the lease this node's previous
+    of etcd; without one it runs its own.  C{queue} is the L{ClaimQueue} of
+    that registry, shared by the claimers that share it; without one it
+    follows its own.  C{predecessor_lease} is the lease this node's previous
     incarnation held, given only when that incarnation is known to have
     ended: a key on it is taken over at once.  C{on_claimed(name, lease)}
     is called on every claim, the first and those after a lost lease;
@@ -89,6 +92,7 @@ class Claimer(Service):
     preferred = attr.ib(default=None)
     predecessor_lease = attr.ib(default=None)
     registry = attr.ib(default=None)
+    queue = attr.ib(default=None)
     on_claimed = attr.ib(default=None)
     on_identity = attr.ib(default=None)
     backoff = attr.ib(factory=Backoff)
@@ -128,6 +132,8 @@ class Claimer(Service):
         if self.registry is None:
             self.registry = Registry(self.client, self.prefix, self.reactor)
             self._own_registry = True
+        if self.queue is None:
+            self.queue = ClaimQueue(self.registry)
         self._keeper = LeaseKeeper(
             self.client,
             self.lease_ttl,
@@ -703,7 +709,7 @@ class Claimer(Service):
             log.warn("lease {lease:x} also held {name}: deleting it", lease=lease, name=extra)
             yield self.client.delete_on_lease(self._key(extra), lease)
         # The queue key of the try that won, if it is still there.
-        yield self.client.delete_on_lease(self.registry.queue_key(self._tag, lease), lease)
+        yield self.client.delete_on_lease(self.queue.key(self._tag, lease), lease)
         kvs, _ = yield self.client.range(self._key(names[0]))
         if not kvs or kvs[0].lease != lease:
             return None  # gone meanwhile: claim afresh
@@ -713,7 +719,7 @@ class Claimer(Service):
     def _take_slot(self, lease):
         """
         Win a slot with C{lease}: the preferred one if it can be had, else
-        the one the queue assigns (see L{Registry.assignment}); returns the
+        the one the queue assigns (see L{ClaimQueue.assignment}); returns the
         name won and the revision it was won at, or C{None} when no slot is
         free.  In the common case this costs one put and one transaction,
         however many nodes start at once, and reads nothing but the
@@ -723,14 +729,14 @@ class Claimer(Service):
         won = yield self._take_preferred(lease)
         if won is not None:
             return won
-        queue_key = registry.queue_key(self._tag, lease)
+        queue_key = self.queue.key(self._tag, lease)
         revision = yield self.client.put(queue_key, b"", lease=lease)
         yield registry.when_caught_up(revision)
         if (yield self._wait_for_dead_holder(lease, queue_key)):
             revision = yield self.client.put(queue_key, b"", lease=lease)
         while True:
             yield registry.when_caught_up(revision)
-            share = registry.assignment(self._tag, self._names).get(lease)
+            share = self.queue.assignment(self._tag, self._names).get(lease)
             step = for_queued(share, self._names, registry.is_free)
             if isinstance(step, Full):
                 return None
@@ -797,8 +803,8 @@ class Claimer(Service):
         """
         registry = self.registry
         step = make_way(
-            registry.assignment(self._tag, self._names).get(lease),
-            registry.queue(self._tag),
+            self.queue.assignment(self._tag, self._names).get(lease),
+            self.queue.queue(self._tag),
             lease,
             self._slots,
             [n for n in registry.dead if n in registry.members and registry.is_dead(registry.members[n])],
@@ -848,7 +854,7 @@ class Claimer(Service):
                 continue
             result = yield self.client.create(
                 key, self._value(preferred), lease=lease, replacing=step.replacing,
-                also_delete=self.registry.queue_key(self._tag, lease),
+                also_delete=self.queue.key(self._tag, lease),
             )
             won = self._won(result, lease)
             if won is None:

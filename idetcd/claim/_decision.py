@@ -96,7 +96,7 @@ def for_preferred(preferred, kv, lease, predecessor_lease, ours_by_identity):
 def for_queued(share, names, is_free):
     """
     What a queued node does, given its C{share} of the free slots (see
-    L{idetcd.members.Registry.assignment}; C{None}: none is left for it)
+    L{idetcd.claim.ClaimQueue.assignment}; C{None}: none is left for it)
     and whether each of C{names}, the pattern's, C{is_free}.
     """
     if share is not None:

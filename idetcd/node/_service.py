@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from idetcd.claim import Claimer, NodeIdentity, NodeState, state_path
+from idetcd.claim import ClaimQueue, Claimer, NodeIdentity, NodeState, state_path
 from idetcd.common import Waiters
 from idetcd.config import CorefileError, load, parse
 from idetcd.dns import DNSServer, Forwarder, Freshness, ZoneAuthority, reverse_zones
@@ -156,6 +156,7 @@ class IdetcdService(OrderedMultiService):
             reactor=self.reactor,
             wait=settings.wait,
             registry=self.registry,
+            queue=ClaimQueue(self.registry),
             on_claimed=self._claimed,
             on_identity=self._identity_replaced,
         )
