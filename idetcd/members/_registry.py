@@ -186,7 +186,8 @@ class Registry(Service):
     def follow(self, sub_prefix, callback):
         """
         Call C{callback(key, kv)} for every bookkeeping key below
-        C{sub_prefix} (such as the claim queue's): now for those known, then
+        C{sub_prefix}, such as the claim queue's (not the dead marks' nor the
+        jobs', which the registry keeps itself): now for those known, then
         as the watch puts them, and C{callback(key, None)} as they are
         deleted (a full read deletes those it did not find).  Calls come as
         each change is applied, before any subscriber hears of it and before
