@@ -394,7 +394,7 @@ def storm(endpoint, prefix, count, lease, give_up):
     """
     from twisted.internet import defer, task
 
-    from idetcd.claim._claimer import Claimer
+    from idetcd.claim import Claimer, ClaimQueue
     from idetcd.etcd import EtcdClient
     from idetcd.members._registry import Registry
     from idetcd.names._pattern import Pattern
@@ -409,11 +409,12 @@ def storm(endpoint, prefix, count, lease, give_up):
         registry = Registry(client, prefix.encode(), reactor)
         registry.startService()
         yield registry.when_ready()
+        queue = ClaimQueue(registry)
         pattern = Pattern.parse("worker{{.ID}}." + ZONE)
         claimers = [
             Claimer(
                 client, pattern, count, prefix.encode(),
-                Member("", ("127.0.0.1",), node=f"n{i}"), lease, reactor, registry=registry,
+                Member("", ("127.0.0.1",), node=f"n{i}"), lease, reactor, registry=registry, queue=queue,
             )
             for i in range(count)
         ]

@@ -15,7 +15,7 @@ from twisted.internet import defer, utils
 from twisted.trial import unittest
 
 from idetcd._version import __version__
-from idetcd.node._failures import EXIT_CONFIG, EXIT_USAGE
+from idetcd.common import EXIT_CONFIG, EXIT_USAGE
 from tests.brokencorefiles import NOWHERE, corpus, node
 from tests.test_cluster import ROOT
 

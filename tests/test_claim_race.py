@@ -6,7 +6,7 @@ that trusts nothing the claimers say.
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.claim._claimer import Claimer
+from idetcd.claim import Claimer, ClaimQueue
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._record import Member
 from idetcd.members._registry import BOOKKEEPING, Registry
@@ -162,12 +162,13 @@ class StormTests(unittest.TestCase):
         self.addCleanup(registry.stopService)
         yield registry.when_ready()
         before = yield counts(etcd)
+        queue = ClaimQueue(registry)
         reported = []
         claimers = [
             Claimer(
                 client, PATTERN, self.NODES, PREFIX,
                 Member(name="", ipv4=("127.0.0.1",), node=f"n{i}"), 10, reactor,
-                registry=registry,
+                registry=registry, queue=queue,
                 on_claimed=lambda name, lease: reported.append((PREFIX + name.encode(), lease)),
             )
             for i in range(self.NODES)
@@ -211,13 +212,14 @@ class StormTests(unittest.TestCase):
         registry = Registry(client, PREFIX, reactor)
         registry.startService()
         self.addCleanup(registry.stopService)
+        queue = ClaimQueue(registry)
 
         def start(count, name):
             claimers = [
                 Claimer(
                     client, PATTERN, 200, PREFIX,
                     Member(name="", ipv4=("127.0.0.1",), node=f"{name}{i}"), 10, reactor,
-                    registry=registry,
+                    registry=registry, queue=queue,
                 )
                 for i in range(count)
             ]

@@ -366,8 +366,7 @@ def lease_info(*keys, revision=9):
 
 class FakeRegistry:
     """
-    The claimer's view of etcd, told by the test: queued nodes are assigned
-    the free slots in the order they queued.
+    The claimer's view of etcd, told by the test.
     """
 
     def __init__(self):
@@ -379,7 +378,6 @@ class FakeRegistry:
         self.strict = False
         self._subscribers = []
         self._waiting = []
-        self.queued = []
         self.dead = {}
 
     def when_caught_up(self, revision):
@@ -389,23 +387,12 @@ class FakeRegistry:
         self._waiting.append((revision, d))
         return d
 
-    def queue_key(self, tag, lease):
-        self.queued = [lease]  # one claimer here
-        return PREFIX + b"_claims/" + tag + b"/%016x" % lease
-
     def is_free(self, name):
         return name not in self.members
-
-    def queue(self, tag):
-        return list(self.queued)
 
     def is_dead(self, member):
         # Members here carry no names: a mark is known by its lease.
         return member.lease in self.dead.values()
-
-    def assignment(self, tag, names):
-        free = [name for name in names if self.is_free(name)]
-        return dict(zip(self.queue(tag), free))
 
     def take_every_slot(self):
         self.members = {PATTERN.render(i): identity("other") for i in (1, 2, 3)}
@@ -428,6 +415,28 @@ class FakeRegistry:
                 self._waiting.append((wanted, d))
 
 
+class FakeQueue:
+    """
+    The claim queue, told by the test: queued nodes are assigned the free
+    slots in the order they queued.
+    """
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.queued = []
+
+    def key(self, tag, lease):
+        self.queued = [lease]  # one claimer here
+        return PREFIX + b"_claims/" + tag + b"/%016x" % lease
+
+    def queue(self, tag):
+        return list(self.queued)
+
+    def assignment(self, tag, names):
+        free = [name for name in names if self.registry.is_free(name)]
+        return dict(zip(self.queue(tag), free))
+
+
 class TransitionTests(unittest.TestCase):
     """
     Each transition of the claimer's state machine, with time and etcd's
@@ -438,10 +447,11 @@ class TransitionTests(unittest.TestCase):
         self.clock = Clock()
         self.client = ScriptedClient()
         self.registry = FakeRegistry()
+        self.queue = FakeQueue(self.registry)
         self.claimed = []
         self.claimer = Claimer(
             self.client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock,
-            registry=self.registry, on_claimed=lambda name, lease: self.claimed.append((name, lease)),
+            registry=self.registry, queue=self.queue, on_claimed=lambda name, lease: self.claimed.append((name, lease)),
         )
 
     def tearDown(self):
@@ -583,15 +593,15 @@ class TransitionTests(unittest.TestCase):
         """
         self.registry.members = {PATTERN.render(i): identity("other") for i in (1, 2)}
         self.registry.applied, self.registry.strict = 1, True
-        self.registry.queued = [5]
-        self.registry.queue_key = lambda tag, lease: self.registry.queued.append(lease) or b"q"
+        self.queue.queued = [5]
+        self.queue.key = lambda tag, lease: self.queue.queued.append(lease) or b"q"
         d = self.start()
         self.client.answer("grant", (7, 9))
         self.client.answer("put", 1)
         self.assertEqual(self.client.pending("create"), [])
         self.clock.advance(3)  # a third of the lease: look again, still nothing
         self.assertEqual(self.client.pending("create"), [])
-        self.registry.queued.remove(5)  # the earlier node's lease ended
+        self.queue.queued.remove(5)  # the earlier node's lease ended
         self.registry.change(dict(self.registry.members), 4)
         self.client.answer("create", TxnResult(True, 5, None))
         self.assertEqual(self.successResultOf(d), "worker3.tf.local.")
@@ -748,7 +758,7 @@ class TransitionTests(unittest.TestCase):
         """
         self.members_below(1)
         self.mark_dead(1)
-        self.registry.queue_key = lambda tag, lease: self.registry.queued.extend([lease, 8]) or b"q"
+        self.queue.key = lambda tag, lease: self.queue.queued.extend([lease, 8]) or b"q"
         d = self.queue_alone()
         self.assertEqual(self.client.pending("delete"), [])
         self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")

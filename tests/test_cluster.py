@@ -16,10 +16,10 @@ import dns.rdatatype
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.trial import unittest
 
+from idetcd.common import EXIT_UNAVAILABLE
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._registry import dead_key
 from idetcd.node._embedded import free_port
-from idetcd.node._failures import EXIT_UNAVAILABLE
 from tests.etcdserver import start_etcd
 from tests.test_etcd import sleep
 

@@ -12,8 +12,8 @@ import sys
 import yaml
 from twisted.trial import unittest
 
+from idetcd.common import PERMANENT
 from idetcd.config._corefile import parse
-from idetcd.node._failures import PERMANENT
 from tests.test_cluster import ROOT
 
 UNIT = os.path.join(ROOT, "contrib", "systemd", "idetcd.service")
@@ -54,7 +54,7 @@ class UnitTests(unittest.TestCase):
         """
         Type=notify, the state directory systemd makes is the one given to
         the node, and the statuses a restart cannot cure are those of
-        L{idetcd.node._failures.PERMANENT}.
+        L{idetcd.common.PERMANENT}.
         """
         self.assertEqual(self.settings["Type"], ["notify"])
         self.assertEqual(self.settings["StateDirectory"], ["idetcd"])

@@ -15,17 +15,17 @@ from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
 from idetcd.claim._claimer import SlotsExhausted
-from idetcd.etcd import EtcdError, EtcdUnavailable
-from idetcd.node._embedded import EtcdNotFound, free_port, last_words
-from idetcd.node._failures import (
+from idetcd.common import (
     EXIT_CANTCREAT,
     EXIT_CONFIG,
     EXIT_NOPERM,
     EXIT_TEMPFAIL,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
-    explain,
 )
+from idetcd.etcd import EtcdError, EtcdUnavailable
+from idetcd.node._embedded import EtcdNotFound, free_port, last_words
+from idetcd.node._failures import explain
 from tests.test_cluster import ROOT, NodeProcessCase
 from tests.test_etcd import sleep
 from tests.test_secure import _json, serve

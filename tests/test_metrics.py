@@ -19,14 +19,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 from twisted.internet import defer, reactor, threads
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 import idetcd
 import twisted
 from idetcd import IdetcdService
-from idetcd.claim._lease import LeaseKeeper
 from idetcd.dns import _tally as tally
 from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._server import DNSServer
@@ -34,7 +32,6 @@ from idetcd.etcd import EtcdClient, EtcdError, EtcdUnavailable, LeaseNotFound
 from idetcd.node import _http as http
 from idetcd.node._metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_outcome
 from tests.test_authority import FakeRegistry, sample_members
-from tests.test_claimer import ScriptedClient
 from tests.test_cluster import query
 from tests.test_etcd import sleep, wait_for
 from tests.test_http import COREFILE as HTTP_COREFILE
@@ -445,50 +442,6 @@ class EtcdCallsTests(unittest.TestCase):
             dict(calls.counts),
             {("Range", "unavailable"): 1, ("/v3/maintenance/status", "unavailable"): 1},
         )
-
-
-class KeepaliveCountTests(unittest.TestCase):
-    """
-    The lease keeper's counts, on a fake clock; TTL 9: keepalives every 3 s.
-    """
-
-    def setUp(self):
-        self.clock = Clock()
-        self.client = ScriptedClient()
-        self.events = []
-        self.keeper = LeaseKeeper(
-            self.client, 9, self.clock,
-            on_expired=lambda: self.events.append("expired"),
-            on_renewed=lambda: self.events.append("renewed"),
-            on_gone=lambda: self.events.append("gone"),
-        )
-        self.keeper.grant()
-        self.client.answer("grant", (7, 9))
-
-    def keepalive(self, result):
-        self.clock.advance(3)
-        self.client.answer("keepalive", result)
-
-    def test_outcomes(self):
-        self.keepalive(9)
-        self.keepalive(9)
-        self.keepalive(EtcdUnavailable("no etcd endpoint answered"))
-        # Retried 1 s later, then every 3 s; none answered: the first is
-        # given up on when the third goes out.
-        for step in (1, 3, 3):
-            self.clock.advance(step)
-        self.assertEqual(len(self.client.pending("keepalive")), 2)
-        self.assertEqual(self.keeper.keepalives["failed"], 2)
-        self.client.answer("keepalive", LeaseNotFound(5, "lease not found"))
-        self.assertEqual(dict(self.keeper.keepalives), {"ok": 2, "failed": 2, "gone": 1})
-        self.assertEqual(self.events, ["expired", "gone"])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_dropped_lease_counts_nothing_more(self):
-        self.clock.advance(3)
-        self.keeper.drop()
-        self.assertEqual(dict(self.keeper.keepalives), {})
-        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 def _node(held, members=(), revision=5):

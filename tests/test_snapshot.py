@@ -6,10 +6,11 @@ bound on requests in flight needs replies that take their time.
 
 from twisted.internet import defer
 
+from idetcd.claim import QUEUE
 from idetcd.etcd import EtcdUnavailable
+from idetcd.members import Registry
 from idetcd.members._barrier import when_members
 from idetcd.members._record import Member
-from idetcd.members._registry import QUEUE, Registry
 from idetcd.members._snapshot import lease_times, read_members
 from tests.etcdserver import EtcdTestCase
 from tests.memoryetcd import FakeEtcdCase

@@ -13,6 +13,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from idetcd.common import EXIT_UNAVAILABLE
 from idetcd.members import Member
 
 log = Logger()
@@ -22,6 +23,8 @@ class NoAddress(Exception):
     """
     No address to announce could be found, and the Corefile gives none.
     """
+
+    exit_status = EXIT_UNAVAILABLE
 
 #: Documentation addresses (RFC 5737, RFC 3849): connecting a UDP socket
 #: to one picks the default route's source address, and sends nothing.

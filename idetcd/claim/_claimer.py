@@ -38,8 +38,19 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from idetcd.claim._decision import (
+    Full,
+    Probe,
+    Queue,
+    WaitTurn,
+    Won,
+    for_preferred,
+    for_queued,
+    make_way,
+)
 from idetcd.claim._lease import LeaseKeeper
-from idetcd.common import Backoff, RateLimitedLog
+from idetcd.claim._queue import ClaimQueue
+from idetcd.common import EXIT_UNAVAILABLE, Backoff, RateLimitedLog, Waiters
 from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, NoSpace
 from idetcd.members import Member, Registry
 
@@ -59,6 +70,8 @@ class SlotsExhausted(Exception):
     Every slot of the pattern is held by another node.
     """
 
+    exit_status = EXIT_UNAVAILABLE
+
 
 @attr.s(eq=False)
 class Claimer(Service):
@@ -68,7 +81,9 @@ class Claimer(Service):
 
     C{preferred} names a slot to try first, such as the one held before a
     restart.  C{registry} (a L{Registry} of C{prefix}) is the claimer's view
-    of etcd; without one it runs its own.  C{predecessor_lease} is the lease this node's previous
+    of etcd; without one it runs its own.  C{queue} is the L{ClaimQueue} of
+    that registry, shared by the claimers that share it; without one it
+    follows its own.  C{predecessor_lease} is the lease this node's previous
     incarnation held, given only when that incarnation is known to have
     ended: a key on it is taken over at once.  C{on_claimed(name, lease)}
     is called on every claim, the first and those after a lost lease;
@@ -86,6 +101,7 @@ class Claimer(Service):
     preferred = attr.ib(default=None)
     predecessor_lease = attr.ib(default=None)
     registry = attr.ib(default=None)
+    queue = attr.ib(default=None)
     on_claimed = attr.ib(default=None)
     on_identity = attr.ib(default=None)
     backoff = attr.ib(factory=Backoff)
@@ -100,7 +116,7 @@ class Claimer(Service):
     _holding = attr.ib(default=False, init=False)
     _held_before = attr.ib(default=False, init=False)
     _failure = attr.ib(default=None, init=False)
-    _waiters = attr.ib(factory=list, init=False)
+    _waiters = attr.ib(factory=Waiters, init=False)
     _task = attr.ib(default=None, init=False)
     _dropping = attr.ib(default=None, init=False)
     _verifying = attr.ib(default=None, init=False)
@@ -125,6 +141,8 @@ class Claimer(Service):
         if self.registry is None:
             self.registry = Registry(self.client, self.prefix, self.reactor)
             self._own_registry = True
+        if self.queue is None:
+            self.queue = ClaimQueue(self.registry)
         self._keeper = LeaseKeeper(
             self.client,
             self.lease_ttl,
@@ -196,9 +214,7 @@ class Claimer(Service):
             return defer.succeed(self._name)
         if self._failure is not None:
             return defer.fail(self._failure)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
+        return self._waiters.wait()
 
     def startService(self):
         Service.startService(self)
@@ -340,7 +356,7 @@ class Claimer(Service):
             ttl=self.lease_ttl,
         )
         self._report_claim(name)
-        self._fire_waiters(name)
+        self._waiters.fire(name)
 
     @_machine.output()
     def _hold_unconfirmed(self, name, revision):
@@ -360,7 +376,7 @@ class Claimer(Service):
             lease=self._keeper.lease,
         )
         self._report_claim(self._name)
-        self._fire_waiters(self._name)
+        self._waiters.fire(self._name)
 
     @_machine.output()
     def _suspend(self):
@@ -404,9 +420,7 @@ class Claimer(Service):
             f"all {self.limit} slots of pattern {self.pattern.text!r} are taken "
             "(raise 'limit', or set 'wait' to wait for a free slot)"
         )
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(self._failure)
+        self._waiters.fire(Failure(self._failure))
 
     @_machine.output()
     def _drop_lease(self):
@@ -430,9 +444,7 @@ class Claimer(Service):
 
     @_machine.output()
     def _cancel_waiters(self):
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.cancel()
+        self._waiters.cancel()
 
     @_machine.output()
     def _release(self):
@@ -503,11 +515,6 @@ class Claimer(Service):
             self.on_claimed(name, self._keeper.lease)
         except Exception:
             log.failure("could not record the claim of {name}", name=name)
-
-    def _fire_waiters(self, name):
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(name)
 
     def _lose(self, why):
         log.warn("no longer holding {name}: {why}; claiming again", name=self._name, why=why)
@@ -711,7 +718,7 @@ class Claimer(Service):
             log.warn("lease {lease:x} also held {name}: deleting it", lease=lease, name=extra)
             yield self.client.delete_on_lease(self._key(extra), lease)
         # The queue key of the try that won, if it is still there.
-        yield self.client.delete_on_lease(self.registry.queue_key(self._tag, lease), lease)
+        yield self.client.delete_on_lease(self.queue.key(self._tag, lease), lease)
         kvs, _ = yield self.client.range(self._key(names[0]))
         if not kvs or kvs[0].lease != lease:
             return None  # gone meanwhile: claim afresh
@@ -721,7 +728,7 @@ class Claimer(Service):
     def _take_slot(self, lease):
         """
         Win a slot with C{lease}: the preferred one if it can be had, else
-        the one the queue assigns (see L{Registry.assignment}); returns the
+        the one the queue assigns (see L{ClaimQueue.assignment}); returns the
         name won and the revision it was won at, or C{None} when no slot is
         free.  In the common case this costs one put and one transaction,
         however many nodes start at once, and reads nothing but the
@@ -731,21 +738,21 @@ class Claimer(Service):
         won = yield self._take_preferred(lease)
         if won is not None:
             return won
-        queue_key = registry.queue_key(self._tag, lease)
+        queue_key = self.queue.key(self._tag, lease)
         revision = yield self.client.put(queue_key, b"", lease=lease)
         yield registry.when_caught_up(revision)
         if (yield self._wait_for_dead_holder(lease, queue_key)):
             revision = yield self.client.put(queue_key, b"", lease=lease)
         while True:
             yield registry.when_caught_up(revision)
-            name = registry.assignment(self._tag, self._names).get(lease)
-            if name is None:
-                if not any(registry.is_free(n) for n in self._names):
-                    return None
-                # Every free slot is promised to a node queued earlier:
-                # wait for it to claim, or for its lease to end.
+            share = self.queue.assignment(self._tag, self._names).get(lease)
+            step = for_queued(share, self._names, registry.is_free)
+            if isinstance(step, Full):
+                return None
+            if isinstance(step, WaitTurn):
                 revision = yield self._next_change(registry.applied, self.lease_ttl / 3)
                 continue
+            name = step.name
             result = yield self.client.create(
                 self._key(name), self._value(name), lease=lease, also_delete=queue_key
             )
@@ -804,27 +811,26 @@ class Claimer(Service):
         the registry.
         """
         registry = self.registry
-        name = registry.assignment(self._tag, self._names).get(lease)
-        if name is None or registry.queue(self._tag) != [lease]:
-            return False
-        slot = self._slots[name]
-        dead = sorted(
-            (self._slots[n], n) for n in registry.dead
-            if self._slots.get(n, slot) < slot and n in registry.members and registry.is_dead(registry.members[n])
+        step = make_way(
+            self.queue.assignment(self._tag, self._names).get(lease),
+            self.queue.queue(self._tag),
+            lease,
+            self._slots,
+            [n for n in registry.dead if n in registry.members and registry.is_dead(registry.members[n])],
         )
-        if not dead:
+        if step is None:
             return False
         bound = self.lease_ttl / 2 + EXPIRY_MARGIN
         log.info(
             "waiting up to {bound:.0f}s for {dead}, whose holder stopped renewing its lease, "
             "rather than taking {name}",
             bound=bound,
-            dead=dead[0][1],
-            name=name,
+            dead=step.dead[0],
+            name=step.name,
         )
         yield self.client.delete_on_lease(queue_key, lease)
         deadline = self.reactor.seconds() + bound
-        while not any(registry.is_free(n) for _, n in dead) and self.reactor.seconds() < deadline:
+        while not any(registry.is_free(n) for n in step.dead) and self.reactor.seconds() < deadline:
             yield self._next_change(registry.applied, deadline - self.reactor.seconds())
         return True
 
@@ -840,11 +846,14 @@ class Claimer(Service):
             key = self._key(preferred)
             kvs, _ = yield self.client.range(key)
             kv = kvs[0] if kvs else None
-            if kv is not None and kv.lease == lease:
-                return preferred, kv.mod_revision  # won by a try whose reply was lost
-            if kv is not None and kv.lease != self.predecessor_lease:
-                if not kv.lease or not self._carries_identity(kv):
-                    return None
+            step = for_preferred(
+                preferred, kv, lease, self.predecessor_lease, kv is not None and self._carries_identity(kv)
+            )
+            if isinstance(step, Won):
+                return preferred, step.revision  # won by a try whose reply was lost
+            if isinstance(step, Queue):
+                return None
+            if isinstance(step, Probe):
                 # Ours by identity, but not provably: wait for its lease to
                 # end, unless someone keeps it alive.
                 twin = yield self._probe(kv)
@@ -853,8 +862,8 @@ class Claimer(Service):
                     return None
                 continue
             result = yield self.client.create(
-                key, self._value(preferred), lease=lease, replacing=kv,
-                also_delete=self.registry.queue_key(self._tag, lease),
+                key, self._value(preferred), lease=lease, replacing=step.replacing,
+                also_delete=self.queue.key(self._tag, lease),
             )
             won = self._won(result, lease)
             if won is None:

@@ -6,12 +6,20 @@ plus the TTL; this side counts from the *send* time of the last keepalive
 that succeeded, which is earlier, so "alive" here never outlasts the lease
 in etcd.  Keepalives go out every third of the TTL counted from send times,
 whatever the replies do, so a slow but working etcd keeps the lease.
+
+Whether a lease is kept, and whether it is surely alive, is a small state
+machine (L{_Lifecycle}): unkept, live, lapsed.  Its inputs come from the
+keeper's own timers and replies, never from inside one of its transitions,
+and the keeper tells its owner what happened only once a transition is
+over, so an owner that reacts by granting a new lease starts afresh.
 """
 
 import collections
 import secrets
+from typing import Protocol
 
 import attr
+from automat import TypeMachineBuilder
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -22,6 +30,28 @@ log = Logger()
 #: Keepalives a keeper lets be under way at once: with replies slower than
 #: the keepalive period, a second one goes out before the first returns.
 MAX_IN_FLIGHT = 2
+
+
+class _Lifecycle(Protocol):
+    """
+    The inputs of a kept lease's life: unkept, live (its deadline is ahead
+    as far as the keeper knows), lapsed (the deadline passed unrenewed).
+    """
+
+    def keep(self, lease: int, ttl: float, sent: float) -> None:
+        "etcd said, to a request sent at C{sent}, that C{lease} lives C{ttl} s."
+
+    def lapse(self) -> None:
+        "The local deadline passed with no renewal."
+
+    def revive(self) -> bool:
+        "A renewal moved the deadline past now; whether the lease had lapsed."
+
+    def drop(self) -> None:
+        "Stop keeping the lease (not revoked)."
+
+    def is_live(self) -> bool:
+        "Whether a lease is kept and its deadline has not passed unrenewed."
 
 
 @attr.s(eq=False)
@@ -48,13 +78,18 @@ class LeaseKeeper:
     #: When the lease may expire in etcd, at the earliest (clock time).
     deadline = attr.ib(default=None, init=False)
     keepalives = attr.ib(factory=collections.Counter, init=False)
-    _expired = attr.ib(default=False, init=False)
+    _lifecycle = attr.ib(init=False)
     _next = attr.ib(default=None, init=False)
     _expiry = attr.ib(default=None, init=False)
     _in_flight = attr.ib(factory=list, init=False)
+    #: Whether a failed keepalive was logged and none worked since: one
+    #: warning per outage, not one per retry.
     _failing = attr.ib(default=False, init=False)
     _granted = attr.ib(default=None, init=False)
     _granting = attr.ib(default=None, init=False)  # (ID asked for, first sent)
+
+    def __attrs_post_init__(self):
+        self._lifecycle = _LifecycleMachine(self)
 
     @property
     def period(self):
@@ -74,11 +109,7 @@ class LeaseKeeper:
         """
         Whether the lease surely still exists in etcd now.
         """
-        return (
-            self.lease is not None
-            and not self._expired
-            and self.clock.seconds() < self.deadline
-        )
+        return self._lifecycle.is_live() and self.clock.seconds() < self.deadline
 
     def grant(self):
         """
@@ -121,13 +152,7 @@ class LeaseKeeper:
         return d.addCallback(lambda ttl: self._keep(lease, ttl, sent))
 
     def _keep(self, lease, ttl, sent):
-        """
-        Keep C{lease} alive: etcd said, to a request sent at C{sent}, that
-        it lives for C{ttl} seconds from then.
-        """
-        self.lease, self._expired, self._granted = lease, False, ttl
-        self._extend(sent + ttl)
-        self._schedule(sent + self.period)
+        self._lifecycle.keep(lease, ttl, sent)
         return lease
 
     def drop(self):
@@ -135,15 +160,8 @@ class LeaseKeeper:
         Stop keeping the lease alive, without revoking it; returns the lease
         dropped, or C{None}.
         """
-        lease, self.lease, self.deadline, self._granted = self.lease, None, None, None
-        self._expired = self._failing = False
-        for call in (self._next, self._expiry):
-            if call is not None and call.active():
-                call.cancel()
-        self._next = self._expiry = None
-        in_flight, self._in_flight = self._in_flight, []
-        for d in in_flight:
-            d.cancel()
+        lease = self.lease
+        self._lifecycle.drop()
         return lease
 
     def revoke(self):
@@ -171,9 +189,29 @@ class LeaseKeeper:
         etcd said, to a question sent at C{sent}, that the lease has C{ttl}
         seconds left: it surely lives until C{sent + ttl}.
         """
+        if self.lease is None:
+            return  # dropped meanwhile: nothing to confirm
         self._extend(sent + ttl)
         if self.clock.seconds() < self.deadline:
-            self._expired = False
+            self._lifecycle.revive()
+
+    # The work behind the transitions.
+
+    def _start_keeping(self, lease, ttl, sent):
+        self.lease, self._granted = lease, ttl
+        self._extend(sent + ttl)
+        self._schedule(sent + self.period)
+
+    def _stop_keeping(self):
+        self.lease, self.deadline, self._granted = None, None, None
+        self._failing = False
+        for call in (self._next, self._expiry):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._expiry = None
+        in_flight, self._in_flight = self._in_flight, []
+        for d in in_flight:
+            d.cancel()
 
     def _schedule(self, when):
         if self._next is not None and self._next.active():
@@ -188,9 +226,11 @@ class LeaseKeeper:
             self._expiry.cancel()
         self._expiry = self.clock.callLater(max(0, deadline - self.clock.seconds()), self._expire)
 
+    # Timers and replies: each an input, then the owner hears of it.
+
     def _expire(self):
         self._expiry = None
-        self._expired = True
+        self._lifecycle.lapse()
         self.on_expired()
 
     def _send(self):
@@ -220,8 +260,7 @@ class LeaseKeeper:
             self._failing = False
             log.info("keepalive of lease {lease:x} works again", lease=lease)
         self._extend(sent + ttl)
-        if self._expired and self.clock.seconds() < self.deadline:
-            self._expired = False
+        if self.clock.seconds() < self.deadline and self._lifecycle.revive():
             self.on_renewed()
 
     def _failed(self, failure, lease):
@@ -247,3 +286,38 @@ class LeaseKeeper:
         retry = self.clock.seconds() + min(1.0, self.ttl / 6)
         if self._next is not None and self._next.getTime() > retry:
             self._schedule(retry)
+
+
+def _build_lifecycle():
+    builder = TypeMachineBuilder(_Lifecycle, LeaseKeeper)
+    unkept = builder.state("unkept")
+    live = builder.state("live")
+    lapsed = builder.state("lapsed")
+
+    def start_keeping(lifecycle, keeper, lease, ttl, sent):
+        keeper._start_keeping(lease, ttl, sent)
+
+    def stop_keeping(lifecycle, keeper):
+        keeper._stop_keeping()
+
+    for state in (unkept, live, lapsed):
+        # A grant or adoption answered: kept from now on, whatever before.
+        state.upon(_Lifecycle.keep).to(live)(start_keeping)
+        state.upon(_Lifecycle.is_live).loop().returns(state is live)
+    for state in (live, lapsed):
+        state.upon(_Lifecycle.drop).to(unkept)(stop_keeping)
+    unkept.upon(_Lifecycle.drop).loop().returns(None)
+
+    live.upon(_Lifecycle.lapse).to(lapsed).returns(None)
+    lapsed.upon(_Lifecycle.revive).to(live).returns(True)
+    # News that does not apply: a deadline passing again (a renewal that
+    # came too late), a renewal of a lease that never lapsed, either after
+    # the lease was dropped.
+    lapsed.upon(_Lifecycle.lapse).loop().returns(None)
+    unkept.upon(_Lifecycle.lapse).loop().returns(None)
+    live.upon(_Lifecycle.revive).loop().returns(False)
+    unkept.upon(_Lifecycle.revive).loop().returns(False)
+    return builder.build()
+
+
+_LifecycleMachine = _build_lifecycle()

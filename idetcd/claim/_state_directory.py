@@ -12,11 +12,15 @@ import uuid
 
 import attr
 
+from idetcd.common import EXIT_TEMPFAIL
+
 
 class StateDirectoryBusy(Exception):
     """
     Another running node uses this state directory (and so its identity).
     """
+
+    exit_status = EXIT_TEMPFAIL
 
 
 def default_state_dir(block, port):

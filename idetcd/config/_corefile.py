@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import attr
 
+from idetcd.common import EXIT_CONFIG
 from idetcd.etcd.auth import Credentials
 from idetcd.etcd.connections import request_url
 from idetcd.etcd.tls import TlsSettings
@@ -29,6 +30,8 @@ class CorefileError(ValueError):
     """
     A Corefile that cannot be used; C{str()} gives C{file:line: message}.
     """
+
+    exit_status = EXIT_CONFIG
 
     def __init__(self, filename, line, message):
         super().__init__(f"{filename}:{line}: {message}")

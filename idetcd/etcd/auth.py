@@ -10,6 +10,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from idetcd.common import Waiters
 from idetcd.etcd.errors import AuthenticationFailed, EtcdError
 
 log = Logger()
@@ -67,7 +68,7 @@ class TokenKeeper:
     authentications = attr.ib(default=0, init=False)
     _token = attr.ib(default=None, init=False)
     _in_flight = attr.ib(default=None, init=False)
-    _waiters = attr.ib(factory=list, init=False)
+    _waiters = attr.ib(factory=Waiters, init=False)
 
     def token(self):
         """
@@ -76,8 +77,7 @@ class TokenKeeper:
         """
         if self._token is not None:
             return defer.succeed(self._token)
-        waiter = defer.Deferred(self._waiters.remove)
-        self._waiters.append(waiter)
+        waiter = self._waiters.wait()
         if self._in_flight is None:
             self._in_flight = defer.maybeDeferred(self.authenticate)
             self._in_flight.addBoth(self._settled)
@@ -96,12 +96,7 @@ class TokenKeeper:
         if not isinstance(result, Failure):
             self._token = result
             self.authentications += 1
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        self._waiters.fire(result)
 
 
 @defer.inlineCallbacks

@@ -2,11 +2,15 @@
 What goes wrong talking to etcd, as exceptions callers can tell apart.
 """
 
+from idetcd.common import EXIT_CONFIG, EXIT_UNAVAILABLE
+
 
 class EtcdError(Exception):
     """
     etcd refused a request; C{code} is its gRPC status code.
     """
+
+    exit_status = EXIT_CONFIG
 
     def __init__(self, code, message):
         super().__init__(f"etcd error {code}: {message}")
@@ -67,6 +71,8 @@ class EtcdUnavailable(Exception):
     No endpoint answered.
     """
 
+    exit_status = EXIT_UNAVAILABLE
+
 
 class ResyncNeeded(Exception):
     """
@@ -95,6 +101,9 @@ class EtcdSetupError(EtcdUnavailable):
     trouble retries it too, while a node runs; a node's start-up check
     fails on it instead.
     """
+
+    # etcd answers, and refuses what the Corefile says.
+    exit_status = EXIT_CONFIG
 
 
 class NotEtcdGateway(EtcdSetupError):

@@ -11,7 +11,7 @@ from idetcd.members._barrier import (
     when_members,
 )
 from idetcd.members._record import Member, member_order, role_and_slot
-from idetcd.members._registry import BOOKKEEPING, DEAD, JOBS, QUEUE, Registry, dead_key
+from idetcd.members._registry import BOOKKEEPING, DEAD, JOBS, Registry, dead_key
 from idetcd.members._snapshot import lease_times, read_members
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "DEAD",
     "JOBS",
     "Member",
-    "QUEUE",
     "Registry",
     "dead_key",
     "lease_times",

@@ -19,12 +19,9 @@ from idetcd.names import normalize_name
 
 log = Logger()
 
-#: Below the prefix, where nodes queue to claim a slot (see
-#: L{Registry.assignment}); "_" is never in a host name.
-QUEUE = b"_claims/"
 #: Below the prefix, every key that starts with "_" is idetcd's own
 #: bookkeeping (the claim queue, the dead marks, the training jobs'
-#: rounds), not a name.
+#: rounds), not a name; "_" is never in a host name.
 BOOKKEEPING = b"_"
 #: Below the prefix, a mark that a member's holder stopped renewing its
 #: lease (see L{idetcd.training.liveness}): one key per name, on the
@@ -64,7 +61,8 @@ class Registry(Service):
     Subscribers are called after every change to C{members}: those of
     L{subscribe_changes} first, with the names that changed, then those of
     L{subscribe}, with no arguments.  Those of L{subscribe_jobs} follow the
-    bookkeeping keys below one sub-prefix instead.  C{revision} is the etcd revision of
+    bookkeeping keys below one sub-prefix instead, and so do those of
+    L{follow} (the claim queue's).  C{revision} is the etcd revision of
     the last change to C{members}, and grows with every change; writes to
     other keys in the watched range (every key in etcd, with prefix "")
     move only C{applied}, the revision everything has been read up to.
@@ -95,8 +93,8 @@ class Registry(Service):
     _contact_subscribers = attr.ib(factory=list, init=False)
     _changed_names = attr.ib(factory=set, init=False)
     _progress_waiters = attr.ib(factory=list, init=False)
-    _queue = attr.ib(factory=dict, init=False)  # key -> (create_revision, lease)
-    _assignments = attr.ib(factory=dict, init=False)  # tag -> (applied, {lease: name})
+    _followers = attr.ib(factory=list, init=False)  # (prefix + sub-prefix, callback)
+    _followed = attr.ib(factory=dict, init=False)  # key -> KeyValue, below a follower's
     _ready = attr.ib(default=False, init=False)
     _watch = attr.ib(default=None, init=False)
     _loading = attr.ib(default=None, init=False)
@@ -147,45 +145,11 @@ class Registry(Service):
             else:
                 self._progress_waiters.append((condition, d))
 
-    def queue_key(self, tag, lease):
-        """
-        The key under which a node with C{lease} queues for a slot of the
-        pattern C{tag}.
-        """
-        return self.prefix + QUEUE + tag + b"/%016x" % lease
-
-    def assignment(self, tag, names):
-        """
-        Which of C{names} (a pattern's names, lowest slot first) each queued
-        node of pattern C{tag} should claim: the node queued k-th (by create
-        revision) gets the k-th lowest free name.  Every node computes the
-        same matching from the same revision, and a node that claims its
-        name deletes its queue key in the same transaction, which leaves
-        everyone else's share unchanged: racing nodes do not collide.
-        Returns {lease: name}, computed once per revision.
-        """
-        cached = self._assignments.get(tag)
-        if cached is not None and cached[0] == self.applied:
-            return cached[1]
-        free = (name for name in names if self.is_free(name))
-        matching = dict(zip(self.queue(tag), free))
-        self._assignments[tag] = (self.applied, matching)
-        return matching
-
     def is_dead(self, member):
         """
         Whether C{member}, on its lease, is marked dead.
         """
         return bool(member.lease) and self.dead.get(member.name) == member.lease
-
-    def queue(self, tag):
-        """
-        The leases of the nodes queued for a slot of the pattern C{tag},
-        first queued first.
-        """
-        start = self.prefix + QUEUE + tag + b"/"
-        queued = sorted(entry for key, entry in self._queue.items() if key.startswith(start))
-        return [lease for _, lease in queued]
 
     def is_free(self, name):
         """
@@ -218,6 +182,30 @@ class Registry(Service):
         meanwhile.  Returns a function that stops the calls.
         """
         return self._add(self._job_subscribers, callback)
+
+    def follow(self, sub_prefix, callback):
+        """
+        Call C{callback(key, kv)} for every bookkeeping key below
+        C{sub_prefix}, such as the claim queue's (not the dead marks' nor the
+        jobs', which the registry keeps itself): now for those known, then
+        as the watch puts them, and C{callback(key, None)} as they are
+        deleted (a full read deletes those it did not find).  Calls come as
+        each change is applied, before any subscriber hears of it and before
+        L{when_caught_up} fires for its revision.  Returns a function that
+        stops the calls.
+        """
+        start = self.prefix + sub_prefix
+        if not start.startswith(self.prefix + BOOKKEEPING):
+            raise ValueError(f"{sub_prefix!r} is not below idetcd's bookkeeping ({BOOKKEEPING!r})")
+        for key, kv in list(self._followed.items()):
+            if key.startswith(start):
+                callback(key, kv)
+        return self._add(self._followers, (start, callback))
+
+    def _tell_followers(self, key, kv):
+        for start, callback in list(self._followers):
+            if key.startswith(start):
+                callback(key, kv)
 
     def subscribe_contact(self, callback):
         """
@@ -288,7 +276,7 @@ class Registry(Service):
         self._warn.reset("load")
         present = {kv.key for kv in kvs}
         jobs_before = dict(self.jobs)
-        for key in list(self._queue):
+        for key in list(self._followed):
             if key not in present:
                 self._forget(key)
         for key in [*self._names, *self.jobs, *(dead_key(self.prefix, name) for name in self.dead)]:
@@ -356,9 +344,6 @@ class Registry(Service):
         """
         Apply a put; returns whether C{members} changed.
         """
-        if kv.key.startswith(self.prefix + QUEUE):
-            self._queue[kv.key] = (kv.create_revision, kv.lease)
-            return False
         if kv.key.startswith(self.prefix + DEAD):
             name = kv.key[len(self.prefix + DEAD) :].decode("ascii", "replace")
             self.dead[name] = kv.lease
@@ -366,6 +351,10 @@ class Registry(Service):
             return False
         if kv.key.startswith(self.prefix + JOBS):
             self.jobs[kv.key] = kv
+            return False
+        if kv.key.startswith(self.prefix + BOOKKEEPING):
+            self._followed[kv.key] = kv
+            self._tell_followers(kv.key, kv)
             return False
         try:
             member = member_from(self.prefix, kv)
@@ -396,7 +385,8 @@ class Registry(Service):
         Drop C{key}'s member, if it has one; returns whether it had.
         """
         self._bad.pop(key, None)
-        self._queue.pop(key, None)
+        if self._followed.pop(key, None) is not None:
+            self._tell_followers(key, None)
         self.jobs.pop(key, None)
         if key.startswith(self.prefix + DEAD):
             name = key[len(self.prefix + DEAD) :].decode("ascii", "replace")

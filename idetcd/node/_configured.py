@@ -7,6 +7,7 @@ C{tls}, C{credentials} and C{forward}, a C{forward} that would reach the
 node itself).
 """
 
+from idetcd.common import EXIT_CONFIG, EXIT_USAGE
 from idetcd.config import CorefileError, load
 from idetcd.node import _failures as failures
 from idetcd.node._service import IdetcdService
@@ -15,8 +16,8 @@ from idetcd.node._service import IdetcdService
 class Unusable(Exception):
     """
     A Corefile or options no node can run with: C{line} says why and what
-    to fix, C{status} is the exit status (L{failures.EXIT_CONFIG} or
-    L{failures.EXIT_USAGE}).
+    to fix, C{status} is the exit status (L{EXIT_CONFIG} or
+    L{EXIT_USAGE}).
     """
 
     def __init__(self, line, status):
@@ -44,12 +45,12 @@ def idetcd_blocks(corefile, port=None, state=None):
     try:
         blocks = load(corefile)
     except CorefileError as e:
-        raise Unusable(failures.one_line(e), failures.EXIT_CONFIG) from None
+        raise Unusable(failures.one_line(e), EXIT_CONFIG) from None
     blocks = [block for block in blocks if block.idetcd is not None]
     if not blocks:
-        raise Unusable(f"{corefile}: no server block has an idetcd directive", failures.EXIT_CONFIG)
+        raise Unusable(f"{corefile}: no server block has an idetcd directive", EXIT_CONFIG)
     if len(blocks) > 1 and (port is not None or state is not None):
-        raise Unusable("--port and --state apply to a Corefile with one idetcd server block", failures.EXIT_USAGE)
+        raise Unusable("--port and --state apply to a Corefile with one idetcd server block", EXIT_USAGE)
     return blocks
 
 

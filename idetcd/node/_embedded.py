@@ -19,6 +19,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from idetcd.common import EXIT_CONFIG, EXIT_UNAVAILABLE
 from idetcd.etcd import EtcdClient
 
 log = Logger()
@@ -29,11 +30,15 @@ class EtcdNotFound(Exception):
     No etcd binary could be found.
     """
 
+    exit_status = EXIT_CONFIG
+
 
 class EtcdStartFailed(RuntimeError):
     """
     The etcd child process exited at start, or never became healthy.
     """
+
+    exit_status = EXIT_UNAVAILABLE
 
 
 def find_etcd():

@@ -2,8 +2,8 @@
 Why a node could not start, told the operator in one line, and the exit
 status that tells a supervisor whether starting it again can help.
 
-The statuses are those of C{sysexits.h}, whose names C{systemctl status}
-shows (C{status=78/CONFIG}); the README's exit status table lists them.
+The statuses are those of C{sysexits.h} (L{idetcd.common}); each error an
+operator can act on carries its own as its class's C{exit_status}.
 """
 
 import errno
@@ -11,46 +11,7 @@ import os
 
 from twisted.internet.error import CannotListenError
 
-from idetcd.claim import NoAddress, SlotsExhausted, StateDirectoryBusy
-from idetcd.config import CorefileError
-from idetcd.etcd import EtcdError, EtcdSetupError, EtcdUnavailable
-from idetcd.node._embedded import EtcdNotFound, EtcdStartFailed
-
-#: Wrong C{twistd idetcd} options.
-EXIT_USAGE = 64
-#: No name to be had now: every slot taken, no address to announce, etcd
-#: not answering or the embedded etcd not starting.
-EXIT_UNAVAILABLE = 69
-#: An unexpected error, a bug: the log has its traceback.
-EXIT_SOFTWARE = 70
-#: The state directory cannot be created or written.
-EXIT_CANTCREAT = 73
-#: Something this node needs is in use by another process: a port, the
-#: state directory.
-EXIT_TEMPFAIL = 75
-#: Not allowed: a port below 1024 without the capability to bind it.
-EXIT_NOPERM = 77
-#: The Corefile is wrong, the etcd binary is missing, or etcd refused the
-#: node's settings (address, version, credentials, certificates).
-EXIT_CONFIG = 78
-
-#: Exit statuses a restart cannot cure (the systemd unit's
-#: C{RestartPreventExitStatus=}).
-PERMANENT = (EXIT_USAGE, EXIT_CANTCREAT, EXIT_NOPERM, EXIT_CONFIG)
-
-_STATUSES = (
-    (CorefileError, EXIT_CONFIG),
-    (EtcdNotFound, EXIT_CONFIG),
-    (EtcdError, EXIT_CONFIG),
-    (StateDirectoryBusy, EXIT_TEMPFAIL),
-    (SlotsExhausted, EXIT_UNAVAILABLE),
-    (NoAddress, EXIT_UNAVAILABLE),
-    (EtcdStartFailed, EXIT_UNAVAILABLE),
-    # Before EtcdUnavailable, of which it is a kind: etcd answers, and
-    # refuses what the Corefile says (URL, version, user, certificates).
-    (EtcdSetupError, EXIT_CONFIG),
-    (EtcdUnavailable, EXIT_UNAVAILABLE),
-)
+from idetcd.common import EXIT_CANTCREAT, EXIT_CONFIG, EXIT_NOPERM, EXIT_TEMPFAIL
 
 
 def one_line(text):
@@ -68,9 +29,10 @@ def explain(exception, listeners=(), state_dirs=()):
     an operator can act on (a bug).
 
     An exception with an C{exit_status} attribute is such a failure, with
-    that status and its message as the line: new kinds of failure need no
-    change here.  C{listeners} maps port numbers to what listens there
-    (C{"DNS"}); C{state_dirs} are the nodes' state directories.
+    that status and its message as the line: the errors carry their own
+    statuses, and new kinds of failure need no change here.  C{listeners}
+    maps port numbers to what listens there (C{"DNS"}); C{state_dirs} are
+    the nodes' state directories.
     """
     if isinstance(exception, CannotListenError):
         return _cannot_listen(exception, dict(listeners))
@@ -83,8 +45,6 @@ def explain(exception, listeners=(), state_dirs=()):
         )
     status = getattr(exception, "exit_status", None)
     if not isinstance(status, int):
-        status = next((status for kind, status in _STATUSES if isinstance(exception, kind)), None)
-    if status is None:
         return None
     return one_line(exception), status
 

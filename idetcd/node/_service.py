@@ -13,7 +13,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from idetcd.claim import Claimer, NodeIdentity, NodeState, state_path
+from idetcd.claim import Claimer, ClaimQueue, NodeIdentity, NodeState, state_path
+from idetcd.common import Waiters
 from idetcd.config import CorefileError, load, parse
 from idetcd.dns import (
     DNSServer,
@@ -103,7 +104,7 @@ class IdetcdService(OrderedMultiService):
     dns = attr.ib(init=False)
     state = attr.ib(init=False)
     _starting = attr.ib(default=None, init=False)
-    _waiters = attr.ib(factory=list, init=False)
+    _waiters = attr.ib(factory=Waiters, init=False)
     _failure = attr.ib(default=None, init=False)
     _member_waits = attr.ib(factory=set, init=False)
 
@@ -170,6 +171,7 @@ class IdetcdService(OrderedMultiService):
             reactor=self.reactor,
             wait=settings.wait,
             registry=self.registry,
+            queue=ClaimQueue(self.registry),
             on_claimed=self._claimed,
             on_identity=self._identity_replaced,
         )
@@ -319,9 +321,7 @@ class IdetcdService(OrderedMultiService):
             return defer.succeed(self.claimer.held_name)
         if self._failure is not None:
             return defer.fail(self._failure)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
+        return self._waiters.wait()
 
     def startService(self):
         self._failure = None
@@ -351,14 +351,9 @@ class IdetcdService(OrderedMultiService):
         self._starting = None
         if isinstance(result, Failure) and not result.check(defer.CancelledError):
             self._failure = result
-        waiters, self._waiters = self._waiters, []
-        if isinstance(result, Failure) and not waiters and not result.check(defer.CancelledError):
+        if isinstance(result, Failure) and not self._waiters and not result.check(defer.CancelledError):
             log.failure("node could not start", result)
-        for d in waiters:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(self.claimer.held_name)
+        self._waiters.fire(result if isinstance(result, Failure) else self.claimer.held_name)
 
     def _claimed(self, name, lease):
         self.state.remember_claim(name, lease)

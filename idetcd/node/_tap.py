@@ -18,6 +18,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from idetcd._version import __version__
+from idetcd.common import EXIT_SOFTWARE, EXIT_USAGE
 from idetcd.node import _failures as failures
 from idetcd.node import _logs as logs
 from idetcd.node._configured import Unusable, build_nodes, dns_port, idetcd_blocks
@@ -59,7 +60,7 @@ class Options(usage.Options):
         try:
             usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
-            _leave(f"{e} (see twistd idetcd --help)", failures.EXIT_USAGE)
+            _leave(f"{e} (see twistd idetcd --help)", EXIT_USAGE)
 
     def opt_version(self):
         """
@@ -73,7 +74,7 @@ class Options(usage.Options):
         try:
             self["blocks"] = idetcd_blocks(self["corefile"], self["port"], self["state"])
         except Unusable as e:
-            if e.status == failures.EXIT_USAGE:
+            if e.status == EXIT_USAGE:
                 raise usage.UsageError(e.line) from None
             _leave(e.line, e.status)
         self["log_observer"] = self._log_observer()
@@ -88,14 +89,14 @@ class Options(usage.Options):
             if self[name] not in choices:
                 _leave(
                     f"--{name} must be one of {', '.join(choices)}, got {self[name]!r}"
-                    " (see twistd idetcd --help)", failures.EXIT_USAGE,
+                    " (see twistd idetcd --help)", EXIT_USAGE,
                 )
         twistd = getattr(self, "parent", None)
         if twistd is not None and not logs.twistd_logs_to_stdout(twistd):
             if self["log-format"] != "text":
                 _leave(
                     f"--log-format {self['log-format']} writes to standard output: use it with"
-                    " --nodaemon and without --logfile, --syslog or --logger", failures.EXIT_USAGE,
+                    " --nodaemon and without --logfile, --syslog or --logger", EXIT_USAGE,
                 )
             return None
         return logs.stdout_observer(sys.stdout, self["log-format"], self["log-priority"])
@@ -227,7 +228,7 @@ class Nodes(MultiService):
         )
         if explained is None:
             log.failure("cannot start: unexpected error", failure)
-            line, self.status = failures.one_line(failure.getErrorMessage()), failures.EXIT_SOFTWARE
+            line, self.status = failures.one_line(failure.getErrorMessage()), EXIT_SOFTWARE
         else:
             line, self.status = explained
             log.critical("cannot start: {why}", why=line, exit_status=self.status)
