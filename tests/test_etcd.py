@@ -255,6 +255,22 @@ class EtcdClientTests(EtcdTestCase):
         kvs, _ = yield client.range(PREFIX + b"x")
         self.assertEqual(kvs[0].value, b"1")
 
+    @defer.inlineCallbacks
+    def test_endpoints_asked_at_every_request(self):
+        """
+        A client given a function for its endpoints (an embedded etcd's,
+        whose port may change while it starts) asks it at every request:
+        it reaches etcd once the function names where etcd listens.
+        """
+        urls = [f"http://127.0.0.1:{free_port()}"]
+        client = self.make_client(lambda: urls)
+        yield self.assertFailure(client.put(PREFIX + b"x", b"1"), EtcdUnavailable)
+        urls[:] = [self.etcd.client_url]
+        self.assertEqual(client.endpoints, (self.etcd.client_url,))
+        yield client.put(PREFIX + b"x", b"1")
+        kvs, _ = yield self.client.range(PREFIX + b"x")
+        self.assertEqual(kvs[0].value, b"1")
+
     def silent_endpoint(self):
         """
         An endpoint that accepts connections and never answers.

@@ -69,9 +69,13 @@ class EtcdClient:
     and watch carries a token, traded again when etcd refuses it.
     C{on_call}, if set, is told of every settled L{call} as
     C{on_call(path, result)}, with the reply or the failure (metrics).
+
+    C{endpoints} are the URLs it tries, in order: a sequence, or a function
+    that gives them as they are now, asked at every request (an embedded
+    etcd may move to other ports while it starts).
     """
 
-    endpoints = attr.ib(converter=tuple)
+    _endpoints = attr.ib(converter=lambda endpoints: endpoints if callable(endpoints) else tuple(endpoints))
     reactor = attr.ib()
     timeout = attr.ib(default=5.0)
     tls = attr.ib(default=None)
@@ -90,6 +94,15 @@ class EtcdClient:
         self._pool, self._http = http_client(self.reactor, self.tls)
         if self.credentials is not None:
             self._auth = TokenKeeper(lambda: authenticate(self, self.credentials))
+
+    @property
+    def endpoints(self):
+        """
+        The URLs of etcd's endpoints now, in the order they are tried.
+        """
+        if callable(self._endpoints):
+            return tuple(self._endpoints())
+        return self._endpoints
 
     @property
     def endpoint(self):

@@ -184,6 +184,13 @@ class EtcdProcess(Service):
     def client_url(self):
         return self._url(self.client_port)
 
+    def client_urls(self):
+        """
+        The URLs a client of this member reaches it at now: the ports it
+        was given may be taken, and others chosen, while it starts.
+        """
+        return (self.client_url,)
+
     @property
     def peer_url(self):
         return self._url(self.peer_port)

@@ -46,8 +46,8 @@ class EtcdConnection(Service):
     watch and request ended when it stops.  It has started once etcd is
     known to work for C{prefix}: a wrong URL, an etcd older than 3.4, a
     wrong password or certificate fails the start here, while an etcd not
-    answering yet is waited for.  With an embedded etcd, it talks to
-    wherever that etcd listens now (its ports may change at start).
+    answering yet is waited for.  With an embedded etcd, the client was
+    made to ask it where it listens (its ports may change at start).
     """
 
     client = attr.ib()
@@ -58,7 +58,6 @@ class EtcdConnection(Service):
 
     def startService(self):
         if self.etcd is not None:
-            self.client.endpoints = (self.etcd.client_url,)
             self.on_embedded(self.etcd.client_url)
         self.client.open()
         Service.startService(self)
@@ -118,7 +117,7 @@ class IdetcdService(OrderedMultiService):
         if settings.endpoints == ("embedded",):
             self.etcd = EtcdProcess(self.reactor, os.path.join(self.state.path, "etcd"))
             self._add("etcd", self.etcd)
-            endpoints = [self.etcd.client_url]
+            endpoints = self.etcd.client_urls
         else:
             endpoints = settings.endpoints
         self.client = EtcdClient(
