@@ -191,7 +191,7 @@ class ForwardTestCase(unittest.TestCase):
     def serve(self, *upstreams, zones=(".",), tally=None, cache=None, **settings):
         upstreams = upstreams or (Upstream(HOST, self.upstream_port),)
         self.forwarder = Forwarder(
-            forward_settings(upstreams, **settings), "tf.local.", zones, reactor, cache_settings=cache
+            forward_settings(upstreams, **settings), "tf.local.", zones, reactor, cache_settings=cache, tally=tally
         )
         self.server = DNSServer(
             ZoneAuthority("tf.local.", self.registry, 30), 0, forwarder=self.forwarder, tally=tally
@@ -909,3 +909,39 @@ class NodeTests(unittest.TestCase):
         self.assertGreater(len(answered), 10)
         self.assertGreaterEqual(answered.count(True), 0.9 * len(answered))
         yield wait_for(lambda: not forwarder.in_flight)
+
+
+class NodeMetricsTests(unittest.TestCase):
+    """
+    A node with C{forward} and C{prometheus}: its page counts from its first
+    request, and the answers it relays with those it gives itself.
+    """
+
+    timeout = 120
+    LEASE = NodeTests.LEASE
+    # Borrowed: they need only what setUp makes.
+    setUp = NodeTests.setUp
+    start_node = NodeTests.start_node
+    ask = NodeTests.ask
+
+    @defer.inlineCallbacks
+    def test_counted_from_the_first_request(self):
+        yield self.start_node(
+            f"    forward . dns://127.0.0.1:{self.upstream_port}\n    prometheus 127.0.0.1:0"
+        )
+        for name in ("example.com", "www.example.org", self.name):
+            _, response = yield self.ask(name)
+            self.assertEqual(response.rcode(), dns.rcode.NOERROR, name)
+        http = HttpGetter(timeout=CLIENT_WAIT)
+        self.addCleanup(http.close)
+        code, body = yield http.get(f"http://127.0.0.1:{self.node.getServiceNamed('metrics').port}/metrics")
+        self.assertEqual(code, 200)
+        page = samples(body.decode("utf-8"))
+        (upstream,) = self.node.dns.forwarder.upstreams
+        self.assertEqual(value(page, "idetcd_forward_responses_total", to=str(upstream), rcode="NOERROR"), 2)
+        self.assertEqual(
+            {key: v for key, v in page.items() if key[0] == "idetcd_dns_responses_total"},
+            {("idetcd_dns_responses_total", (("rcode", "NOERROR"), ("zone", "tf.local."))): 3},
+        )
+        # The start-up check's GET of /version is the node's first call to etcd.
+        self.assertEqual(value(page, "idetcd_etcd_requests_total", method="Version", outcome="ok"), 1)

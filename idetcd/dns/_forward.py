@@ -128,6 +128,9 @@ class Forwarder:
     reactor = attr.ib()
     #: The block's C{cache} (an L{idetcd.config.CacheSettings}), or None.
     cache_settings = attr.ib(default=None)
+    #: Where the server counts its answers (a L{tally.DnsTally}), or None:
+    #: the replies relayed to clients are counted there too.
+    tally = attr.ib(default=None)
     #: The answers kept, when the block has C{cache}.
     cache = attr.ib(init=False, default=None)
     #: Each upstream's L{Health}, by upstream.
@@ -148,9 +151,6 @@ class Forwarder:
     tries = attr.ib(init=False, factory=collections.Counter)
     #: Upstream replies taken, by (upstream, rcode label).
     replies = attr.ib(init=False, factory=collections.Counter)
-    #: Where the server counts its answers (a L{tally.DnsTally}), or None:
-    #: the replies relayed to clients are counted there too.
-    tally = attr.ib(init=False, default=None)
     report = attr.ib(init=False, default=None)
     _closing = attr.ib(init=False, factory=set)  # TCP connections not yet closed
     _verdicts = attr.ib(init=False, factory=dict)  # client address -> allowed

@@ -910,6 +910,8 @@ class DNSServer(service.Service):
             )
         if not self.interfaces:
             raise ValueError("no interface to listen on")
+        if self.forwarder is not None and self.forwarder.tally is not self.tally:
+            raise ValueError("the forwarder must count its answers in the server's tally")
         if self.reactor is None:
             from twisted.internet import reactor
 
@@ -945,7 +947,6 @@ class DNSServer(service.Service):
         if self.tally is not None:
             self.tally.server = f"dns://:{self.port}"
         if self.forwarder is not None:
-            self.forwarder.tally = self.tally
             try:
                 self.forwarder.start(self.port, self.interfaces, report)
             except BaseException:

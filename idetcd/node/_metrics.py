@@ -35,7 +35,7 @@ from twisted.web.client import ResponseNeverReceived
 
 import twisted
 from idetcd._version import __version__
-from idetcd.dns import DURATION_BOUNDS, SIZE_BOUNDS, DnsTally
+from idetcd.dns import DURATION_BOUNDS, SIZE_BOUNDS
 from idetcd.etcd import EtcdUnavailable
 
 #: etcd's gRPC method for each gateway path, as etcd's own metrics name it
@@ -309,15 +309,13 @@ class _Fixed:
         yield self.family
 
 
-def node_registry(node):
+def node_registry(node, dns, calls):
     """
     A new registry of C{node}'s metrics (and of its process, as every
-    Prometheus client reports them); C{node} starts counting them.  Call it
-    before the node starts.
+    Prometheus client reports them), read from what counts them: C{dns},
+    the L{DnsTally} its DNS server was given, and C{calls}, the
+    L{EtcdCalls} its etcd client was given.
     """
-    dns = DnsTally(node.dns.authority.zone)
-    node.dns.tally = dns
-    calls = node.client.on_call = EtcdCalls()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(build_info())
     registry.register(DnsCollector(dns))

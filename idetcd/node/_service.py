@@ -18,6 +18,7 @@ from idetcd.common import Waiters
 from idetcd.config import CorefileError, load, parse
 from idetcd.dns import (
     DNSServer,
+    DnsTally,
     Forwarder,
     Freshness,
     ZoneAuthority,
@@ -29,7 +30,7 @@ from idetcd.etcd import EtcdClient
 from idetcd.members import JOBS, Registry, when_members
 from idetcd.node._embedded import EtcdProcess
 from idetcd.node._http import HttpEndpoint, health_site, metrics_site, ready_site
-from idetcd.node._metrics import node_registry
+from idetcd.node._metrics import EtcdCalls, node_registry
 from idetcd.node._ordered import OrderedMultiService
 from idetcd.training.liveness import LookAfter, look_after_period
 from idetcd.training.rounds import RoundKeeper, round_of
@@ -114,6 +115,10 @@ class IdetcdService(OrderedMultiService):
             raise CorefileError(self.block.filename, self.block.line, "server block has no idetcd directive")
         port = self.block.port if self.port is None else self.port
         self.state = NodeState(state_path(self.block, port, self.state_dir))
+        # What /metrics reads, counted from the first request on.
+        metrics = self.block.prometheus is not None
+        tally = DnsTally(settings.pattern.zone) if metrics else None
+        calls = EtcdCalls() if metrics else None
         if settings.endpoints == ("embedded",):
             self.etcd = EtcdProcess(self.reactor, os.path.join(self.state.path, "etcd"))
             self._add("etcd", self.etcd)
@@ -121,7 +126,7 @@ class IdetcdService(OrderedMultiService):
         else:
             endpoints = settings.endpoints
         self.client = EtcdClient(
-            endpoints, self.reactor, tls=settings.tls, credentials=settings.credentials
+            endpoints, self.reactor, tls=settings.tls, credentials=settings.credentials, on_call=calls
         )
         prefix = settings.prefix.encode("utf-8")
         self._add("etcd-client", EtcdConnection(self.client, prefix, self.etcd, self.state.remember_etcd_url))
@@ -142,8 +147,9 @@ class IdetcdService(OrderedMultiService):
                 reactor=self.reactor,
                 forwarder=None if self.block.forward is None else Forwarder(
                     self.block.forward, settings.pattern.zone, self.block.zones, self.reactor,
-                    cache_settings=self.block.cache,
+                    cache_settings=self.block.cache, tally=tally,
                 ),
+                tally=tally,
                 transfer=None if self.block.transfer is None else ZoneTransfer(
                     authority, self.block.transfer.allowed, self.block.transfer.targets
                 ),
@@ -157,8 +163,8 @@ class IdetcdService(OrderedMultiService):
             self._add("health", HttpEndpoint("health", self.block.health, health_site(), self.reactor))
         if self.block.ready is not None:
             self._add("ready", HttpEndpoint("ready", self.block.ready, ready_site(self), self.reactor))
-        if self.block.prometheus is not None:
-            site = metrics_site(node_registry(self))
+        if metrics:
+            site = metrics_site(node_registry(self, tally, calls))
             self._add("metrics", HttpEndpoint("metrics", self.block.prometheus, site, self.reactor))
         self.claimer = Claimer(
             self.client,
