@@ -299,8 +299,11 @@ class DnsTallyTests(unittest.TestCase):
         except OSError:
             raise unittest.SkipTest("no IPv6 loopback")
         self.tally = tally.DnsTally(ZONE)
-        authority = ZoneAuthority(ZONE, FakeRegistry(sample_members()), 30)
-        self.server = DNSServer(authority, 0, interfaces=("::",), reactor=reactor, tally=self.tally)
+        registry = FakeRegistry(sample_members())
+        authority = ZoneAuthority(ZONE, registry, 30)
+        self.server = DNSServer(
+            authority, 0, interfaces=("::",), reactor=reactor, tally=self.tally, registry=registry
+        )
         self.server.startService()
         self.addCleanup(self.server.stopService)
 

@@ -121,6 +121,7 @@ class ServerTestCase(unittest.TestCase):
             0,
             tcp_idle_timeout=self.idle_timeout,
             max_tcp_connections=self.max_connections,
+            registry=self.registry,
         )
         self.server.startService()
         self.addCleanup(self.server.stopService)
@@ -978,10 +979,11 @@ class SourceAddressTests(unittest.TestCase):
     """
 
     def setUp(self):
-        self.authority = ZoneAuthority("tf.local.", FakeRegistry(sample_members()), 30)
+        self.registry = FakeRegistry(sample_members())
+        self.authority = ZoneAuthority("tf.local.", self.registry, 30)
 
     def serve(self, interface):
-        server = DNSServer(self.authority, 0, interfaces=(interface,))
+        server = DNSServer(self.authority, 0, interfaces=(interface,), registry=self.registry)
         try:
             server.startService()
         except CannotListenError:
@@ -1054,7 +1056,7 @@ class LifecycleTests(unittest.TestCase):
                 s.bind(("::1", 0))
         except OSError:
             raise unittest.SkipTest("no IPv6 loopback")
-        server = DNSServer(self.authority, 0, interfaces=("127.0.0.1", "::1"))
+        server = DNSServer(self.authority, 0, interfaces=("127.0.0.1", "::1"), registry=self.registry)
         server.startService()
         self.addCleanup(server.stopService)
         query = dns.message.make_query("worker1.tf.local", "A")
@@ -1073,17 +1075,18 @@ class LifecycleTests(unittest.TestCase):
         """
         blocker = reactor.listenTCP(0, protocol.Factory(), interface=HOST)
         self.addCleanup(blocker.stopListening)
-        server = DNSServer(self.authority, blocker.getHost().port)
+        server = DNSServer(self.authority, blocker.getHost().port, registry=self.registry)
         self.assertRaises(CannotListenError, server.startService)
         self.assertEqual(self.registry.subscribers, [])
+        self.assertEqual(self.registry.change_subscribers, [])
         self.assertFalse(server.running)
         # Let the UDP port it opened first finish closing.
         yield task.deferLater(reactor, 0, lambda: None)
 
     def test_bad_arguments(self):
-        self.assertRaises(ValueError, DNSServer, self.authority, 0, tcp_idle_timeout=0)
-        self.assertRaises(ValueError, DNSServer, self.authority, 0, max_tcp_connections=0)
-        self.assertRaises(ValueError, DNSServer, self.authority, 0, interfaces=())
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, tcp_idle_timeout=0, registry=self.registry)
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, max_tcp_connections=0, registry=self.registry)
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, interfaces=(), registry=self.registry)
 
 
 @defer.inlineCallbacks

@@ -875,7 +875,9 @@ class _TCPFactory(protocol.Factory):
 class DNSServer(service.Service):
     """
     Serves C{authority} over UDP and TCP on C{port} of every interface,
-    counting its answers in C{tally} (a L{tally.DnsTally}) if given.
+    counting its answers in C{tally} (a L{tally.DnsTally}) if given, and
+    making its prepared replies again as C{registry} (the membership the
+    authority answers from) tells of changes.
     """
 
     authority = attr.ib()
@@ -892,6 +894,9 @@ class DNSServer(service.Service):
     transfer = attr.ib(default=None)
     #: A L{idetcd.dns._querylog.QueryLog} (C{log}, C{errors}), or None.
     querylog = attr.ib(default=None)
+    #: An L{idetcd.members.Registry}: its C{subscribe_changes} names the
+    #: members whose replies are made again.
+    registry = attr.ib(kw_only=True)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -963,7 +968,7 @@ class DNSServer(service.Service):
         self.privilegedStartService()
         # What the registry learnt since the ports were bound.
         self._replies.rebuild()
-        self._unsubscribe = self.authority.registry.subscribe_changes(self._replies.changed)
+        self._unsubscribe = self.registry.subscribe_changes(self._replies.changed)
         if self.transfer is not None:
             self.transfer.start(self.reactor, self._replies.report)
         service.Service.startService(self)

@@ -154,6 +154,7 @@ class IdetcdService(OrderedMultiService):
                     authority, self.block.transfer.allowed, self.block.transfer.targets
                 ),
                 querylog=query_log(self.block, self.reactor),
+                registry=self.registry,
             ),
         )
         if self.dns.forwarder is not None:
