@@ -915,8 +915,11 @@ class DNSServer(service.Service):
             )
         if not self.interfaces:
             raise ValueError("no interface to listen on")
-        if self.forwarder is not None and self.forwarder.tally is not self.tally:
-            raise ValueError("the forwarder must count its answers in the server's tally")
+        if self.forwarder is not None:
+            if self.forwarder.tally is not self.tally:
+                raise ValueError("the forwarder must count its answers in the server's tally")
+            # A mistake in its upstreams is found now, before any port is bound.
+            self.forwarder.prepare(self.port, self.interfaces)
         if self.reactor is None:
             from twisted.internet import reactor
 

@@ -157,8 +157,6 @@ class IdetcdService(OrderedMultiService):
                 registry=self.registry,
             ),
         )
-        if self.dns.forwarder is not None:
-            self.dns.forwarder.prepare(self.dns.port, self.dns.interfaces)
         # Each HTTP endpoint listens only when its directive is present.
         if self.block.health is not None:
             self._add("health", HttpEndpoint("health", self.block.health, health_site(), self.reactor))
