@@ -1,5 +1,6 @@
 """
-Tests for L{idetcd.config._corefile}.
+Tests for reading a Corefile: L{idetcd.config}, and the directives
+read by the parts they configure (L{idetcd.node.parse}).
 """
 
 import os
@@ -7,21 +8,19 @@ import os
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from idetcd.config._corefile import (
-    PRIVATE_NETWORKS,
-    CorefileError,
-    ForwardSettings,
+from idetcd.config import CorefileError
+from idetcd.dns import PRIVATE_NETWORKS, ForwardSettings, Upstream
+from idetcd.etcd.auth import Credentials
+from idetcd.etcd.tls import TlsSettings
+from idetcd.names._pattern import Pattern
+from idetcd.node import (
     HttpAddress,
     IdetcdSettings,
     ReloadSettings,
     ServerBlock,
-    Upstream,
     load,
     parse,
 )
-from idetcd.etcd.auth import Credentials
-from idetcd.etcd.tls import TlsSettings
-from idetcd.names._pattern import Pattern
 from tests.certs import make_certificates
 
 ORIGINAL = """\
