@@ -33,6 +33,7 @@ class Block:
         """
         Fail unless C{directive} is the first of its name in this block.
         """
+        # A copy: server_blocks notes each directive's line once it is read.
         directive.once(dict(self.lines), "this server block")
 
 
