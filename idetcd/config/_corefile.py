@@ -333,4 +333,3 @@ class _Parser(_Failing):
                 self.pos += 1
                 block = self._block(after)
             directives.append(Directive(token.text, tuple(args), block, self.filename, token.line))
-
