@@ -127,7 +127,7 @@ def _listen_metrics(reactor, authority):
     """
     from prometheus_client import CollectorRegistry
 
-    from idetcd.config._corefile import HttpAddress
+    from idetcd.node import HttpAddress
     from idetcd.node._http import HttpEndpoint, metrics_site
     from idetcd.node._metrics import DnsCollector
 
@@ -144,8 +144,8 @@ def _listen_log(reactor, authority):
     idetcd with the log directive: every query due a line, at most 100
     lines/s written (to the server's log file), the rest counted.
     """
-    from idetcd.config import parse
     from idetcd.dns import query_log
+    from idetcd.node import parse
 
     block = parse(f".:53 {{\n idetcd {{\n pattern w{{{{.ID}}}}.{ZONE}\n }}\n log\n}}\n")[0]
     return _listen_idetcd(reactor, authority, querylog=query_log(block, reactor))

@@ -29,10 +29,10 @@ from dnsperf_bench import ZONE, StaticRegistry, members  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.logger import globalLogBeginner  # noqa: E402
 
-from idetcd.config import parse  # noqa: E402
 from idetcd.dns import _server as idetcd_server  # noqa: E402
 from idetcd.dns._authority import ZoneAuthority  # noqa: E402
 from idetcd.dns._querylog import query_log  # noqa: E402
+from idetcd.node import parse  # noqa: E402
 
 SETTINGS = {
     "none": None,

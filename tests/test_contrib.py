@@ -13,7 +13,7 @@ import yaml
 from twisted.trial import unittest
 
 from idetcd.common import PERMANENT
-from idetcd.config._corefile import parse
+from idetcd.node import parse
 from tests.test_cluster import ROOT
 
 UNIT = os.path.join(ROOT, "contrib", "systemd", "idetcd.service")

@@ -1,5 +1,6 @@
 """
-Tests for L{idetcd.config._corefile}.
+Tests for reading a Corefile: L{idetcd.config}, and the directives
+read by the parts they configure (L{idetcd.node.parse}).
 """
 
 import os
@@ -7,21 +8,20 @@ import os
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from idetcd.config._corefile import (
-    PRIVATE_NETWORKS,
-    CorefileError,
-    ForwardSettings,
+from idetcd.common import EXIT_CONFIG
+from idetcd.config import CorefileError, Directive, number, server_blocks
+from idetcd.dns import PRIVATE_NETWORKS, ForwardSettings, Upstream
+from idetcd.etcd.auth import Credentials
+from idetcd.etcd.tls import TlsSettings
+from idetcd.names._pattern import Pattern
+from idetcd.node import (
     HttpAddress,
     IdetcdSettings,
     ReloadSettings,
     ServerBlock,
-    Upstream,
     load,
     parse,
 )
-from idetcd.etcd.auth import Credentials
-from idetcd.etcd.tls import TlsSettings
-from idetcd.names._pattern import Pattern
 from tests.certs import make_certificates
 
 ORIGINAL = """\
@@ -972,3 +972,85 @@ class PrometheusTests(TestCase, ErrorAssertions):
         ]
         for lines, line, *words in cases:
             self.assertCorefileError(with_http(*lines), line, *words)
+
+
+class PartReaderTests(TestCase):
+    """
+    L{server_blocks} with a table of directive readers other than the
+    node's, as a part registers them: the reader gets the directive's
+    words and block, and the helpers of L{Directive} fail at its line.
+    """
+
+    def read(self, text, readers):
+        return list(server_blocks(text, "Corefile", readers, environ={}))
+
+    def assertFails(self, text, readers, message):
+        with self.assertRaises(CorefileError) as caught:
+            self.read(text, readers)
+        self.assertEqual(str(caught.exception), message)
+        self.assertEqual(caught.exception.exit_status, EXIT_CONFIG)
+
+    def test_each_directive_goes_to_its_reader(self):
+        """
+        Each directive reaches the reader of its name; what the reader
+        returns is the block's value for that name, which a directive
+        that comes again builds on; the block keeps its first line.
+        """
+        seen = []
+
+        def greet(directive, block):
+            seen.append(directive)
+            return block.values.get("greet", ()) + directive.args
+
+        (block,) = self.read("example:1054 {\n    greet hello world\n    greet again { sub 1 }\n}\n", {"greet": greet})
+        self.assertEqual((block.zones, block.port, block.line), (("example.",), 1054, 1))
+        self.assertEqual((block.values, block.lines), ({"greet": ("hello", "world", "again")}, {"greet": 2}))
+        self.assertEqual(
+            seen,
+            [
+                Directive("greet", ("hello", "world"), None, "Corefile", 2),
+                Directive("greet", ("again",), (Directive("sub", ("1",), None, "Corefile", 3),), "Corefile", 3),
+            ],
+        )
+
+    def test_unknown_directive_names_the_readers(self):
+        readers = {"greet": lambda directive, block: None, "bye": lambda directive, block: None}
+        self.assertFails(
+            ". {\n    greet\n    wave\n}\n",
+            readers,
+            "Corefile:3: unknown directive 'wave' (expected one of: greet, bye)",
+        )
+
+    def test_once(self):
+        def greet(directive, block):
+            block.once(directive)
+            return directive.args
+
+        self.assertFails(
+            ". {\n    greet a\n    greet b\n}\n",
+            {"greet": greet},
+            "Corefile:3: duplicate 'greet' in this server block (first on line 2)",
+        )
+
+    def test_settings(self):
+        """
+        L{Directive.settings} reads a block by a table: each setting at
+        most once unless repeated, its arguments counted, its value
+        converted, every mistake at its own line.
+        """
+        table = {"size": ("size", 1, 1, number("size", 1, 9)), "tag": ("tags", 1, None, lambda args: args)}
+        readers = {"shop": lambda directive, block: directive.settings(table, repeated=("tag",))}
+
+        def shop(*lines):
+            return ". {\n    shop {\n" + "".join(f"        {line}\n" for line in lines) + "    }\n}\n"
+
+        (block,) = self.read(shop("tag a b", "size 3", "tag c"), readers)
+        # (the line of each setting that may come once, the values)
+        self.assertEqual(block.values["shop"], ({"size": 4}, {"tags": (("a", "b"), ("c",)), "size": 3}))
+        for lines, message in [
+            (["size 3", "size 4"], "Corefile:4: duplicate 'size' in shop (first on line 3)"),
+            (["size 10"], "Corefile:3: size must be a whole number from 1 to 9, got '10'"),
+            (["tag a", "size"], "Corefile:4: 'size' needs 1 argument, got 0"),
+            (["colour red"], "Corefile:3: unknown directive 'colour' in shop (expected one of: size, tag)"),
+        ]:
+            self.assertFails(shop(*lines), readers, message)

@@ -26,7 +26,8 @@ from twisted.names.error import AuthoritativeDomainError
 from twisted.trial import unittest
 
 from idetcd import IdetcdService
-from idetcd.config._corefile import CorefileError, ForwardSettings, Upstream
+from idetcd.config import CorefileError
+from idetcd.dns import ForwardSettings, Upstream
 from idetcd.dns import _wire as wire
 from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._forward import VERDICTS, Forwarder, reaches_itself, resolv_conf

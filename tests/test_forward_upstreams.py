@@ -21,10 +21,11 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from idetcd.config import CacheSettings, CorefileError, parse
-from idetcd.config._corefile import Upstream
+from idetcd.config import CorefileError
+from idetcd.dns import CacheSettings, Upstream
 from idetcd.dns._answer_cache import AnswerCache, ttl_fields
 from idetcd.dns._wire import read_query
+from idetcd.node import parse
 from idetcd.node._embedded import free_port
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_cluster import NodeProcessCase

@@ -23,7 +23,7 @@ MAY_IMPORT = {
     "names": set(),
     "etcd": {"common"},
     "testing": {"etcd"},
-    "config": {"common", "etcd", "names"},
+    "config": {"common", "names"},
     "members": {"common", "etcd", "names"},
     "claim": {"common", "etcd", "members"},
     "dns": {"common", "config", "etcd", "members", "names"},

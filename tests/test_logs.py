@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from idetcd.common import LinesPerSecond
-from idetcd.config import CorefileError, parse
+from idetcd.config import CorefileError
 from idetcd.dns import _tally as tally
 from idetcd.dns._querylog import (
     QueryLog,
@@ -28,6 +28,7 @@ from idetcd.dns._querylog import (
     twisted_format,
 )
 from idetcd.node import _logs as logs
+from idetcd.node import parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -27,13 +27,14 @@ import dns.zone
 from twisted.internet import defer, protocol, reactor, threads, utils
 from twisted.trial import unittest
 
-from idetcd.config import CorefileError, parse
+from idetcd.config import CorefileError
 from idetcd.dns import _wire as wire
 from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._freshness import View
 from idetcd.dns._server import DNSServer
 from idetcd.dns._transfer import NOTIFY_FIRST_RETRY, ZoneTransfer
 from idetcd.members._record import Member
+from idetcd.node import parse
 from idetcd.node._embedded import free_port
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_cluster import ROOT, NodeProcessCase, _Output

@@ -9,7 +9,7 @@ import attr
 from twisted.internet import defer
 
 from idetcd.claim import NodeState, state_path
-from idetcd.config import CorefileError, load
+from idetcd.config import CorefileError
 from idetcd.etcd import EtcdClient, EtcdError, EtcdSetupError, EtcdUnavailable
 from idetcd.members import (
     Registry,
@@ -20,6 +20,7 @@ from idetcd.members import (
     read_members,
     when_members,
 )
+from idetcd.node import load
 from idetcd.training import ClusterSpec, Local, SpecError, member_json
 from idetcd.training.interfaces import interface_of
 from idetcd.training.rounds import RoundKeeper

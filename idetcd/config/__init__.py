@@ -1,38 +1,37 @@
 """
-The Corefile: read, parsed and checked into the settings every part
-of a node takes.
+The Corefile as text: read, split into words and server blocks of
+directives, with the keys of each block and the values directives take.
+Each part reads its own directives (as CoreDNS plugins do) and names
+their readers to L{server_blocks}; the node puts them together
+(L{idetcd.node.load}).
 """
 
-from idetcd.config._corefile import (
-    LOG_PLACEHOLDER,
-    CacheSettings,
-    CorefileError,
-    ErrorsSettings,
-    ForwardSettings,
-    HttpAddress,
-    IdetcdSettings,
-    QueryLogSettings,
-    ServerBlock,
-    TransferSettings,
-    Upstream,
-    load,
-    parse,
-    read,
+from idetcd.config._blocks import DEFAULT_PORT, Block, server_blocks
+from idetcd.config._corefile import CorefileError, Directive, read
+from idetcd.config._values import (
+    between,
+    choice,
+    duration,
+    ip_addresses,
+    number,
+    seconds,
+    text,
+    zone,
 )
 
 __all__ = [
-    "CacheSettings",
-    "LOG_PLACEHOLDER",
+    "DEFAULT_PORT",
+    "Block",
     "CorefileError",
-    "ErrorsSettings",
-    "ForwardSettings",
-    "HttpAddress",
-    "IdetcdSettings",
-    "QueryLogSettings",
-    "ServerBlock",
-    "TransferSettings",
-    "Upstream",
-    "load",
-    "parse",
+    "Directive",
+    "between",
+    "choice",
+    "duration",
+    "ip_addresses",
+    "number",
     "read",
+    "seconds",
+    "server_blocks",
+    "text",
+    "zone",
 ]

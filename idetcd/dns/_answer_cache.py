@@ -1,6 +1,6 @@
 """
 Forwarded answers kept for their TTL, as CoreDNS's C{cache} keeps them
-(the Corefile's C{cache} directive; see L{idetcd.config.CacheSettings}).
+(the Corefile's C{cache} directive; see L{idetcd.dns.CacheSettings}).
 
 An upstream's reply is kept as it came, with where each record's TTL lies
 in it, so a hit costs a copy and a few 4-byte writes: every TTL is set to
@@ -107,7 +107,7 @@ class _Entry:
 class AnswerCache:
     """
     Forwarded answers for the names under C{settings.zones}, by the
-    settings (an L{idetcd.config.CacheSettings}), on C{clock}.
+    settings (an L{idetcd.dns.CacheSettings}), on C{clock}.
     C{prefetch(query, data)} is called to ask upstream again for a
     popular entry about to expire.
     """

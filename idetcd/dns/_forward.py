@@ -28,11 +28,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
 
-from idetcd.config import CorefileError, Upstream
+from idetcd.config import CorefileError
 from idetcd.dns import _tally as tally
 from idetcd.dns import _wire as wire
 from idetcd.dns._answer_cache import AnswerCache
 from idetcd.dns._authority import domain_labels
+from idetcd.dns._forward_settings import Upstream
 from idetcd.dns._upstream import Health, TCPAttempt, TCPPool, UDPAttempt
 
 log = Logger()
@@ -117,7 +118,7 @@ class Forwarder:
     """
     Relays queries for names outside C{zone}, and inside one of the server
     block's C{scope} zones, to the upstreams of C{settings} (a
-    L{idetcd.config._corefile.ForwardSettings}), for clients in its allowed
+    L{idetcd.dns.ForwardSettings}), for clients in its allowed
     networks, answering from a L{AnswerCache} when given C{cache_settings}.
     L{start} reads the resolv.conf files it names.
     """
@@ -126,7 +127,7 @@ class Forwarder:
     zone = attr.ib()
     scope = attr.ib(converter=tuple)
     reactor = attr.ib()
-    #: The block's C{cache} (an L{idetcd.config.CacheSettings}), or None.
+    #: The block's C{cache} (an L{idetcd.dns.CacheSettings}), or None.
     cache_settings = attr.ib(default=None)
     #: Where the server counts its answers (a L{tally.DnsTally}), or None:
     #: the replies relayed to clients are counted there too.

@@ -17,9 +17,9 @@ from twisted.logger import Logger, LogLevel
 from twisted.names import dns
 
 from idetcd.common import LinesPerSecond
-from idetcd.config import LOG_PLACEHOLDER
 from idetcd.dns import _tally as tally
 from idetcd.dns import _wire as wire
+from idetcd.dns._log_settings import LOG_PLACEHOLDER
 
 querylog = Logger(namespace="idetcd.dns.querylog")
 errorlog = Logger(namespace="idetcd.dns.errors")
@@ -164,8 +164,8 @@ class _Consolidated:
 class QueryLog:
     """
     Writes the lines of a server block's C{log} directives (a tuple of
-    L{idetcd.config.QueryLogSettings}) and of its C{errors} (an
-    L{idetcd.config.ErrorsSettings}, or None).  Call it with each query
+    L{idetcd.dns.QueryLogSettings}) and of its C{errors} (an
+    L{idetcd.dns.ErrorsSettings}, or None).  Call it with each query
     and its reply; L{stop} ends its timers and says what it held back.
     """
 

@@ -4,8 +4,9 @@ etcd's v3 API, spoken through its JSON gateway with treq.
 All etcd I/O of idetcd lives in this package: requests (L{client}), watches
 (L{watch}), the connections under them (L{connections}, with L{tls}), users
 and tokens (L{auth}), the check a node makes before it relies on etcd
-(L{check}), and the values and errors they hand back (L{values},
-L{replies}, L{errors}).  The gateway answers on ``/v3`` from etcd 3.4 on.
+(L{check}), the values and errors they hand back (L{values},
+L{replies}, L{errors}), and the Corefile's etcd settings (L{settings}).
+The gateway answers on ``/v3`` from etcd 3.4 on.
 """
 
 from idetcd.etcd.auth import Credentials
@@ -28,6 +29,7 @@ from idetcd.etcd.errors import (
     TlsFailed,
     describe,
 )
+from idetcd.etcd.settings import read_credentials, read_endpoints, read_tls
 from idetcd.etcd.tls import TlsSettings
 from idetcd.etcd.values import (
     Event,
@@ -69,4 +71,7 @@ __all__ = [
     "b64_text",
     "describe",
     "prefix_range_end",
+    "read_credentials",
+    "read_endpoints",
+    "read_tls",
 ]

@@ -8,8 +8,9 @@ node itself).
 """
 
 from idetcd.common import EXIT_CONFIG, EXIT_USAGE
-from idetcd.config import CorefileError, load
+from idetcd.config import CorefileError
 from idetcd.node import _failures as failures
+from idetcd.node._corefile import load
 from idetcd.node._service import IdetcdService
 
 

@@ -138,7 +138,7 @@ class _QuietSite(server.Site):
 class HttpEndpoint(Service):
     """
     Serves C{root} (a resource) at C{address} (an
-    L{idetcd.config._corefile.HttpAddress}) while running.  C{port} is the port
+    L{idetcd.node.HttpAddress}) while running.  C{port} is the port
     bound, for an address with port 0.  Stopping closes the port and drops
     open connections.
     """

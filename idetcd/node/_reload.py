@@ -19,7 +19,8 @@ import signal
 import attr
 from twisted.logger import Logger
 
-from idetcd.config import CorefileError, parse, read
+from idetcd.config import CorefileError, read
+from idetcd.node._corefile import parse
 
 log = Logger()
 

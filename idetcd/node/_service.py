@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from idetcd.claim import Claimer, ClaimQueue, NodeIdentity, NodeState, state_path
 from idetcd.common import Waiters
-from idetcd.config import CorefileError, load, parse
+from idetcd.config import CorefileError
 from idetcd.dns import (
     DNSServer,
     DnsTally,
@@ -28,6 +28,7 @@ from idetcd.dns import (
 )
 from idetcd.etcd import EtcdClient
 from idetcd.members import JOBS, Registry, when_members
+from idetcd.node._corefile import load, parse
 from idetcd.node._embedded import EtcdProcess
 from idetcd.node._http import HttpEndpoint, health_site, metrics_site, ready_site
 from idetcd.node._metrics import EtcdCalls, node_registry
