@@ -13,7 +13,7 @@ from idetcd.members._registry import BOOKKEEPING, Registry
 from idetcd.names._pattern import Pattern
 from tests.etcdserver import handled, start_etcd
 from tests.faultproxy import FaultProxy
-from tests.test_etcd import wait_for
+from tests.waiting import wait_for
 
 PREFIX = b"/idetcd/"
 PATTERN = Pattern.parse("worker{{.ID}}.tf.local.")

@@ -14,7 +14,7 @@ from idetcd.cli._commands import EXIT_ETCD, EXIT_NO_SPEC, EXIT_TIMEOUT, EXIT_USA
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.node._embedded import free_port
 from tests.test_cluster import ROOT, NodeProcessCase, _Output
-from tests.test_etcd import wait_for
+from tests.waiting import wait_for
 
 JOB_COREFILE = """\
 .:{$NODE_PORT} {

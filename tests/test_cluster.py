@@ -21,7 +21,7 @@ from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._registry import dead_key
 from idetcd.node._embedded import free_port
 from tests.etcdserver import start_etcd
-from tests.test_etcd import sleep
+from tests.waiting import sleep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

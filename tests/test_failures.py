@@ -27,8 +27,8 @@ from idetcd.etcd import EtcdError, EtcdUnavailable
 from idetcd.node._embedded import EtcdNotFound, free_port, last_words
 from idetcd.node._failures import explain
 from tests.test_cluster import ROOT, NodeProcessCase
-from tests.test_etcd import sleep
 from tests.test_secure import _json, serve
+from tests.waiting import sleep
 
 COREFILE = """\
 .:{$NODE_PORT} {

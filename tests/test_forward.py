@@ -36,11 +36,11 @@ from idetcd.node._metrics import ForwardCollector
 from tests import test_hostile
 from tests.etcdserver import start_etcd
 from tests.test_authority import FakeRegistry, sample_members
-from tests.test_etcd import wait_for
 from tests.test_http import HttpGetter
 from tests.test_metrics import samples, value
 from tests.test_server import HOST, exchange_udp, tcp_session
 from tests.test_service import COREFILE
+from tests.waiting import wait_for
 
 # What the upstream authority holds.
 EXAMPLE = {b"example.com": "192.0.2.10", b"www.example.org": "192.0.2.20"}

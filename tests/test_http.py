@@ -19,7 +19,7 @@ from tests.etcdserver import EtcdTestCase, start_etcd_cluster
 from tests.faultproxy import FaultProxy
 from tests.peerproxy import PeerNetwork
 from tests.test_cluster import query
-from tests.test_etcd import sleep
+from tests.waiting import sleep
 
 COREFILE = """\
 .:0 {{

@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from idetcd._version import __version__
 from tests.etcdserver import start_etcd
 from tests.test_cluster import COREFILE, ROOT, _Output, query
-from tests.test_etcd import sleep
+from tests.waiting import sleep
 
 
 def _environment():

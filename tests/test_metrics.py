@@ -33,10 +33,10 @@ from idetcd.node import _http as http
 from idetcd.node._metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_outcome
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_cluster import query
-from tests.test_etcd import sleep, wait_for
 from tests.test_http import COREFILE as HTTP_COREFILE
 from tests.test_http import NodeHttpTestCase
 from tests.test_server import exchange_udp, header, question, tcp_session
+from tests.waiting import sleep, wait_for
 
 ZONE = "tf.local."
 

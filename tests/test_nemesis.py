@@ -42,8 +42,8 @@ from idetcd.node._embedded import free_port
 from tests.etcdserver import SMALL_QUOTA, fill, free_space, start_etcd
 from tests.faultproxy import FaultProxy
 from tests.test_cluster import query, spawn_node
-from tests.test_etcd import sleep
 from tests.test_http import HttpGetter
+from tests.waiting import sleep
 
 NODES = 5
 LIMIT = 6

@@ -15,7 +15,7 @@ from idetcd.members._registry import DEAD
 from tests.faultproxy import FaultProxy
 from tests.test_claim_race import PREFIX, Holdings
 from tests.test_cluster import COREFILE, NodeProcessCase, query
-from tests.test_etcd import sleep
+from tests.waiting import sleep
 
 SHARED_NODE = COREFILE.replace("        address 127.0.0.1\n", "        address 127.0.0.1\n        node shared\n")
 

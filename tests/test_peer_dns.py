@@ -13,8 +13,8 @@ import dns.reversename
 from twisted.internet import defer
 
 from tests.test_cluster import NodeProcessCase, query
-from tests.test_etcd import sleep
 from tests.test_server import run_tool
+from tests.waiting import sleep
 
 COREFILE = """\
 # Every node serves tf.local, and members' reverse names through REVERSE:

@@ -14,7 +14,7 @@ from idetcd.members._registry import Registry
 from tests.etcdserver import EtcdTestCase, restart
 from tests.memoryetcd import FakeEtcdCase
 from tests.proxy import CuttableProxy
-from tests.test_etcd import wait_for
+from tests.waiting import wait_for
 
 PREFIX = b"/idetcd/"
 

@@ -19,8 +19,8 @@ from idetcd import IdetcdService
 from idetcd.etcd import EtcdClient, b64_text
 from idetcd.members._record import Member
 from tests.etcdserver import start_etcd
-from tests.test_etcd import sleep
 from tests.test_server import tcp_session
+from tests.waiting import sleep
 
 COREFILE = """\
 tf.local.:0 {{

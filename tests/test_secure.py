@@ -33,7 +33,7 @@ from idetcd.etcd.tls import TlsSettings
 from tests.certs import make_certificates
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
 from tests.test_cluster import query
-from tests.test_etcd import sleep, wait_for
+from tests.waiting import sleep, wait_for
 
 PREFIX = b"/idetcd/"
 PASSWORD = "node-password"

@@ -17,7 +17,7 @@ from idetcd.claim._announcement import announced_address
 from idetcd.etcd import EtcdClient, prefix_range_end
 from tests.etcdserver import start_etcd, start_etcd_cluster
 from tests.test_cluster import query
-from tests.test_etcd import sleep, wait_for
+from tests.waiting import sleep, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,8 +12,8 @@ from twisted.internet import defer
 
 from idetcd.etcd import EtcdClient
 from tests.test_cluster import COREFILE, NodeProcessCase, query
-from tests.test_etcd import sleep
 from tests.test_forward import closed_port, start_authority
+from tests.waiting import sleep
 
 KEY = b"/idetcd/worker1.tf.local."
 

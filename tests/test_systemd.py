@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from idetcd.node._systemd import SystemdNotifier, from_environment, socket_address
 from tests.test_cluster import NodeProcessCase, query
-from tests.test_etcd import sleep
+from tests.waiting import sleep
 
 
 class _Messages(protocol.DatagramProtocol):

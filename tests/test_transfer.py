@@ -37,8 +37,8 @@ from idetcd.members._record import Member
 from idetcd.node._embedded import free_port
 from tests.test_authority import FakeRegistry, sample_members
 from tests.test_cluster import ROOT, NodeProcessCase, _Output
-from tests.test_etcd import sleep
 from tests.test_server import read_exactly
+from tests.waiting import sleep
 
 HOST = "127.0.0.1"
 #: An address on loopback that no transfer lists.

@@ -13,7 +13,7 @@ from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._record import Member
 from tests.faultproxy import FaultProxy
 from tests.test_cluster import NodeProcessCase
-from tests.test_etcd import sleep
+from tests.waiting import sleep
 
 LEASE = 3
 TTL = 60
