@@ -35,7 +35,7 @@ from idetcd.dns._tally import DnsTally
 from idetcd.node._metrics import ForwardCollector
 from tests import test_hostile
 from tests.etcdserver import start_etcd
-from tests.test_authority import FakeRegistry, sample_members
+from tests.fakeregistry import FakeRegistry, sample_members
 from tests.test_http import HttpGetter
 from tests.test_metrics import samples, value
 from tests.test_server import HOST, exchange_udp, tcp_session

@@ -26,7 +26,7 @@ from idetcd.config._corefile import Upstream
 from idetcd.dns._answer_cache import AnswerCache, ttl_fields
 from idetcd.dns._wire import read_query
 from idetcd.node._embedded import free_port
-from tests.test_authority import FakeRegistry, sample_members
+from tests.fakeregistry import FakeRegistry, sample_members
 from tests.test_cluster import NodeProcessCase
 from tests.test_forward import ForwardTestCase
 from tests.test_http import HttpGetter

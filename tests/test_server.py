@@ -36,7 +36,7 @@ from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._freshness import CURRENT, View
 from idetcd.dns._server import DNSServer
 from idetcd.members._record import Member
-from tests.test_authority import FakeRegistry, sample_members
+from tests.fakeregistry import FakeRegistry, sample_members
 
 HOST = "127.0.0.1"
 TIMEOUT = 3.0

@@ -35,7 +35,7 @@ from idetcd.dns._server import DNSServer
 from idetcd.dns._transfer import NOTIFY_FIRST_RETRY, ZoneTransfer
 from idetcd.members._record import Member
 from idetcd.node._embedded import free_port
-from tests.test_authority import FakeRegistry, sample_members
+from tests.fakeregistry import FakeRegistry, sample_members
 from tests.test_cluster import ROOT, NodeProcessCase, _Output
 from tests.test_server import read_exactly
 from tests.waiting import sleep
