@@ -34,11 +34,11 @@ from idetcd.dns._server import DNSServer
 from idetcd.dns._tally import DnsTally
 from idetcd.node._metrics import ForwardCollector
 from tests import test_hostile
+from tests.dnsclient import HOST, exchange_udp, tcp_session
 from tests.etcdserver import start_etcd
 from tests.fakeregistry import FakeRegistry, sample_members
 from tests.test_http import HttpGetter
 from tests.test_metrics import samples, value
-from tests.test_server import HOST, exchange_udp, tcp_session
 from tests.test_service import COREFILE
 from tests.waiting import wait_for
 

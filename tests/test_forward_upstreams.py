@@ -26,12 +26,12 @@ from idetcd.config._corefile import Upstream
 from idetcd.dns._answer_cache import AnswerCache, ttl_fields
 from idetcd.dns._wire import read_query
 from idetcd.node._embedded import free_port
+from tests.dnsclient import HOST
 from tests.fakeregistry import FakeRegistry, sample_members
 from tests.test_cluster import NodeProcessCase
 from tests.test_forward import ForwardTestCase
 from tests.test_http import HttpGetter
 from tests.test_metrics import samples, value
-from tests.test_server import HOST
 from tests.waiting import sleep, wait_for
 
 CLIENT_WAIT = 10.0

@@ -26,9 +26,9 @@ from twisted.trial import unittest
 from idetcd.dns import _server as server_module
 from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._server import LOG_INTERVAL, DNSServer
+from tests.dnsclient import HOST, TIMEOUT, read_message, wait_closed
 from tests.fakeregistry import FakeRegistry, sample_members
 from tests.flood import pointer_chain
-from tests.test_server import HOST, TIMEOUT, read_message, wait_closed
 
 SEED = 20240229
 UDP_PACKETS = 20000

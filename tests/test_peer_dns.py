@@ -12,8 +12,8 @@ import dns.rdatatype
 import dns.reversename
 from twisted.internet import defer
 
+from tests.dnsclient import run_tool
 from tests.test_cluster import NodeProcessCase, query
-from tests.test_server import run_tool
 from tests.waiting import sleep
 
 COREFILE = """\

@@ -18,8 +18,8 @@ from twisted.trial import unittest
 from idetcd import IdetcdService
 from idetcd.etcd import EtcdClient, b64_text
 from idetcd.members._record import Member
+from tests.dnsclient import tcp_session
 from tests.etcdserver import start_etcd
-from tests.test_server import tcp_session
 from tests.waiting import sleep
 
 COREFILE = """\

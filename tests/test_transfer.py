@@ -35,9 +35,9 @@ from idetcd.dns._server import DNSServer
 from idetcd.dns._transfer import NOTIFY_FIRST_RETRY, ZoneTransfer
 from idetcd.members._record import Member
 from idetcd.node._embedded import free_port
+from tests.dnsclient import read_exactly
 from tests.fakeregistry import FakeRegistry, sample_members
 from tests.test_cluster import ROOT, NodeProcessCase, _Output
-from tests.test_server import read_exactly
 from tests.waiting import sleep
 
 HOST = "127.0.0.1"
@@ -112,7 +112,7 @@ def zone_text(zone):
 AXFR_CLIENT = """
 import json, socket, struct, sys
 import dns.message, dns.rdatatype
-from tests.test_server import read_exactly
+from tests.dnsclient import read_exactly
 with socket.create_connection(("127.0.0.1", int(sys.argv[1])), 60) as s:
     query = dns.message.make_query("tf.local", "AXFR").to_wire()
     s.sendall(struct.pack("!H", len(query)) + query)
