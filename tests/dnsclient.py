@@ -10,7 +10,9 @@ import socket
 import struct
 import time
 
-from twisted.internet import defer, utils
+import dns.message
+import dns.query
+from twisted.internet import defer, threads, utils
 from twisted.trial import unittest
 
 HOST = "127.0.0.1"
@@ -93,3 +95,12 @@ def run_tool(case, port, tool, *args):
     )
     case.assertEqual(code, 0, (out + err).decode())
     return out.decode()
+
+
+def query(port, name, rdtype="A", tcp=False):
+    """
+    Ask the node on C{port}, from a thread: dnspython blocks.
+    """
+    message = dns.message.make_query(name, rdtype)
+    send = dns.query.tcp if tcp else dns.query.udp
+    return threads.deferToThread(send, message, "127.0.0.1", timeout=2, port=port)

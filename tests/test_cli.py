@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from idetcd.cli._commands import EXIT_ETCD, EXIT_NO_SPEC, EXIT_TIMEOUT, EXIT_USAGE
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.node._embedded import free_port
-from tests.test_cluster import ROOT, NodeProcessCase, _Output
+from tests.nodes import ROOT, NodeProcessCase, ProcessOutput
 from tests.waiting import wait_for
 
 JOB_COREFILE = """\
@@ -41,7 +41,7 @@ printf '%s\\n' "${TF_CONFIG:-}" "$@"
 """
 
 
-class _Command(_Output):
+class _Command(ProcessOutput):
     """
     An C{idetcd} run: C{stdout} alone, and C{output} with stderr.
     """
@@ -52,7 +52,7 @@ class _Command(_Output):
 
     def outReceived(self, data):
         self.stdout += data
-        _Output.outReceived(self, data)
+        ProcessOutput.outReceived(self, data)
 
 
 class CommandCase(NodeProcessCase):

@@ -26,7 +26,7 @@ from idetcd.common import (
 from idetcd.etcd import EtcdError, EtcdUnavailable
 from idetcd.node._embedded import EtcdNotFound, free_port, last_words
 from idetcd.node._failures import explain
-from tests.test_cluster import ROOT, NodeProcessCase
+from tests.nodes import ROOT, NodeProcessCase
 from tests.test_secure import _json, serve
 from tests.waiting import sleep
 

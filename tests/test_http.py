@@ -15,10 +15,10 @@ from twisted.web.client import HTTPConnectionPool
 from idetcd import IdetcdService
 from idetcd.etcd import prefix_range_end
 from idetcd.node._http import HttpEndpoint
+from tests.dnsclient import query
 from tests.etcdserver import EtcdTestCase, start_etcd_cluster
 from tests.faultproxy import FaultProxy
 from tests.peerproxy import PeerNetwork
-from tests.test_cluster import query
 from tests.waiting import sleep
 
 COREFILE = """\

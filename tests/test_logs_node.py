@@ -15,7 +15,7 @@ import dns.message
 import dns.rcode
 from twisted.internet import defer, threads
 
-from tests.test_cluster import COREFILE
+from tests.nodes import COREFILE
 from tests.test_forward import closed_port
 from tests.test_signals import SignalCase
 

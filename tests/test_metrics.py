@@ -31,9 +31,8 @@ from idetcd.dns._server import DNSServer
 from idetcd.etcd import EtcdClient, EtcdError, EtcdUnavailable, LeaseNotFound
 from idetcd.node import _http as http
 from idetcd.node._metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_outcome
-from tests.dnsclient import exchange_udp, header, question, tcp_session
+from tests.dnsclient import exchange_udp, header, query, question, tcp_session
 from tests.fakeregistry import FakeRegistry, sample_members
-from tests.test_cluster import query
 from tests.test_http import COREFILE as HTTP_COREFILE
 from tests.test_http import NodeHttpTestCase
 from tests.waiting import sleep, wait_for

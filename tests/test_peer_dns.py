@@ -12,8 +12,8 @@ import dns.rdatatype
 import dns.reversename
 from twisted.internet import defer
 
-from tests.dnsclient import run_tool
-from tests.test_cluster import NodeProcessCase, query
+from tests.dnsclient import query, run_tool
+from tests.nodes import NodeProcessCase
 from tests.waiting import sleep
 
 COREFILE = """\

@@ -31,8 +31,8 @@ from idetcd.etcd.errors import (
 )
 from idetcd.etcd.tls import TlsSettings
 from tests.certs import make_certificates
+from tests.dnsclient import query
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
-from tests.test_cluster import query
 from tests.waiting import sleep, wait_for
 
 PREFIX = b"/idetcd/"

@@ -15,8 +15,8 @@ from twisted.trial import unittest
 from idetcd import ClusterSpec, IdetcdService, StateDirectoryBusy
 from idetcd.claim._announcement import announced_address
 from idetcd.etcd import EtcdClient, prefix_range_end
+from tests.dnsclient import query
 from tests.etcdserver import start_etcd, start_etcd_cluster
-from tests.test_cluster import query
 from tests.waiting import sleep, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

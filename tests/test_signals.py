@@ -11,7 +11,8 @@ import dns.rcode
 from twisted.internet import defer
 
 from idetcd.etcd import EtcdClient
-from tests.test_cluster import COREFILE, NodeProcessCase, query
+from tests.dnsclient import query
+from tests.nodes import COREFILE, NodeProcessCase
 from tests.test_forward import closed_port, start_authority
 from tests.waiting import sleep
 

@@ -37,7 +37,7 @@ from idetcd.members._record import Member
 from idetcd.node._embedded import free_port
 from tests.dnsclient import read_exactly
 from tests.fakeregistry import FakeRegistry, sample_members
-from tests.test_cluster import ROOT, NodeProcessCase, _Output
+from tests.nodes import ROOT, NodeProcessCase, ProcessOutput
 from tests.waiting import sleep
 
 HOST = "127.0.0.1"
@@ -542,7 +542,7 @@ class KnotSecondaryTests(NodeProcessCase):
             f.write(KNOT_CONF.format(dir=directory, rundir=rundir, port=self.knot_port, node_port=node_port))
         check = subprocess.run(["knotc", "-c", self.knot_conf, "conf-check"], capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
-        knot = _Output()
+        knot = ProcessOutput()
         knot.process = reactor.spawnProcess(knot, KNOT, [KNOT, "-c", self.knot_conf], env=dict(os.environ))
         return self.kill_at_end(knot)
 

@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor, threads
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._record import Member
 from tests.faultproxy import FaultProxy
-from tests.test_cluster import NodeProcessCase
+from tests.nodes import NodeProcessCase
 from tests.waiting import sleep
 
 LEASE = 3
