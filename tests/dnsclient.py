@@ -1,7 +1,8 @@
 """
-Asking DNS servers on loopback in tests: raw datagrams and pipelined TCP
-sessions from blocking sockets (run them in a thread), the header and
-question bytes to send, and dig or kdig run as child processes.
+Asking DNS servers on loopback in tests: dnspython queries from a thread,
+raw datagrams and pipelined TCP sessions from blocking sockets (run them in
+a thread), the header and question bytes to send, the reply idetcd's
+encoder writes, and dig or kdig run as child processes.
 """
 
 import os
@@ -13,7 +14,10 @@ import time
 import dns.message
 import dns.query
 from twisted.internet import defer, threads, utils
+from twisted.names import dns as tdns
 from twisted.trial import unittest
+
+from idetcd.dns import _wire as wire
 
 HOST = "127.0.0.1"
 TIMEOUT = 3.0
@@ -104,3 +108,13 @@ def query(port, name, rdtype="A", tcp=False):
     message = dns.message.make_query(name, rdtype)
     send = dns.query.tcp if tcp else dns.query.udp
     return threads.deferToThread(send, message, "127.0.0.1", timeout=2, port=port)
+
+
+def reply(labels, type, response, limit=wire.MAX_MESSAGE):
+    """
+    A whole reply message (id 0, RD) to (C{labels}, C{type}) and its encoding.
+    """
+    question = wire.name(labels) + wire.TYPE_CLASS.pack(type, tdns.IN)
+    encoded = wire.encode(labels, question, response)
+    head, tail = wire.template(encoded, wire.RD, len(question), limit, None)
+    return b"\0\0" + head + question + tail, encoded
