@@ -33,8 +33,8 @@ from idetcd.node import _http as http
 from idetcd.node._metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_outcome
 from tests.dnsclient import exchange_udp, header, query, question, tcp_session
 from tests.fakeregistry import FakeRegistry, sample_members
-from tests.test_http import COREFILE as HTTP_COREFILE
-from tests.test_http import NodeHttpTestCase
+from tests.httpendpoints import COREFILE as HTTP_COREFILE
+from tests.httpendpoints import NodeHttpTestCase
 from tests.waiting import sleep, wait_for
 
 ZONE = "tf.local."

@@ -42,8 +42,8 @@ from idetcd.node._embedded import free_port
 from tests.dnsclient import query
 from tests.etcdserver import SMALL_QUOTA, fill, free_space, start_etcd
 from tests.faultproxy import FaultProxy
+from tests.httpendpoints import HttpGetter
 from tests.nodes import spawn_node
-from tests.test_http import HttpGetter
 from tests.waiting import sleep
 
 NODES = 5
