@@ -2,12 +2,14 @@
 A node's HTTP endpoints in tests: nodes embedded in-process with the
 endpoints a test gives, reaching a real etcd through a fault proxy
 (L{NodeHttpTestCase}, on C{COREFILE}), and an HTTP client that leaves
-nothing open between requests (L{HttpGetter}).
+nothing open between requests (L{HttpGetter}); a metrics page read into
+its samples.
 """
 
 import os
 
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 from twisted.web.client import HTTPConnectionPool
 
@@ -83,3 +85,21 @@ class NodeHttpTestCase(EtcdTestCase):
         """
         port = node.getServiceNamed(endpoint).port
         return f"http://127.0.0.1:{port}/{endpoint if path is None else path}"
+
+
+def samples(text):
+    """
+    Every sample of a metrics page: {(name, sorted label pairs): value}.
+    """
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(page, metric, /, **labels):
+    """
+    One sample of C{page} (from L{samples}); 0 when absent.
+    """
+    return page.get((metric, tuple(sorted(labels.items()))), 0)

@@ -37,8 +37,7 @@ from tests import test_hostile
 from tests.dnsclient import HOST, exchange_udp, tcp_session
 from tests.etcdserver import start_etcd
 from tests.fakeregistry import FakeRegistry, sample_members
-from tests.httpendpoints import HttpGetter
-from tests.test_metrics import samples, value
+from tests.httpendpoints import HttpGetter, samples, value
 from tests.test_service import COREFILE
 from tests.waiting import wait_for
 

@@ -28,10 +28,9 @@ from idetcd.dns._wire import read_query
 from idetcd.node._embedded import free_port
 from tests.dnsclient import HOST
 from tests.fakeregistry import FakeRegistry, sample_members
-from tests.httpendpoints import HttpGetter
+from tests.httpendpoints import HttpGetter, samples, value
 from tests.nodes import NodeProcessCase
 from tests.test_forward import ForwardTestCase
-from tests.test_metrics import samples, value
 from tests.waiting import sleep, wait_for
 
 CLIENT_WAIT = 10.0

@@ -16,7 +16,6 @@ import dns.query
 import treq
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 from twisted.internet import defer, reactor, threads
 from twisted.python.failure import Failure
@@ -34,28 +33,10 @@ from idetcd.node._metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_ou
 from tests.dnsclient import exchange_udp, header, query, question, tcp_session
 from tests.fakeregistry import FakeRegistry, sample_members
 from tests.httpendpoints import COREFILE as HTTP_COREFILE
-from tests.httpendpoints import NodeHttpTestCase
+from tests.httpendpoints import NodeHttpTestCase, samples, value
 from tests.waiting import sleep, wait_for
 
 ZONE = "tf.local."
-
-
-def samples(text):
-    """
-    Every sample of a metrics page: {(name, sorted label pairs): value}.
-    """
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return out
-
-
-def value(page, metric, /, **labels):
-    """
-    One sample of C{page} (from L{samples}); 0 when absent.
-    """
-    return page.get((metric, tuple(sorted(labels.items()))), 0)
 
 
 def total(page, name):

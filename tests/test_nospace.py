@@ -21,10 +21,9 @@ from idetcd.etcd import NoSpace
 from idetcd.node._embedded import free_ports
 from tests.dnsclient import query
 from tests.etcdserver import SMALL_QUOTA, EtcdTestCase, fill, free_space, start_etcd
-from tests.httpendpoints import HttpGetter
+from tests.httpendpoints import HttpGetter, samples, value
 from tests.nodes import NodeProcessCase
 from tests.test_claimer import PATTERN, PREFIX, identity
-from tests.test_metrics import samples, value
 from tests.waiting import sleep, wait_for
 
 #: The line a claim says, once, while etcd is out of space.
