@@ -35,10 +35,10 @@ from idetcd.dns._tally import DnsTally
 from idetcd.node._metrics import ForwardCollector
 from tests import test_hostile
 from tests.dnsclient import HOST, exchange_udp, tcp_session
+from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd
 from tests.fakeregistry import FakeRegistry, sample_members
 from tests.httpendpoints import HttpGetter, samples, value
-from tests.test_service import COREFILE
 from tests.waiting import wait_for
 
 # What the upstream authority holds.

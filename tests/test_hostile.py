@@ -16,9 +16,9 @@ from twisted.trial import unittest
 
 from idetcd import IdetcdService
 from idetcd.dns import _wire as wire
+from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd
 from tests.test_fuzz import probe
-from tests.test_service import COREFILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEASE = 3
