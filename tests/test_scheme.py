@@ -13,8 +13,8 @@ from twisted.trial import unittest
 from idetcd.common import EXIT_CONFIG
 from idetcd.etcd import EtcdClient, SchemeMismatch, TlsSettings
 from tests.etcdserver import start_etcd, start_secure_etcd
+from tests.logevents import logged
 from tests.nodes import COREFILE, spawn_node
-from tests.test_secure import logged
 
 
 def _swap(url, scheme):
