@@ -30,7 +30,7 @@ from tests.dnsclient import HOST
 from tests.fakeregistry import FakeRegistry, sample_members
 from tests.httpendpoints import HttpGetter, samples, value
 from tests.nodes import NodeProcessCase
-from tests.test_forward import ForwardTestCase
+from tests.upstreams import ForwardTestCase
 from tests.waiting import sleep, wait_for
 
 CLIENT_WAIT = 10.0

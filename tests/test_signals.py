@@ -13,7 +13,7 @@ from twisted.internet import defer
 from idetcd.etcd import EtcdClient
 from tests.dnsclient import query
 from tests.nodes import COREFILE, NodeProcessCase
-from tests.test_forward import closed_port, start_authority
+from tests.upstreams import closed_port, start_authority
 from tests.waiting import sleep
 
 KEY = b"/idetcd/worker1.tf.local."
