@@ -18,7 +18,7 @@ from idetcd import IdetcdService
 from idetcd.dns import _wire as wire
 from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd
-from tests.test_fuzz import probe
+from tests.traffic import probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEASE = 3
