@@ -8,8 +8,6 @@ import re
 import signal
 
 import dns.flags
-import dns.message
-import dns.query
 import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer, reactor
