@@ -26,11 +26,11 @@ from idetcd.dns import _wire as wire
 from idetcd.dns._forward import VERDICTS, Forwarder, reaches_itself, resolv_conf
 from idetcd.dns._tally import DnsTally
 from idetcd.node._metrics import ForwardCollector
-from tests import test_hostile
 from tests.dnsclient import HOST, exchange_udp, tcp_session
 from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd
 from tests.httpendpoints import HttpGetter, samples, value
+from tests.traffic import NodeTraffic
 from tests.upstreams import CLIENT_WAIT, ForwardTestCase, closed_port, start_authority
 from tests.waiting import wait_for
 
@@ -605,7 +605,7 @@ class ChoiceTests(unittest.TestCase):
         self.assertFalse(covers("example.org"))
 
 
-class NodeTests(unittest.TestCase):
+class NodeTests(NodeTraffic, unittest.TestCase):
     """
     A node with a real etcd, configured by its Corefile, asked by real
     clients: dnspython, dig and kdig.
@@ -613,9 +613,6 @@ class NodeTests(unittest.TestCase):
 
     timeout = 120
     LEASE = 3
-    # Borrowed: they need only self.node.
-    flood = test_hostile.HostileTrafficTests.flood
-    probing = test_hostile.HostileTrafficTests.probing
 
     @defer.inlineCallbacks
     def setUp(self):

@@ -1,15 +1,22 @@
 """
 Traffic at a node in tests: a well-behaved client asking over and over
-(L{probe}, run in a thread).
+(L{probe}, run in a thread), and the hostile load of tests/flood.py run
+against a test's node meanwhile (L{NodeTraffic}).
 """
 
+import json
+import os
+import sys
+import threading
 import time
 
 import dns.exception
 import dns.message
 import dns.query
+from twisted.internet import threads, utils
 
 from tests.dnsclient import HOST
+from tests.nodes import ROOT
 
 
 def probe(port, stop, outcomes, address="10.0.0.1"):
@@ -28,3 +35,43 @@ def probe(port, stop, outcomes, address="10.0.0.1"):
             answered = [r.address for r in response.answer[0]] == [address]
             outcomes.append((answered, time.monotonic() - start))
         stop.wait(0.01)
+
+
+class NodeTraffic:
+    """
+    A test's traffic at its node, C{self.node}: the hostile load of
+    tests/flood.py in a process of its own, and L{probe} asking meanwhile.
+    """
+
+    def flood(self, *args):
+        """
+        Run tests/flood.py against the node; its counts.
+        """
+        d = utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "tests.flood", "--port", str(self.node.dns.port), *map(str, args)],
+            env=os.environ,
+            path=ROOT,
+        )
+
+        def counts(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err.decode())
+            return json.loads(out)
+
+        return d.addCallback(counts)
+
+    def probing(self):
+        """
+        Start a well-behaved client; a function that stops it and fires
+        with its (answered, seconds) outcomes.
+        """
+        stop = threading.Event()
+        outcomes = []
+        d = threads.deferToThread(probe, self.node.dns.port, stop, outcomes, "127.0.0.1")
+
+        def done():
+            stop.set()
+            return d.addCallback(lambda _: outcomes)
+
+        return done
