@@ -1,16 +1,20 @@
 """
 Whole nodes for tests: real ``twistd -n idetcd`` processes on loopback
-against a real etcd, their output collected, killed when the test ends.
+against a real etcd, their output collected, killed when the test ends;
+and one node holding worker1, for tests that signal it (L{SignalCase}).
 """
 
 import os
+import re
 import signal
 import sys
 
 from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
+from idetcd.etcd import EtcdClient
 from idetcd.node._embedded import free_port
+from tests.dnsclient import query
 from tests.etcdserver import start_etcd
 from tests.waiting import sleep
 
@@ -121,3 +125,71 @@ class NodeProcessCase(unittest.TestCase):
                 self.fail(f"node exited with {node.status}:\n{node.output.decode()}")
             yield sleep(0.05)
         self.fail(f"node did not claim a name in {timeout}s:\n{node.output.decode()}")
+
+
+KEY = b"/idetcd/worker1.tf.local."
+
+SIGNALLED = COREFILE.replace("        address 127.0.0.1\n", "        address 127.0.0.1\n        ttl 5\n")
+
+
+class SignalCase(NodeProcessCase):
+    """
+    One node of C{COREFILE} holding worker1, and a client of its etcd.
+    """
+
+    COREFILE = SIGNALLED
+
+    @defer.inlineCallbacks
+    def start_holder(self):
+        from twisted.internet import reactor
+
+        self.client = EtcdClient([self.etcd.client_url], reactor)
+        self.addCleanup(self.client.close)
+        node = self.start_node()
+        self.assertEqual((yield self.wait_claimed(node)), "worker1.tf.local.")
+        return node
+
+    def rewrite(self, old, new):
+        with open(self.corefile) as f:
+            text = f.read()
+        self.assertIn(old, text)
+        with open(self.corefile, "w") as f:
+            f.write(text.replace(old, new))
+
+    @defer.inlineCallbacks
+    def wait_output(self, node, pattern, timeout=20):
+        """
+        Wait until C{node}'s output matches C{pattern} (bytes); fire with
+        the match.
+        """
+        for _ in range(int(timeout / 0.05)):
+            found = re.search(pattern, node.output)
+            if found:
+                return found
+            if node.ended.called:
+                self.fail(f"node exited with {node.status}, signal {node.signal}:\n{node.output.decode()}")
+            yield sleep(0.05)
+        self.fail(f"no {pattern!r} in the output in {timeout}s:\n{node.output.decode()}")
+
+    @defer.inlineCallbacks
+    def holder_lease(self):
+        kvs, _ = yield self.client.range(KEY)
+        self.assertEqual(len(kvs), 1)
+        return kvs[0].lease
+
+    @defer.inlineCallbacks
+    def answer_ttl(self, node):
+        reply = yield query(node.port, "worker1.tf.local.")
+        self.assertEqual([rr.address for rr in reply.answer[0]], ["127.0.0.1"])
+        return reply.answer[0].ttl
+
+    @defer.inlineCallbacks
+    def assert_still_holding(self, node, lease, ttl):
+        """
+        C{node} runs, etcd still has its name on C{lease}, and it answers
+        with C{ttl}.
+        """
+        self.assertFalse(node.ended.called)
+        self.assertEqual((yield self.holder_lease()), lease)
+        self.assertEqual((yield self.answer_ttl(node)), ttl)
+        self.assertNotIn(b"Traceback", node.output)

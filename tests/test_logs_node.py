@@ -15,8 +15,7 @@ import dns.message
 import dns.rcode
 from twisted.internet import defer, threads
 
-from tests.nodes import COREFILE
-from tests.test_signals import SignalCase
+from tests.nodes import COREFILE, SignalCase
 from tests.upstreams import closed_port
 
 # One line of the query log in CoreDNS's common format.
