@@ -14,7 +14,7 @@ import time
 from twisted.internet import defer
 
 from idetcd.node._embedded import free_port
-from tests.test_cli import CommandCase
+from tests.commands import CommandCase
 from tests.waiting import wait_for
 
 #: A DDP job: one all-reduce a step, each line saying where it runs; and

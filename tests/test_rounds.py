@@ -27,9 +27,9 @@ from idetcd.training.rounds import (
     parse_nnodes,
     round_key,
 )
+from tests.commands import CommandCase
 from tests.embedded import start_node
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
-from tests.test_cli import CommandCase
 from tests.test_scale import write_members
 from tests.waiting import sleep, wait_for
 
