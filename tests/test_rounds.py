@@ -30,7 +30,7 @@ from idetcd.training.rounds import (
 from tests.commands import CommandCase
 from tests.embedded import start_node
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
-from tests.test_scale import write_members
+from tests.memberdata import write_members
 from tests.waiting import sleep, wait_for
 
 #: Lease 6 unless a test says otherwise: a live node renews every 2 s and
