@@ -1,12 +1,22 @@
 """
-Members for tests, and members by the thousand: worker{index}'s address,
-and all of them written to a real etcd a transaction of 128 at a time.
+Members for tests: the key prefix and name pattern the claim tests use, a
+node's identity, and members by the thousand (worker{index}'s address, all
+of them written to a real etcd a transaction of 128 at a time).
 """
 
 from twisted.internet import defer
 
 from idetcd.etcd import b64_text
 from idetcd.members._record import Member
+from idetcd.names._pattern import Pattern
+
+PREFIX = b"/idetcd/"
+PATTERN = Pattern.parse("worker{{.ID}}.tf.local.")
+
+
+def identity(node, address="127.0.0.1"):
+    return Member(name="", ipv4=(address,), port="53", node=node)
+
 
 #: etcd's default --max-txn-ops.
 TXN_OPS = 128
@@ -43,3 +53,4 @@ def write_members(client, prefix, count, parallel=4, member=plain_member):
     yield defer.gatherResults(
         [limit.run(txn, start) for start in range(1, count + 1, TXN_OPS)], consumeErrors=True
     )
+

@@ -22,8 +22,8 @@ from idetcd.node._embedded import free_ports
 from tests.dnsclient import query
 from tests.etcdserver import SMALL_QUOTA, EtcdTestCase, fill, free_space, start_etcd
 from tests.httpendpoints import HttpGetter, samples, value
+from tests.memberdata import PATTERN, PREFIX, identity
 from tests.nodes import NodeProcessCase
-from tests.test_claimer import PATTERN, PREFIX, identity
 from tests.waiting import sleep, wait_for
 
 #: The line a claim says, once, while etcd is out of space.
