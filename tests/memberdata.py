@@ -1,7 +1,8 @@
 """
 Members for tests: the key prefix and name pattern the claim tests use, a
-node's identity, and members by the thousand (worker{index}'s address, all
-of them written to a real etcd a transaction of 128 at a time).
+node's identity, a member's value as etcd stores it, and members by the
+thousand (worker{index}'s address, all of them written to a real etcd a
+transaction of 128 at a time).
 """
 
 from twisted.internet import defer
@@ -16,6 +17,10 @@ PATTERN = Pattern.parse("worker{{.ID}}.tf.local.")
 
 def identity(node, address="127.0.0.1"):
     return Member(name="", ipv4=(address,), port="53", node=node)
+
+
+def value(ipv4="10.0.0.1", ipv6="", node="n"):
+    return Member(name="", ipv4=(ipv4,) if ipv4 else (), ipv6=(ipv6,) if ipv6 else (), node=node).to_value()
 
 
 #: etcd's default --max-txn-ops.
@@ -53,4 +58,3 @@ def write_members(client, prefix, count, parallel=4, member=plain_member):
     yield defer.gatherResults(
         [limit.run(txn, start) for start in range(1, count + 1, TXN_OPS)], consumeErrors=True
     )
-
