@@ -25,7 +25,7 @@ from idetcd.dns._authority import ZoneAuthority  # noqa: E402
 from idetcd.dns._transfer import ZoneTransfer  # noqa: E402
 from idetcd.dns._wire import read_query  # noqa: E402
 from idetcd.members._record import Member  # noqa: E402
-from tests.test_authority import FakeRegistry  # noqa: E402
+from tests.fakeregistry import FakeRegistry  # noqa: E402
 
 
 def member(index, address=None):

@@ -14,8 +14,8 @@ import time
 from twisted.internet import defer
 
 from idetcd.node._embedded import free_port
-from tests.test_cli import CommandCase
-from tests.test_etcd import wait_for
+from tests.commands import CommandCase
+from tests.waiting import wait_for
 
 #: A DDP job: one all-reduce a step, each line saying where it runs; and
 #: first, how many workers have come to the workers' store so far, this

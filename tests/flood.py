@@ -23,7 +23,7 @@ import time
 
 import dns.message
 
-from tests.test_server import read_message
+from tests.dnsclient import read_message
 
 HOST = "127.0.0.1"
 # Pipelining clients come from this many loopback addresses, each within

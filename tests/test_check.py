@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from idetcd._version import __version__
 from idetcd.common import EXIT_CONFIG, EXIT_USAGE
 from tests.brokencorefiles import NOWHERE, corpus, node
-from tests.test_cluster import ROOT
+from tests.nodes import ROOT
 
 CHECK = ("-c", "from idetcd.cli import run; run()", "check")
 TWISTD = ("-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "idetcd")

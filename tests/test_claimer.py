@@ -21,15 +21,9 @@ from idetcd.etcd import (
 )
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry
-from idetcd.names._pattern import Pattern
+from tests.memberdata import PATTERN, PREFIX, identity
 from tests.memoryetcd import FakeEtcdCase
-
-PREFIX = b"/idetcd/"
-PATTERN = Pattern.parse("worker{{.ID}}.tf.local.")
-
-
-def identity(node, address="127.0.0.1"):
-    return Member(name="", ipv4=(address,), port="53", node=node)
+from tests.scriptedclient import ScriptedClient
 
 
 class ClaimerTests(FakeEtcdCase):
@@ -297,64 +291,6 @@ class ClaimerTests(FakeEtcdCase):
     def test_preferred_slot_when_free(self):
         name = yield self.settled(self.claimer("a", preferred="worker4.tf.local.").when_claimed())
         self.assertEqual(name, "worker4.tf.local.")
-
-
-class ScriptedClient:
-    """
-    An etcd client whose every reply the test gives, in order, for the
-    claimer's transitions on a L{Clock}.
-    """
-
-    def __init__(self):
-        self.calls = []
-        self.revoked = []
-
-    def _call(self, method, *args):
-        d = defer.Deferred()
-        self.calls.append((method, args, d))
-        return d
-
-    def pending(self, method):
-        return [args for m, args, d in self.calls if m == method and not d.called]
-
-    def answer(self, method, result):
-        """
-        Answer the oldest unanswered call of C{method} with C{result} (an
-        exception fails it).
-        """
-        for m, args, d in self.calls:
-            if m == method and not d.called:
-                if isinstance(result, Exception):
-                    d.errback(result)
-                else:
-                    d.callback(result)
-                return args
-        raise AssertionError(f"no {method} call waits for an answer: {self.calls}")
-
-    def lease_grant(self, ttl, lease=0):
-        return self._call("grant", ttl)
-
-    def lease_keepalive(self, lease, timeout=None):
-        return self._call("keepalive", lease, timeout)
-
-    def lease_time_to_live(self, lease, keys=False, timeout=None):
-        return self._call("timetolive", lease, keys)
-
-    def range(self, key, range_end=None):
-        return self._call("range", key)
-
-    def put(self, key, value, lease=0):
-        return self._call("put", key, lease)
-
-    def create(self, key, value, lease=0, replacing=None, also_delete=None):
-        return self._call("create", key, lease)
-
-    def delete_on_lease(self, key, lease):
-        return self._call("delete", key, lease)
-
-    def lease_revoke(self, lease):
-        self.revoked.append(lease)
-        return defer.succeed({})
 
 
 KEY1 = PREFIX + b"worker1.tf.local."

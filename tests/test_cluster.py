@@ -6,139 +6,18 @@ etcd, checked with a real DNS client.
 import os
 import re
 import signal
-import sys
 
 import dns.flags
-import dns.message
-import dns.query
 import dns.rcode
 import dns.rdatatype
-from twisted.internet import defer, protocol, reactor, threads
-from twisted.trial import unittest
+from twisted.internet import defer, reactor
 
 from idetcd.common import EXIT_UNAVAILABLE
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._registry import dead_key
-from idetcd.node._embedded import free_port
-from tests.etcdserver import start_etcd
-from tests.test_etcd import sleep
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-COREFILE = """\
-# The original plugin's Corefile, with its endpoint and port from the test.
-.:{$NODE_PORT} {
-    bind 127.0.0.1
-    idetcd {
-        endpoint {$ETCD_URL}
-        limit 3
-        pattern worker{{.ID}}.tf.local.
-        lease {$LEASE:3}
-        address 127.0.0.1
-    }
-}
-"""
-
-
-class _Output(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = b""
-        self.ended = defer.Deferred()
-        self.status = None
-
-    def outReceived(self, data):
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.status = reason.value.exitCode
-        self.signal = reason.value.signal
-        self.ended.callback(self.status)
-
-
-def query(port, name, rdtype="A", tcp=False):
-    """
-    Ask the node on C{port}, from a thread: dnspython blocks.
-    """
-    message = dns.message.make_query(name, rdtype)
-    send = dns.query.tcp if tcp else dns.query.udp
-    return threads.deferToThread(send, message, "127.0.0.1", timeout=2, port=port)
-
-
-def spawn_node(corefile, state, env, options=(), child_fds=None):
-    """
-    Start ``twistd -n idetcd`` on C{corefile} with the state directory
-    C{state}, C{options} for idetcd, and C{env} added to the environment
-    (and C{child_fds} as spawnProcess takes them, if given); returns its
-    L{_Output}, with the process as C{process}.
-    """
-    node = _Output()
-    args = [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "-n", "--pidfile=", "idetcd",
-        "--corefile", corefile,
-        "--state", state,
-        *options,
-    ]
-    env = dict(dict(os.environ, PYTHONPATH=ROOT), **env)
-    node.process = reactor.spawnProcess(node, sys.executable, args, env=env, childFDs=child_fds)
-    return node
-
-
-class NodeProcessCase(unittest.TestCase):
-    """
-    A test with its own etcd and real ``twistd idetcd`` processes, all on
-    the Corefile C{COREFILE}.
-    """
-
-    timeout = 120
-    COREFILE = COREFILE
-    #: More arguments for the test's etcd.
-    ETCD_ARGS = ()
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.etcd = yield start_etcd(self, extra_args=self.ETCD_ARGS)
-        self.corefile = os.path.abspath(self.mktemp())
-        with open(self.corefile, "w") as f:
-            f.write(self.COREFILE)
-
-    def start_node(self, state=None, options=(), corefile=None, child_fds=None, **env):
-        port = free_port()
-        node = spawn_node(
-            corefile or self.corefile,
-            state or os.path.abspath(self.mktemp()),
-            dict(dict(NODE_PORT=str(port), ETCD_URL=self.etcd.client_url), **env),
-            options,
-            child_fds,
-        )
-        node.port = port
-        return self.kill_at_end(node)
-
-    def kill_at_end(self, started):
-        """
-        Kill C{started} (an L{_Output} with its C{process}) when the test
-        ends, if it still runs; returns it.
-        """
-
-        def stop():
-            if not started.ended.called:
-                started.process.signalProcess(signal.SIGKILL)
-                return started.ended
-
-        self.addCleanup(stop)
-        return started
-
-    @defer.inlineCallbacks
-    def wait_claimed(self, node, timeout=30):
-        for _ in range(int(timeout / 0.05)):
-            if b"answers DNS on port" in node.output:
-                return node.output.split(b"answers DNS on port")[0].split()[-1].decode()
-            if node.ended.called:
-                self.fail(f"node exited with {node.status}:\n{node.output.decode()}")
-            yield sleep(0.05)
-        self.fail(f"node did not claim a name in {timeout}s:\n{node.output.decode()}")
+from tests.dnsclient import query
+from tests.nodes import COREFILE, NodeProcessCase
+from tests.waiting import sleep
 
 
 class ClusterTests(NodeProcessCase):

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from idetcd.common import PERMANENT
 from idetcd.node import parse
-from tests.test_cluster import ROOT
+from tests.nodes import ROOT
 
 UNIT = os.path.join(ROOT, "contrib", "systemd", "idetcd.service")
 USER_DATA = os.path.join(ROOT, "contrib", "cloud-init", "user-data.yaml")

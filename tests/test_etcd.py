@@ -7,7 +7,6 @@ import socket
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ConnectionLost
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web._newclient import ResponseNeverReceived
@@ -24,24 +23,9 @@ from idetcd.etcd import (
 from idetcd.etcd.connections import request_url
 from idetcd.node._embedded import free_port
 from tests.etcdserver import EtcdTestCase, own_etcd, restart
+from tests.waiting import sleep, wait_for
 
 PREFIX = b"/idetcd/"
-
-
-def sleep(seconds):
-    return deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def wait_for(predicate, timeout=10.0, step=0.02):
-    """
-    Poll C{predicate} on the reactor until it holds; fail after C{timeout}.
-    """
-    for _ in range(int(timeout / step)):
-        if predicate():
-            return
-        yield sleep(step)
-    raise AssertionError(f"condition not met in {timeout}s")
 
 
 class PrefixRangeEndTests(unittest.TestCase):

@@ -26,9 +26,9 @@ from idetcd.common import (
 from idetcd.etcd import EtcdError, EtcdUnavailable
 from idetcd.node._embedded import EtcdNotFound, free_port, last_words
 from idetcd.node._failures import explain
-from tests.test_cluster import ROOT, NodeProcessCase
-from tests.test_etcd import sleep
-from tests.test_secure import _json, serve
+from tests.nodes import ROOT, NodeProcessCase
+from tests.waiting import sleep
+from tests.webstub import json_response, serve
 
 COREFILE = """\
 .:{$NODE_PORT} {
@@ -172,7 +172,7 @@ class ClearFailureTests(NodeProcessCase):
         An endpoint that answers, but is no etcd the node can use, ends the
         start with the fix, as the Corefile's other mistakes do.
         """
-        url = serve(self, {b"/version": _json({"etcdserver": "3.3.0", "etcdcluster": "3.3.0"})})
+        url = serve(self, {b"/version": json_response({"etcdserver": "3.3.0", "etcdcluster": "3.3.0"})})
         return self.fails(EXIT_CONFIG, f"etcd at {url} is version 3.3.0; idetcd needs etcd 3.4", ETCD_URL=url)
 
     def test_not_etcd(self):

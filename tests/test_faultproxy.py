@@ -7,7 +7,7 @@ from twisted.protocols.wire import Echo
 from twisted.trial import unittest
 
 from tests.faultproxy import FaultProxy
-from tests.test_etcd import sleep, wait_for
+from tests.waiting import sleep, wait_for
 
 
 class _Client(protocol.Protocol):

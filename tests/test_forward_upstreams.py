@@ -27,13 +27,12 @@ from idetcd.dns._answer_cache import AnswerCache, ttl_fields
 from idetcd.dns._wire import read_query
 from idetcd.node import parse
 from idetcd.node._embedded import free_port
-from tests.test_authority import FakeRegistry, sample_members
-from tests.test_cluster import NodeProcessCase
-from tests.test_etcd import sleep, wait_for
-from tests.test_forward import ForwardTestCase
-from tests.test_http import HttpGetter
-from tests.test_metrics import samples, value
-from tests.test_server import HOST
+from tests.dnsclient import HOST
+from tests.fakeregistry import FakeRegistry, sample_members
+from tests.httpendpoints import HttpGetter, samples, value
+from tests.nodes import NodeProcessCase
+from tests.upstreams import ForwardTestCase
+from tests.waiting import sleep, wait_for
 
 CLIENT_WAIT = 10.0
 #: A name whose answer does not fit 512 bytes: 40 addresses.

@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from idetcd.dns._freshness import CURRENT, Freshness, View
 from idetcd.members._record import Member
-from tests.test_authority import FakeRegistry
+from tests.fakeregistry import FakeRegistry
 
 LEASE = 10
 BOUND = 100

@@ -14,7 +14,6 @@ import struct
 import threading
 import time
 
-import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -26,9 +25,10 @@ from twisted.trial import unittest
 from idetcd.dns import _server as server_module
 from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._server import LOG_INTERVAL, DNSServer
+from tests.dnsclient import HOST, TIMEOUT, read_message, wait_closed
+from tests.fakeregistry import FakeRegistry, sample_members
 from tests.flood import pointer_chain
-from tests.test_authority import FakeRegistry, sample_members
-from tests.test_server import HOST, TIMEOUT, read_message, wait_closed
+from tests.traffic import probe
 
 SEED = 20240229
 UDP_PACKETS = 20000
@@ -240,24 +240,6 @@ def crowd(port, count, sources=10):
         finally:
             for s in opened:
                 s.close()
-
-
-def probe(port, stop, outcomes, address="10.0.0.1"):
-    """
-    A well-behaved client asking over and over until C{stop} is set; an
-    (answered right, seconds taken) pair for each query in C{outcomes}.
-    """
-    query = dns.message.make_query("worker1.tf.local", "A")
-    while not stop.is_set():
-        start = time.monotonic()
-        try:
-            response = dns.query.udp(query, HOST, port=port, timeout=1.0)
-        except dns.exception.Timeout:
-            outcomes.append((False, time.monotonic() - start))
-        else:
-            answered = [r.address for r in response.answer[0]] == [address]
-            outcomes.append((answered, time.monotonic() - start))
-        stop.wait(0.01)
 
 
 class FuzzTests(unittest.TestCase):

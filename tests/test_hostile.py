@@ -5,29 +5,25 @@ of its own (tests/flood.py), so what is measured is the node's reactor;
 a well-behaved client asks meanwhile from a thread.
 """
 
-import json
 import os
-import sys
-import threading
 import time
 
-from twisted.internet import defer, reactor, threads, utils
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from idetcd import IdetcdService
 from idetcd.dns import _wire as wire
+from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd
-from tests.test_fuzz import probe
-from tests.test_service import COREFILE
+from tests.traffic import NodeTraffic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEASE = 3
 # The issue's bound on the server's CPU for one pointer-chain query.
 CHAIN_CPU = 0.010
 UDP_RATE = 8000
 
 
-class HostileTrafficTests(unittest.TestCase):
+class HostileTrafficTests(NodeTraffic, unittest.TestCase):
     timeout = 120
 
     @defer.inlineCallbacks
@@ -40,24 +36,6 @@ class HostileTrafficTests(unittest.TestCase):
         self.node.startService()
         self.addCleanup(lambda: self.node.stopService() if self.node.running else None)
         self.name = yield self.node.when_claimed()
-
-    def flood(self, *args):
-        """
-        Run tests/flood.py against the node; its counts.
-        """
-        d = utils.getProcessOutputAndValue(
-            sys.executable,
-            ["-m", "tests.flood", "--port", str(self.node.dns.port), *map(str, args)],
-            env=os.environ,
-            path=ROOT,
-        )
-
-        def counts(result):
-            out, err, code = result
-            self.assertEqual(code, 0, err.decode())
-            return json.loads(out)
-
-        return d.addCallback(counts)
 
     def count_formerr(self):
         """
@@ -75,21 +53,6 @@ class HostileTrafficTests(unittest.TestCase):
 
         self.patch(wire, "read_query", counting)
         return malformed
-
-    def probing(self):
-        """
-        Start a well-behaved client; a function that stops it and fires
-        with its (answered, seconds) outcomes.
-        """
-        stop = threading.Event()
-        outcomes = []
-        d = threads.deferToThread(probe, self.node.dns.port, stop, outcomes, "127.0.0.1")
-
-        def done():
-            stop.set()
-            return d.addCallback(lambda _: outcomes)
-
-        return done
 
     @defer.inlineCallbacks
     def test_pointer_chains(self):

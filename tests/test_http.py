@@ -6,59 +6,21 @@ etcd reached through a fault proxy, checked with a real HTTP client.
 import json
 import os
 
-import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
-from twisted.web.client import HTTPConnectionPool
 
 from idetcd import IdetcdService
 from idetcd.etcd import prefix_range_end
 from idetcd.node._http import HttpEndpoint
-from tests.etcdserver import EtcdTestCase, start_etcd_cluster
+from tests.dnsclient import query
+from tests.etcdserver import start_etcd_cluster
 from tests.faultproxy import FaultProxy
+from tests.httpendpoints import COREFILE, HttpGetter, NodeHttpTestCase
 from tests.peerproxy import PeerNetwork
-from tests.test_cluster import query
-from tests.test_etcd import sleep
-
-COREFILE = """\
-.:0 {{
-    bind 127.0.0.1
-    {http}
-    idetcd {{
-        endpoint {endpoint}
-        limit 3
-        pattern worker{{{{.ID}}}}.tf.local.
-        lease 3
-        address 127.0.0.1
-    }}
-}}
-"""
+from tests.waiting import sleep
 
 PREFIX = b"/idetcd/"
-
-
-class HttpGetter:
-    """
-    GETs on a pool of its own, one connection per request, so nothing is
-    left open between requests (a stopped server simply does not answer).
-    """
-
-    def __init__(self, timeout):
-        self.timeout = timeout
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-
-    @defer.inlineCallbacks
-    def get(self, url, method="GET"):
-        """
-        Fires with (status, body bytes).
-        """
-        response = yield treq.request(method, url, pool=self.pool, timeout=self.timeout)
-        body = yield treq.content(response)
-        return response.code, body
-
-    def close(self):
-        return self.pool.closeCachedConnections()
 
 
 class _Idle(protocol.Protocol):
@@ -71,38 +33,6 @@ class _Idle(protocol.Protocol):
 
     def connectionLost(self, reason):
         self.lost.callback(None)
-
-
-class NodeHttpTestCase(EtcdTestCase):
-    """
-    Nodes of C{COREFILE} with the endpoints a test gives, reaching a real
-    etcd through a fault proxy, and an HTTP client.
-    """
-
-    timeout = 120
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        yield EtcdTestCase.setUp(self)
-        self.http = HttpGetter(timeout=5)
-        self.addCleanup(self.http.close)
-        self.proxy = FaultProxy(int(self.etcd.client_url.rsplit(":", 1)[1]))
-        self.proxy.start()
-        self.addCleanup(self.proxy.close)
-
-    def node(self, http):
-        text = COREFILE.format(http=http, endpoint=self.proxy.url)
-        node = IdetcdService.from_corefile(reactor, text=text, state_dir=os.path.abspath(self.mktemp()))
-        node.startService()
-        self.addCleanup(lambda: node.stopService() if node.running else None)
-        return node
-
-    def url(self, node, endpoint, path=None):
-        """
-        The URL of C{path} (default: the endpoint's own) on C{node}'s endpoint.
-        """
-        port = node.getServiceNamed(endpoint).port
-        return f"http://127.0.0.1:{port}/{endpoint if path is None else path}"
 
 
 class HttpEndpointTests(NodeHttpTestCase):

@@ -18,9 +18,10 @@ from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
 from idetcd._version import __version__
+from tests.dnsclient import query
 from tests.etcdserver import start_etcd
-from tests.test_cluster import COREFILE, ROOT, _Output, query
-from tests.test_etcd import sleep
+from tests.nodes import COREFILE, ROOT, ProcessOutput
+from tests.waiting import sleep
 
 
 def _environment():
@@ -98,7 +99,7 @@ class WheelTests(unittest.TestCase):
         checked = yield self.succeed(os.path.join(bin_, "idetcd"), "check", "--corefile", corefile)
         self.assertIn("ready to run 1 node", checked)
 
-        node = _Output()
+        node = ProcessOutput()
         twistd = os.path.join(bin_, "twistd")
         where = os.path.abspath(self.mktemp())
         os.makedirs(where)

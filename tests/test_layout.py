@@ -2,6 +2,8 @@
 The parts of idetcd and which of them each may import: the table the
 README's Layout section shows, checked against every import in the package,
 so an arrow running back up fails here rather than in a reader's head.
+And the tests' own layout: what test modules share lives in the support
+modules of tests/, never in another test module.
 """
 
 import ast
@@ -12,6 +14,10 @@ from twisted.trial import unittest
 import idetcd
 
 PACKAGE = os.path.dirname(idetcd.__file__)
+
+#: The source tree's folders of Python that import the tests' helpers.
+SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_FOLDERS = ("tests", "bench", "checks")
 
 #: The training job's launchers run the idetcd command and read its exit
 #: statuses, so they sit above it; the rest of training sits below it.
@@ -92,6 +98,30 @@ def _module_name(dotted):
     return last.startswith("_") and not last.startswith("__")
 
 
+def imported_test_modules(path):
+    """
+    The test modules (C{tests.test_*}) that the module at C{path} imports,
+    wherever in it the import is.
+    """
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    package = os.path.basename(os.path.dirname(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(filter(None, [package if node.level else None, node.module]))
+            # "from tests import test_cluster" imports a test module too.
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            pieces = name.split(".")
+            if pieces[0] == "tests" and len(pieces) > 1 and pieces[1].startswith("test_"):
+                yield ".".join(pieces[:2])
+                break
+
+
 class LayoutTests(unittest.TestCase):
     def test_every_part_imports_only_what_it_may(self):
         """
@@ -132,3 +162,44 @@ class LayoutTests(unittest.TestCase):
         ]:
             self.assertIn(name, idetcd.__all__)
             self.assertTrue(hasattr(idetcd, name), name)
+
+    def test_test_modules_share_through_support_modules(self):
+        """
+        No module of tests/, bench/ or checks/ imports a test module: what
+        tests share (base cases, fixtures, clients) lives in a support module.
+        """
+        wrong = []
+        scanned = []
+        for folder in TEST_FOLDERS:
+            for file in sorted(os.listdir(os.path.join(SOURCE, folder))):
+                if file.endswith(".py"):
+                    scanned.append(f"{folder}/{file}")
+                    path = os.path.join(SOURCE, folder, file)
+                    wrong.extend(f"{folder}/{file} imports {name}" for name in imported_test_modules(path))
+        self.assertIn("tests/test_layout.py", scanned)
+        self.assertEqual([], wrong)
+
+    def test_an_import_of_a_test_module_is_found(self):
+        """
+        Every way of writing an import of a test module is caught; imports
+        of support modules are not.
+        """
+        folder = os.path.join(self.mktemp(), "tests")
+        os.makedirs(folder)
+        path = os.path.join(folder, "test_example.py")
+        with open(path, "w") as f:
+            f.write(
+                "import tests.test_cluster\n"
+                "from tests.test_etcd import sleep\n"
+                "from tests import etcdserver, test_http\n"
+                "from .test_server import HOST\n"
+                "from . import nodes, test_wire\n"
+                "from tests.dnsclient import query\n"
+                "def later():\n"
+                "    from tests.test_secure import serve\n"
+            )
+        self.assertEqual(
+            list(imported_test_modules(path)),
+            ["tests.test_cluster", "tests.test_etcd", "tests.test_http", "tests.test_server", "tests.test_wire",
+             "tests.test_secure"],
+        )

@@ -15,9 +15,8 @@ import dns.message
 import dns.rcode
 from twisted.internet import defer, threads
 
-from tests.test_cluster import COREFILE
-from tests.test_forward import closed_port
-from tests.test_signals import SignalCase
+from tests.nodes import COREFILE, SignalCase
+from tests.upstreams import closed_port
 
 # One line of the query log in CoreDNS's common format.
 COMMON = re.compile(

@@ -16,7 +16,6 @@ import dns.query
 import treq
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 from twisted.internet import defer, reactor, threads
 from twisted.python.failure import Failure
@@ -31,32 +30,13 @@ from idetcd.dns._server import DNSServer
 from idetcd.etcd import EtcdClient, EtcdError, EtcdUnavailable, LeaseNotFound
 from idetcd.node import _http as http
 from idetcd.node._metrics import DnsCollector, EtcdCalls, NodeCollector, etcd_outcome
-from tests.test_authority import FakeRegistry, sample_members
-from tests.test_cluster import query
-from tests.test_etcd import sleep, wait_for
-from tests.test_http import COREFILE as HTTP_COREFILE
-from tests.test_http import NodeHttpTestCase
-from tests.test_server import exchange_udp, header, question, tcp_session
+from tests.dnsclient import exchange_udp, header, query, question, tcp_session
+from tests.fakeregistry import FakeRegistry, sample_members
+from tests.httpendpoints import COREFILE as HTTP_COREFILE
+from tests.httpendpoints import NodeHttpTestCase, samples, value
+from tests.waiting import sleep, wait_for
 
 ZONE = "tf.local."
-
-
-def samples(text):
-    """
-    Every sample of a metrics page: {(name, sorted label pairs): value}.
-    """
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return out
-
-
-def value(page, metric, /, **labels):
-    """
-    One sample of C{page} (from L{samples}); 0 when absent.
-    """
-    return page.get((metric, tuple(sorted(labels.items()))), 0)
 
 
 def total(page, name):

@@ -39,11 +39,12 @@ from idetcd.etcd import EtcdClient, Event, KeyValue, prefix_range_end
 from idetcd.members._record import Member
 from idetcd.members._registry import BOOKKEEPING
 from idetcd.node._embedded import free_port
+from tests.dnsclient import query
 from tests.etcdserver import SMALL_QUOTA, fill, free_space, start_etcd
 from tests.faultproxy import FaultProxy
-from tests.test_cluster import query, spawn_node
-from tests.test_etcd import sleep
-from tests.test_http import HttpGetter
+from tests.httpendpoints import HttpGetter
+from tests.nodes import spawn_node
+from tests.waiting import sleep
 
 NODES = 5
 LIMIT = 6

@@ -19,12 +19,12 @@ from twisted.logger import formatEvent, globalLogPublisher
 from idetcd.claim._claimer import Claimer
 from idetcd.etcd import NoSpace
 from idetcd.node._embedded import free_ports
+from tests.dnsclient import query
 from tests.etcdserver import SMALL_QUOTA, EtcdTestCase, fill, free_space, start_etcd
-from tests.test_claimer import PATTERN, PREFIX, identity
-from tests.test_cluster import NodeProcessCase, query
-from tests.test_etcd import sleep, wait_for
-from tests.test_http import HttpGetter
-from tests.test_metrics import samples, value
+from tests.httpendpoints import HttpGetter, samples, value
+from tests.memberdata import PATTERN, PREFIX, identity
+from tests.nodes import NodeProcessCase
+from tests.waiting import sleep, wait_for
 
 #: The line a claim says, once, while etcd is out of space.
 CANNOT_CLAIM = "cannot claim a name: etcd is out of space (NOSPACE alarm)"

@@ -12,10 +12,12 @@ from twisted.internet import defer, reactor
 
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._registry import DEAD
+from tests.dnsclient import query
 from tests.faultproxy import FaultProxy
-from tests.test_claim_race import PREFIX, Holdings
-from tests.test_cluster import COREFILE, NodeProcessCase, query
-from tests.test_etcd import sleep
+from tests.holdings import Holdings
+from tests.memberdata import PREFIX
+from tests.nodes import COREFILE, NodeProcessCase
+from tests.waiting import sleep
 
 SHARED_NODE = COREFILE.replace("        address 127.0.0.1\n", "        address 127.0.0.1\n        node shared\n")
 

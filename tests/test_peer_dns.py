@@ -12,9 +12,9 @@ import dns.rdatatype
 import dns.reversename
 from twisted.internet import defer
 
-from tests.test_cluster import NodeProcessCase, query
-from tests.test_etcd import sleep
-from tests.test_server import run_tool
+from tests.dnsclient import query, run_tool
+from tests.nodes import NodeProcessCase
+from tests.waiting import sleep
 
 COREFILE = """\
 # Every node serves tf.local, and members' reverse names through REVERSE:

@@ -24,9 +24,8 @@ from idetcd.dns import _wire as wire
 from idetcd.dns._authority import Response, ZoneAuthority, domain_labels
 from idetcd.dns._server import DNSServer
 from idetcd.members._record import Member
-from tests.test_authority import FakeRegistry
-from tests.test_server import HOST, TIMEOUT, run_tool
-from tests.test_wire import reply
+from tests.dnsclient import HOST, TIMEOUT, reply, run_tool
+from tests.fakeregistry import FakeRegistry
 
 
 def worker(slot, address, srv=2222, zone="tf.local", role="worker", ipv6=()):

@@ -12,7 +12,7 @@ from idetcd.claim import QUEUE, ClaimQueue
 from idetcd.claim._queue import assign
 from idetcd.members import Registry
 from tests.etcdserver import EtcdTestCase
-from tests.test_registry import PREFIX, value
+from tests.memberdata import PREFIX, value
 
 TAG = b"0123456789abcdef"
 NAMES = [f"worker{slot}.tf.local." for slot in range(1, 5)]

@@ -9,18 +9,12 @@ from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 
 from idetcd.etcd import prefix_range_end
-from idetcd.members._record import Member
 from idetcd.members._registry import Registry
 from tests.etcdserver import EtcdTestCase, restart
+from tests.memberdata import PREFIX, value
 from tests.memoryetcd import FakeEtcdCase
 from tests.proxy import CuttableProxy
-from tests.test_etcd import wait_for
-
-PREFIX = b"/idetcd/"
-
-
-def value(ipv4="10.0.0.1", ipv6="", node="n"):
-    return Member(name="", ipv4=(ipv4,) if ipv4 else (), ipv6=(ipv6,) if ipv6 else (), node=node).to_value()
+from tests.waiting import wait_for
 
 
 class RegistryCase:

@@ -27,11 +27,11 @@ from idetcd.training.rounds import (
     parse_nnodes,
     round_key,
 )
+from tests.commands import CommandCase
+from tests.embedded import start_node
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
-from tests.test_cli import CommandCase
-from tests.test_etcd import sleep, wait_for
-from tests.test_scale import write_members
-from tests.test_secure import start_node
+from tests.memberdata import write_members
+from tests.waiting import sleep, wait_for
 
 #: Lease 6 unless a test says otherwise: a live node renews every 2 s and
 #: is counted dead 3 s after its last renewal; room for a busy 2-core box.

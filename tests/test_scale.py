@@ -16,11 +16,12 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from idetcd import IdetcdService
-from idetcd.etcd import EtcdClient, b64_text
+from idetcd.etcd import EtcdClient
 from idetcd.members._record import Member
+from tests.dnsclient import tcp_session
 from tests.etcdserver import start_etcd
-from tests.test_etcd import sleep
-from tests.test_server import tcp_session
+from tests.memberdata import address, plain_member, write_members
+from tests.waiting import sleep
 
 COREFILE = """\
 tf.local.:0 {{
@@ -34,41 +35,6 @@ tf.local.:0 {{
     }}
 }}
 """
-#: etcd's default --max-txn-ops.
-TXN_OPS = 128
-
-
-def address(index, generation=0):
-    return f"10.{generation}.{index >> 8}.{index & 255}"
-
-
-def plain_member(index):
-    return Member("", (address(index),))
-
-
-@defer.inlineCallbacks
-def write_members(client, prefix, count, parallel=4, member=plain_member):
-    """
-    Put worker1 … worker{count} under C{prefix}, 128 to a transaction; the
-    value of worker{index} is C{member(index)}'s.
-    """
-
-    def txn(start):
-        puts = [
-            {
-                "request_put": {
-                    "key": b64_text(prefix + f"worker{index}.tf.local.".encode()),
-                    "value": b64_text(member(index).to_value()),
-                }
-            }
-            for index in range(start, min(start + TXN_OPS, count + 1))
-        ]
-        return client.call("/v3/kv/txn", {"success": puts})
-
-    limit = defer.DeferredSemaphore(parallel)
-    yield defer.gatherResults(
-        [limit.run(txn, start) for start in range(1, count + 1, TXN_OPS)], consumeErrors=True
-    )
 
 
 def ask(port, questions, tcp=False):

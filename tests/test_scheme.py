@@ -10,11 +10,11 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.etcd import EtcdClient, SchemeMismatch, TlsSettings
 from idetcd.common import EXIT_CONFIG
+from idetcd.etcd import EtcdClient, SchemeMismatch, TlsSettings
 from tests.etcdserver import start_etcd, start_secure_etcd
-from tests.test_cluster import COREFILE, spawn_node
-from tests.test_secure import logged
+from tests.logevents import logged
+from tests.nodes import COREFILE, spawn_node
 
 
 def _swap(url, scheme):

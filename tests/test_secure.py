@@ -10,14 +10,11 @@ import os
 import socket
 
 import dns.rcode
-from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
-from twisted.web import resource, server
 
-from idetcd import IdetcdService
 from idetcd.etcd import EtcdClient, EtcdUnavailable, prefix_range_end
 from idetcd.etcd.auth import Credentials, TokenKeeper
 from idetcd.etcd.check import check
@@ -31,60 +28,19 @@ from idetcd.etcd.errors import (
 )
 from idetcd.etcd.tls import TlsSettings
 from tests.certs import make_certificates
+from tests.dnsclient import query
+from tests.embedded import start_node
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
-from tests.test_cluster import query
-from tests.test_etcd import sleep, wait_for
+from tests.logevents import logged
+from tests.waiting import sleep, wait_for
+from tests.webstub import json_response, serve
 
 PREFIX = b"/idetcd/"
 PASSWORD = "node-password"
 
-COREFILE = """\
-.:0 {{
-    bind 127.0.0.1
-    idetcd {{
-        endpoint {endpoint}
-        pattern worker{{{{.ID}}}}.tf.local.
-        limit 5
-        lease 3
-        address 127.0.0.{address}
-{settings}    }}
-}}
-"""
-
-
-def start_node(case, endpoint, *settings, address=1):
-    """
-    Start a node in-process on a Corefile with C{settings} (lines of its
-    idetcd block) added; it is stopped when the test ends.
-    """
-    text = COREFILE.format(
-        endpoint=endpoint,
-        address=address,
-        settings="".join(f"        {line}\n" for line in settings),
-    )
-    node = IdetcdService.from_corefile(reactor, text=text, state_dir=os.path.abspath(case.mktemp()))
-    node.startService()
-    case.addCleanup(lambda: node.stopService() if node.running else None)
-    return node
-
 
 def tls_line(certs, ca=None):
     return f"tls {certs.client_cert} {certs.client_key} {ca or certs.ca}"
-
-
-def logged(case, namespace):
-    """
-    The events logged under C{namespace} from now to the end of the test.
-    """
-    events = []
-
-    def observe(event):
-        if event.get("log_namespace") == namespace:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    case.addCleanup(globalLogPublisher.removeObserver, observe)
-    return events
 
 
 class OneLineErrors:
@@ -360,45 +316,6 @@ class Etcd34SecureClientTests(SecureClientTests):
         skip = "Debian's etcd 3.4 is not installed at /usr/bin/etcd"
 
 
-class _Fixed(resource.Resource):
-    """
-    Answers C{routes[path]}, a C{(code, content type, body)}; twisted.web's
-    HTML 404 page for any other path.
-    """
-
-    isLeaf = True
-
-    def __init__(self, routes):
-        resource.Resource.__init__(self)
-        self.routes = routes
-
-    def render(self, request):
-        if request.path not in self.routes:
-            return resource.NoResource().render(request)
-        code, content_type, body = self.routes[request.path]
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", content_type)
-        return body
-
-
-def serve(case, routes, interface="127.0.0.1", certs=None):
-    """
-    A web server on a free port of C{interface}, over TLS with the server
-    certificate of C{certs} if given; returns its URL.
-    """
-    site = server.Site(_Fixed(routes))
-    if certs is None:
-        port = reactor.listenTCP(0, site, interface=interface)
-        scheme = "http"
-    else:
-        with open(certs.server_cert, "rb") as cert, open(certs.server_key, "rb") as key:
-            options = ssl.PrivateCertificate.loadPEM(cert.read() + key.read()).options()
-        port = reactor.listenSSL(0, site, options, interface=interface)
-        scheme = "https"
-    case.addCleanup(port.stopListening)
-    return f"{scheme}://{interface}:{port.getHost().port}"
-
-
 class _PlainHttp(protocol.Protocol):
     """
     A plain HTTP server's answer to a TLS hello, as Go's gives it.
@@ -409,11 +326,7 @@ class _PlainHttp(protocol.Protocol):
         self.transport.loseConnection()
 
 
-def _json(data):
-    return (200, b"application/json", json.dumps(data).encode("ascii"))
-
-
-VERSION_35 = _json({"etcdserver": "3.5.1", "etcdcluster": "3.5.0"})
+VERSION_35 = json_response({"etcdserver": "3.5.1", "etcdcluster": "3.5.0"})
 
 
 class EndpointCheckTests(OneLineErrors, unittest.TestCase):
@@ -429,7 +342,7 @@ class EndpointCheckTests(OneLineErrors, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_old_etcd(self):
-        url = serve(self, {b"/version": _json({"etcdserver": "3.3.0", "etcdcluster": "3.3.0"})})
+        url = serve(self, {b"/version": json_response({"etcdserver": "3.3.0", "etcdcluster": "3.3.0"})})
         error = yield self.assertFailure(self.client(url).check(PREFIX), EtcdTooOld)
         self.assertEqual(
             str(error),
@@ -439,7 +352,7 @@ class EndpointCheckTests(OneLineErrors, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_old_etcd_stops_a_node(self):
-        url = serve(self, {b"/version": _json({"etcdserver": "3.3.0", "etcdcluster": "3.3.0"})})
+        url = serve(self, {b"/version": json_response({"etcdserver": "3.3.0", "etcdcluster": "3.3.0"})})
         node = start_node(self, url)
         error = yield self.assertFailure(node.when_claimed(), EtcdTooOld)
         self.assertOneLine(error, f"etcd at {url} is version 3.3.0")

@@ -5,8 +5,6 @@ dnspython and raw sockets run in threads (deferToThread) with timeouts, so
 the server keeps the reactor; dig and kdig run as child processes.
 """
 
-import os
-import shutil
 import socket
 import struct
 import time
@@ -23,7 +21,7 @@ import dns.rrset
 import dns.serial
 import dns.tsig
 import dns.tsigkeyring
-from twisted.internet import defer, protocol, reactor, task, threads, utils
+from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import StringTransport
@@ -36,73 +34,20 @@ from idetcd.dns._authority import ZoneAuthority
 from idetcd.dns._freshness import CURRENT, View
 from idetcd.dns._server import DNSServer
 from idetcd.members._record import Member
-from tests.test_authority import FakeRegistry, sample_members
+from tests.dnsclient import (
+    HOST,
+    TIMEOUT,
+    exchange_udp,
+    header,
+    question,
+    read_message,
+    run_tool,
+    tcp_session,
+    wait_closed,
+)
+from tests.fakeregistry import FakeRegistry, sample_members
 
-HOST = "127.0.0.1"
-TIMEOUT = 3.0
 SILENCE = 0.5
-
-
-def exchange_udp(port, payload, wait=TIMEOUT, host=HOST):
-    """
-    Send one datagram; the reply, or None if none came within C{wait}.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.settimeout(wait)
-        s.sendto(payload, (host, port))
-        try:
-            return s.recv(65535)
-        except socket.timeout:
-            return None
-
-
-def read_exactly(sock, size):
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise EOFError(f"closed after {len(data)} of {size} bytes")
-        data += chunk
-    return data
-
-
-def read_message(sock):
-    (length,) = struct.unpack("!H", read_exactly(sock, 2))
-    return read_exactly(sock, length)
-
-
-def tcp_session(port, payloads):
-    """
-    Send every payload on one TCP connection at once (pipelined); the
-    replies in the order they came.
-    """
-    with socket.create_connection((HOST, port), timeout=TIMEOUT) as s:
-        s.sendall(b"".join(struct.pack("!H", len(p)) + p for p in payloads))
-        return [read_message(s) for _ in payloads]
-
-
-def wait_closed(sock, wait):
-    """
-    Seconds until the peer closes C{sock}; None if it stays open C{wait}.
-    """
-    sock.settimeout(wait)
-    start = time.monotonic()
-    try:
-        data = sock.recv(1)
-    except socket.timeout:
-        return None
-    except ConnectionResetError:
-        data = b""
-    return time.monotonic() - start if data == b"" else None
-
-
-def header(id=0x1234, flags=0x0100, qd=1, an=0, ns=0, ar=0):
-    return struct.pack("!6H", id, flags, qd, an, ns, ar)
-
-
-def question(name=b"\x07worker1\x02tf\x05local\x00", type=1, cls=1):
-    return name + struct.pack("!HH", type, cls)
 
 
 class ServerTestCase(unittest.TestCase):
@@ -1087,22 +1032,6 @@ class LifecycleTests(unittest.TestCase):
         self.assertRaises(ValueError, DNSServer, self.authority, 0, tcp_idle_timeout=0, registry=self.registry)
         self.assertRaises(ValueError, DNSServer, self.authority, 0, max_tcp_connections=0, registry=self.registry)
         self.assertRaises(ValueError, DNSServer, self.authority, 0, interfaces=(), registry=self.registry)
-
-
-@defer.inlineCallbacks
-def run_tool(case, port, tool, *args):
-    """
-    The output of C{tool} (dig, kdig) asking the server on C{port}, once
-    it exited cleanly; C{case} is skipped where the tool is not installed.
-    """
-    path = shutil.which(tool)
-    if path is None:
-        raise unittest.SkipTest(f"{tool} is not installed")
-    out, err, code = yield utils.getProcessOutputAndValue(
-        path, ("@" + HOST, "-p", str(port)) + args + ("+time=2",), env=os.environ
-    )
-    case.assertEqual(code, 0, (out + err).decode())
-    return out.decode()
 
 
 class ToolTests(ServerTestCase):

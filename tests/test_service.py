@@ -15,24 +15,12 @@ from twisted.trial import unittest
 from idetcd import ClusterSpec, IdetcdService, StateDirectoryBusy
 from idetcd.claim._announcement import announced_address
 from idetcd.etcd import EtcdClient, prefix_range_end
+from tests.dnsclient import query
+from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd, start_etcd_cluster
-from tests.test_cluster import query
-from tests.test_etcd import sleep, wait_for
+from tests.waiting import sleep, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-COREFILE = """\
-.:0 {{
-    bind 127.0.0.1
-    idetcd {{
-        endpoint {endpoints}
-        limit 5
-        pattern worker{{{{.ID}}}}.tf.local.
-        lease {lease}
-        address 127.0.0.{address}
-    }}
-}}
-"""
 
 
 class ServiceTests(unittest.TestCase):

@@ -4,83 +4,14 @@ reloads the Corefile, SIGUSR1 and SIGUSR2 log the node's state, and none of
 them kills the node or costs it its name.
 """
 
-import re
 import signal
 
 import dns.rcode
 from twisted.internet import defer
 
-from idetcd.etcd import EtcdClient
-from tests.test_cluster import COREFILE, NodeProcessCase, query
-from tests.test_etcd import sleep
-from tests.test_forward import closed_port, start_authority
-
-KEY = b"/idetcd/worker1.tf.local."
-
-SIGNALLED = COREFILE.replace("        address 127.0.0.1\n", "        address 127.0.0.1\n        ttl 5\n")
-
-
-class SignalCase(NodeProcessCase):
-    """
-    One node of C{COREFILE} holding worker1, and a client of its etcd.
-    """
-
-    COREFILE = SIGNALLED
-
-    @defer.inlineCallbacks
-    def start_holder(self):
-        from twisted.internet import reactor
-
-        self.client = EtcdClient([self.etcd.client_url], reactor)
-        self.addCleanup(self.client.close)
-        node = self.start_node()
-        self.assertEqual((yield self.wait_claimed(node)), "worker1.tf.local.")
-        return node
-
-    def rewrite(self, old, new):
-        with open(self.corefile) as f:
-            text = f.read()
-        self.assertIn(old, text)
-        with open(self.corefile, "w") as f:
-            f.write(text.replace(old, new))
-
-    @defer.inlineCallbacks
-    def wait_output(self, node, pattern, timeout=20):
-        """
-        Wait until C{node}'s output matches C{pattern} (bytes); fire with
-        the match.
-        """
-        for _ in range(int(timeout / 0.05)):
-            found = re.search(pattern, node.output)
-            if found:
-                return found
-            if node.ended.called:
-                self.fail(f"node exited with {node.status}, signal {node.signal}:\n{node.output.decode()}")
-            yield sleep(0.05)
-        self.fail(f"no {pattern!r} in the output in {timeout}s:\n{node.output.decode()}")
-
-    @defer.inlineCallbacks
-    def holder_lease(self):
-        kvs, _ = yield self.client.range(KEY)
-        self.assertEqual(len(kvs), 1)
-        return kvs[0].lease
-
-    @defer.inlineCallbacks
-    def answer_ttl(self, node):
-        reply = yield query(node.port, "worker1.tf.local.")
-        self.assertEqual([rr.address for rr in reply.answer[0]], ["127.0.0.1"])
-        return reply.answer[0].ttl
-
-    @defer.inlineCallbacks
-    def assert_still_holding(self, node, lease, ttl):
-        """
-        C{node} runs, etcd still has its name on C{lease}, and it answers
-        with C{ttl}.
-        """
-        self.assertFalse(node.ended.called)
-        self.assertEqual((yield self.holder_lease()), lease)
-        self.assertEqual((yield self.answer_ttl(node)), ttl)
-        self.assertNotIn(b"Traceback", node.output)
+from tests.dnsclient import query
+from tests.nodes import SignalCase
+from tests.upstreams import closed_port, start_authority
 
 
 class ReloadTests(SignalCase):

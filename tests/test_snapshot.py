@@ -14,7 +14,7 @@ from idetcd.members._record import Member
 from idetcd.members._snapshot import lease_times, read_members
 from tests.etcdserver import EtcdTestCase
 from tests.memoryetcd import FakeEtcdCase
-from tests.test_etcd import sleep
+from tests.waiting import sleep
 
 PREFIX = b"/idetcd/"
 ZONE = "tf.local."

@@ -17,8 +17,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from idetcd.node._systemd import SystemdNotifier, from_environment, socket_address
-from tests.test_cluster import NodeProcessCase, query
-from tests.test_etcd import sleep
+from tests.dnsclient import query
+from tests.nodes import NodeProcessCase
+from tests.waiting import sleep
 
 
 class _Messages(protocol.DatagramProtocol):

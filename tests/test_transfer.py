@@ -36,10 +36,10 @@ from idetcd.dns._transfer import NOTIFY_FIRST_RETRY, ZoneTransfer
 from idetcd.members._record import Member
 from idetcd.node import parse
 from idetcd.node._embedded import free_port
-from tests.test_authority import FakeRegistry, sample_members
-from tests.test_cluster import ROOT, NodeProcessCase, _Output
-from tests.test_etcd import sleep
-from tests.test_server import read_exactly
+from tests.dnsclient import read_exactly
+from tests.fakeregistry import FakeRegistry, sample_members
+from tests.nodes import ROOT, NodeProcessCase, ProcessOutput
+from tests.waiting import sleep
 
 HOST = "127.0.0.1"
 #: An address on loopback that no transfer lists.
@@ -113,7 +113,7 @@ def zone_text(zone):
 AXFR_CLIENT = """
 import json, socket, struct, sys
 import dns.message, dns.rdatatype
-from tests.test_server import read_exactly
+from tests.dnsclient import read_exactly
 with socket.create_connection(("127.0.0.1", int(sys.argv[1])), 60) as s:
     query = dns.message.make_query("tf.local", "AXFR").to_wire()
     s.sendall(struct.pack("!H", len(query)) + query)
@@ -543,7 +543,7 @@ class KnotSecondaryTests(NodeProcessCase):
             f.write(KNOT_CONF.format(dir=directory, rundir=rundir, port=self.knot_port, node_port=node_port))
         check = subprocess.run(["knotc", "-c", self.knot_conf, "conf-check"], capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
-        knot = _Output()
+        knot = ProcessOutput()
         knot.process = reactor.spawnProcess(knot, KNOT, [KNOT, "-c", self.knot_conf], env=dict(os.environ))
         return self.kill_at_end(knot)
 

@@ -12,8 +12,8 @@ from twisted.internet import defer, reactor, threads
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._record import Member
 from tests.faultproxy import FaultProxy
-from tests.test_cluster import NodeProcessCase
-from tests.test_etcd import sleep
+from tests.nodes import NodeProcessCase
+from tests.waiting import sleep
 
 LEASE = 3
 TTL = 60

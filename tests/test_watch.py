@@ -23,9 +23,9 @@ from idetcd.etcd import (
 )
 from idetcd.members._registry import Registry
 from tests.etcdserver import start_etcd_cluster
+from tests.memberdata import value
 from tests.peerproxy import PeerNetwork
-from tests.test_etcd import sleep, wait_for
-from tests.test_registry import value
+from tests.waiting import sleep, wait_for
 
 PREFIX = b"/idetcd/"
 

@@ -17,17 +17,8 @@ from twisted.trial import unittest
 
 from idetcd.dns import _wire as wire
 from idetcd.dns._authority import Response, domain_labels
+from tests.dnsclient import reply
 from tests.flood import pointer_chain
-
-
-def reply(labels, type, response, limit=wire.MAX_MESSAGE):
-    """
-    A whole reply message (id 0, RD) to (C{labels}, C{type}) and its encoding.
-    """
-    question = wire.name(labels) + wire.TYPE_CLASS.pack(type, tdns.IN)
-    encoded = wire.encode(labels, question, response)
-    head, tail = wire.template(encoded, wire.RD, len(question), limit, None)
-    return b"\0\0" + head + question + tail, encoded
 
 
 def ns_response(apex, count):
