@@ -32,6 +32,7 @@ FAST = (
     "tests.test_corefile",
     "tests.test_decision",
     "tests.test_faultproxy",
+    "tests.test_faults",
     "tests.test_freshness",
     "tests.test_launchers",
     "tests.test_lease",

@@ -11,6 +11,7 @@ import secrets
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from idetcd.testing._faults import Faults, cut_connection
 from idetcd.testing._store import GatewayError
 
 #: What the fake says it is, on C{/version} and C{/v3/maintenance/status}.
@@ -51,6 +52,12 @@ class Gateway(Resource):
         #: How many requests of each path (bytes) it answered, as etcd's
         #: own metrics count them.
         self.served = collections.Counter()
+        #: The JSON body of every POST, by path, in the order received.
+        self.received = collections.defaultdict(list)
+        #: What befalls requests beyond etcd's own behaviour.
+        self.faults = Faults()
+        #: The watch streams open now, oldest first.
+        self.streams = []
         self._tokens = {}
         self._routes = {
             b"/v3/kv/range": store.range,
@@ -105,11 +112,8 @@ class Gateway(Resource):
 
     # HTTP.
 
-    def render(self, request):
-        self.served[request.path] += 1
-        return super().render(request)
-
     def render_GET(self, request):
+        self.served[request.path] += 1
         if request.path == b"/version":
             return self._json(request, 200, {"etcdserver": VERSION, "etcdcluster": "3.5.0"})
         if request.path == b"/health":
@@ -121,6 +125,14 @@ class Gateway(Resource):
             body = json.loads(request.content.read() or b"{}")
         except ValueError:
             return self._json(request, 400, {"error": "bad JSON", "code": 3, "message": "bad JSON"})
+        self.received[request.path].append(body)
+        fault = self.faults.take(request.path)
+        if fault is None:
+            return self._answer(request, body)
+        return fault.befall(request, lambda: self._answer(request, body))
+
+    def _answer(self, request, body):
+        self.served[request.path] += 1
         if request.path == b"/v3/watch":
             return self._watch(request, body.get("create_request") or {})
         if request.path == b"/v3/auth/authenticate":
@@ -176,7 +188,53 @@ class Gateway(Resource):
                 }
             )
             return NOT_DONE_YET
+        stream = WatchStream(request, create)
+        self.streams.append(stream)
         cancel = self.store.watch(create, send)
-        request.notifyFinish().addBoth(lambda _: cancel())
+
+        def closed(_):
+            stream.closed = True
+            self.streams.remove(stream)
+            cancel()
+
+        request.notifyFinish().addBoth(closed)
         return NOT_DONE_YET
+
+
+class WatchStream:
+    """
+    One watch stream as the gateway serves it, for a test to break: its
+    C{create} request, the C{token} it was opened with, whether the client
+    C{closed} it.
+    """
+
+    def __init__(self, request, create):
+        self._request = request
+        self.create = create
+        self.token = (request.getHeader(b"authorization") or b"").decode("ascii", "replace") or None
+        self.closed = False
+
+    def write(self, data):
+        """
+        Send C{data} (bytes: a line garbled, an error object, half a
+        result) down the stream, as it is.
+        """
+        with self._request.channel.transport.held():
+            self._request.write(data)
+
+    def end(self, last=b""):
+        """
+        End the stream as etcd ends a watch it gives up on: C{last} (its
+        error object, with no line end), then the end of the body.
+        """
+        with self._request.channel.transport.held():
+            if last:
+                self._request.write(last)
+            self._request.finish()
+
+    def cut(self):
+        """
+        Cut the stream's connection in the middle of its body.
+        """
+        cut_connection(self._request)
 

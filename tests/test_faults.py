@@ -1,0 +1,240 @@
+"""
+The fault hooks of idetcd.testing's etcd: what each does to a request, and
+that the store under them stays etcd's (what was applied, was; what was
+not, was not).  etcd itself never does these, so no contract case runs
+them against a real one.
+"""
+
+from twisted.internet import defer
+
+from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound
+from idetcd.testing import NO_LEADER, Cut, Hold, LoseReply, Refuse
+from tests.memoryetcd import FakeEtcdCase
+
+KEY = b"/faults/a"
+
+
+class RequestFaultTests(FakeEtcdCase):
+    """
+    Faults planned for a path befall the requests for it.
+    """
+
+    @defer.inlineCallbacks
+    def stored(self, key=KEY):
+        kvs, _ = yield self.client.range(key)
+        return [kv.value for kv in kvs]
+
+    @defer.inlineCallbacks
+    def test_lost_reply_was_applied(self):
+        self.etcd.faults.once("/v3/kv/put", LoseReply())
+        yield self.assertFailure(self.client.put(KEY, b"1"), EtcdUnavailable)
+        self.assertEqual((yield self.stored()), [b"1"])
+        self.assertEqual(self.etcd.revision, 2)
+        self.assertEqual(self.etcd.served("/v3/kv/put"), 1)
+        # Once: the next put is answered.
+        self.assertEqual((yield self.client.put(KEY, b"2")), 3)
+
+    @defer.inlineCallbacks
+    def test_cut_was_not_applied(self):
+        self.etcd.faults.once("/v3/kv/txn", Cut())
+        yield self.assertFailure(self.client.create(KEY, b"1"), EtcdUnavailable)
+        self.assertEqual((yield self.stored()), [])
+        self.assertEqual(self.etcd.revision, 1)
+        self.assertEqual(self.etcd.served("/v3/kv/txn"), 0)
+        self.assertEqual(len(self.etcd.requests("/v3/kv/txn")), 1)
+
+    @defer.inlineCallbacks
+    def test_no_leader_moves_the_client_to_the_next_endpoint(self):
+        client = self.etcd.client(["http://a:2379", "http://b:2379"], timeout=2.0)
+        self.addCleanup(client.close)
+        self.etcd.faults.once("/v3/kv/put", NO_LEADER)
+        revision = yield client.put(KEY, b"1")
+        self.assertEqual(revision, 2)
+        self.assertEqual(client.endpoint, "http://b:2379")
+        self.assertEqual(len(self.etcd.requests("/v3/kv/put")), 2)
+        self.assertEqual(self.etcd.served("/v3/kv/put"), 1)
+
+    @defer.inlineCallbacks
+    def test_refusal_with_etcds_words(self):
+        """
+        A refusal etcd would give in another state (a lease it lost) while
+        the store says otherwise: the client reads it as etcd's.
+        """
+        lease, _ = yield self.client.lease_grant(10)
+        self.etcd.faults.once("/v3/lease/keepalive", Refuse(5, "etcdserver: requested lease not found", 404))
+        yield self.assertFailure(self.client.lease_keepalive(lease), LeaseNotFound)
+        self.assertEqual((yield self.client.lease_keepalive(lease)), 10)
+        self.etcd.faults.once("/v3/kv/put", Refuse(3, "etcdserver: key is not provided"))
+        error = yield self.assertFailure(self.client.put(KEY, b"1"), EtcdError)
+        self.assertEqual(error.code, 3)
+
+    @defer.inlineCallbacks
+    def test_always_until_cleared(self):
+        self.etcd.faults.always("/v3/kv/range", NO_LEADER)
+        for _ in range(3):
+            yield self.assertFailure(self.client.range(KEY), EtcdUnavailable)
+        self.etcd.faults.clear("/v3/kv/range")
+        self.assertEqual((yield self.stored()), [])
+
+    @defer.inlineCallbacks
+    def test_once_before_always(self):
+        self.etcd.faults.always("/v3/kv/put", Cut())
+        self.etcd.faults.once("/v3/kv/put", LoseReply())
+        yield self.assertFailure(self.client.put(KEY, b"1"), EtcdUnavailable)
+        yield self.assertFailure(self.client.put(KEY, b"2"), EtcdUnavailable)
+        self.assertEqual((yield self.stored()), [b"1"])
+
+    def test_returns_the_fault(self):
+        hold = Hold()
+        self.assertIs(self.etcd.faults.once("/v3/kv/put", hold), hold)
+        self.assertIs(self.etcd.faults.always("/v3/kv/range", hold), hold)
+
+
+class HoldTests(FakeEtcdCase):
+    """
+    A request held in flight reaches etcd when released, or never.
+    """
+
+    @defer.inlineCallbacks
+    def test_release_applies_then_answers(self):
+        hold = self.etcd.faults.once("/v3/kv/put", Hold())
+        d = self.client.put(KEY, b"1")
+        self.assertNoResult(d)
+        self.assertEqual(hold.pending, 1)
+        self.assertEqual(self.etcd.revision, 1)
+        yield self.client.put(b"/faults/b", b"x")  # passes the held one
+        self.assertEqual(hold.release()["value"], "MQ==")
+        self.assertEqual(self.successResultOf(d), 3)
+        self.assertEqual(hold.pending, 0)
+
+    def test_releases_in_order(self):
+        hold = self.etcd.faults.always("/v3/kv/put", Hold())
+        first, second = self.client.put(KEY, b"1"), self.client.put(KEY, b"2")
+        self.assertEqual([body["value"] for body in hold.bodies], ["MQ==", "Mg=="])
+        hold.release()
+        self.assertEqual(self.successResultOf(first), 2)
+        self.assertNoResult(second)
+        hold.release()
+        self.assertEqual(self.successResultOf(second), 3)
+
+    @defer.inlineCallbacks
+    def test_cut_never_applies(self):
+        hold = self.etcd.faults.once("/v3/kv/put", Hold())
+        d = self.client.put(KEY, b"1")
+        hold.cut()
+        self.failureResultOf(d, EtcdUnavailable)
+        kvs, _ = yield self.client.range(KEY)
+        self.assertEqual(kvs, [])
+
+    def test_given_up_by_the_client_is_gone(self):
+        """
+        A request held past the client's timeout is dropped with its
+        connection: never applied, nothing left to release.
+        """
+        hold = self.etcd.faults.once("/v3/kv/put", Hold())
+        d = self.client.put(KEY, b"1")
+        self.clock.advance(2.0)
+        self.failureResultOf(d, EtcdUnavailable)
+        self.assertEqual(hold.pending, 0)
+        self.assertRaises(AssertionError, hold.release)
+        self.assertEqual(self.etcd.revision, 1)
+
+    def test_delay_on_the_clock(self):
+        """
+        A slow etcd: the request reaches it C{delay} seconds after it was
+        sent, and is applied then.
+        """
+        self.etcd.faults.once("/v3/lease/grant", Hold(self.clock, delay=1.5))
+        d = self.client.lease_grant(10)
+        self.clock.advance(1.4)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        lease, ttl = self.successResultOf(d)
+        self.assertEqual(ttl, 10)
+        info = self.successResultOf(self.client.lease_time_to_live(lease))
+        self.assertEqual(info.ttl, 10)  # granted at t=1.5, not at t=0
+
+    def test_delay_past_the_timeout(self):
+        self.etcd.faults.once("/v3/lease/grant", Hold(self.clock, delay=3))
+        d = self.client.lease_grant(10)
+        self.advance(5)
+        self.failureResultOf(d, EtcdUnavailable)
+        self.assertEqual(self.successResultOf(self.client.call("/v3/lease/leases", {})).get("leases"), None)
+
+    def test_nothing_held(self):
+        self.assertRaises(AssertionError, Hold().release)
+        self.assertRaises(AssertionError, Hold().cut)
+
+
+class WatchStreamTests(FakeEtcdCase):
+    """
+    A watch stream the test breaks; the client's watch resumes from where
+    it was, as it would from etcd's.
+    """
+
+    def setUp(self):
+        FakeEtcdCase.setUp(self)
+        self.seen = []
+        self.watch = self.client.watch(
+            b"/faults/", b"/faults0", 1, lambda events, revision: self.seen.append(revision)
+        )
+        self.addCleanup(self.watch.stop)
+
+    def resumed(self):
+        """
+        The stream the watch opens once its backoff has passed (the one it
+        had is closed).
+        """
+        self.assertEqual(self.etcd.watch_streams, [])
+        self.advance_until(lambda: self.etcd.watch_streams)
+        (stream,) = self.etcd.watch_streams
+        return stream
+
+    @defer.inlineCallbacks
+    def test_open_streams(self):
+        (stream,) = self.etcd.watch_streams
+        self.assertEqual(stream.create["start_revision"], "1")
+        self.assertIsNone(stream.token)
+        self.assertFalse(stream.closed)
+        yield self.client.put(KEY, b"1")
+        self.assertEqual(self.seen, [2])
+        self.watch.stop()
+        self.assertTrue(stream.closed)
+        self.assertEqual(self.etcd.watch_streams, [])
+
+    @defer.inlineCallbacks
+    def test_garbled_line(self):
+        yield self.client.put(KEY, b"1")
+        (stream,) = self.etcd.watch_streams
+        stream.write(b'{"result": {"events": [tru\n')
+        self.assertTrue(stream.closed)
+        again = self.resumed()
+        self.assertEqual(again.create["start_revision"], "2")
+        yield self.client.put(KEY, b"2")
+        self.assertEqual(self.seen, [2, 3])
+
+    @defer.inlineCallbacks
+    def test_cut_in_the_middle_of_a_line(self):
+        (stream,) = self.etcd.watch_streams
+        stream.write(b'{"result": {"header"')
+        stream.cut()
+        self.assertTrue(stream.closed)
+        yield self.client.put(KEY, b"1")  # while no stream is open
+        self.resumed()
+        self.assertEqual(self.seen, [2])
+
+    def test_ended_with_an_error(self):
+        (stream,) = self.etcd.watch_streams
+        stream.end(b'{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}')
+        self.assertTrue(stream.closed)
+        self.assertEqual(self.resumed().create["start_revision"], "1")
+        self.assertFalse(self.watch.done.called)
+
+    def test_held_watch_opens_when_released(self):
+        hold = self.etcd.faults.once("/v3/watch", Hold())
+        (stream,) = self.etcd.watch_streams
+        stream.cut()
+        self.advance_until(lambda: hold.pending)
+        self.assertEqual(self.etcd.watch_streams, [])
+        hold.release()
+        self.assertEqual(len(self.etcd.watch_streams), 1)
