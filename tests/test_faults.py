@@ -7,11 +7,13 @@ them against a real one.
 
 from twisted.internet import defer
 
-from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound
-from idetcd.testing import NO_LEADER, Cut, Hold, LoseReply, Refuse
+from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, ResyncNeeded
+from idetcd.testing import NO_LEADER, Cut, Hold, LoseReply, Refuse, Stream
 from tests.memoryetcd import FakeEtcdCase
 
 KEY = b"/faults/a"
+#: What etcd's gateway sends as the last chunk of a watch it ends.
+NO_LEADER_LINE = b'{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}'
 
 
 class RequestFaultTests(FakeEtcdCase):
@@ -180,32 +182,37 @@ class WatchStreamTests(FakeEtcdCase):
         )
         self.addCleanup(self.watch.stop)
 
+    def open_streams(self):
+        return [stream for stream in self.etcd.watch_streams if not stream.closed]
+
     def resumed(self):
         """
         The stream the watch opens once its backoff has passed (the one it
         had is closed).
         """
-        self.assertEqual(self.etcd.watch_streams, [])
-        self.advance_until(lambda: self.etcd.watch_streams)
-        (stream,) = self.etcd.watch_streams
+        self.assertEqual(self.open_streams(), [])
+        self.advance_until(self.open_streams)
+        (stream,) = self.open_streams()
         return stream
 
     @defer.inlineCallbacks
     def test_open_streams(self):
-        (stream,) = self.etcd.watch_streams
+        (stream,) = self.open_streams()
         self.assertEqual(stream.create["start_revision"], "1")
         self.assertIsNone(stream.token)
+        self.assertEqual(stream.host, "etcd.invalid:2379")
         self.assertFalse(stream.closed)
         yield self.client.put(KEY, b"1")
         self.assertEqual(self.seen, [2])
         self.watch.stop()
         self.assertTrue(stream.closed)
-        self.assertEqual(self.etcd.watch_streams, [])
+        self.assertEqual(self.open_streams(), [])
+        self.assertEqual(self.etcd.watch_streams, [stream])
 
     @defer.inlineCallbacks
     def test_garbled_line(self):
         yield self.client.put(KEY, b"1")
-        (stream,) = self.etcd.watch_streams
+        (stream,) = self.open_streams()
         stream.write(b'{"result": {"events": [tru\n')
         self.assertTrue(stream.closed)
         again = self.resumed()
@@ -215,7 +222,7 @@ class WatchStreamTests(FakeEtcdCase):
 
     @defer.inlineCallbacks
     def test_cut_in_the_middle_of_a_line(self):
-        (stream,) = self.etcd.watch_streams
+        (stream,) = self.open_streams()
         stream.write(b'{"result": {"header"')
         stream.cut()
         self.assertTrue(stream.closed)
@@ -224,17 +231,40 @@ class WatchStreamTests(FakeEtcdCase):
         self.assertEqual(self.seen, [2])
 
     def test_ended_with_an_error(self):
-        (stream,) = self.etcd.watch_streams
-        stream.end(b'{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}')
+        (stream,) = self.open_streams()
+        stream.end(NO_LEADER_LINE)
         self.assertTrue(stream.closed)
         self.assertEqual(self.resumed().create["start_revision"], "1")
         self.assertFalse(self.watch.done.called)
 
+    @defer.inlineCallbacks
     def test_held_watch_opens_when_released(self):
         hold = self.etcd.faults.once("/v3/watch", Hold())
-        (stream,) = self.etcd.watch_streams
+        (stream,) = self.open_streams()
         stream.cut()
         self.advance_until(lambda: hold.pending)
-        self.assertEqual(self.etcd.watch_streams, [])
+        self.assertEqual(self.etcd.served("/v3/watch"), 1)
+        yield self.client.put(KEY, b"1")
+        self.assertEqual(self.seen, [])
         hold.release()
-        self.assertEqual(len(self.etcd.watch_streams), 1)
+        self.assertEqual(self.etcd.served("/v3/watch"), 2)
+        self.assertEqual(self.seen, [2])
+
+    def test_stream_in_place_of_etcds(self):
+        """
+        A watch answered with the test's lines: refused at its start, or
+        ended before it began (no leader), and resumed after.
+        """
+        self.etcd.faults.once("/v3/watch", Stream(NO_LEADER_LINE, end=True))
+        self.open_streams()[0].cut()
+        self.advance_until(lambda: len(self.etcd.watch_streams) == 3)
+        first, refused, resumed = self.etcd.watch_streams
+        self.assertTrue(refused.closed)
+        self.assertFalse(resumed.closed)
+        self.assertEqual(self.etcd.served("/v3/watch"), 2)
+        self.etcd.faults.once(
+            "/v3/watch", Stream(b'{"result":{"header":{},"created":true,"canceled":true,"cancel_reason":"gone"}}\n')
+        )
+        resumed.cut()
+        self.advance_until(lambda: self.watch.done.called)
+        self.failureResultOf(self.watch.done, ResyncNeeded)

@@ -15,14 +15,14 @@ What etcd never does by itself, a test makes it do through
 L{FakeEtcd.faults}: a reply lost after the write was applied (L{LoseReply}),
 a connection cut before it (L{Cut}), an error status (L{Refuse},
 L{NO_LEADER}), a request held in flight until released, or slowed on the
-clock (L{Hold}); and through L{FakeEtcd.watch_streams}, a watch stream
+clock (L{Hold}), a watch answered with lines of the test's (L{Stream}); and through L{FakeEtcd.watch_streams}, a watch stream
 garbled, ended or cut.
 """
 
 import attr
 
 from idetcd.etcd import EtcdClient
-from idetcd.testing._faults import NO_LEADER, Cut, Hold, LoseReply, Refuse
+from idetcd.testing._faults import NO_LEADER, Cut, Hold, LoseReply, Refuse, Stream
 from idetcd.testing._gateway import VERSION, Gateway
 from idetcd.testing._memory import memory_http_client
 from idetcd.testing._store import MAX_TXN_OPS, MIN_LEASE_TTL, PROGRESS_INTERVAL, Store
@@ -108,8 +108,10 @@ class FakeEtcd:
     @property
     def watch_streams(self):
         """
-        The watch streams open now, oldest first: each can be sent raw
-        bytes (C{write}), ended (C{end}) or cut (C{cut}).
+        Every watch stream it was asked for, oldest first, each with its
+        C{create} request, C{host}, C{token}, and whether it is C{closed};
+        an open one can be sent raw bytes (C{write}), ended (C{end}) or
+        cut (C{cut}).
         """
         return list(self.resource.streams)
 
@@ -162,5 +164,6 @@ __all__ = [
     "NO_LEADER",
     "PROGRESS_INTERVAL",
     "Refuse",
+    "Stream",
     "VERSION",
 ]

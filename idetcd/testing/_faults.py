@@ -80,6 +80,27 @@ class LoseReply:
         return NOT_DONE_YET
 
 
+@attr.s(frozen=True)
+class Stream:
+    """
+    A watch answered with C{data} (bytes: a refusal line, an error object)
+    in place of etcd's stream, and ended there if C{end}: as etcd's
+    gateway refuses a watch before it starts (a member with no leader, a
+    token it will not take).
+    """
+
+    data = attr.ib()
+    end = attr.ib(default=False)
+
+    def befall(self, request, answer):
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(self.data)
+        if self.end:
+            request.finish()
+        return NOT_DONE_YET
+
+
 @attr.s(eq=False)
 class _Held:
     request = attr.ib()

@@ -56,7 +56,7 @@ class Gateway(Resource):
         self.received = collections.defaultdict(list)
         #: What befalls requests beyond etcd's own behaviour.
         self.faults = Faults()
-        #: The watch streams open now, oldest first.
+        #: Every watch stream asked for, oldest first.
         self.streams = []
         self._tokens = {}
         self._routes = {
@@ -126,6 +126,8 @@ class Gateway(Resource):
         except ValueError:
             return self._json(request, 400, {"error": "bad JSON", "code": 3, "message": "bad JSON"})
         self.received[request.path].append(body)
+        if request.path == b"/v3/watch":
+            self.streams.append(WatchStream(request, body.get("create_request") or {}))
         fault = self.faults.take(request.path)
         if fault is None:
             return self._answer(request, body)
@@ -188,31 +190,28 @@ class Gateway(Resource):
                 }
             )
             return NOT_DONE_YET
-        stream = WatchStream(request, create)
-        self.streams.append(stream)
         cancel = self.store.watch(create, send)
-
-        def closed(_):
-            stream.closed = True
-            self.streams.remove(stream)
-            cancel()
-
-        request.notifyFinish().addBoth(closed)
+        request.notifyFinish().addBoth(lambda _: cancel())
         return NOT_DONE_YET
 
 
 class WatchStream:
     """
     One watch stream as the gateway serves it, for a test to break: its
-    C{create} request, the C{token} it was opened with, whether the client
-    C{closed} it.
+    C{create} request, the C{host} the client sent it to (which of its
+    endpoints), the C{token} it was opened with, whether it is C{closed}.
     """
 
     def __init__(self, request, create):
         self._request = request
         self.create = create
+        self.host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
         self.token = (request.getHeader(b"authorization") or b"").decode("ascii", "replace") or None
         self.closed = False
+        request.notifyFinish().addBoth(self._closed)
+
+    def _closed(self, _):
+        self.closed = True
 
     def write(self, data):
         """
