@@ -86,6 +86,20 @@ class RequestFaultTests(FakeEtcdCase):
         yield self.assertFailure(self.client.put(KEY, b"2"), EtcdUnavailable)
         self.assertEqual((yield self.stored()), [b"1"])
 
+    @defer.inlineCallbacks
+    def test_for_one_host(self):
+        """
+        A fault planned for one endpoint's host befalls the requests sent
+        there only: one client of several behind it.
+        """
+        hindered = self.etcd.client(["http://claimer:2379"], timeout=2.0)
+        self.addCleanup(hindered.close)
+        self.etcd.faults.always("/v3/kv/put", Cut(), host="claimer:2379")
+        yield self.assertFailure(hindered.put(KEY, b"1"), EtcdUnavailable)
+        self.assertEqual((yield self.client.put(KEY, b"2")), 2)
+        self.etcd.faults.clear("/v3/kv/put", host="claimer:2379")
+        self.assertEqual((yield hindered.put(KEY, b"3")), 3)
+
     def test_returns_the_fault(self):
         hold = Hold()
         self.assertIs(self.etcd.faults.once("/v3/kv/put", hold), hold)
@@ -163,9 +177,35 @@ class HoldTests(FakeEtcdCase):
         self.failureResultOf(d, EtcdUnavailable)
         self.assertEqual(self.successResultOf(self.client.call("/v3/lease/leases", {})).get("leases"), None)
 
+    @defer.inlineCallbacks
+    def test_release_matching(self):
+        """
+        Requests of one path told apart by their bodies: the oldest one
+        that matches goes first.
+        """
+        hold = self.etcd.faults.always("/v3/kv/txn", Hold())
+        create = self.client.create(KEY, b"1")
+        delete = self.client.delete_on_lease(b"/faults/b", 7)
+        self.assertEqual(hold.release(lambda body: body["compare"][0]["target"] == "LEASE")["compare"][0]["key"], "L2ZhdWx0cy9i")
+        self.assertFalse(self.successResultOf(delete))
+        self.assertNoResult(create)
+        self.assertRaises(AssertionError, hold.release, lambda body: False)
+        hold.release()
+        self.assertTrue(self.successResultOf(create).succeeded)
+
+    @defer.inlineCallbacks
+    def test_lose_applies_without_a_reply(self):
+        hold = self.etcd.faults.once("/v3/kv/txn", Hold())
+        d = self.client.create(KEY, b"1")
+        hold.lose()
+        self.failureResultOf(d, EtcdUnavailable)
+        kvs, _ = yield self.client.range(KEY)
+        self.assertEqual([kv.value for kv in kvs], [b"1"])
+
     def test_nothing_held(self):
         self.assertRaises(AssertionError, Hold().release)
         self.assertRaises(AssertionError, Hold().cut)
+        self.assertRaises(AssertionError, Hold().lose)
 
 
 class WatchStreamTests(FakeEtcdCase):
@@ -249,6 +289,26 @@ class WatchStreamTests(FakeEtcdCase):
         hold.release()
         self.assertEqual(self.etcd.served("/v3/watch"), 2)
         self.assertEqual(self.seen, [2])
+
+    @defer.inlineCallbacks
+    def test_paused_stream_holds_results_back(self):
+        """
+        A paused stream (a slow link) sends its results, in order, only
+        when resumed, all of them or the first few.
+        """
+        (stream,) = self.open_streams()
+        stream.pause()
+        for value in (b"1", b"2", b"3"):
+            yield self.client.put(KEY, value)
+        self.assertEqual(self.seen, [])
+        stream.resume(1)
+        self.assertEqual(self.seen, [2])
+        yield self.client.put(KEY, b"4")
+        self.assertEqual(self.seen, [2])
+        stream.resume()
+        self.assertEqual(self.seen, [2, 3, 4, 5])
+        yield self.client.put(KEY, b"5")
+        self.assertEqual(self.seen, [2, 3, 4, 5, 6])
 
     def test_stream_in_place_of_etcds(self):
         """

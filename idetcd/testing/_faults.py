@@ -158,67 +158,93 @@ class Hold:
         self._drop(held)
         _let_through(held.request, held.answer)
 
-    def _oldest(self):
-        if not self._held:
-            raise AssertionError("no request is held")
-        return self._held[0]
+    def _oldest(self, matching):
+        for held in self._held:
+            if matching is None or matching(held.body):
+                return held
+        raise AssertionError("no such request is held")
 
-    def release(self):
+    def release(self, matching=None):
         """
-        Let the oldest held request reach etcd; returns its body.
+        Let the oldest held request (whose body C{matching} accepts, if
+        given) reach etcd; returns its body.
         """
-        held = self._oldest()
+        held = self._oldest(matching)
         self._let_through(held)
         return held.body
 
-    def cut(self):
+    def lose(self, matching=None):
         """
-        Cut the oldest held request's connection before it reaches etcd;
-        returns its body.
+        Let the oldest held request (as L{release}) reach etcd, and lose its
+        reply: the connection is cut once it is applied.
         """
-        held = self._oldest()
+        held = self._oldest(matching)
+        self._drop(held)
+        with held.request.channel.transport.held():
+            held.answer()
+            cut_connection(held.request)
+        return held.body
+
+    def cut(self, matching=None):
+        """
+        Cut the oldest held request's (as L{release}) connection before it
+        reaches etcd; returns its body.
+        """
+        held = self._oldest(matching)
         self._drop(held)
         cut_connection(held.request)
         return held.body
 
 
+def _where(path, host):
+    return path.encode("ascii"), host
+
+
 @attr.s(eq=False)
 class Faults:
     """
-    The faults planned, by gateway path (such as C{"/v3/kv/txn"}).
+    The faults planned, by gateway path (such as C{"/v3/kv/txn"}) and,
+    optionally, by the C{host} a request was sent to (one endpoint of a
+    client, such as C{"claimer:2379"}: one client of several behind a
+    fault).
     """
 
     _once = attr.ib(factory=lambda: collections.defaultdict(collections.deque), init=False)
     _always = attr.ib(factory=dict, init=False)
 
-    def once(self, path, fault):
+    def once(self, path, fault, host=None):
         """
-        The next request for C{path} not already given a fault suffers
-        C{fault}; returns C{fault}.
+        The next request for C{path} (to C{host}) not already given a fault
+        suffers C{fault}; returns C{fault}.
         """
-        self._once[path.encode("ascii")].append(fault)
+        self._once[_where(path, host)].append(fault)
         return fault
 
-    def always(self, path, fault):
+    def always(self, path, fault, host=None):
         """
-        Every request for C{path} suffers C{fault} until L{clear}; returns
-        C{fault}.
+        Every request for C{path} (to C{host}) suffers C{fault} until
+        L{clear}; returns C{fault}.
         """
-        self._always[path.encode("ascii")] = fault
+        self._always[_where(path, host)] = fault
         return fault
 
-    def clear(self, path):
+    def clear(self, path, host=None):
         """
-        No more faults for C{path}.
+        No more faults for C{path} (to C{host}).
         """
-        self._once.pop(path.encode("ascii"), None)
-        self._always.pop(path.encode("ascii"), None)
+        self._once.pop(_where(path, host), None)
+        self._always.pop(_where(path, host), None)
 
-    def take(self, path):
+    def take(self, path, host):
         """
-        The fault a request for C{path} (bytes) suffers now, or C{None}.
+        The fault a request for C{path} (bytes) to C{host} (text) suffers
+        now, or C{None}: one planned for that host first.
         """
-        planned = self._once.get(path)
-        if planned:
-            return planned.popleft()
-        return self._always.get(path)
+        for where in ((path, host), (path, None)):
+            planned = self._once.get(where)
+            if planned:
+                return planned.popleft()
+        for where in ((path, host), (path, None)):
+            if where in self._always:
+                return self._always[where]
+        return None

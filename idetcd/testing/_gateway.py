@@ -126,17 +126,19 @@ class Gateway(Resource):
         except ValueError:
             return self._json(request, 400, {"error": "bad JSON", "code": 3, "message": "bad JSON"})
         self.received[request.path].append(body)
+        stream = None
         if request.path == b"/v3/watch":
-            self.streams.append(WatchStream(request, body.get("create_request") or {}))
-        fault = self.faults.take(request.path)
+            stream = WatchStream(request, body.get("create_request") or {})
+            self.streams.append(stream)
+        fault = self.faults.take(request.path, (request.getHeader(b"host") or b"").decode("ascii", "replace"))
         if fault is None:
-            return self._answer(request, body)
-        return fault.befall(request, lambda: self._answer(request, body))
+            return self._answer(request, body, stream)
+        return fault.befall(request, lambda: self._answer(request, body, stream))
 
-    def _answer(self, request, body):
+    def _answer(self, request, body, stream):
         self.served[request.path] += 1
-        if request.path == b"/v3/watch":
-            return self._watch(request, body.get("create_request") or {})
+        if stream is not None:
+            return self._watch(request, stream)
         if request.path == b"/v3/auth/authenticate":
             route = self._authenticate
         elif request.path in self._routes:
@@ -166,7 +168,7 @@ class Gateway(Resource):
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
-    def _watch(self, request, create):
+    def _watch(self, request, stream):
         """
         A watch stream: one JSON result per line, for as long as the
         client keeps the connection.
@@ -176,7 +178,7 @@ class Gateway(Resource):
 
         def send(result):
             result = {**result, "header": _filled(result["header"])}
-            request.write(json.dumps({"result": result}, separators=(",", ":")).encode("utf-8") + b"\n")
+            stream.send(json.dumps({"result": result}, separators=(",", ":")).encode("utf-8") + b"\n")
 
         try:
             self._check_token(request)
@@ -190,7 +192,7 @@ class Gateway(Resource):
                 }
             )
             return NOT_DONE_YET
-        cancel = self.store.watch(create, send)
+        cancel = self.store.watch(stream.create, send)
         request.notifyFinish().addBoth(lambda _: cancel())
         return NOT_DONE_YET
 
@@ -208,10 +210,41 @@ class WatchStream:
         self.host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
         self.token = (request.getHeader(b"authorization") or b"").decode("ascii", "replace") or None
         self.closed = False
+        #: The results held back while paused.
+        self.paused = None
         request.notifyFinish().addBoth(self._closed)
 
     def _closed(self, _):
         self.closed = True
+
+    def send(self, line):
+        """
+        Send one result's line, or hold it back while paused.
+        """
+        if self.paused is None:
+            self._request.write(line)
+        else:
+            self.paused.append(line)
+
+    def pause(self):
+        """
+        Hold the stream's results back (a slow link, a busy member) until
+        L{resume}.
+        """
+        if self.paused is None:
+            self.paused = []
+
+    def resume(self, results=None):
+        """
+        Send the results held back, or only the first C{results} of them
+        (the stream stays paused then).
+        """
+        held = self.paused or []
+        count = len(held) if results is None else results
+        sent, self.paused = held[:count], held[count:] if results is not None else None
+        with self._request.channel.transport.held():
+            for line in sent:
+                self._request.write(line)
 
     def write(self, data):
         """
