@@ -177,7 +177,6 @@ class HoldTests(FakeEtcdCase):
         self.failureResultOf(d, EtcdUnavailable)
         self.assertEqual(self.successResultOf(self.client.call("/v3/lease/leases", {})).get("leases"), None)
 
-    @defer.inlineCallbacks
     def test_release_matching(self):
         """
         Requests of one path told apart by their bodies: the oldest one
