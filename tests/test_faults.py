@@ -99,6 +99,8 @@ class RequestFaultTests(FakeEtcdCase):
         self.assertEqual((yield self.client.put(KEY, b"2")), 2)
         self.etcd.faults.clear("/v3/kv/put", host="claimer:2379")
         self.assertEqual((yield hindered.put(KEY, b"3")), 3)
+        self.assertEqual(len(self.etcd.requests("/v3/kv/put", host="claimer:2379")), 2)
+        self.assertEqual(len(self.etcd.requests("/v3/kv/put")), 3)
 
     def test_returns_the_fault(self):
         hold = Hold()
@@ -292,22 +294,22 @@ class WatchStreamTests(FakeEtcdCase):
     @defer.inlineCallbacks
     def test_paused_stream_holds_results_back(self):
         """
-        A paused stream (a slow link) sends its results, in order, only
-        when resumed, all of them or the first few.
+        A paused stream (a slow link) sends its events only when resumed,
+        in one result, up to a revision or all of them.
         """
         (stream,) = self.open_streams()
         stream.pause()
         for value in (b"1", b"2", b"3"):
             yield self.client.put(KEY, value)
         self.assertEqual(self.seen, [])
-        stream.resume(1)
-        self.assertEqual(self.seen, [2])
+        stream.resume(3)
+        self.assertEqual(self.seen, [3])  # revisions 2 and 3, in one result
         yield self.client.put(KEY, b"4")
-        self.assertEqual(self.seen, [2])
+        self.assertEqual(self.seen, [3])
         stream.resume()
-        self.assertEqual(self.seen, [2, 3, 4, 5])
+        self.assertEqual(self.seen, [3, 5])
         yield self.client.put(KEY, b"5")
-        self.assertEqual(self.seen, [2, 3, 4, 5, 6])
+        self.assertEqual(self.seen, [3, 5, 6])
 
     def test_stream_in_place_of_etcds(self):
         """

@@ -98,12 +98,14 @@ class FakeEtcd:
         """
         return self.resource.faults
 
-    def requests(self, path):
+    def requests(self, path, host=None):
         """
-        The JSON body of every request for C{path} it received, oldest
-        first (a request cut or refused by a fault too).
+        The JSON body of every request for C{path} it received (sent to
+        C{host}, such as C{"etcd.invalid:2379"}, if given), oldest first; a
+        request cut or refused by a fault too.
         """
-        return list(self.resource.received[path.encode("ascii")])
+        received = self.resource.received[path.encode("ascii")]
+        return [body for sent_to, body in received if host in (None, sent_to)]
 
     @property
     def watch_streams(self):

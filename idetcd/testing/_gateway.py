@@ -52,7 +52,8 @@ class Gateway(Resource):
         #: How many requests of each path (bytes) it answered, as etcd's
         #: own metrics count them.
         self.served = collections.Counter()
-        #: The JSON body of every POST, by path, in the order received.
+        #: The host and JSON body of every POST, by path, in the order
+        #: received.
         self.received = collections.defaultdict(list)
         #: What befalls requests beyond etcd's own behaviour.
         self.faults = Faults()
@@ -125,12 +126,13 @@ class Gateway(Resource):
             body = json.loads(request.content.read() or b"{}")
         except ValueError:
             return self._json(request, 400, {"error": "bad JSON", "code": 3, "message": "bad JSON"})
-        self.received[request.path].append(body)
+        host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+        self.received[request.path].append((host, body))
         stream = None
         if request.path == b"/v3/watch":
-            stream = WatchStream(request, body.get("create_request") or {})
+            stream = WatchStream(request, body.get("create_request") or {}, self.store)
             self.streams.append(stream)
-        fault = self.faults.take(request.path, (request.getHeader(b"host") or b"").decode("ascii", "replace"))
+        fault = self.faults.take(request.path, host)
         if fault is None:
             return self._answer(request, body, stream)
         return fault.befall(request, lambda: self._answer(request, body, stream))
@@ -178,7 +180,7 @@ class Gateway(Resource):
 
         def send(result):
             result = {**result, "header": _filled(result["header"])}
-            stream.send(json.dumps({"result": result}, separators=(",", ":")).encode("utf-8") + b"\n")
+            request.write(json.dumps({"result": result}, separators=(",", ":")).encode("utf-8") + b"\n")
 
         try:
             self._check_token(request)
@@ -192,8 +194,9 @@ class Gateway(Resource):
                 }
             )
             return NOT_DONE_YET
-        cancel = self.store.watch(stream.create, send)
-        request.notifyFinish().addBoth(lambda _: cancel())
+        stream.watcher = self.store.watch(stream.create, send)
+        if stream.watcher is not None:
+            request.notifyFinish().addBoth(lambda _: self.store.unwatch(stream.watcher))
         return NOT_DONE_YET
 
 
@@ -204,47 +207,34 @@ class WatchStream:
     endpoints), the C{token} it was opened with, whether it is C{closed}.
     """
 
-    def __init__(self, request, create):
+    def __init__(self, request, create, store):
         self._request = request
         self.create = create
         self.host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
         self.token = (request.getHeader(b"authorization") or b"").decode("ascii", "replace") or None
         self.closed = False
-        #: The results held back while paused.
-        self.paused = None
+        #: The store's watcher behind it, once etcd took the watch.
+        self.watcher = None
+        self._store = store
         request.notifyFinish().addBoth(self._closed)
 
     def _closed(self, _):
         self.closed = True
 
-    def send(self, line):
-        """
-        Send one result's line, or hold it back while paused.
-        """
-        if self.paused is None:
-            self._request.write(line)
-        else:
-            self.paused.append(line)
-
     def pause(self):
         """
-        Hold the stream's results back (a slow link, a busy member) until
-        L{resume}.
+        Hold the stream's events back (a slow link, a busy member), as etcd
+        holds back a slow watcher's, until L{resume}.
         """
-        if self.paused is None:
-            self.paused = []
+        self._store.pause(self.watcher)
 
-    def resume(self, results=None):
+    def resume(self, revision=None):
         """
-        Send the results held back, or only the first C{results} of them
-        (the stream stays paused then).
+        Send the events held back, up to C{revision} (the stream stays
+        paused then) or all of them, in one result.
         """
-        held = self.paused or []
-        count = len(held) if results is None else results
-        sent, self.paused = held[:count], held[count:] if results is not None else None
         with self._request.channel.transport.held():
-            for line in sent:
-                self._request.write(line)
+            self._store.resume(self.watcher, revision)
 
     def write(self, data):
         """
