@@ -173,6 +173,17 @@ class Hold:
         self._let_through(held)
         return held.body
 
+    def reach(self, matching=None):
+        """
+        Let the oldest held request (as L{release}) reach etcd now, and hold
+        its reply until it is L{release}d: a reply slow on the way back.
+        """
+        held = self._oldest(matching)
+        with held.request.channel.transport.held():
+            reply = held.answer()
+        held.answer = lambda: reply
+        return held.body
+
     def lose(self, matching=None):
         """
         Let the oldest held request (as L{release}) reach etcd, and lose its
