@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from idetcd.claim import LeaseKeeper
 from idetcd.etcd import EtcdUnavailable, LeaseExists, LeaseNotFound
-from tests.test_claimer import ScriptedClient
+from tests.scriptedclient import ScriptedClient
 
 
 class LeaseKeeperTests(unittest.TestCase):
