@@ -203,10 +203,37 @@ class HoldTests(FakeEtcdCase):
         kvs, _ = yield self.client.range(KEY)
         self.assertEqual([kv.value for kv in kvs], [b"1"])
 
+    @defer.inlineCallbacks
+    def test_reach_applies_now_and_answers_later(self):
+        """
+        A request that reached etcd, its reply slow on the way back: the
+        reply says what etcd answered then, whatever happened since.
+        """
+        hold = self.etcd.faults.once("/v3/kv/range", Hold())
+        yield self.client.put(KEY, b"1")
+        d = self.client.range(KEY)
+        hold.reach()
+        yield self.client.put(KEY, b"2")
+        self.assertNoResult(d)
+        self.assertEqual(hold.pending, 1)
+        hold.release()
+        kvs, revision = self.successResultOf(d)
+        self.assertEqual(([kv.value for kv in kvs], revision), ([b"1"], 2))
+
+    def test_reached_then_given_up_stays_applied(self):
+        hold = self.etcd.faults.once("/v3/kv/put", Hold())
+        d = self.client.put(KEY, b"1")
+        hold.reach()
+        self.clock.advance(2.0)
+        self.failureResultOf(d, EtcdUnavailable)
+        self.assertEqual(hold.pending, 0)
+        self.assertEqual(self.etcd.revision, 2)
+
     def test_nothing_held(self):
         self.assertRaises(AssertionError, Hold().release)
         self.assertRaises(AssertionError, Hold().cut)
         self.assertRaises(AssertionError, Hold().lose)
+        self.assertRaises(AssertionError, Hold().reach)
 
 
 class WatchStreamTests(FakeEtcdCase):

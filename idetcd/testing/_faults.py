@@ -2,7 +2,7 @@
 What a faithful etcd never does by itself, done to one request when a test
 asks: a reply lost after the request was applied, a connection cut before
 it was, an error status, a request held in flight until the test (or the
-clock) lets it through.  Each fault is planned for a gateway path and
+clock) lets it through, a watch answered with the test's lines.  Each fault is planned for a gateway path and
 befalls the next request for it (L{Faults.once}) or every one
 (L{Faults.always}); the store under it stays what etcd's would be, so a
 test scripts the event, not etcd's answer to it.
@@ -117,8 +117,10 @@ class _Held:
 class Hold:
     """
     Requests held in flight, oldest first: each reaches etcd (is applied
-    and answered) when L{release}d, or is lost on the way when L{cut}; one
-    the client gave up on meanwhile (its timeout) is gone, never applied.
+    and answered) when L{release}d, reaches it with its reply held back
+    when L{reach}ed, has its reply lost when L{lose}d, is lost on the way
+    when L{cut}; one the client gave up on meanwhile (its timeout) is gone,
+    never applied unless it had reached etcd.
     With C{clock} and C{delay}, each is released C{delay} seconds after it
     was sent: a slow etcd.
     """
@@ -132,7 +134,7 @@ class Hold:
         self._held.append(held)
         request.notifyFinish().addErrback(lambda _: self._drop(held))
         if self.delay is not None:
-            held.timer = self.clock.callLater(self.delay, self._let_through, held)
+            held.timer = self.clock.callLater(self.delay, self._pass, held)
         return NOT_DONE_YET
 
     @property
@@ -154,7 +156,7 @@ class Hold:
             self._held.remove(held)
         held.stop_timer()
 
-    def _let_through(self, held):
+    def _pass(self, held):
         self._drop(held)
         _let_through(held.request, held.answer)
 
@@ -170,7 +172,7 @@ class Hold:
         given) reach etcd; returns its body.
         """
         held = self._oldest(matching)
-        self._let_through(held)
+        self._pass(held)
         return held.body
 
     def reach(self, matching=None):
