@@ -18,7 +18,7 @@ from idetcd.etcd import LeaseNotFound, prefix_range_end
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry, dead_key
 from idetcd.names._pattern import Pattern
-from idetcd.testing import FakeEtcd
+from idetcd.testing import FakeEtcd, LoseReply
 from tests.memoryetcd import CALLS, FakeEtcdCase, HeldClient
 
 PREFIX = b"/idetcd/"
@@ -216,21 +216,13 @@ class ClaimerTests(FakeEtcdCase):
         """
         lower = self.claimer("low")
         yield self.settled(lower.when_claimed())
-        lost = []
-        create = self.client.create
-
-        def lose_first_reply(*args, **kwargs):
-            d = create(*args, **kwargs)
-            if not lost:
-                lost.append(args[0])
-                d.addCallback(lambda _: lower.stopService())
-                d.addCallback(lambda _: defer.fail(defer.TimeoutError("reply lost")))
-            return d
-
-        self.client.create = lose_first_reply
+        self.etcd.faults.once("/v3/kv/txn", LoseReply())
         claimer = self.claimer("a")
+        lost = self.etcd.requests("/v3/kv/txn")[-1]  # the create whose reply was lost
+        self.assertEqual(key_of(lost), PREFIX + b"worker2.tf.local.")
+        self.assertIsNone(claimer.held_name)
+        yield lower.stopService()
         name = yield self.settled(claimer.when_claimed())
-        self.assertEqual(lost, [PREFIX + b"worker2.tf.local."])
         self.assertEqual(name, "worker2.tf.local.")
         held = yield self.names_in_etcd()
         self.assertEqual(held, {"worker2.tf.local.": "a"})
@@ -244,20 +236,12 @@ class ClaimerTests(FakeEtcdCase):
         retry asks for the same lease ID, so etcd holds one lease, the one
         the claim is on, not one per try.
         """
-        lost = []
-        grant = self.client.lease_grant
-
-        def lose_first_reply(*args, **kwargs):
-            d = grant(*args, **kwargs)
-            if not lost:
-                lost.append(args)
-                d.addCallback(lambda _: defer.fail(defer.TimeoutError("reply lost")))
-            return d
-
-        self.client.lease_grant = lose_first_reply
+        self.etcd.faults.once("/v3/lease/grant", LoseReply())
         claimer = self.claimer("a")
         name = yield self.settled(claimer.when_claimed())
-        self.assertEqual(len(lost), 1)
+        grants = self.etcd.requests("/v3/lease/grant")
+        self.assertEqual(len(grants), 2)
+        self.assertEqual(grants[0]["ID"], grants[1]["ID"])
         self.assertEqual(name, "worker1.tf.local.")
         leases = yield self.client.call("/v3/lease/leases", {})
         self.assertEqual([int(lease["ID"]) for lease in leases["leases"]], [claimer.lease])
