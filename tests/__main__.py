@@ -27,11 +27,13 @@ from twisted.trial.runner import TestLoader
 
 FAST = (
     "tests.test_authority",
+    "tests.test_claimer",
     "tests.test_clusterspec",
     "tests.test_contrib",
     "tests.test_corefile",
     "tests.test_decision",
     "tests.test_faultproxy",
+    "tests.test_faults",
     "tests.test_freshness",
     "tests.test_launchers",
     "tests.test_lease",

@@ -1,11 +1,13 @@
 """
-Tests for L{idetcd.dns._authority}.
+Tests for L{idetcd.dns._authority}, with the members in idetcd.testing's
+etcd and a real registry following them.
 """
 
 import dns.message
 import dns.query
 import dns.rcode
 from twisted.internet import reactor, threads
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.names import dns as tdns
 from twisted.names import server as tserver
@@ -23,7 +25,10 @@ from idetcd.dns._authority import (
     domain_labels,
 )
 from idetcd.dns._freshness import CURRENT, View
+from idetcd.etcd import b64_text
 from idetcd.members._record import Member
+from idetcd.members._registry import Registry
+from idetcd.testing import FakeEtcd, Hold
 from tests.fakeregistry import FakeRegistry, sample_members
 
 
@@ -31,9 +36,53 @@ def labels(name):
     return domain_labels(name)
 
 
-class ZoneAuthorityTests(unittest.TestCase):
+#: Where the members are in etcd.
+PREFIX = b"/idetcd/"
+
+
+class MembersCase(unittest.TestCase):
+    """
+    The sample members in idetcd.testing's etcd, followed by a real
+    L{Registry} (C{registry}); the test changes them there.
+    """
+
     def setUp(self):
-        self.registry = FakeRegistry(sample_members(), revision=41)
+        self.clock = Clock()
+        self.etcd = FakeEtcd(self.clock)
+        self.addCleanup(self.etcd.close)
+        self.client = self.etcd.client()
+        self.addCleanup(self.client.close)
+        for member in sample_members():
+            self.put(member)
+        self.registry = self.follow(PREFIX)
+        self.assertEqual(self.registry.revision, self.etcd.revision)
+
+    def follow(self, prefix):
+        """
+        A started registry of C{prefix}.
+        """
+        registry = Registry(self.client, prefix, self.clock)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        return registry
+
+    def put(self, *members):
+        """
+        Write C{members} in one transaction: one change.
+        """
+        puts = [
+            {"request_put": {"key": b64_text(PREFIX + m.name.encode("ascii")), "value": b64_text(m.to_value())}}
+            for m in members
+        ]
+        self.successResultOf(self.client.call("/v3/kv/txn", {"success": puts}))
+
+    def delete(self, name):
+        self.successResultOf(self.client.delete(PREFIX + name.encode("ascii")))
+
+
+class ZoneAuthorityTests(MembersCase):
+    def setUp(self):
+        MembersCase.setUp(self)
         self.authority = ZoneAuthority("tf.local.", self.registry, 30)
 
     def respond(self, name, type, cls=tdns.IN):
@@ -80,7 +129,7 @@ class ZoneAuthorityTests(unittest.TestCase):
         (soa,) = response.authority
         self.assertEqual(soa.type, tdns.SOA)
         self.assertEqual(soa.ttl, min(30, soa.payload.minimum))
-        self.assertEqual(soa.payload.serial, 41)
+        self.assertEqual(soa.payload.serial, self.etcd.revision)
 
     def test_nodata(self):
         """
@@ -104,7 +153,7 @@ class ZoneAuthorityTests(unittest.TestCase):
         A name that exists only because a member lies below it is NODATA, not
         NXDOMAIN (RFC 8020).
         """
-        self.registry.put(Member("a.b.tf.local.", ("10.0.0.9",)))
+        self.put(Member("a.b.tf.local.", ("10.0.0.9",)))
         response = self.respond("b.tf.local", tdns.A)
         self.assertEqual((response.rCode, response.answers), (tdns.OK, ()))
         self.assertEqual(self.respond("c.b.tf.local", tdns.A).rCode, tdns.ENAME)
@@ -122,14 +171,14 @@ class ZoneAuthorityTests(unittest.TestCase):
         self.assertEqual(soa.rname.name, b"hostmaster.tf.local")
         self.assertEqual(
             (soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum),
-            (41, REFRESH, RETRY, EXPIRE, 30),
+            (self.etcd.revision, REFRESH, RETRY, EXPIRE, 30),
         )
 
     def test_soa_without_members(self):
         """
         With no member the SOA names the apex, and there is no NS.
         """
-        authority = ZoneAuthority("tf.local", FakeRegistry(), 30)
+        authority = ZoneAuthority("tf.local", self.follow(b"/empty/"), 30)
         (record,) = authority.respond(labels("tf.local"), tdns.IN, tdns.SOA).answers
         self.assertEqual(record.payload.mname.name, b"tf.local")
         response = authority.respond(labels("tf.local"), tdns.IN, tdns.NS)
@@ -140,9 +189,9 @@ class ZoneAuthorityTests(unittest.TestCase):
         Every change moves the serial forward, modulo 2**32.
         """
         before = self.soa().payload.serial
-        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        self.put(Member("worker4.tf.local.", ("10.0.0.4",)))
         self.assertEqual(self.soa().payload.serial, before + 1)
-        self.registry.revision = 2**32 + 5
+        self.registry.revision = 2**32 + 5  # where etcd gets after 2**32 writes
         self.assertEqual(self.soa().payload.serial, 5)
 
     def test_ns_and_glue(self):
@@ -189,14 +238,14 @@ class ZoneAuthorityTests(unittest.TestCase):
         Before the first read from etcd, names in the zone get SERVFAIL, not
         an NXDOMAIN that resolvers would cache; nothing is prepared.
         """
-        self.registry.ready = False
+        read = self.etcd.faults.once("/v3/kv/range", Hold())
+        self.authority = ZoneAuthority("tf.local.", self.follow(PREFIX), 30)
         for name, type in [("worker1.tf.local", tdns.A), ("nope.tf.local", tdns.A), ("tf.local", tdns.SOA)]:
             response = self.respond(name, type)
             self.assertEqual((response.rCode, response.auth), (tdns.ESERVER, False), name)
         self.assertEqual(self.authority.positive(), [])
         self.assertEqual(self.respond("worker1.elsewhere", tdns.A).rCode, tdns.EREFUSED)
-        self.registry.ready = True
-        self.registry.put(Member("worker9.tf.local.", ("10.0.0.9",)))
+        read.release()
         self.assertEqual(self.respond("worker1.tf.local", tdns.A).rCode, tdns.OK)
 
     def test_any(self):
@@ -212,9 +261,9 @@ class ZoneAuthorityTests(unittest.TestCase):
         """
         Answers follow the registry: new names appear, deleted ones go.
         """
-        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        self.put(Member("worker4.tf.local.", ("10.0.0.4",)))
         self.assertEqual(len(self.respond("worker4.tf.local", tdns.A).answers), 1)
-        self.registry.delete("worker1.tf.local.")
+        self.delete("worker1.tf.local.")
         self.assertEqual(self.respond("worker1.tf.local", tdns.A).rCode, tdns.ENAME)
         (record,) = self.respond("tf.local", tdns.SOA).answers
         self.assertEqual(record.payload.mname.name, b"worker2.tf.local")
@@ -225,7 +274,7 @@ class ZoneAuthorityTests(unittest.TestCase):
         which is what lets a server skip re-encoding them.
         """
         before = {(l, t): r for l, t, r in self.authority.positive()}
-        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        self.put(Member("worker4.tf.local.", ("10.0.0.4",)))
         after = {(l, t): r for l, t, r in self.authority.positive()}
         key = (labels("worker2.tf.local"), tdns.A)
         self.assertIs(after[key], before[key])
@@ -236,13 +285,20 @@ class ZoneAuthorityTests(unittest.TestCase):
     def test_bad_member_name_skipped(self):
         """
         A member whose name cannot be a DNS name is left out with a warning;
-        the others are still served.
+        the others are still served.  The registry skips such a key
+        already; the guard is the authority's own, so a L{FakeRegistry}
+        hands it such a name.
         """
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        self.registry.put(Member("x" * 64 + ".tf.local.", ("10.0.0.5",)))
+        self.put(Member("x" * 64 + ".tf.local.", ("10.0.0.5",)))
+        self.assertEqual(len(self.registry.members), 4)
         self.assertEqual(len(self.respond("worker1.tf.local", tdns.A).answers), 1)
+        registry = FakeRegistry(sample_members())
+        authority = ZoneAuthority("tf.local.", registry, 30)
+        registry.put(Member("x" * 64 + ".tf.local.", ("10.0.0.5",)))
+        self.assertEqual(len(authority.respond(labels("worker1.tf.local"), tdns.IN, tdns.A).answers), 1)
         self.assertTrue(any("not serving" in e.get("log_format", "") for e in events))
 
     def test_bad_nameservers(self):
@@ -259,13 +315,13 @@ class ZoneAuthorityTests(unittest.TestCase):
         self.assertRaises(ValueError, ZoneAuthority, "tf.local", self.registry, "30")
 
 
-class StaleViewTests(unittest.TestCase):
+class StaleViewTests(MembersCase):
     """
     What a node answers from a view that may be stale (RFC 8767, RFC 8914).
     """
 
     def setUp(self):
-        self.registry = FakeRegistry(sample_members(), revision=41)
+        MembersCase.setUp(self)
         self.authority = ZoneAuthority("tf.local.", self.registry, 300)
 
     def respond(self, name, type):
@@ -346,17 +402,17 @@ class StaleViewTests(unittest.TestCase):
         self.assertEqual(self.respond("worker9.tf.local", tdns.A).rCode, tdns.ENAME)
 
 
-class IncrementalTests(unittest.TestCase):
+class IncrementalTests(MembersCase):
     """
     L{ZoneAuthority.update} applies the names a change touched, and ends
     where a rebuild from scratch would.
     """
 
     def setUp(self):
-        self.registry = FakeRegistry(sample_members(), revision=7)
+        MembersCase.setUp(self)
         self.authority = ZoneAuthority("tf.local.", self.registry, 30, nameservers=2)
         self.assertIsNone(self.authority.update(None))
-        self.registry.subscribe_changes(self.record)
+        self.unsubscribe = self.registry.subscribe_changes(self.record)
         self.updates = []
 
     def record(self, names):
@@ -375,9 +431,9 @@ class IncrementalTests(unittest.TestCase):
                 )
 
     def test_a_change_touches_its_name_and_the_apex(self):
-        self.registry.put(Member("worker4.tf.local.", ("10.0.0.4",)))
-        self.registry.put(Member("worker4.tf.local.", ("10.0.0.5",)))
-        self.registry.delete("worker4.tf.local.")
+        self.put(Member("worker4.tf.local.", ("10.0.0.4",)))
+        self.put(Member("worker4.tf.local.", ("10.0.0.5",)))
+        self.delete("worker4.tf.local.")
         apex, worker4 = labels("tf.local"), labels("worker4.tf.local")
         self.assertEqual(self.updates, [{apex, worker4}] * 3)
         self.assertLikeRebuilt()
@@ -388,24 +444,24 @@ class IncrementalTests(unittest.TestCase):
         them and the apex; a member named like the apex keeps its SOA.
         """
         a_b = labels("a.b.tf.local")
-        self.registry.put(Member("a.b.tf.local.", ("10.0.0.8",)))
+        self.put(Member("a.b.tf.local.", ("10.0.0.8",)))
         self.assertEqual(self.updates[-1], {labels("tf.local"), a_b, labels("b.tf.local")})
         self.assertLikeRebuilt()
-        self.registry.put(Member("b.tf.local.", ("10.0.0.9",)))
-        self.registry.delete("a.b.tf.local.")
+        self.put(Member("b.tf.local.", ("10.0.0.9",)))
+        self.delete("a.b.tf.local.")
         self.assertLikeRebuilt()
-        self.registry.put(Member("a.b.tf.local.", ("10.0.0.8",)))
-        self.registry.delete("b.tf.local.")
+        self.put(Member("a.b.tf.local.", ("10.0.0.8",)))
+        self.delete("b.tf.local.")
         self.assertLikeRebuilt()
         self.assertEqual(self.authority.respond(labels("b.tf.local"), tdns.IN, tdns.A).rCode, tdns.OK)
-        self.registry.delete("a.b.tf.local.")
+        self.delete("a.b.tf.local.")
         self.assertEqual(
             self.authority.respond(labels("b.tf.local"), tdns.IN, tdns.A).rCode, tdns.ENAME
         )
-        self.registry.put(Member("tf.local.", ("10.0.0.10",)))
+        self.put(Member("tf.local.", ("10.0.0.10",)))
         self.assertLikeRebuilt()
         self.assertEqual(len(self.authority.respond(labels("tf.local"), tdns.IN, tdns.SOA).answers), 1)
-        self.registry.delete("tf.local.")
+        self.delete("tf.local.")
         self.assertLikeRebuilt()
 
     def test_bounded_ns_set(self):
@@ -415,7 +471,7 @@ class IncrementalTests(unittest.TestCase):
         object while they stay.
         """
         for index in (10, 11, 2):
-            self.registry.put(Member(f"worker{index}.tf.local.", (f"10.0.1.{index}",)))
+            self.put(Member(f"worker{index}.tf.local.", (f"10.0.1.{index}",)))
         ns = self.authority.respond(labels("tf.local"), tdns.IN, tdns.NS)
         self.assertEqual(
             [r.payload.name.name for r in ns.answers], [b"worker1.tf.local", b"worker2.tf.local"]
@@ -423,9 +479,9 @@ class IncrementalTests(unittest.TestCase):
         self.assertEqual(
             {r.name.name for r in ns.additional}, {b"worker1.tf.local", b"worker2.tf.local"}
         )
-        self.registry.put(Member("worker11.tf.local.", ("10.0.2.11",)))
+        self.put(Member("worker11.tf.local.", ("10.0.2.11",)))
         self.assertIs(self.authority.respond(labels("tf.local"), tdns.IN, tdns.NS), ns)
-        self.registry.delete("worker1.tf.local.")
+        self.delete("worker1.tf.local.")
         ns = self.authority.respond(labels("tf.local"), tdns.IN, tdns.NS)
         self.assertEqual(
             [r.payload.name.name for r in ns.answers], [b"worker2.tf.local", b"worker3.tf.local"]
@@ -437,11 +493,7 @@ class IncrementalTests(unittest.TestCase):
         A change to many members at once (a full read) is a rebuild, which
         update() reports as None: everything may have changed.
         """
-        for index in range(10, 50):
-            self.registry.members[f"worker{index}.tf.local."] = Member(
-                f"worker{index}.tf.local.", (f"10.0.1.{index}",)
-            )
-        self.registry._changed({f"worker{index}.tf.local." for index in range(10, 50)})
+        self.put(*(Member(f"worker{index}.tf.local.", (f"10.0.1.{index}",)) for index in range(10, 50)))
         self.assertEqual(self.updates, [None])
         self.assertLikeRebuilt()
 
@@ -450,23 +502,24 @@ class IncrementalTests(unittest.TestCase):
         Asked after a change nobody applied, the authority rebuilds, and the
         next update says so.
         """
-        self.registry.members["worker9.tf.local."] = Member("worker9.tf.local.", ("10.0.0.9",))
-        self.registry.revision += 1
+        self.unsubscribe()
+        self.put(Member("worker9.tf.local.", ("10.0.0.9",)))
+        self.unsubscribe = self.registry.subscribe_changes(self.record)
         self.assertEqual(
             len(self.authority.respond(labels("worker9.tf.local"), tdns.IN, tdns.A).answers), 1
         )
-        self.registry.put(Member("worker8.tf.local.", ("10.0.0.8",)))
+        self.put(Member("worker8.tf.local.", ("10.0.0.8",)))
         self.assertEqual(self.updates, [None])
         self.assertLikeRebuilt()
 
 
-class ResolverInterfaceTests(unittest.TestCase):
+class ResolverInterfaceTests(MembersCase):
     """
     The stock twisted.names resolver contract.
     """
 
     def setUp(self):
-        self.registry = FakeRegistry(sample_members(), revision=7)
+        MembersCase.setUp(self)
         self.authority = ZoneAuthority("tf.local.", self.registry, 30)
 
     def test_lookup(self):

@@ -1,29 +1,25 @@
 """
-The claimer: on idetcd.testing's etcd for what etcd decides, and on a
-L{Clock} with a scripted client for the timing of keepalives.  Races and
-storms against real etcd are in test_claim_race.
+The claimer on idetcd.testing's etcd: what it does with what etcd decides,
+and each transition of its machine with every request it sends held until
+the test lets it through, for the timing of keepalives and of lost and
+late replies.  Races and storms against real etcd are in test_claim_race.
 """
 
-import attr
+import base64
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from idetcd.claim._claimer import Claimer, SlotsExhausted
-from idetcd.etcd import (
-    EtcdUnavailable,
-    KeyValue,
-    LeaseInfo,
-    LeaseNotFound,
-    TxnResult,
-    prefix_range_end,
-)
+from idetcd.claim._queue import ClaimQueue
+from idetcd.etcd import LeaseNotFound, prefix_range_end
 from idetcd.members._record import Member
-from idetcd.members._registry import Registry
+from idetcd.members._registry import Registry, dead_key
+from idetcd.testing import FakeEtcd, LoseReply
 from tests.memberdata import PATTERN, PREFIX, identity
-from tests.memoryetcd import FakeEtcdCase
-from tests.scriptedclient import ScriptedClient
+from tests.memoryetcd import CALLS, FakeEtcdCase, HeldClient
 
 
 class ClaimerTests(FakeEtcdCase):
@@ -213,21 +209,13 @@ class ClaimerTests(FakeEtcdCase):
         """
         lower = self.claimer("low")
         yield self.settled(lower.when_claimed())
-        lost = []
-        create = self.client.create
-
-        def lose_first_reply(*args, **kwargs):
-            d = create(*args, **kwargs)
-            if not lost:
-                lost.append(args[0])
-                d.addCallback(lambda _: lower.stopService())
-                d.addCallback(lambda _: defer.fail(defer.TimeoutError("reply lost")))
-            return d
-
-        self.client.create = lose_first_reply
+        self.etcd.faults.once("/v3/kv/txn", LoseReply())
         claimer = self.claimer("a")
+        lost = self.etcd.requests("/v3/kv/txn")[-1]  # the create whose reply was lost
+        self.assertEqual(key_of(lost), PREFIX + b"worker2.tf.local.")
+        self.assertIsNone(claimer.held_name)
+        yield lower.stopService()
         name = yield self.settled(claimer.when_claimed())
-        self.assertEqual(lost, [PREFIX + b"worker2.tf.local."])
         self.assertEqual(name, "worker2.tf.local.")
         held = yield self.names_in_etcd()
         self.assertEqual(held, {"worker2.tf.local.": "a"})
@@ -241,20 +229,12 @@ class ClaimerTests(FakeEtcdCase):
         retry asks for the same lease ID, so etcd holds one lease, the one
         the claim is on, not one per try.
         """
-        lost = []
-        grant = self.client.lease_grant
-
-        def lose_first_reply(*args, **kwargs):
-            d = grant(*args, **kwargs)
-            if not lost:
-                lost.append(args)
-                d.addCallback(lambda _: defer.fail(defer.TimeoutError("reply lost")))
-            return d
-
-        self.client.lease_grant = lose_first_reply
+        self.etcd.faults.once("/v3/lease/grant", LoseReply())
         claimer = self.claimer("a")
         name = yield self.settled(claimer.when_claimed())
-        self.assertEqual(len(lost), 1)
+        grants = self.etcd.requests("/v3/lease/grant")
+        self.assertEqual(len(grants), 2)
+        self.assertEqual(grants[0]["ID"], grants[1]["ID"])
         self.assertEqual(name, "worker1.tf.local.")
         leases = yield self.client.call("/v3/lease/leases", {})
         self.assertEqual([int(lease["ID"]) for lease in leases["leases"]], [claimer.lease])
@@ -294,97 +274,44 @@ class ClaimerTests(FakeEtcdCase):
 
 
 KEY1 = PREFIX + b"worker1.tf.local."
+KEY2 = PREFIX + b"worker2.tf.local."
 
 
-def lease_info(*keys, revision=9):
-    return LeaseInfo(ttl=5, granted_ttl=9, keys=frozenset(keys), revision=revision)
-
-
-class FakeRegistry:
+def key_of(body):
     """
-    The claimer's view of etcd, told by the test.
+    The key a held request names; a transaction's, its first comparison's.
     """
-
-    def __init__(self):
-        self.members = {}
-        self.revision = self.applied = 0
-        #: Whether waits for revisions not yet applied really wait; when
-        #: not, the view is taken as caught up but blind to the node's own
-        #: writes, as a registry whose watch lags is.
-        self.strict = False
-        self._subscribers = []
-        self._waiting = []
-        self.dead = {}
-
-    def when_caught_up(self, revision):
-        if revision <= self.applied or not self.strict:
-            return defer.succeed(self)
-        d = defer.Deferred()
-        self._waiting.append((revision, d))
-        return d
-
-    def is_free(self, name):
-        return name not in self.members
-
-    def is_dead(self, member):
-        # Members here carry no names: a mark is known by its lease.
-        return member.lease in self.dead.values()
-
-    def take_every_slot(self):
-        self.members = {PATTERN.render(i): identity("other") for i in (1, 2, 3)}
-
-    def subscribe(self, callback):
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
-
-    def change(self, members, revision):
-        self.members, self.revision, self.applied = members, revision, revision
-        for callback in list(self._subscribers):
-            callback()
-        waiting, self._waiting = self._waiting, []
-        for wanted, d in waiting:
-            if d.called:
-                continue
-            if wanted <= revision:
-                d.callback(self)
-            else:
-                self._waiting.append((wanted, d))
-
-
-class FakeQueue:
-    """
-    The claim queue, told by the test: queued nodes are assigned the free
-    slots in the order they queued.
-    """
-
-    def __init__(self, registry):
-        self.registry = registry
-        self.queued = []
-
-    def key(self, tag, lease):
-        self.queued = [lease]  # one claimer here
-        return PREFIX + b"_claims/" + tag + b"/%016x" % lease
-
-    def queue(self, tag):
-        return list(self.queued)
-
-    def assignment(self, tag, names):
-        free = [name for name in names if self.registry.is_free(name)]
-        return dict(zip(self.queue(tag), free))
+    if "compare" in body:
+        body = body["compare"][0]
+    return base64.b64decode(body["key"])
 
 
 class TransitionTests(unittest.TestCase):
     """
-    Each transition of the claimer's state machine, with time and etcd's
-    replies in the test's hands.  TTL 9: keepalives every 3 s.
+    Each transition of the claimer's state machine, with time in the
+    test's hands and every request the claimer sends held until the test
+    lets it through: on idetcd.testing's etcd, with the real client,
+    registry and queue, so etcd's answers are etcd's.  The test plays the
+    other nodes through a client of its own.  TTL 9: keepalives every 3 s.
     """
 
     def setUp(self):
         self.clock = Clock()
-        self.client = ScriptedClient()
-        self.registry = FakeRegistry()
-        self.queue = FakeQueue(self.registry)
+        self.etcd = FakeEtcd(self.clock)
+        #: The other nodes', and the registry's, client.
+        self.others = self.etcd.client()
+        self.registry = Registry(self.others, PREFIX, self.clock)
+        self.registry.startService()
+        self.queue = ClaimQueue(self.registry)
         self.claimed = []
+        self.hold_claimer()
+
+    def hold_claimer(self, spares=()):
+        """
+        The claimer under test, on a L{HeldClient} with C{spares}.
+        """
+        self.held = HeldClient(self.etcd, spares=spares)
+        self.client = self.held.client
         self.claimer = Claimer(
             self.client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock,
             registry=self.registry, queue=self.queue, on_claimed=lambda name, lease: self.claimed.append((name, lease)),
@@ -393,120 +320,173 @@ class TransitionTests(unittest.TestCase):
     def tearDown(self):
         if self.claimer.running:
             self.claimer.stopService()
+        self.registry.stopService()
+        for client in (self.client, self.others):
+            client.close()
+        self.etcd.close()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def start(self):
         self.claimer.startService()
         return self.claimer.when_claimed()
 
-    def hold(self, lease=7):
+    def granted(self):
         """
-        Start and win worker1 on C{lease} at t=0, through the queue the
-        first time, directly (the slot it held) after that; returns
-        when_claimed().
+        Let the pending grant through; the lease etcd granted.
+        """
+        return int(self.held.release("grant")["ID"])
+
+    def hold(self):
+        """
+        Start and win worker1 on a new lease (C{self.lease}) at t=0,
+        through the queue the first time, directly (the slot it held)
+        after that; returns when_claimed().
         """
         d = self.start()
-        self.client.answer("grant", (lease, 9))
+        self.lease = self.granted()
         if self.claimer.preferred is None:
-            self.client.answer("put", 1)
+            self.held.release("put")
         else:
-            self.client.answer("range", ([], 1))
-        self.client.answer("create", TxnResult(True, 2, None))
+            self.held.release("range")
+        self.held.release("create")
         self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
         return d
 
-    def keepalive(self, result=9):
-        self.client.answer("keepalive", result)
+    def keepalive(self):
+        self.held.release("keepalive")
+
+    def put(self, name, node="other", lease=0):
+        """
+        Another node puts C{name}; returns the revision.
+        """
+        return self.successResultOf(self.others.put(PREFIX + name.encode("ascii"), identity(node).to_value(), lease=lease))
+
+    def other_lease(self):
+        """
+        A lease of another node, alive for the whole test.
+        """
+        lease, _ = self.successResultOf(self.others.lease_grant(60))
+        return lease
+
+    def take_every_slot(self):
+        for slot in (1, 2, 3):
+            self.put(PATTERN.render(slot))
+
+    def registry_stream(self):
+        """
+        The registry's watch stream.
+        """
+        (stream,) = [stream for stream in self.etcd.watch_streams if not stream.closed]
+        return stream
 
     # idle
 
     def test_idle_stop(self):
         d = self.claimer.stopService()
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual((self.client.calls, self.client.revoked), ([], []))
+        self.assertEqual((self.held.sent(), self.held.revoked()), (0, []))
 
     def test_stopped_starts_again(self):
         self.hold()
+        first = self.lease
         self.claimer.stopService()
-        self.assertEqual(self.client.revoked, [7])
-        self.hold(lease=8)
-        self.assertEqual(self.claimer.lease, 8)
-        self.assertEqual(self.claimed, [("worker1.tf.local.", 7), ("worker1.tf.local.", 8)])
+        self.assertEqual(self.held.revoked(), [first])
+        self.hold()
+        self.assertEqual(self.claimer.lease, self.lease)
+        self.assertNotEqual(self.lease, first)
+        self.assertEqual(self.claimed, [("worker1.tf.local.", first), ("worker1.tf.local.", self.lease)])
 
     # claiming
 
     def test_claiming_wins(self):
         d = self.hold()
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
-        self.assertEqual(self.claimer.lease, 7)
+        self.assertEqual(self.claimer.lease, self.lease)
         self.assertEqual(self.claimer.slot, 1)
-        self.assertEqual(self.claimed, [("worker1.tf.local.", 7)])
+        self.assertEqual(self.claimed, [("worker1.tf.local.", self.lease)])
 
     def test_claiming_stop_before_the_lease_revokes_nothing(self):
         d = self.start()
         self.claimer.stopService()
         self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(self.client.revoked, [])
-        self.assertTrue(self.client.calls[0][2].called)  # the grant was cancelled
+        self.assertEqual(self.held.revoked(), [])
+        self.assertEqual(self.held.pending("grant"), [])  # the grant was cancelled
+        self.assertEqual(self.successResultOf(self.others.call("/v3/lease/leases", {})).get("leases"), None)
 
     def test_claiming_stop_with_a_lease_revokes_it(self):
         d = self.start()
-        self.client.answer("grant", (7, 9))
+        lease = self.granted()
         self.claimer.stopService()
         self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(self.client.revoked, [7])
-        self.assertEqual(self.client.pending("put"), [])
+        self.assertEqual(self.held.revoked(), [lease])
+        self.assertEqual(self.held.pending("put"), [])
 
     def test_claiming_keeps_the_lease_alive_while_it_claims(self):
         """
         A claim slower than the lease still wins on a live lease.
         """
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        for _ in range(5):  # 15 s of a range that does not come back
+        self.granted()
+        for _ in range(5):  # 15 s of a queue put that does not come back
             self.clock.advance(3)
             self.keepalive()
-        self.assertEqual(len(self.client.pending("keepalive")), 0)
-        self.client.answer("put", 1)
-        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(len(self.held.pending("keepalive")), 0)
+        self.held.release("put")
+        self.held.release("create")
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
 
     def test_claiming_won_on_an_unsure_lease_is_confirmed_first(self):
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.clock.advance(9)  # no keepalive answered: the deadline passes
-        self.client.answer("put", 1)
-        self.client.answer("create", TxnResult(True, 2, None))
+        self.granted()
+        # Keepalives reach etcd, which renews the lease, but no reply comes
+        # back in time: the deadline passes.
+        for _ in range(2):
+            self.clock.advance(3)
+            self.held.reach("keepalive")
+        self.clock.advance(3)
+        self.held.release("put")
+        self.held.release("create")
         self.assertNoResult(d)
         self.assertIsNone(self.claimer.held_name)
-        self.keepalive()  # the keepalive sent at t=3 comes back
-        self.client.answer("timetolive", lease_info(KEY1))
+        self.keepalive()  # the reply to the one sent at t=6 comes back
+        self.held.release("timetolive")
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
 
     def test_claiming_lease_gone_starts_over_with_a_new_lease(self):
         d = self.start()
-        self.client.answer("grant", (7, 9))
+        lease = self.granted()
         self.clock.advance(3)
-        self.client.answer("keepalive", LeaseNotFound(5, "gone"))
-        self.assertEqual(len(self.client.pending("grant")), 1)
-        self.client.answer("grant", (8, 9))
-        self.client.answer("put", 1)
-        self.client.answer("create", TxnResult(True, 2, None))
+        self.successResultOf(self.others.lease_revoke(lease))  # an operator
+        self.keepalive()
+        self.assertEqual(len(self.held.pending("grant")), 1)
+        lease = self.granted()
+        self.held.release("put")
+        self.held.release("create")
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
-        self.assertEqual(self.claimer.lease, 8)
+        self.assertEqual(self.claimer.lease, lease)
 
     def test_claiming_lost_reply_looks_at_its_own_lease_first(self):
+        """
+        The create's reply is lost after etcd applied it; and an earlier
+        lost try had won worker2 on the same lease.  The retry asks the
+        lease what it holds, keeps worker1, deletes worker2 and the queue
+        key.
+        """
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.client.answer("put", 1)
-        self.client.answer("create", EtcdUnavailable("reply lost"))
+        lease = self.granted()
+        self.held.release("put")
+        self.put("worker2.tf.local.", node="a", lease=lease)
+        self.assertEqual(key_of(self.held.lose("create")), KEY1)
         self.clock.advance(1)  # the backoff
-        self.client.answer("timetolive", lease_info(KEY1, PREFIX + b"worker2.tf.local."))
-        self.assertEqual(self.client.answer("delete", True), (PREFIX + b"worker2.tf.local.", 7))
-        self.assertEqual(self.client.answer("delete", True)[0][:len(PREFIX) + 8], PREFIX + b"_claims/")
-        self.client.answer("range", ([KeyValue(KEY1, b"{}", 8, 8, 7)], 9))
+        self.held.release("timetolive")
+        deleted = self.held.release("delete")
+        self.assertEqual((key_of(deleted), int(deleted["compare"][0]["lease"])), (KEY2, lease))
+        self.assertEqual(key_of(self.held.release("delete"))[: len(PREFIX) + 8], PREFIX + b"_claims/")
+        self.held.release("range")
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
-        self.assertEqual(self.claimer.claim_revision, 8)
+        kvs, _ = self.successResultOf(self.others.range(PREFIX, prefix_range_end(PREFIX)))
+        self.assertEqual([(kv.key, kv.lease) for kv in kvs], [(KEY1, lease)])
+        self.assertEqual(self.claimer.claim_revision, kvs[0].mod_revision)
 
     def test_claiming_lost_race_takes_the_next_share(self):
         """
@@ -514,11 +494,11 @@ class TransitionTests(unittest.TestCase):
         taking back its own slot): the next view gives another.
         """
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.client.answer("put", 1)
-        self.registry.change({"worker1.tf.local.": identity("other")}, 3)
-        self.client.answer("create", TxnResult(False, 3, None))
-        self.assertEqual(self.client.answer("create", TxnResult(True, 4, None))[0], PREFIX + b"worker2.tf.local.")
+        self.granted()
+        self.held.release("put")
+        self.put("worker1.tf.local.")
+        self.assertEqual(key_of(self.held.release("create")), KEY1)
+        self.assertEqual(key_of(self.held.release("create")), KEY2)
         self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
 
     def test_claiming_waits_behind_a_node_queued_earlier(self):
@@ -527,33 +507,38 @@ class TransitionTests(unittest.TestCase):
         for the registry to move (or a third of the lease), and takes the
         share that is then its own.
         """
-        self.registry.members = {PATTERN.render(i): identity("other") for i in (1, 2)}
-        self.registry.applied, self.registry.strict = 1, True
-        self.queue.queued = [5]
-        self.queue.key = lambda tag, lease: self.queue.queued.append(lease) or b"q"
+        for slot in (1, 2):
+            self.put(PATTERN.render(slot))
+        earlier = self.other_lease()
+        self.successResultOf(self.others.put(self.queue.key(self.claimer._tag, earlier), b"", lease=earlier))
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.client.answer("put", 1)
-        self.assertEqual(self.client.pending("create"), [])
+        self.granted()
+        self.held.release("put")
+        self.assertEqual(self.held.pending("create"), [])
         self.clock.advance(3)  # a third of the lease: look again, still nothing
-        self.assertEqual(self.client.pending("create"), [])
-        self.queue.queued.remove(5)  # the earlier node's lease ended
-        self.registry.change(dict(self.registry.members), 4)
-        self.client.answer("create", TxnResult(True, 5, None))
+        self.assertEqual(self.held.pending("create"), [])
+        self.successResultOf(self.others.lease_revoke(earlier))  # the earlier node's lease ended
+        self.held.release("create")
         self.assertEqual(self.successResultOf(d), "worker3.tf.local.")
 
     def test_claiming_resent_create_that_won_counts_as_won(self):
         """
-        A create sent again to the next endpoint after a timeout fails
-        against the key its first sending put, on our own lease: a win.
+        A create sent again to the next endpoint after its reply was lost
+        fails against the key its first sending put, on our own lease: a
+        win.
         """
+        # A second endpoint, where the client sends again what failed.
+        self.client.close()
+        self.hold_claimer(spares=("http://next:2379",))
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.client.answer("put", 1)
-        ours = KeyValue(KEY1, b"{}", 5, 5, 7)
-        self.client.answer("create", TxnResult(False, 6, ours))
+        lease = self.granted()
+        self.held.release("put")
+        self.held.lose("create")
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
-        self.assertEqual(self.claimer.claim_revision, 5)
+        kvs, _ = self.successResultOf(self.others.range(KEY1))
+        self.assertEqual(kvs[0].lease, lease)
+        self.assertEqual(self.claimer.claim_revision, kvs[0].mod_revision)
+        self.assertEqual(len(self.etcd.requests("/v3/kv/txn", host="next:2379")), 1)
 
     def test_claiming_won_just_as_the_deadline_passed_asks_etcd(self):
         """
@@ -562,24 +547,27 @@ class TransitionTests(unittest.TestCase):
         renewal report that may never come.
         """
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.client.answer("put", 1)
+        lease = self.granted()
+        self.held.release("put")
+        self.clock.advance(3)
+        self.held.lose("keepalive")  # etcd renewed the lease at t=3, until t=12
         self.clock.rightNow = 9.5  # frozen past the deadline
-        self.client.answer("create", TxnResult(True, 2, None))
+        self.held.release("create")
         self.assertNoResult(d)
-        # etcd: 5 s left on the lease, which holds our key.
-        self.assertEqual(self.client.answer("timetolive", lease_info(KEY1)), (7, True))
+        # etcd: 2.5 s left on the lease, which holds our key.
+        asked = self.held.release("timetolive")
+        self.assertEqual((int(asked["ID"]), asked["keys"]), (lease, True))
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
-        self.assertEqual(self.claimer._keeper.deadline, 14.5)
+        self.assertEqual(self.claimer._keeper.deadline, 11.5)
 
     def test_claiming_no_slot_fails(self):
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.registry.take_every_slot()
-        self.client.answer("put", 1)
+        lease = self.granted()
+        self.take_every_slot()
+        self.held.release("put")
         self.failureResultOf(d, SlotsExhausted)
         self.failureResultOf(self.claimer.when_claimed(), SlotsExhausted)
-        self.assertEqual(self.client.revoked, [7])
+        self.assertEqual(self.held.revoked(), [lease])
         self.claimer.stopService()
 
     def test_reclaim_with_no_free_slot_waits_without_a_lease(self):
@@ -588,37 +576,35 @@ class TransitionTests(unittest.TestCase):
         and does not keep an empty lease: it waits, holding nothing.
         """
         self.hold()
-        self.registry.change({}, 5)  # the key is gone...
-        held = KeyValue(KEY1, identity("other").to_value(), 4, 4, 99)
-        self.client.answer("range", ([held], 5))  # ...by another node...
-        self.registry.take_every_slot()  # ...and every other slot too
-        self.client.answer("put", 5)
-        self.assertEqual(self.client.revoked, [7])
+        self.put("worker1.tf.local.", lease=self.other_lease())  # the key taken by another node...
+        self.put("worker2.tf.local.")  # ...and every other slot too
+        self.put("worker3.tf.local.")
+        self.held.release("range")
+        self.held.release("put")
+        self.assertEqual(self.held.revoked(), [self.lease])
         self.assertIsNone(self.claimer.held_name)
         self.assertIsNone(self.claimer._failure)
         self.clock.advance(3)
-        self.assertEqual(len(self.client.pending("grant")), 1)
+        self.assertEqual(len(self.held.pending("grant")), 1)
 
     # claiming alone, behind a dead holder
 
     def members_below(self, count):
         """
-        Slots 1 to C{count} held, on leases 41, 42, …; the registry's waits
-        are real.
+        Slots 1 to C{count} held by live nodes, on leases of theirs
+        (C{self.below}, by slot).
         """
-        self.registry.members = {
-            PATTERN.render(slot): attr.evolve(identity(f"n{slot}"), lease=40 + slot)
-            for slot in range(1, count + 1)
-        }
-        self.registry.applied, self.registry.strict = 1, True
+        self.below = {slot: self.other_lease() for slot in range(1, count + 1)}
+        for slot, lease in self.below.items():
+            self.put(PATTERN.render(slot), node=f"n{slot}", lease=lease)
 
     def queue_alone(self):
         """
-        Start; answer the grant (lease 7) and the queue put at revision 1.
+        Start; let the grant (C{self.lease}) and the queue put through.
         """
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.client.answer("put", 1)
+        self.lease = self.granted()
+        self.held.release("put")
         return d
 
     def mark_dead(self, *slots):
@@ -627,15 +613,15 @@ class TransitionTests(unittest.TestCase):
         """
         for slot in slots:
             name = PATTERN.render(slot)
-            self.registry.dead[name] = self.registry.members[name].lease
+            self.successResultOf(self.others.put(dead_key(PREFIX, name), b"", lease=self.below[slot]))
 
     def test_alone_behind_live_holders_takes_the_next_slot_at_once(self):
         self.members_below(1)
         d = self.queue_alone()
-        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        self.assertEqual(key_of(self.held.release("create")), KEY2)
         self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
-        self.assertEqual(self.client.pending("delete"), [])
-        self.assertEqual(self.client.pending("timetolive"), [])
+        self.assertEqual(self.held.pending("delete"), [])
+        self.assertEqual(self.held.pending("timetolive"), [])
 
     def test_alone_behind_a_dead_holder_waits_and_takes_its_slot(self):
         """
@@ -648,7 +634,7 @@ class TransitionTests(unittest.TestCase):
         self.members_below(1)
         self.mark_dead(1)
         d = self.queue_alone()
-        queue_key = self.client.answer("delete", True)[0]
+        queue_key = key_of(self.held.release("delete"))
         self.assertTrue(queue_key.startswith(PREFIX + b"_claims/"))
         self.assertIn(
             "waiting up to 6s for worker1.tf.local., whose holder stopped renewing its lease, "
@@ -656,11 +642,10 @@ class TransitionTests(unittest.TestCase):
             [formatEvent(e) for e in events],
         )
         self.clock.advance(5)
-        self.assertEqual(self.client.pending("put") + self.client.pending("create"), [])
-        self.registry.change({}, 5)  # the lease ran out
-        self.assertEqual(self.client.answer("put", 6)[0], queue_key)
-        self.registry.change({}, 6)
-        self.assertEqual(self.client.answer("create", TxnResult(True, 7, None))[0], KEY1)
+        self.assertEqual(self.held.pending("put") + self.held.pending("create"), [])
+        self.successResultOf(self.others.lease_revoke(self.below[1]))  # the lease ran out
+        self.assertEqual(key_of(self.held.release("put")), queue_key)
+        self.assertEqual(key_of(self.held.release("create")), KEY1)
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
 
     def test_the_wait_ends_when_the_lease_should_have(self):
@@ -672,19 +657,20 @@ class TransitionTests(unittest.TestCase):
         self.members_below(1)
         self.mark_dead(1)
         d = self.queue_alone()
-        self.client.answer("delete", True)
+        self.held.release("delete")
         self.clock.advance(6.4)
-        self.assertEqual(self.client.pending("put"), [])
+        self.assertEqual(self.held.pending("put"), [])
         self.clock.advance(0.1)
-        self.client.answer("put", 1)
-        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        self.held.release("put")
+        self.assertEqual(key_of(self.held.release("create")), KEY2)
         self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
 
     def test_a_mark_of_an_earlier_lease_is_no_mark(self):
         self.members_below(1)
-        self.registry.dead[PATTERN.render(1)] = 99
+        earlier = self.other_lease()
+        self.successResultOf(self.others.put(dead_key(PREFIX, PATTERN.render(1)), b"", lease=earlier))
         d = self.queue_alone()
-        self.client.answer("create", TxnResult(True, 2, None))
+        self.held.release("create")
         self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
 
     def test_not_alone_in_the_queue_does_not_wait(self):
@@ -694,55 +680,67 @@ class TransitionTests(unittest.TestCase):
         """
         self.members_below(1)
         self.mark_dead(1)
-        self.queue.key = lambda tag, lease: self.queue.queued.extend([lease, 8]) or b"q"
-        d = self.queue_alone()
-        self.assertEqual(self.client.pending("delete"), [])
-        self.assertEqual(self.client.answer("create", TxnResult(True, 2, None))[0], PREFIX + b"worker2.tf.local.")
+        d = self.start()
+        self.granted()
+        stream = self.registry_stream()
+        stream.pause()
+        self.held.release("put")
+        later = self.other_lease()
+        self.successResultOf(self.others.put(self.queue.key(self.claimer._tag, later), b"", lease=later))
+        stream.resume()  # the registry sees both queued
+        self.assertEqual(self.held.pending("delete"), [])
+        self.assertEqual(key_of(self.held.release("create")), KEY2)
         self.assertEqual(self.successResultOf(d), "worker2.tf.local.")
 
     def test_stop_while_waiting_for_a_dead_holder(self):
         self.members_below(1)
         self.mark_dead(1)
         d = self.queue_alone()
-        self.client.answer("delete", True)
+        self.held.release("delete")
         self.clock.advance(1)
         self.claimer.stopService()
         self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(self.client.revoked, [7])
-        self.assertEqual(self.registry._waiting[0][1].called, True)  # the registry wait, cancelled
+        self.assertEqual(self.held.revoked(), [self.lease])
+        self.assertEqual(self.registry._progress_waiters, [])  # the registry wait, cancelled
 
     # waiting
 
     def wait_for_slot(self):
         self.claimer.wait = True
         d = self.start()
-        self.client.answer("grant", (7, 9))
-        self.registry.take_every_slot()
-        self.client.answer("put", 1)
-        self.assertEqual(self.client.revoked, [7])  # no empty lease is kept
+        lease = self.granted()
+        self.take_every_slot()
+        self.held.release("put")
+        self.assertEqual(self.held.revoked(), [lease])  # no empty lease is kept
         return d
 
     def test_waiting_wakes_on_its_timer(self):
         d = self.wait_for_slot()
-        self.registry.members = {}
+        stream = self.registry_stream()
+        stream.pause()  # the registry does not see the slots free
+        self.successResultOf(self.others.delete(PREFIX, prefix_range_end(PREFIX)))
+        self.assertEqual(self.held.pending("grant"), [])
         self.clock.advance(3)
-        self.client.answer("grant", (8, 9))
-        self.client.answer("put", 1)
-        self.client.answer("create", TxnResult(True, 2, None))
+        self.assertEqual(len(self.held.pending("grant")), 1)
+        stream.resume()
+        self.granted()
+        self.held.release("put")
+        self.held.release("create")
         self.assertEqual(self.successResultOf(d), "worker1.tf.local.")
 
     def test_waiting_wakes_when_a_slot_frees(self):
         d = self.wait_for_slot()
-        self.registry.change({"worker1.tf.local.": object(), "worker2.tf.local.": object()}, 5)
-        self.assertEqual(len(self.client.pending("grant")), 1)
+        self.successResultOf(self.others.delete(KEY1))
+        self.assertEqual(len(self.held.pending("grant")), 1)
         self.claimer.stopService()
         self.failureResultOf(d, defer.CancelledError)
 
     def test_waiting_stop(self):
         d = self.wait_for_slot()
+        lease = self.held.revoked()[0]
         self.claimer.stopService()
         self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(self.client.revoked, [7])
+        self.assertEqual(self.held.revoked(), [lease])
 
     # holding
 
@@ -757,10 +755,14 @@ class TransitionTests(unittest.TestCase):
             if second % 3 == 0 and second > 3:
                 self.keepalive()  # the one sent 3 s ago
             self.assertEqual(self.claimer.held_name, "worker1.tf.local.", f"t={second}")
-        self.assertEqual(self.client.revoked, [])
-        self.assertEqual(len(self.client.pending("keepalive")), 1)
-        timeouts = {args[1] for args in self.client.pending("keepalive")}
-        self.assertEqual(timeouts, {4.5})
+        self.assertEqual(self.held.revoked(), [])
+        self.assertEqual(len(self.held.pending("keepalive")), 1)
+        self.assertEqual(self.claimer.keepalives, {"ok": 9})
+        # Each is given up on 4.5 s after it was sent.
+        self.clock.advance(4.4)
+        self.assertEqual(len(self.held.pending("keepalive")), 2)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.held.pending("keepalive")), 1)
 
     def test_holding_gives_the_name_up_at_the_deadline(self):
         """
@@ -786,41 +788,58 @@ class TransitionTests(unittest.TestCase):
         self.assertIsNone(self.claimer.held_name)
 
     def test_holding_lease_gone(self):
+        """
+        etcd says the lease is gone before the registry shows its key
+        deleted (its watch is slow): the node claims again, on a new lease.
+        """
         self.hold()
         self.clock.advance(3)
-        self.client.answer("keepalive", LeaseNotFound(5, "gone"))
+        self.registry_stream().pause()
+        self.successResultOf(self.others.lease_revoke(self.lease))
+        self.keepalive()
         self.assertIsNone(self.claimer.held_name)
-        self.assertEqual(self.client.revoked, [])
-        self.client.answer("grant", (8, 9))
-        self.client.answer("range", ([], 1))
-        self.client.answer("create", TxnResult(True, 3, None))
-        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 8))
+        self.assertEqual(self.held.revoked(), [])
+        lease = self.granted()
+        self.held.release("range")
+        self.held.release("create")
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", lease))
+        self.registry_stream().resume()
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", lease))
 
     def test_holding_key_lost_claims_again_on_the_same_lease(self):
         self.hold()
-        self.registry.change({}, 5)
+        self.successResultOf(self.others.delete(KEY1))
         self.assertIsNone(self.claimer.held_name)
-        self.assertEqual(self.client.pending("grant"), [])
-        self.client.answer("range", ([], 5))
-        self.assertEqual(self.client.answer("create", TxnResult(True, 6, None)), (KEY1, 7))
-        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 7))
+        self.assertEqual(self.held.pending("grant"), [])
+        self.held.release("range")
+        created = self.held.release("create")
+        self.assertEqual((key_of(created), int(created["success"][0]["request_put"]["lease"])), (KEY1, self.lease))
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", self.lease))
 
     def test_holding_ignores_a_registry_behind_the_claim(self):
-        self.hold()
-        self.registry.change({}, 1)  # before the claim's revision 2
+        self.start()
+        self.lease = self.granted()
+        self.held.release("put")
+        stream = self.registry_stream()
+        stream.pause()
+        before = self.put("worker3.tf.local.")
+        self.held.release("create")
+        self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
+        stream.resume(before)  # a view from before the claim's revision
+        self.assertEqual(self.registry.applied, before)
         self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
 
     def test_holding_key_on_another_lease_is_lost(self):
         self.hold()
-        self.registry.change({"worker1.tf.local.": attr.evolve(identity("a"), lease=99)}, 5)
+        self.put("worker1.tf.local.", node="a", lease=self.other_lease())
         self.assertIsNone(self.claimer.held_name)
 
     def test_holding_stop_revokes(self):
         self.hold()
         self.clock.advance(3)
         self.claimer.stopService()
-        self.assertEqual(self.client.revoked, [7])
-        self.assertEqual(self.client.pending("keepalive"), [])
+        self.assertEqual(self.held.revoked(), [self.lease])
+        self.assertEqual(self.held.pending("keepalive"), [])
 
     def test_one_keepalive_loop_after_a_reclaim(self):
         """
@@ -828,23 +847,29 @@ class TransitionTests(unittest.TestCase):
         """
         self.hold()
         self.clock.advance(3)  # a keepalive is under way...
-        self.registry.change({}, 5)  # ...when the key is lost
-        self.client.answer("range", ([], 5))
-        self.client.answer("create", TxnResult(True, 6, None))
+        self.successResultOf(self.others.delete(KEY1))  # ...when the key is lost
+        self.held.release("range")
+        self.held.release("create")
         self.keepalive()
         self.clock.advance(3)
-        self.assertEqual(len(self.client.pending("keepalive")), 1)
-        self.assertEqual(len(self.clock.getDelayedCalls()), 2)  # next keepalive, deadline
+        self.assertEqual(len(self.held.pending("keepalive")), 1)
+        keeper = self.claimer._keeper
+        timers = [call for call in self.clock.getDelayedCalls() if getattr(call.func, "__self__", None) is keeper]
+        self.assertEqual(len(timers), 2)  # next keepalive, deadline
 
     # unsure
 
     def unsure(self):
+        """
+        Hold worker1; the keepalive sent at t=3 renews the lease in etcd
+        (until t=12), but its reply is lost: at t=9 the node is unsure.
+        """
         self.hold()
         self.clock.advance(3)
-        self.client.answer("keepalive", EtcdUnavailable("down"))
+        self.held.lose("keepalive")
         self.clock.advance(6)  # t=9: the grant's deadline
         self.assertIsNone(self.claimer.held_name)
-        self.assertEqual(self.client.revoked, [])
+        self.assertEqual(self.held.revoked(), [])
 
     def test_unsure_confirmed_keeps_the_name_and_lease(self):
         """
@@ -854,10 +879,11 @@ class TransitionTests(unittest.TestCase):
         self.unsure()
         self.clock.advance(1)
         self.keepalive()
-        self.assertEqual(self.client.answer("timetolive", lease_info(KEY1)), (7, True))
-        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 7))
-        self.assertEqual(self.client.pending("grant") + self.client.pending("create"), [])
-        self.assertEqual(self.client.revoked, [])
+        asked = self.held.release("timetolive")
+        self.assertEqual((int(asked["ID"]), asked["keys"]), (self.lease, True))
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", self.lease))
+        self.assertEqual(self.held.pending("grant") + self.held.pending("create"), [])
+        self.assertEqual(self.held.revoked(), [])
 
     def test_unsure_delete_seen_while_asking_etcd_is_not_forgotten(self):
         """
@@ -868,33 +894,37 @@ class TransitionTests(unittest.TestCase):
         self.unsure()
         self.clock.advance(1)
         self.keepalive()
-        self.registry.change({}, 5)  # the delete, seen while unsure
-        self.client.answer("timetolive", lease_info(KEY1))
+        self.held.reach("timetolive")  # etcd answers "still yours"...
+        self.successResultOf(self.others.delete(KEY1))  # ...the key is deleted, the registry sees it...
+        self.held.release("timetolive")  # ...and then the answer arrives
         self.assertIsNone(self.claimer.held_name)
-        self.assertEqual(len(self.client.pending("range")), 1)  # claiming its slot again
+        self.assertEqual(len(self.held.pending("range")), 1)  # claiming its slot again
 
     def test_unsure_key_missing_claims_again_on_the_lease(self):
         self.unsure()
         self.clock.advance(1)
         self.keepalive()
-        self.client.answer("timetolive", lease_info())
-        self.client.answer("range", ([], 5))
-        self.client.answer("create", TxnResult(True, 6, None))
-        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", 7))
+        self.successResultOf(self.others.delete(KEY1))
+        self.held.release("timetolive")
+        self.held.release("range")
+        self.held.release("create")
+        self.assertEqual((self.claimer.held_name, self.claimer.lease), ("worker1.tf.local.", self.lease))
 
     def test_unsure_lease_gone(self):
         self.unsure()
         self.clock.advance(1)
-        self.client.answer("keepalive", LeaseNotFound(5, "gone"))
-        self.assertEqual(len(self.client.pending("grant")), 1)
+        self.registry_stream().pause()
+        self.successResultOf(self.others.lease_revoke(self.lease))
+        self.keepalive()
+        self.assertEqual(len(self.held.pending("grant")), 1)
 
     def test_unsure_verify_failure_asks_again(self):
         self.unsure()
         self.clock.advance(1)
         self.keepalive()
-        self.client.answer("timetolive", EtcdUnavailable("down"))
+        self.held.cut("timetolive")
         self.clock.advance(1)
-        self.client.answer("timetolive", lease_info(KEY1))
+        self.held.release("timetolive")
         self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
 
     def test_unsure_stop(self):
@@ -902,8 +932,8 @@ class TransitionTests(unittest.TestCase):
         self.clock.advance(1)
         self.keepalive()
         self.claimer.stopService()
-        self.assertEqual(self.client.revoked, [7])
-        self.assertTrue(all(d.called for _, _, d in self.client.calls))
+        self.assertEqual(self.held.revoked(), [self.lease])
+        self.assertEqual([self.held.pending(call) for call in CALLS], [[]] * len(CALLS))
 
     # failed, stopped
 

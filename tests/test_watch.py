@@ -1,20 +1,17 @@
 """
-How a watch handles what its stream says, on fake streams and a fake clock;
-and a watch on a real 3-member etcd whose member is cut off from its peers.
+How a watch handles what its stream says, on idetcd.testing's etcd whose
+streams the test breaks, on its clock; and a watch on a real 3-member etcd
+whose member is cut off from its peers.
 """
 
 import json
 
-import attr
 from twisted.internet import defer, reactor
-from twisted.internet.error import ConnectionLost
-from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial import unittest
-from twisted.web.client import ResponseDone, ResponseFailed
 
 from idetcd.etcd import (
+    Credentials,
     EtcdClient,
     EtcdUnavailable,
     ResyncNeeded,
@@ -22,8 +19,10 @@ from idetcd.etcd import (
     prefix_range_end,
 )
 from idetcd.members._registry import Registry
+from idetcd.testing import Stream
 from tests.etcdserver import start_etcd_cluster
 from tests.memberdata import value
+from tests.memoryetcd import FakeEtcdCase
 from tests.peerproxy import PeerNetwork
 from tests.waiting import sleep, wait_for
 
@@ -41,76 +40,64 @@ NO_LEADER = json.dumps(
 ).encode()
 
 
-def result(revision, *puts, created=False):
+def result(revision, *puts):
     """
-    One watch line as etcd's gateway writes it, with a put per key.
+    One watch line as etcd's gateway writes it, with a put of C{/a} per
+    revision in C{puts}.
     """
     events = [
         {"kv": {"key": "L2E=", "value": "MQ==", "mod_revision": str(rev)}} for rev in puts
     ]
-    body = {"header": {"revision": str(revision)}, "events": events}
-    if created:
-        body["created"] = True
-    return json.dumps({"result": body}).encode() + b"\n"
+    return json.dumps({"result": {"header": {"revision": str(revision)}, "events": events}}).encode() + b"\n"
 
 
-class FakeTransport:
-    stopped = False
-
-    def stopProducing(self):
-        self.stopped = True
-
-
-@attr.s(eq=False)
-class FakeClient:
+class FakeStreamCase(FakeEtcdCase):
     """
-    The part of EtcdClient a watch uses; records each stream it opens.
+    A watch of C{[/a, /b)} from revision 5 on idetcd.testing's etcd, which
+    three endpoints reach; the test breaks its streams there.
     """
 
-    endpoints = attr.ib()
-    reactor = attr.ib(factory=Clock)
-    current_index = attr.ib(default=0)
-    opened = attr.ib(factory=list)
-    #: With credentials, the tokens a watch said etcd refused.
-    credentials = attr.ib(default=False)
-    forgotten = attr.ib(factory=list)
-
-    @property
-    def endpoint(self):
-        return self.endpoints[self.current_index]
-
-    def next_endpoint(self, failed_index):
-        if self.current_index == failed_index:
-            self.current_index = (failed_index + 1) % len(self.endpoints)
-
-    def forget_token(self, token):
-        self.forgotten.append(token)
-        return self.credentials
-
-    def open_watch_stream(self, index, body, protocol):
-        protocol.token = f"token{len(self.opened)}"
-        protocol.makeConnection(FakeTransport())
-        # The first revision the watch wants: it asks etcd from the one
-        # before (to hear of a compaction there), and skips that one.
-        self.opened.append((index, int(body["create_request"]["start_revision"]) + 1, protocol))
-        return defer.succeed(None)
-
-
-class WatchLineTests(unittest.TestCase):
     def setUp(self):
-        self.client = FakeClient(["http://a", "http://b", "http://c"])
-        self.seen = []
-        self.watch = Watch(self.client, b"/a", b"/b", 5, lambda events, rev: self.seen.append(rev))
-        self.watch.start()
+        FakeEtcdCase.setUp(self)
         self.logged = []
         globalLogPublisher.addObserver(self.logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        for index in range(4):  # revisions 2 to 5, outside the watch
+            self.successResultOf(self.client.put(b"/z%d" % index, b"x"))
+
+    def start(self, **kwargs):
+        """
+        Watch through a client of C{kwargs}' (credentials), on endpoints
+        a, b and c.
+        """
+        self.client = self.etcd.client(["http://a", "http://b", "http://c"], **kwargs)
+        self.addCleanup(self.client.close)
+        self.seen = []
+        self.watch = Watch(self.client, b"/a", b"/b", 5, lambda events, rev: self.seen.append(rev))
+        self.watch.start()
+        self.addCleanup(self.watch.stop)
 
     def stream(self):
-        return self.client.opened[-1][2]
+        """
+        The watch stream open now.
+        """
+        (stream,) = [stream for stream in self.etcd.watch_streams if not stream.closed]
+        return stream
+
+    def put(self):
+        """
+        Put C{/a}: the watch's next event.
+        """
+        return self.successResultOf(self.client.put(b"/a", b"1"))
 
     def watch_logs(self):
         return [e for e in self.logged if e.get("log_namespace") == "idetcd.etcd.watch"]
+
+
+class WatchLineTests(FakeStreamCase):
+    def setUp(self):
+        FakeStreamCase.setUp(self)
+        self.start()
 
     def test_error_line_resumes_on_next_endpoint(self):
         """
@@ -119,20 +106,21 @@ class WatchLineTests(unittest.TestCase):
         after the last one it delivered, and says so once, as a warning.
         """
         first = self.stream()
-        first.dataReceived(result(6, created=True) + result(6, 6))
-        first.dataReceived(NO_LEADER)
-        self.assertEqual(len(self.client.opened), 1)
+        self.assertEqual(self.put(), 6)
+        first.write(NO_LEADER)
+        self.assertEqual(self.etcd.served("/v3/watch"), 1)
         # What etcd sends: the error object as the last chunk, no line end.
-        first.connectionLost(Failure(ResponseDone()))
+        first.end()
         self.assertEqual(self.seen, [6])
         self.assertEqual(self.client.endpoint, "http://b")
-        self.client.reactor.advance(1)
-        index, start_revision, second = self.client.opened[-1]
-        self.assertEqual((index, start_revision), (1, 7))
-        second.dataReceived(result(7, created=True) + result(7, 7))
+        self.clock.advance(1)
+        second = self.stream()
+        # From the revision before the one it wants next, 7.
+        self.assertEqual((second.host, second.create["start_revision"]), ("b", "6"))
+        self.put()
         self.assertEqual(self.seen, [6, 7])
-        self.client.reactor.advance(5)
-        self.assertEqual(len(self.client.opened), 2)
+        self.clock.advance(5)
+        self.assertEqual(self.etcd.served("/v3/watch"), 2)
         logs = self.watch_logs()
         self.assertEqual([e["log_level"].name for e in logs], ["warn", "info"])
         self.assertIn("no leader", logs[0]["why"])
@@ -144,29 +132,32 @@ class WatchLineTests(unittest.TestCase):
         error is used, and the stream is closed.
         """
         first = self.stream()
-        first.dataReceived(result(5, created=True) + NO_LEADER + b"\n" + result(6, 6))
-        self.assertTrue(first.transport.stopped)
+        first.write(NO_LEADER + b"\n" + result(6, 6))
+        self.assertTrue(first.closed)
         self.assertEqual(self.seen, [])
-        self.client.reactor.advance(1)
-        self.assertEqual(self.client.opened[-1][:2], (1, 5))
+        self.clock.advance(1)
+        self.assertEqual((self.stream().host, self.stream().create["start_revision"]), ("b", "4"))
 
     def test_cut_stream_resumes_on_next_endpoint(self):
         """
         A stream cut in the middle of a line: the piece is not a line.
         """
         first = self.stream()
-        first.dataReceived(result(5, created=True) + result(6, 6)[:20])
-        first.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
-        self.client.reactor.advance(1)
-        self.assertEqual(self.client.opened[-1][:2], (1, 5))
+        first.write(result(6, 6)[:20])
+        first.cut()
+        self.clock.advance(1)
+        self.assertEqual((self.stream().host, self.stream().create["start_revision"]), ("b", "4"))
         self.assertEqual(self.watch_logs()[0]["why"], "closed")
+        self.assertEqual(self.seen, [])
 
     def test_garbled_line_resumes_without_losing_events(self):
         first = self.stream()
-        first.dataReceived(result(5, created=True) + b'{"result": {"events": [tru\n')
-        self.assertTrue(first.transport.stopped)
-        self.client.reactor.advance(1)
-        self.assertEqual(self.client.opened[-1][:2], (1, 5))
+        first.write(b'{"result": {"events": [tru\n')
+        self.assertTrue(first.closed)
+        self.put()  # while no stream is open
+        self.clock.advance(1)
+        self.assertEqual((self.stream().host, self.stream().create["start_revision"]), ("b", "4"))
+        self.assertEqual(self.seen, [6])
 
     def test_repeated_breaks_are_logged_once_per_interval(self):
         """
@@ -174,23 +165,23 @@ class WatchLineTests(unittest.TestCase):
         with a backoff, logging the first break and then one line every
         30 s, not one per attempt.
         """
+        self.etcd.faults.always("/v3/watch", Stream(NO_LEADER, end=True))
+        self.stream().end(NO_LEADER)
         for _ in range(100):
-            self.stream().dataReceived(NO_LEADER)
-            self.stream().connectionLost(Failure(ResponseDone()))
-            self.client.reactor.advance(2)
-        self.assertEqual(len(self.client.opened), 101)
-        self.assertEqual([index for index, _, _ in self.client.opened[:4]], [0, 1, 2, 0])
+            self.clock.advance(2)
+        streams = self.etcd.watch_streams
+        self.assertEqual(len(streams), 101)
+        self.assertEqual([stream.host for stream in streams[:4]], ["a", "b", "c", "a"])
         breaks = [e for e in self.watch_logs() if "ended" in e["log_format"]]
         self.assertLessEqual(len(breaks), 1 + 200 // 30)
         self.assertGreater(len(breaks), 1)
         self.assertGreater(breaks[-1]["breaks"], 10)
 
     def test_stop_after_error_line_opens_nothing(self):
-        self.stream().dataReceived(NO_LEADER)
-        self.stream().connectionLost(Failure(ResponseDone()))
+        self.stream().end(NO_LEADER)
         self.watch.stop()
-        self.client.reactor.advance(5)
-        self.assertEqual(len(self.client.opened), 1)
+        self.clock.advance(5)
+        self.assertEqual(self.etcd.served("/v3/watch"), 1)
         self.assertIsNone(self.successResultOf(self.watch.done))
 
 
@@ -223,36 +214,36 @@ REFUSED_35 = "rpc error: code = PermissionDenied desc = etcdserver: permission d
 REFUSED_34 = "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"
 
 
-class WatchTokenTests(unittest.TestCase):
+class WatchTokenTests(FakeStreamCase):
     """
     A watch whose token etcd refused resumes once with a new one.
     """
 
     def setUp(self):
-        self.client = FakeClient(["http://a", "http://b"], credentials=True)
-        self.seen = []
-        self.watch = Watch(self.client, b"/a", b"/b", 5, lambda events, rev: self.seen.append(rev))
-        self.watch.start()
-        self.stream().dataReceived(result(6, created=True) + result(6, 6))
+        FakeStreamCase.setUp(self)
+        self.etcd.enable_auth({"u": "p"})
+        self.start(credentials=Credentials("u", "p"))
+        self.put()
 
-    def stream(self):
-        return self.client.opened[-1][2]
+    def authentications(self):
+        return self.etcd.served("/v3/auth/authenticate")
 
     def test_resumes_with_a_new_token(self):
         for reason in [REFUSED_35, REFUSED_34]:
             resume_from = self.watch.next_revision
-            first = self.stream()
-            first.connectionLost(Failure(ConnectionLost()))
-            self.client.reactor.advance(3)
-            again = self.stream()
-            again.dataReceived(refused(reason))
-            self.assertTrue(again.transport.stopped)
-            self.assertEqual(self.client.forgotten[-1], again.token)
-            self.client.reactor.advance(0)
-            index, start_revision, renewed = self.client.opened[-1]
-            self.assertEqual(start_revision, resume_from)
+            traded = self.authentications()
+            # The token expires while the watch is away: etcd refuses it.
+            self.etcd.faults.once("/v3/watch", Stream(refused(reason)))
+            opened = len(self.etcd.watch_streams)
+            self.stream().cut()
+            self.clock.advance(3)
+            again, renewed = self.etcd.watch_streams[opened:]
+            self.assertTrue(again.closed)
+            self.assertIs(self.stream(), renewed)
+            self.assertEqual(renewed.create["start_revision"], str(resume_from - 1))
             self.assertNotEqual(renewed.token, again.token)
-            renewed.dataReceived(result(resume_from, created=True) + result(resume_from, resume_from))
+            self.assertEqual(self.authentications(), traded + 1)
+            self.assertEqual(self.put(), resume_from)
             self.assertFalse(self.watch.done.called)
         self.assertEqual(self.seen, [6, 7, 8])
         self.assertEqual(self.watch.next_revision, 9)
@@ -262,17 +253,18 @@ class WatchTokenTests(unittest.TestCase):
         A new token refused too: the user lost its permission, which the
         caller learns by reading everything again.
         """
-        self.stream().dataReceived(refused(REFUSED_35))
-        self.client.reactor.advance(0)
-        self.stream().dataReceived(refused(REFUSED_35))
+        self.stream().write(refused(REFUSED_35))
+        self.etcd.faults.once("/v3/watch", Stream(refused(REFUSED_35)))
+        self.clock.advance(0)
         self.failureResultOf(self.watch.done, ResyncNeeded)
-        self.assertEqual(len(self.client.forgotten), 1)
+        self.assertEqual(self.authentications(), 2)  # the first token, and one more
 
     def test_without_credentials_gives_up(self):
-        self.client.credentials = False
-        self.stream().dataReceived(refused(REFUSED_34))
+        self.watch.stop()
+        self.etcd.faults.once("/v3/watch", Stream(refused(REFUSED_34)))
+        self.start()
         self.failureResultOf(self.watch.done, ResyncNeeded)
-        self.assertEqual(len(self.client.opened), 1)
+        self.assertEqual(len(self.etcd.watch_streams), 2)  # the first watch's, and this one's
 
 
 class IsolatedMemberTests(unittest.TestCase):

@@ -10,11 +10,19 @@ Its behaviour is etcd 3.5's as the client sees it (revisions, ranges,
 transactions, leases, watches, compaction, auth errors, the NOSPACE
 alarm), checked by a contract suite that runs the same cases against it
 and against real etcd 3.4 and 3.5 (C{tests/test_contract.py}).
+
+What etcd never does by itself, a test makes it do through
+L{FakeEtcd.faults}: a reply lost after the write was applied (L{LoseReply}),
+a connection cut before it (L{Cut}), an error status (L{Refuse},
+L{NO_LEADER}), a request held in flight until released, or slowed on the
+clock (L{Hold}), a watch answered with lines of the test's (L{Stream}); and through L{FakeEtcd.watch_streams}, a watch stream
+garbled, ended or cut.
 """
 
 import attr
 
 from idetcd.etcd import EtcdClient
+from idetcd.testing._faults import NO_LEADER, Cut, Hold, LoseReply, Refuse, Stream
 from idetcd.testing._gateway import VERSION, Gateway
 from idetcd.testing._memory import memory_http_client
 from idetcd.testing._store import MAX_TXN_OPS, MIN_LEASE_TTL, PROGRESS_INTERVAL, Store
@@ -44,7 +52,9 @@ class FakeEtcd:
 
     Tests switch its failures on and off: L{enable_auth} and
     L{expire_tokens} for users and tokens, C{no_space} for the NOSPACE
-    alarm; L{compact} compacts its history as C{etcdctl compact} does.
+    alarm; L{compact} compacts its history as C{etcdctl compact} does;
+    C{faults} plans what befalls a request beyond that
+    (C{etcd.faults.once("/v3/kv/txn", LoseReply())}).
     """
 
     clock = attr.ib()
@@ -75,9 +85,37 @@ class FakeEtcd:
         """
         How many requests for C{path} (such as C{"/v3/kv/range"}) it has
         answered: what a change costs etcd, whatever the client believes
-        it sent.
+        it sent.  A request a fault cut or refused before it reached etcd
+        is not counted; one whose reply was lost is.
         """
         return self.resource.served[path.encode("ascii")]
+
+    @property
+    def faults(self):
+        """
+        The L{idetcd.testing._faults.Faults} planned for requests:
+        C{once(path, fault)}, C{always(path, fault)}, C{clear(path)}.
+        """
+        return self.resource.faults
+
+    def requests(self, path, host=None):
+        """
+        The JSON body of every request for C{path} it received (sent to
+        C{host}, such as C{"etcd.invalid:2379"}, if given), oldest first; a
+        request cut or refused by a fault too.
+        """
+        received = self.resource.received[path.encode("ascii")]
+        return [body for sent_to, body in received if host in (None, sent_to)]
+
+    @property
+    def watch_streams(self):
+        """
+        Every watch stream it was asked for, oldest first, each with its
+        C{create} request, C{host}, C{token}, and whether it is C{closed};
+        an open one can be sent raw bytes (C{write}), ended (C{end}) or
+        cut (C{cut}).
+        """
+        return list(self.resource.streams)
 
     @property
     def no_space(self):
@@ -118,4 +156,16 @@ class FakeEtcd:
         self._store.close()
 
 
-__all__ = ["FakeEtcd", "MAX_TXN_OPS", "MIN_LEASE_TTL", "PROGRESS_INTERVAL", "VERSION"]
+__all__ = [
+    "Cut",
+    "FakeEtcd",
+    "Hold",
+    "LoseReply",
+    "MAX_TXN_OPS",
+    "MIN_LEASE_TTL",
+    "NO_LEADER",
+    "PROGRESS_INTERVAL",
+    "Refuse",
+    "Stream",
+    "VERSION",
+]

@@ -11,6 +11,7 @@ import secrets
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from idetcd.testing._faults import Faults, cut_connection
 from idetcd.testing._store import GatewayError
 
 #: What the fake says it is, on C{/version} and C{/v3/maintenance/status}.
@@ -51,6 +52,13 @@ class Gateway(Resource):
         #: How many requests of each path (bytes) it answered, as etcd's
         #: own metrics count them.
         self.served = collections.Counter()
+        #: The host and JSON body of every POST, by path, in the order
+        #: received.
+        self.received = collections.defaultdict(list)
+        #: What befalls requests beyond etcd's own behaviour.
+        self.faults = Faults()
+        #: Every watch stream asked for, oldest first.
+        self.streams = []
         self._tokens = {}
         self._routes = {
             b"/v3/kv/range": store.range,
@@ -105,11 +113,8 @@ class Gateway(Resource):
 
     # HTTP.
 
-    def render(self, request):
-        self.served[request.path] += 1
-        return super().render(request)
-
     def render_GET(self, request):
+        self.served[request.path] += 1
         if request.path == b"/version":
             return self._json(request, 200, {"etcdserver": VERSION, "etcdcluster": "3.5.0"})
         if request.path == b"/health":
@@ -121,8 +126,21 @@ class Gateway(Resource):
             body = json.loads(request.content.read() or b"{}")
         except ValueError:
             return self._json(request, 400, {"error": "bad JSON", "code": 3, "message": "bad JSON"})
+        host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+        self.received[request.path].append((host, body))
+        stream = None
         if request.path == b"/v3/watch":
-            return self._watch(request, body.get("create_request") or {})
+            stream = WatchStream(request, body.get("create_request") or {}, self.store)
+            self.streams.append(stream)
+        fault = self.faults.take(request.path, host)
+        if fault is None:
+            return self._answer(request, body, stream)
+        return fault.befall(request, lambda: self._answer(request, body, stream))
+
+    def _answer(self, request, body, stream):
+        self.served[request.path] += 1
+        if stream is not None:
+            return self._watch(request, stream)
         if request.path == b"/v3/auth/authenticate":
             route = self._authenticate
         elif request.path in self._routes:
@@ -152,7 +170,7 @@ class Gateway(Resource):
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
-    def _watch(self, request, create):
+    def _watch(self, request, stream):
         """
         A watch stream: one JSON result per line, for as long as the
         client keeps the connection.
@@ -176,7 +194,69 @@ class Gateway(Resource):
                 }
             )
             return NOT_DONE_YET
-        cancel = self.store.watch(create, send)
-        request.notifyFinish().addBoth(lambda _: cancel())
+        stream.watcher = self.store.watch(stream.create, send)
+        if stream.watcher is not None:
+            request.notifyFinish().addBoth(lambda _: self.store.unwatch(stream.watcher))
         return NOT_DONE_YET
+
+
+class WatchStream:
+    """
+    One watch stream as the gateway serves it, for a test to break: its
+    C{create} request, the C{host} the client sent it to (which of its
+    endpoints), the C{token} it was opened with, whether it is C{closed}.
+    """
+
+    def __init__(self, request, create, store):
+        self._request = request
+        self.create = create
+        self.host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+        self.token = (request.getHeader(b"authorization") or b"").decode("ascii", "replace") or None
+        self.closed = False
+        #: The store's watcher behind it, once etcd took the watch.
+        self.watcher = None
+        self._store = store
+        request.notifyFinish().addBoth(self._closed)
+
+    def _closed(self, _):
+        self.closed = True
+
+    def pause(self):
+        """
+        Hold the stream's events back (a slow link, a busy member), as etcd
+        holds back a slow watcher's, until L{resume}.
+        """
+        self._store.pause(self.watcher)
+
+    def resume(self, revision=None):
+        """
+        Send the events held back, up to C{revision} (the stream stays
+        paused then) or all of them, in one result.
+        """
+        with self._request.channel.transport.held():
+            self._store.resume(self.watcher, revision)
+
+    def write(self, data):
+        """
+        Send C{data} (bytes: a line garbled, an error object, half a
+        result) down the stream, as it is.
+        """
+        with self._request.channel.transport.held():
+            self._request.write(data)
+
+    def end(self, last=b""):
+        """
+        End the stream as etcd ends a watch it gives up on: C{last} (its
+        error object, with no line end), then the end of the body.
+        """
+        with self._request.channel.transport.held():
+            if last:
+                self._request.write(last)
+            self._request.finish()
+
+    def cut(self):
+        """
+        Cut the stream's connection in the middle of its body.
+        """
+        cut_connection(self._request)
 

@@ -95,6 +95,15 @@ class _End:
     def getPeer(self):
         return self._peer
 
+    def held(self):
+        """
+        A block whose writes (and close) reach the other end only once it
+        is over, as one write does on a real connection: a test writing
+        to a server's request from outside a delivery must not have the
+        client answer (and close) in the middle of it.
+        """
+        return self._wire.held()
+
     def getHost(self):
         return self._host
 

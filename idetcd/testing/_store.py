@@ -142,6 +142,8 @@ class _Watcher:
     next_revision = attr.ib()
     #: Whether it was sent no events since the last progress tick.
     quiet = attr.ib(default=True)
+    #: Whether it is behind (a slow link): sent nothing until caught up.
+    paused = attr.ib(default=False)
 
 
 _COMPARE_RESULTS = {
@@ -582,7 +584,9 @@ class Store:
     def watch(self, body, send):
         """
         Start a watch for a C{WatchCreateRequest}; C{send(result)} gets each
-        C{result} object of its stream.  Returns a function that cancels it.
+        C{result} object of its stream.  Returns the watcher, for
+        L{unwatch}, L{pause} and L{resume}; C{None} for a watch cancelled
+        at once.
         """
         key, end = _selector(body)
         start = _int(body.get("start_revision"))
@@ -590,7 +594,7 @@ class Store:
         send({"header": header, "created": True})
         if 0 < start < self.compact_revision:
             send({"header": {}, "canceled": True, "compact_revision": str(self.compact_revision)})
-            return lambda: None
+            return None
         watcher = _Watcher(
             key,
             end,
@@ -601,7 +605,31 @@ class Store:
         )
         self._watchers.append(watcher)
         self._catch_up(watcher)
-        return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
+        return watcher
+
+    def unwatch(self, watcher):
+        """
+        Cancel C{watcher}'s watch.
+        """
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
+    @staticmethod
+    def pause(watcher):
+        """
+        Hold C{watcher}'s events back, as etcd does for a watcher it cannot
+        send to as fast as the store changes, until L{resume}.
+        """
+        watcher.paused = True
+
+    def resume(self, watcher, revision=None):
+        """
+        Send C{watcher} the events held back, up to C{revision} (then it
+        stays paused) or all of them, in one result: how etcd catches a
+        slow watcher up.
+        """
+        watcher.paused = revision is not None
+        self._catch_up(watcher, self.revision if revision is None else revision)
 
     def progress(self):
         """
@@ -610,26 +638,31 @@ class Store:
         revision, no events.
         """
         for watcher in list(self._watchers):
+            if watcher.paused:
+                continue
             if watcher.progress_notify and watcher.quiet:
                 watcher.send({"header": {"revision": str(self.revision)}})
             watcher.quiet = True
 
     def _notify(self):
         for watcher in list(self._watchers):
-            self._catch_up(watcher)
+            if not watcher.paused:
+                self._catch_up(watcher)
 
-    def _catch_up(self, watcher):
+    def _catch_up(self, watcher, revision=None):
         """
-        Send C{watcher} the events it has not seen, in the order they were
-        written, in one result.
+        Send C{watcher} the events it has not seen, up to C{revision} (by
+        default the store's), in the order they were written, in one
+        result.
         """
+        last = self.revision if revision is None else min(revision, self.revision)
         start = bisect.bisect_left([version.mod_revision for version in self._log], watcher.next_revision)
         events = [
             self._event(version, watcher.prev_kv)
             for version in self._log[start:]
-            if _in_range(version.key, watcher.key, watcher.end)
+            if version.mod_revision <= last and _in_range(version.key, watcher.key, watcher.end)
         ]
-        watcher.next_revision = self.revision + 1
+        watcher.next_revision = max(watcher.next_revision, last + 1)
         if events:
             watcher.quiet = False
             watcher.send({"header": {"revision": str(self.revision)}, "events": events})
