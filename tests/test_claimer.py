@@ -4,13 +4,16 @@ L{Clock} with a scripted client for the timing of keepalives.  Races and
 storms against real etcd are in test_claim_race.
 """
 
+import functools
+
 import attr
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from idetcd.claim._claimer import Claimer, SlotsExhausted
+from idetcd.claim import Announcement, ClaimQueue
+from idetcd.claim._claimer import Claimer, SlotsExhausted, _Held
 from idetcd.etcd import (
     EtcdUnavailable,
     KeyValue,
@@ -38,9 +41,15 @@ class ClaimerTests(FakeEtcdCase):
     and its clock.
     """
 
-    def claimer(self, node, limit=5, lease_ttl=3, **kwargs):
+    def claimer(self, node, limit=5, lease_ttl=3, preferred=None, predecessor_lease=None, registry=None, **kwargs):
+        if registry is None:
+            registry = Registry(self.client, PREFIX, self.clock)
+            registry.startService()
+            self.addCleanup(registry.stopService)
+        announcement = Announcement(identity(node), preferred, predecessor_lease)
         claimer = Claimer(
-            self.client, PATTERN, limit, PREFIX, identity(node), lease_ttl, self.clock, **kwargs
+            self.client, PATTERN, limit, PREFIX, lambda: announcement, lease_ttl, self.clock,
+            registry, ClaimQueue(registry), **kwargs
         )
         claimer.startService()
         self.addCleanup(lambda: claimer.stopService() if claimer.running else None)
@@ -284,7 +293,13 @@ class ClaimerTests(FakeEtcdCase):
 
     @defer.inlineCallbacks
     def test_empty_prefix_gives_the_original_keys(self):
-        claimer = Claimer(self.client, PATTERN, 5, b"", identity("a"), 3, self.clock)
+        registry = Registry(self.client, b"", self.clock)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        claimer = Claimer(
+            self.client, PATTERN, 5, b"", lambda: Announcement(identity("a")), 3, self.clock,
+            registry, ClaimQueue(registry),
+        )
         claimer.startService()
         self.addCleanup(claimer.stopService)
         yield self.client.put(b"unrelated", b"x")
@@ -450,7 +465,7 @@ class TransitionTests(unittest.TestCase):
         self.queue = FakeQueue(self.registry)
         self.claimed = []
         self.claimer = Claimer(
-            self.client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock,
+            self.client, PATTERN, 3, PREFIX, lambda: Announcement(identity("a")), 9, self.clock,
             registry=self.registry, queue=self.queue, on_claimed=lambda name, lease: self.claimed.append((name, lease)),
         )
 
@@ -471,7 +486,7 @@ class TransitionTests(unittest.TestCase):
         """
         d = self.start()
         self.client.answer("grant", (lease, 9))
-        if self.claimer.preferred is None:
+        if self.claimer.announcement.preferred is None:
             self.client.answer("put", 1)
         else:
             self.client.answer("range", ([], 1))
@@ -659,7 +674,7 @@ class TransitionTests(unittest.TestCase):
         self.client.answer("put", 5)
         self.assertEqual(self.client.revoked, [7])
         self.assertIsNone(self.claimer.held_name)
-        self.assertIsNone(self.claimer._failure)
+        self.assertIsNone(self.claimer._machine.failure())
         self.clock.advance(3)
         self.assertEqual(len(self.client.pending("grant")), 1)
 
@@ -979,14 +994,16 @@ class TransitionTests(unittest.TestCase):
         """
         Inputs that do not apply in a state change nothing.
         """
-        machine = self.claimer
-        for input in (machine.wake, machine.lease_renewed, machine.key_confirmed, machine.key_missing):
-            input()  # idle
+        machine, feed = self.claimer._machine, self.claimer._feed
+        key_confirmed = functools.partial(machine.key_confirmed, _Held("worker1.tf.local.", 2))
+        for input in (machine.wake, machine.lease_renewed, key_confirmed, machine.key_missing):
+            feed(input)  # idle
         self.hold()
-        for input in (machine.wake, machine.lease_renewed, machine.key_confirmed, machine.start):
-            input()
+        for input in (machine.wake, machine.lease_renewed, key_confirmed, machine.start):
+            feed(input)
         self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
         self.claimer.stopService()
-        for input in (machine.lease_expired, machine.lease_gone, machine.key_lost, machine.stop):
-            input()
+        stop = functools.partial(machine.stop, defer.Deferred())
+        for input in (machine.lease_expired, machine.lease_gone, machine.key_lost, stop):
+            feed(input)
         self.assertIsNone(self.claimer.held_name)

@@ -58,6 +58,22 @@ def announced_address(host, family):
 
 
 
+@attr.s(frozen=True)
+class Announcement:
+    """
+    What a node's claimer writes with its name and where its claim starts:
+    C{member} (the member value; its name is ignored), C{preferred} (a slot
+    name to try first, such as the one held before a restart) and
+    C{predecessor_lease} (the lease this node's previous process held,
+    given only when that process is known to have ended: a key on it is
+    taken over at once).
+    """
+
+    member = attr.ib()
+    preferred = attr.ib(default=None)
+    predecessor_lease = attr.ib(default=None)
+
+
 @attr.s(eq=False)
 class NodeIdentity(Service):
     """
@@ -65,23 +81,29 @@ class NodeIdentity(Service):
     starts looking: the member value (addresses, DNS port, identity, srv
     port), the name held last and the lease of the previous run.  Its
     C{startService} returns a Deferred, so the claimer after it in the node
-    starts only once this is known.
+    starts only once this is known; L{announcement} gives it the claimer.
 
     C{member} is what the node announces, once started.
     """
 
     settings = attr.ib()
     state = attr.ib()
-    claimer = attr.ib()
     dns = attr.ib()
     client = attr.ib()
     reactor = attr.ib()
     embedded = attr.ib(default=False)
     member = attr.ib(default=None, init=False)
+    _found = attr.ib(default=None, init=False)
 
     def startService(self):
         Service.startService(self)
         return self._find()
+
+    def announcement(self):
+        """
+        The L{Announcement} found at this start.
+        """
+        return self._found
 
     @defer.inlineCallbacks
     def _find(self):
@@ -97,9 +119,7 @@ class NodeIdentity(Service):
             node=settings.node or self.state.node_id(),
             srv=settings.srv,
         )
-        self.claimer.identity = self.member
-        self.claimer.preferred = self.state.last_name()
-        self.claimer.predecessor_lease = self.state.predecessor_lease()
+        self._found = Announcement(self.member, self.state.last_name(), self.state.predecessor_lease())
 
     @defer.inlineCallbacks
     def _detect_addresses(self):
