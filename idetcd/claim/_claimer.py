@@ -16,10 +16,11 @@ a fresh one.
 
 The claimer is a state machine (L{_Inputs}) whose states hold their own
 data: idle, claiming (the claim under way), waiting (every slot taken: the
-timer that looks again), holding (the name and the revision it was won
-at), unsure (the lease's local deadline passed: the name is not called
-ours until etcd confirms the same lease still holds the same key; the
-question asked), failed (why) and stopped.  Every input is handled in
+timer that looks again, and the registry followed for a slot that frees),
+holding (the name, the revision it was won at, and the registry followed
+for its key), unsure (the lease's local deadline passed: the name is not
+called ours until etcd confirms the same lease still holds the same key;
+the question asked), failed (why) and stopped.  Every input is handled in
 every state.  A transition only decides and changes its state's data; the
 work that may call back into the claimer (a claim started, a lease
 revoked, a waiter fired) runs once the machine is at rest, so that a reply
@@ -87,8 +88,8 @@ class SlotsExhausted(Exception):
 @attr.s(frozen=True)
 class _Held:
     """
-    A name won, and the etcd revision it was won at: the data of holding,
-    and of unsure with the question put to etcd.
+    A name won, and the etcd revision it was won at: what holding and
+    unsure hold, and hand each other.
     """
 
     name = attr.ib()
@@ -116,14 +117,31 @@ class _Claiming:
 
 
 @attr.s(eq=False)
+class _Holding:
+    """
+    The name held, and the registry's subscription that looks for its key
+    deleted or on another lease.
+    """
+
+    held = attr.ib()
+    unsubscribe = attr.ib()
+
+    def end(self):
+        self.unsubscribe()
+
+
+@attr.s(eq=False)
 class _Waiting:
     """
-    Every slot was taken: the timer that looks for a free one again.
+    Every slot was taken: the timer that looks for a free one again, and
+    the registry's subscription that looks at once when one frees.
     """
 
     wake_call = attr.ib()
+    unsubscribe = attr.ib()
 
     def end(self):
+        self.unsubscribe()
         if self.wake_call.active():
             self.wake_call.cancel()
 
@@ -187,9 +205,6 @@ class _Inputs(Protocol):
     def lease_gone(self) -> None:
         "etcd says the lease does not exist."
 
-    def registry_changed(self) -> None:
-        "The registry's view of etcd changed."
-
     def key_lost(self) -> None:
         "The registry shows the key deleted or on another lease."
 
@@ -252,7 +267,6 @@ class Claimer(Service):
     #: stopping waits for rather than cancel, in whatever state.
     _dropping = attr.ib(default=None, init=False)
     _waiters = attr.ib(factory=Waiters, init=False)
-    _unsubscribe = attr.ib(default=None, init=False)
     _machine = attr.ib(init=False)
     _keeper = attr.ib(init=False)
     #: Work left by transitions for once the machine is at rest.
@@ -350,9 +364,6 @@ class Claimer(Service):
     def startService(self):
         Service.startService(self)
         self.announcement = self.announcer()
-        self._unsubscribe = self.registry.subscribe(
-            functools.partial(self._feed, self._machine.registry_changed)
-        )
         self._held_before = False
         self._feed(self._machine.start)
 
@@ -362,9 +373,6 @@ class Claimer(Service):
         stop; fires once etcd has done so or could not be reached.
         """
         Service.stopService(self)
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
         done = defer.Deferred()
         self._feed(self._machine.stop, done)
         waiting = [done]
@@ -419,9 +427,10 @@ class Claimer(Service):
             else:
                 self._feed(machine.no_slot, self._exhausted())
         elif self._keeper.alive:
-            self._feed(machine.won, _Held(*result))
+            held = _Held(*result)
+            self._feed(machine.won, held)
             # A delete the registry saw while the claim was under way.
-            self._feed(machine.registry_changed)
+            self._check_key(held)
         else:
             self._feed(machine.won_unsure, _Held(*result))
 
@@ -475,16 +484,25 @@ class Claimer(Service):
         else:
             self._lose(held, f"its key is on lease {member.lease:x} now, not on this node's")
 
-    def _key_lost(self, held):
+    def _hold(self, held):
+        return _Holding(held, self.registry.subscribe(functools.partial(self._check_key, held)))
+
+    def _check_key(self, held):
         """
-        Whether the registry, caught up with the claim, shows the key of
-        C{held} deleted or on another lease.
+        Claim again if the registry, caught up with the claim of C{held},
+        shows its key deleted or on another lease.
         """
         registry = self.registry
         if registry.applied < held.revision:
-            return False
+            return
         member = registry.members.get(held.name)
-        return member is None or member.lease != self._keeper.lease
+        if member is None or member.lease != self._keeper.lease:
+            self._feed(self._machine.key_lost)
+
+    def _check_free(self):
+        if any(self.registry.is_free(name) for name in self._names):
+            # A slot looks free: look now, not at the next tick.
+            self._feed(self._machine.wake)
 
     def _release(self, name, done):
         """
@@ -508,7 +526,10 @@ class Claimer(Service):
             limit=self.limit,
             pattern=self.pattern.text,
         )
-        return _Waiting(self.reactor.callLater(max(1.0, self.lease_ttl / 3), self._feed, self._machine.wake))
+        return _Waiting(
+            self.reactor.callLater(max(1.0, self.lease_ttl / 3), self._feed, self._machine.wake),
+            self.registry.subscribe(self._check_free),
+        )
 
     def _verify(self, unsure):
         """
@@ -533,7 +554,7 @@ class Claimer(Service):
         if self._key(unsure.held.name) in info.keys:
             self._feed(self._machine.key_confirmed, unsure.held)
             # A delete the registry saw while etcd was being asked.
-            self._feed(self._machine.registry_changed)
+            self._check_key(unsure.held)
         else:
             self._feed(self._machine.key_missing)
 
@@ -909,7 +930,7 @@ def _build_machine():
     idle = builder.state("idle")
     claiming = builder.state("claiming", _claiming)
     waiting = builder.state("waiting", lambda machine, core: core._sleep())
-    holding = builder.state("holding", lambda machine, core, held: held)
+    holding = builder.state("holding", lambda machine, core, held: core._hold(held))
     unsure = builder.state("unsure", lambda machine, core, held: _Unsure(held))
     failed = builder.state("failed", lambda machine, core, error: error)
     stopped = builder.state("stopped")
@@ -947,9 +968,10 @@ def _build_machine():
         core._after(core._release, "the name being claimed", done)
 
     @upon(holding, _Inputs.stop, stopped)
-    def stop_holding(machine, core, held: _Held, done):
+    def stop_holding(machine, core, holding: _Holding, done):
+        holding.end()
         core._after(core._waiters.cancel)
-        core._after(core._release, held.name, done)
+        core._after(core._release, holding.held.name, done)
 
     @upon(unsure, _Inputs.stop, stopped)
     def stop_unsure(machine, core, unsure: _Unsure, done):
@@ -999,41 +1021,33 @@ def _build_machine():
     def wake(machine, core, sleeping: _Waiting):
         sleeping.end()
 
-    @upon(waiting, _Inputs.registry_changed)
-    def maybe_free(machine, core, sleeping: _Waiting):
-        if any(core.registry.is_free(name) for name in core._names):
-            # A slot looks free: look now, not at the next tick.
-            machine.wake()
-
     # Holding, and unsure of, the name.
 
     @upon(holding, _Inputs.lease_expired)
-    def expired(machine, core, held: _Held):
+    def expired(machine, core, holding: _Holding):
         # A state's data reaches the next state only as an input's
         # arguments: holding hands its name to unsure, which Automat runs
         # as soon as this transition is over.
-        machine.suspend(held)
+        machine.suspend(holding.held)
 
     @upon(holding, _Inputs.suspend, unsure)
-    def suspend(machine, core, held: _Held, handed: _Held):
+    def suspend(machine, core, holding: _Holding, held: _Held):
+        holding.end()
         log.warn(
             "lease of {name} not renewed in time: not answering as {name} until etcd confirms it",
             name=held.name,
         )
 
-    @upon(holding, _Inputs.registry_changed)
-    def maybe_lost(machine, core, held: _Held):
-        if core._key_lost(held):
-            machine.key_lost()
-
     @upon(holding, _Inputs.lease_gone, claiming)
-    def lost_lease(machine, core, held: _Held):
-        core._lose_to_lease(held)
+    def lost_lease(machine, core, holding: _Holding):
+        holding.end()
+        core._lose_to_lease(holding.held)
 
     @upon(holding, _Inputs.key_lost, claiming)
-    def lost_key(machine, core, held: _Held):
+    def lost_key(machine, core, holding: _Holding):
         # The lease is fine: the claim goes on with it.
-        core._lose_to_key(held)
+        holding.end()
+        core._lose_to_key(holding.held)
 
     @upon(unsure, _Inputs.lease_renewed)
     @upon(unsure, _Inputs.confirm)
@@ -1061,8 +1075,8 @@ def _build_machine():
     # What the readers ask.
 
     @upon(holding, _Inputs.held)
-    def held_name(machine, core, held: _Held):
-        return held.name
+    def held_name(machine, core, holding: _Holding):
+        return holding.held.name
 
     @upon(failed, _Inputs.failure)
     def why(machine, core, error: SlotsExhausted):
@@ -1080,7 +1094,7 @@ def _build_machine():
             _Inputs.start, _Inputs.won, _Inputs.won_unsure, _Inputs.no_slot,
             _Inputs.no_slot_wait, _Inputs.wake, _Inputs.lease_expired, _Inputs.suspend,
             _Inputs.lease_renewed, _Inputs.confirm, _Inputs.lease_gone,
-            _Inputs.registry_changed, _Inputs.key_lost, _Inputs.key_confirmed, _Inputs.key_missing,
+            _Inputs.key_lost, _Inputs.key_confirmed, _Inputs.key_missing,
         ):
             if (state, given) not in handled:
                 upon(state, given).returns(None)
