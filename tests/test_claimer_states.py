@@ -5,10 +5,12 @@ news (a waiter that stops it, a registry subscriber reading its name while
 idetcd.testing's etcd answers at once), on a L{Clock}.
 """
 
+import attr
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
-from idetcd.claim import Announcement, Claimer, ClaimQueue
+from idetcd.claim import Announcement, Claimer, ClaimQueue, NodeIdentity, NodeState
+from idetcd.config import parse
 from idetcd.etcd import prefix_range_end
 from idetcd.members import Member, Registry
 from idetcd.names import Pattern
@@ -150,3 +152,30 @@ class ClaimerStateTests(FakeEtcdCase):
         yield waiting.stopService()
         self.assertEqual(len(self.clock.getDelayedCalls()), calls - 1)
         self.assertEqual((yield self.keys()), ["worker1.tf.local."])
+
+
+class AnnouncementTests(FakeEtcdCase):
+    """
+    What the node's identity gives its claimer at each start.
+    """
+
+    def test_the_identity_gives_its_member_and_the_state_directorys_claim(self):
+        block = parse(
+            ". {\n    idetcd {\n        endpoint http://127.0.0.1:2379\n"
+            "        pattern worker{{.ID}}.tf.local.\n        address 10.0.0.7\n        node n1\n    }\n}\n"
+        )[0]
+        state = NodeState(self.mktemp())
+        state.acquire()
+        self.addCleanup(state.release)
+        state.remember_claim("worker2.tf.local.", 0x99)
+        dns = attr.make_class("DNS", {"port": attr.ib(default=1053)})()
+        found = NodeIdentity(block.idetcd, state, dns, self.client, self.clock)
+        self.assertIsNone(self.successResultOf(found.startService()))
+        announcement = found.announcement()
+        self.assertEqual(
+            announcement,
+            Announcement(found.member, "worker2.tf.local.", state.predecessor_lease()),
+        )
+        self.assertEqual(
+            (found.member.ipv4, found.member.port, found.member.node), (("10.0.0.7",), "1053", "n1")
+        )
