@@ -941,7 +941,8 @@ def _build_machine():
         handled.add((state, given))
         return state.upon(given).to(state if to is None else to)
 
-    # Starting, and stopping: the name is given back in every state.
+    # Starting, and stopping: in every state, done fires once the lease
+    # kept (if any) is revoked.
 
     for state in (idle, stopped):
         upon(state, _Inputs.start, claiming).returns(None)
