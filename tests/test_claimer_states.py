@@ -1,6 +1,6 @@
 """
-The claimer's typed states: the data each state holds, the announcement it
-is given at each start, and callers that react to it from inside its
+The claimer's typed states: the data each state holds, its table of
+moves, the announcement it is given at each start, and callers that react to it from inside its
 news (a waiter that stops it, a registry subscriber reading its name while
 idetcd.testing's etcd answers at once), on a L{Clock}.
 """
@@ -8,8 +8,10 @@ idetcd.testing's etcd answers at once), on a L{Clock}.
 import attr
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial import unittest
 
 from idetcd.claim import Announcement, Claimer, ClaimQueue, NodeIdentity, NodeState
+from idetcd.claim._claimer import _ClaimerMachine
 from idetcd.config import parse
 from idetcd.etcd import prefix_range_end
 from idetcd.members import Member, Registry
@@ -179,3 +181,36 @@ class AnnouncementTests(FakeEtcdCase):
         self.assertEqual(
             (found.member.ipv4, found.member.port, found.member.node), (("10.0.0.7",), "1053", "n1")
         )
+
+
+class TableTests(unittest.TestCase):
+    """
+    The claimer's transition table, as Automat holds it.
+    """
+
+    def test_every_input_in_every_state_and_the_moves(self):
+        """
+        Every input is handled in every state; those that change the state
+        are the claimer's moves (an input absent here leaves it where it
+        is: late news, a question, or work in the same state).
+        """
+        automaton = _ClaimerMachine.__automat_automaton__
+        moves = set()
+        for state in automaton.states():
+            for given in automaton.inputAlphabet():
+                new, _ = automaton.outputForInput(state, given)
+                if new is not state:
+                    moves.add((state.name, given, new.name))
+        self.assertEqual(moves, {
+            ("idle", "start", "claiming"), ("idle", "stop", "stopped"),
+            ("claiming", "stop", "stopped"), ("claiming", "won", "holding"),
+            ("claiming", "won_unsure", "unsure"), ("claiming", "no_slot", "failed"),
+            ("claiming", "no_slot_wait", "waiting"),
+            ("waiting", "stop", "stopped"), ("waiting", "wake", "claiming"),
+            ("holding", "stop", "stopped"), ("holding", "suspend", "unsure"),
+            ("holding", "lease_gone", "claiming"), ("holding", "key_lost", "claiming"),
+            ("unsure", "stop", "stopped"), ("unsure", "key_confirmed", "holding"),
+            ("unsure", "key_missing", "claiming"), ("unsure", "lease_gone", "claiming"),
+            ("failed", "stop", "stopped"),
+            ("stopped", "start", "claiming"),
+        })
