@@ -1,8 +1,9 @@
 """
 The claimer's typed states: the data each state holds, its table of
-moves, the announcement it is given at each start, and callers that react to it from inside its
-news (a waiter that stops it, a registry subscriber reading its name while
-idetcd.testing's etcd answers at once), on a L{Clock}.
+moves, the announcement it is given at each start, and callers that react
+to it from inside its news (a waiter that stops it, a registry subscriber
+reading its name while idetcd.testing's etcd answers at once), on a
+L{Clock}.
 """
 
 import attr
