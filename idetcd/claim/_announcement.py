@@ -92,7 +92,6 @@ class NodeIdentity(Service):
     client = attr.ib()
     reactor = attr.ib()
     embedded = attr.ib(default=False)
-    member = attr.ib(default=None, init=False)
     _found = attr.ib(default=None, init=False)
 
     def startService(self):
@@ -105,13 +104,17 @@ class NodeIdentity(Service):
         """
         return self._found
 
+    @property
+    def member(self):
+        return None if self._found is None else self._found.member
+
     @defer.inlineCallbacks
     def _find(self):
         settings = self.settings
         addresses = list(settings.addresses)
         if not addresses:
             addresses = yield self._detect_addresses()
-        self.member = Member(
+        member = Member(
             name="",
             ipv4=tuple(a for a in addresses if ":" not in a),
             ipv6=tuple(a for a in addresses if ":" in a),
@@ -119,7 +122,7 @@ class NodeIdentity(Service):
             node=settings.node or self.state.node_id(),
             srv=settings.srv,
         )
-        self._found = Announcement(self.member, self.state.last_name(), self.state.predecessor_lease())
+        self._found = Announcement(member, self.state.last_name(), self.state.predecessor_lease())
 
     @defer.inlineCallbacks
     def _detect_addresses(self):
