@@ -394,7 +394,7 @@ def storm(endpoint, prefix, count, lease, give_up):
     """
     from twisted.internet import defer, task
 
-    from idetcd.claim import Claimer, ClaimQueue
+    from idetcd.claim import Announcement, Claimer, ClaimQueue
     from idetcd.etcd import EtcdClient
     from idetcd.members._registry import Registry
     from idetcd.names._pattern import Pattern
@@ -414,7 +414,8 @@ def storm(endpoint, prefix, count, lease, give_up):
         claimers = [
             Claimer(
                 client, pattern, count, prefix.encode(),
-                Member("", ("127.0.0.1",), node=f"n{i}"), lease, reactor, registry=registry, queue=queue,
+                lambda a=Announcement(Member("", ("127.0.0.1",), node=f"n{i}")): a,
+                lease, reactor, registry=registry, queue=queue,
             )
             for i in range(count)
         ]

@@ -28,6 +28,7 @@ from twisted.trial.runner import TestLoader
 FAST = (
     "tests.test_authority",
     "tests.test_claimer",
+    "tests.test_claimer_states",
     "tests.test_clusterspec",
     "tests.test_contrib",
     "tests.test_corefile",

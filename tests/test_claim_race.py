@@ -6,7 +6,7 @@ that trusts nothing the claimers say.
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from idetcd.claim import Claimer, ClaimQueue
+from idetcd.claim import Announcement, Claimer, ClaimQueue
 from idetcd.etcd import EtcdClient
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry
@@ -20,6 +20,14 @@ from tests.waiting import wait_for
 PATTERN = Pattern.parse("worker{{.ID}}.tf.local.")
 NODES = 50
 ROUNDS = 20
+
+
+def announced(node):
+    """
+    The claimer's announcer for a node called C{node} on loopback.
+    """
+    announcement = Announcement(Member(name="", ipv4=("127.0.0.1",), node=node))
+    return lambda: announcement
 
 
 @defer.inlineCallbacks
@@ -48,26 +56,33 @@ class RaceTests(unittest.TestCase):
         expected = sorted(PATTERN.render(slot) for slot in range(1, NODES + 1))
 
         for round_ in range(ROUNDS):
+            # Each node has its own view of etcd.
+            registries = [Registry(client, PREFIX, reactor) for client in clients]
             claimers = [
                 Claimer(
                     client,
                     PATTERN,
                     NODES,
                     PREFIX,
-                    Member(name="", ipv4=("127.0.0.1",), node=f"r{round_}n{i}"),
+                    announced(f"r{round_}n{i}"),
                     10,
                     reactor,
+                    registry,
+                    ClaimQueue(registry),
                 )
-                for i, client in enumerate(clients)
+                for i, (client, registry) in enumerate(zip(clients, registries))
             ]
             started = reactor.seconds()
-            for claimer in claimers:
+            for registry, claimer in zip(registries, claimers):
+                registry.startService()
                 claimer.startService()
             try:
                 names = yield defer.gatherResults([c.when_claimed() for c in claimers])
                 took = reactor.seconds() - started
             finally:
                 yield defer.gatherResults([c.stopService() for c in claimers])
+                for registry in registries:
+                    registry.stopService()
             self.assertEqual(sorted(names), expected, f"round {round_}")
             # A wide bound: CI is a loaded 2-core box (1-2 s when quiet).
             self.assertLess(took, 30.0, f"round {round_}: claiming took {took:.2f}s")
@@ -120,7 +135,7 @@ class StormTests(unittest.TestCase):
         claimers = [
             Claimer(
                 client, PATTERN, self.NODES, PREFIX,
-                Member(name="", ipv4=("127.0.0.1",), node=f"n{i}"), 10, reactor,
+                announced(f"n{i}"), 10, reactor,
                 registry=registry, queue=queue,
                 on_claimed=lambda name, lease: reported.append((PREFIX + name.encode(), lease)),
             )
@@ -171,7 +186,7 @@ class StormTests(unittest.TestCase):
             claimers = [
                 Claimer(
                     client, PATTERN, 200, PREFIX,
-                    Member(name="", ipv4=("127.0.0.1",), node=f"{name}{i}"), 10, reactor,
+                    announced(f"{name}{i}"), 10, reactor,
                     registry=registry, queue=queue,
                 )
                 for i in range(count)
@@ -219,9 +234,12 @@ class SlowEtcdTests(unittest.TestCase):
         for i in range(self.NODES):
             client = EtcdClient([proxy.url], reactor)
             self.addCleanup(client.close)
+            registry = Registry(client, PREFIX, reactor)
+            registry.startService()
+            self.addCleanup(registry.stopService)
             claimer = Claimer(
-                client, PATTERN, self.NODES, PREFIX,
-                Member(name="", ipv4=("127.0.0.1",), node=f"n{i}"), 10, reactor,
+                client, PATTERN, self.NODES, PREFIX, announced(f"n{i}"), 10, reactor,
+                registry, ClaimQueue(registry),
             )
             claimer.startService()
             self.addCleanup(lambda c=claimer: c.stopService() if c.running else None)

@@ -6,14 +6,15 @@ late replies.  Races and storms against real etcd are in test_claim_race.
 """
 
 import base64
+import functools
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from idetcd.claim._claimer import Claimer, SlotsExhausted
-from idetcd.claim._queue import ClaimQueue
+from idetcd.claim import Announcement, ClaimQueue
+from idetcd.claim._claimer import Claimer, SlotsExhausted, _Held
 from idetcd.etcd import LeaseNotFound, prefix_range_end
 from idetcd.members._record import Member
 from idetcd.members._registry import Registry, dead_key
@@ -28,9 +29,15 @@ class ClaimerTests(FakeEtcdCase):
     and its clock.
     """
 
-    def claimer(self, node, limit=5, lease_ttl=3, **kwargs):
+    def claimer(self, node, limit=5, lease_ttl=3, preferred=None, predecessor_lease=None, registry=None, **kwargs):
+        if registry is None:
+            registry = Registry(self.client, PREFIX, self.clock)
+            registry.startService()
+            self.addCleanup(registry.stopService)
+        announcement = Announcement(identity(node), preferred, predecessor_lease)
         claimer = Claimer(
-            self.client, PATTERN, limit, PREFIX, identity(node), lease_ttl, self.clock, **kwargs
+            self.client, PATTERN, limit, PREFIX, lambda: announcement, lease_ttl, self.clock,
+            registry, ClaimQueue(registry), **kwargs
         )
         claimer.startService()
         self.addCleanup(lambda: claimer.stopService() if claimer.running else None)
@@ -258,7 +265,13 @@ class ClaimerTests(FakeEtcdCase):
 
     @defer.inlineCallbacks
     def test_empty_prefix_gives_the_original_keys(self):
-        claimer = Claimer(self.client, PATTERN, 5, b"", identity("a"), 3, self.clock)
+        registry = Registry(self.client, b"", self.clock)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        claimer = Claimer(
+            self.client, PATTERN, 5, b"", lambda: Announcement(identity("a")), 3, self.clock,
+            registry, ClaimQueue(registry),
+        )
         claimer.startService()
         self.addCleanup(claimer.stopService)
         yield self.client.put(b"unrelated", b"x")
@@ -313,7 +326,7 @@ class TransitionTests(unittest.TestCase):
         self.held = HeldClient(self.etcd, spares=spares)
         self.client = self.held.client
         self.claimer = Claimer(
-            self.client, PATTERN, 3, PREFIX, identity("a"), 9, self.clock,
+            self.client, PATTERN, 3, PREFIX, lambda: Announcement(identity("a")), 9, self.clock,
             registry=self.registry, queue=self.queue, on_claimed=lambda name, lease: self.claimed.append((name, lease)),
         )
 
@@ -344,7 +357,7 @@ class TransitionTests(unittest.TestCase):
         """
         d = self.start()
         self.lease = self.granted()
-        if self.claimer.preferred is None:
+        if self.claimer.announcement.preferred is None:
             self.held.release("put")
         else:
             self.held.release("range")
@@ -583,7 +596,7 @@ class TransitionTests(unittest.TestCase):
         self.held.release("put")
         self.assertEqual(self.held.revoked(), [self.lease])
         self.assertIsNone(self.claimer.held_name)
-        self.assertIsNone(self.claimer._failure)
+        self.assertIsNone(self.claimer._machine.failure())
         self.clock.advance(3)
         self.assertEqual(len(self.held.pending("grant")), 1)
 
@@ -945,14 +958,16 @@ class TransitionTests(unittest.TestCase):
         """
         Inputs that do not apply in a state change nothing.
         """
-        machine = self.claimer
-        for input in (machine.wake, machine.lease_renewed, machine.key_confirmed, machine.key_missing):
-            input()  # idle
+        machine, feed = self.claimer._machine, self.claimer._feed
+        key_confirmed = functools.partial(machine.key_confirmed, _Held("worker1.tf.local.", 2))
+        for input in (machine.wake, machine.lease_renewed, key_confirmed, machine.key_missing):
+            feed(input)  # idle
         self.hold()
-        for input in (machine.wake, machine.lease_renewed, machine.key_confirmed, machine.start):
-            input()
+        for input in (machine.wake, machine.lease_renewed, key_confirmed, machine.start):
+            feed(input)
         self.assertEqual(self.claimer.held_name, "worker1.tf.local.")
         self.claimer.stopService()
-        for input in (machine.lease_expired, machine.lease_gone, machine.key_lost, machine.stop):
-            input()
+        stop = functools.partial(machine.stop, defer.Deferred())
+        for input in (machine.lease_expired, machine.lease_gone, machine.key_lost, stop):
+            feed(input)
         self.assertIsNone(self.claimer.held_name)

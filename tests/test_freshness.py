@@ -7,6 +7,7 @@ claimer on idetcd.testing's etcd, whose links to them the test breaks.
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from idetcd.claim import Announcement
 from idetcd.claim._claimer import Claimer
 from idetcd.claim._queue import ClaimQueue
 from idetcd.dns._freshness import CURRENT, Freshness, View
@@ -46,7 +47,7 @@ class FreshnessTests(unittest.TestCase):
         client = self.etcd.client([f"http://{CLAIMER}"])
         self.addCleanup(client.close)
         self.claimer = Claimer(
-            client, PATTERN, 5, PREFIX, Member("", ("10.0.0.4",), node="n4"), LEASE, self.clock,
+            client, PATTERN, 5, PREFIX, lambda: Announcement(Member("", ("10.0.0.4",), node="n4")), LEASE, self.clock,
             registry=self.registry, queue=ClaimQueue(self.registry),
         )
         self.claimer.startService()

@@ -16,8 +16,10 @@ import dns.rcode
 from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from idetcd.claim import Announcement, ClaimQueue
 from idetcd.claim._claimer import Claimer
 from idetcd.etcd import NoSpace
+from idetcd.members import Registry
 from idetcd.node._embedded import free_ports
 from tests.dnsclient import query
 from tests.etcdserver import SMALL_QUOTA, EtcdTestCase, fill, free_space, start_etcd
@@ -51,8 +53,14 @@ class NoSpaceEtcdTests(EtcdTestCase):
         self.etcd = yield start_etcd(self, extra_args=SMALL_QUOTA)
         self.client = self.make_client([self.etcd.client_url])
 
-    def claimer(self, node, **kwargs):
-        claimer = Claimer(self.client, PATTERN, 5, PREFIX, identity(node), 4, reactor, **kwargs)
+    def claimer(self, node, preferred=None, predecessor_lease=None):
+        registry = Registry(self.client, PREFIX, reactor)
+        registry.startService()
+        self.addCleanup(registry.stopService)
+        announcement = Announcement(identity(node), preferred, predecessor_lease)
+        claimer = Claimer(
+            self.client, PATTERN, 5, PREFIX, lambda: announcement, 4, reactor, registry, ClaimQueue(registry)
+        )
         claimer.startService()
         self.addCleanup(lambda: claimer.stopService() if claimer.running else None)
         return claimer

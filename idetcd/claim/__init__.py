@@ -4,7 +4,12 @@ next decided apart, the queue it waits its turn in), the lease that keeps it, wh
 lets a restarted node take it back.
 """
 
-from idetcd.claim._announcement import NoAddress, NodeIdentity, announced_address
+from idetcd.claim._announcement import (
+    Announcement,
+    NoAddress,
+    NodeIdentity,
+    announced_address,
+)
 from idetcd.claim._claimer import Claimer, SlotsExhausted
 from idetcd.claim._lease import LeaseKeeper
 from idetcd.claim._queue import QUEUE, ClaimQueue
@@ -12,6 +17,7 @@ from idetcd.claim._state_directory import NodeState, StateDirectoryBusy, state_p
 
 __all__ = [
     "QUEUE",
+    "Announcement",
     "ClaimQueue",
     "Claimer",
     "LeaseKeeper",

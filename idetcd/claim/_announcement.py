@@ -58,6 +58,22 @@ def announced_address(host, family):
 
 
 
+@attr.s(frozen=True)
+class Announcement:
+    """
+    What a node's claimer writes with its name and where its claim starts:
+    C{member} (the member value; its name is ignored), C{preferred} (a slot
+    name to try first, such as the one held before a restart) and
+    C{predecessor_lease} (the lease this node's previous process held,
+    given only when that process is known to have ended: a key on it is
+    taken over at once).
+    """
+
+    member = attr.ib()
+    preferred = attr.ib(default=None)
+    predecessor_lease = attr.ib(default=None)
+
+
 @attr.s(eq=False)
 class NodeIdentity(Service):
     """
@@ -65,23 +81,32 @@ class NodeIdentity(Service):
     starts looking: the member value (addresses, DNS port, identity, srv
     port), the name held last and the lease of the previous run.  Its
     C{startService} returns a Deferred, so the claimer after it in the node
-    starts only once this is known.
+    starts only once this is known; L{announcement} gives it the claimer.
 
     C{member} is what the node announces, once started.
     """
 
     settings = attr.ib()
     state = attr.ib()
-    claimer = attr.ib()
     dns = attr.ib()
     client = attr.ib()
     reactor = attr.ib()
     embedded = attr.ib(default=False)
-    member = attr.ib(default=None, init=False)
+    _found = attr.ib(default=None, init=False)
 
     def startService(self):
         Service.startService(self)
         return self._find()
+
+    def announcement(self):
+        """
+        The L{Announcement} found at this start.
+        """
+        return self._found
+
+    @property
+    def member(self):
+        return None if self._found is None else self._found.member
 
     @defer.inlineCallbacks
     def _find(self):
@@ -89,7 +114,7 @@ class NodeIdentity(Service):
         addresses = list(settings.addresses)
         if not addresses:
             addresses = yield self._detect_addresses()
-        self.member = Member(
+        member = Member(
             name="",
             ipv4=tuple(a for a in addresses if ":" not in a),
             ipv6=tuple(a for a in addresses if ":" in a),
@@ -97,9 +122,7 @@ class NodeIdentity(Service):
             node=settings.node or self.state.node_id(),
             srv=settings.srv,
         )
-        self.claimer.identity = self.member
-        self.claimer.preferred = self.state.last_name()
-        self.claimer.predecessor_lease = self.state.predecessor_lease()
+        self._found = Announcement(member, self.state.last_name(), self.state.predecessor_lease())
 
     @defer.inlineCallbacks
     def _detect_addresses(self):

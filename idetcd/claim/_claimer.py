@@ -14,10 +14,17 @@ cannot prove its own is watched until its lease expires; if the lease is
 renewed instead, another live node shares the identity, and this node takes
 a fresh one.
 
-The claimer is a state machine: idle, claiming, waiting (every slot taken),
-holding, unsure (the lease's local deadline passed: the name is not called
-ours until etcd confirms the same lease still holds the same key), failed
-and stopped.  Every input is handled in every state.
+The claimer is a state machine (L{_Inputs}) whose states hold their own
+data: idle, claiming (the claim under way), waiting (every slot taken: the
+timer that looks again, and the registry followed for a slot that frees),
+holding (the name, the revision it was won at, and the registry followed
+for its key), unsure (the lease's local deadline passed: the name is not
+called ours until etcd confirms the same lease still holds the same key;
+the question asked), failed (why) and stopped.  Every input is handled in
+every state.  A transition only decides and changes its state's data; the
+work that may call back into the claimer (a claim started, a lease
+revoked, a waiter fired) runs once the machine is at rest, so that a reply
+given at once, or a caller reacting to its name, is an input of its own.
 
 A node alone in the claim queue makes way for a replacement's ordinal: if
 a member below the slot it would get is marked dead (its holder stopped
@@ -27,11 +34,14 @@ replacing a dead one takes the dead one's slot instead of a higher one
 for good.
 """
 
+import collections
+import functools
 import hashlib
 import uuid
+from typing import Optional, Protocol
 
 import attr
-from automat import MethodicalMachine
+from automat import TypeMachineBuilder
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -49,10 +59,9 @@ from idetcd.claim._decision import (
     make_way,
 )
 from idetcd.claim._lease import LeaseKeeper
-from idetcd.claim._queue import ClaimQueue
 from idetcd.common import EXIT_UNAVAILABLE, Backoff, RateLimitedLog, Waiters
 from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, NoSpace
-from idetcd.members import Member, Registry
+from idetcd.members import Member
 
 log = Logger()
 
@@ -73,63 +82,200 @@ class SlotsExhausted(Exception):
     exit_status = EXIT_UNAVAILABLE
 
 
+# The states' data.
+
+
+@attr.s(frozen=True)
+class _Held:
+    """
+    A name won, and the etcd revision it was won at: what holding and
+    unsure hold, and hand each other.
+    """
+
+    name = attr.ib()
+    revision = attr.ib()
+
+
+@attr.s(eq=False)
+class _Claiming:
+    """
+    The claim under way (its Deferred, once started); C{over} once the
+    claimer left this claiming, so that a start still due is not made.
+    """
+
+    task = attr.ib(default=None)
+    over = attr.ib(default=False)
+
+    def cancel(self):
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+
+    def end(self):
+        self.over = True
+        self.cancel()
+
+
+@attr.s(eq=False)
+class _Holding:
+    """
+    The name held, and the registry's subscription that looks for its key
+    deleted or on another lease.
+    """
+
+    held = attr.ib()
+    unsubscribe = attr.ib()
+
+    def end(self):
+        self.unsubscribe()
+
+
+@attr.s(eq=False)
+class _Waiting:
+    """
+    Every slot was taken: the timer that looks for a free one again, and
+    the registry's subscription that looks at once when one frees.
+    """
+
+    wake_call = attr.ib()
+    unsubscribe = attr.ib()
+
+    def end(self):
+        self.unsubscribe()
+        if self.wake_call.active():
+            self.wake_call.cancel()
+
+
+@attr.s(eq=False)
+class _Unsure:
+    """
+    The name won (C{held}) while the lease's deadline passed, and the
+    question put to etcd about it (a Deferred), or the pause before it is
+    put again.
+    """
+
+    held = attr.ib()
+    verifying = attr.ib(default=None)
+
+    def end(self):
+        verifying, self.verifying = self.verifying, None
+        if verifying is not None:
+            verifying.cancel()
+
+
+class _Inputs(Protocol):
+    """
+    What happens to the claim, and what its readers ask (the questions,
+    which return something, must not be asked from inside a transition).
+    """
+
+    def start(self) -> None:
+        "The service started."
+
+    def stop(self, done: defer.Deferred) -> None:
+        "The service stops; C{done} fires once the name was given back."
+
+    def won(self, held: _Held) -> None:
+        "The claim won a name on a lease that is surely alive."
+
+    def won_unsure(self, held: _Held) -> None:
+        "The claim won a name, but the lease's deadline passed meanwhile."
+
+    def no_slot(self, error: SlotsExhausted) -> None:
+        "Every slot is taken, and this node may not wait."
+
+    def no_slot_wait(self) -> None:
+        "Every slot is taken, and this node waits for one."
+
+    def wake(self) -> None:
+        "Time to look for a free slot again."
+
+    def lease_expired(self) -> None:
+        "The lease's local deadline passed with no renewal."
+
+    def suspend(self, held: _Held) -> None:
+        "The name held is not called ours until etcd confirms it."
+
+    def lease_renewed(self) -> None:
+        "A keepalive succeeded after the deadline had passed."
+
+    def confirm(self) -> None:
+        "Ask etcd (again) whether the lease still holds the name's key."
+
+    def lease_gone(self) -> None:
+        "etcd says the lease does not exist."
+
+    def key_lost(self) -> None:
+        "The registry shows the key deleted or on another lease."
+
+    def key_confirmed(self, held: _Held) -> None:
+        "etcd says the lease still holds the name's key."
+
+    def key_missing(self) -> None:
+        "etcd says the lease no longer holds the name's key."
+
+    def held(self) -> Optional[str]:
+        "The name held, if the claimer is holding one."
+
+    def failure(self) -> Optional[SlotsExhausted]:
+        "Why the claim failed, if it did."
+
+
 @attr.s(eq=False)
 class Claimer(Service):
     """
-    Claims the lowest free slot of C{pattern} (1 to C{limit}) for a node
-    announcing C{identity} (a L{Member} whose name is ignored).
+    Claims the lowest free slot of C{pattern} (1 to C{limit}) on a lease of
+    C{lease_ttl} seconds.
 
-    C{preferred} names a slot to try first, such as the one held before a
-    restart.  C{registry} (a L{Registry} of C{prefix}) is the claimer's view
-    of etcd; without one it runs its own.  C{queue} is the L{ClaimQueue} of
-    that registry, shared by the claimers that share it; without one it
-    follows its own.  C{predecessor_lease} is the lease this node's previous
-    incarnation held, given only when that incarnation is known to have
-    ended: a key on it is taken over at once.  C{on_claimed(name, lease)}
-    is called on every claim, the first and those after a lost lease;
-    C{on_identity(node)} when this node had to take a fresh identity.
+    C{announcer()} gives, at each start, the L{Announcement} to claim
+    with: the member value to write (its name ignored), the slot to try
+    first and the lease of this node's provably ended previous process.
+    C{registry} (a L{Registry} of C{prefix}, started and stopped by its
+    owner) is the claimer's view of etcd; C{queue} the L{ClaimQueue} of
+    that registry, shared by the claimers that share it.
+    C{on_claimed(name, lease)} is called on every claim, the first and
+    those after a lost lease; C{on_identity(node)} when this node had to
+    take a fresh identity.
     """
 
     client = attr.ib()
     pattern = attr.ib()
     limit = attr.ib()
     prefix = attr.ib()
-    identity = attr.ib()
+    announcer = attr.ib()
     lease_ttl = attr.ib()
     reactor = attr.ib()
+    registry = attr.ib()
+    queue = attr.ib()
     wait = attr.ib(default=False)
-    preferred = attr.ib(default=None)
-    predecessor_lease = attr.ib(default=None)
-    registry = attr.ib(default=None)
-    queue = attr.ib(default=None)
     on_claimed = attr.ib(default=None)
     on_identity = attr.ib(default=None)
     backoff = attr.ib(factory=Backoff)
     #: How often, at most, "cannot claim a name yet" is logged.
     warn_interval = attr.ib(default=30.0)
+    #: What the claim writes and where it starts now: the announcer's, then
+    #: preferring the name last won, or with a fresh identity.
+    announcement = attr.ib(default=None, init=False)
     #: The etcd revision at which the name held now was won.
     claim_revision = attr.ib(default=0, init=False)
     #: Whether the claim waits for etcd's NOSPACE alarm to end: its last
     #: try was refused for lack of space.
     nospace = attr.ib(default=False, init=False)
-    _name = attr.ib(default=None, init=False)
-    _holding = attr.ib(default=False, init=False)
+    #: Whether a name was held since the start: losing it then never fails.
     _held_before = attr.ib(default=False, init=False)
-    _failure = attr.ib(default=None, init=False)
-    _waiters = attr.ib(factory=Waiters, init=False)
-    _task = attr.ib(default=None, init=False)
+    #: The revoke of an empty lease given back (every slot taken), which
+    #: stopping waits for rather than cancel, in whatever state.
     _dropping = attr.ib(default=None, init=False)
-    _verifying = attr.ib(default=None, init=False)
-    _wake_call = attr.ib(default=None, init=False)
-    _unsubscribe = attr.ib(default=None, init=False)
+    _waiters = attr.ib(factory=Waiters, init=False)
+    _machine = attr.ib(init=False)
     _keeper = attr.ib(init=False)
-    _own_registry = attr.ib(default=False, init=False)
+    #: Work left by transitions for once the machine is at rest.
+    _afterwards = attr.ib(factory=collections.deque, init=False)
+    _busy = attr.ib(default=0, init=False)
     _tag = attr.ib(init=False)
     _names = attr.ib(init=False)
     _slots = attr.ib(init=False)
     _warn = attr.ib(init=False)
-
-    _machine = MethodicalMachine()
 
     def __attrs_post_init__(self):
         # Rendered once: a large limit makes this the costly part of a claim.
@@ -138,18 +284,14 @@ class Claimer(Service):
         self._warn = RateLimitedLog(self.reactor, log, self.warn_interval, LogLevel.warn)
         # Nodes of one pattern queue together.
         self._tag = hashlib.sha256(self.pattern.text.encode("utf-8")).hexdigest()[:16].encode("ascii")
-        if self.registry is None:
-            self.registry = Registry(self.client, self.prefix, self.reactor)
-            self._own_registry = True
-        if self.queue is None:
-            self.queue = ClaimQueue(self.registry)
+        self._machine = _ClaimerMachine(self)
         self._keeper = LeaseKeeper(
             self.client,
             self.lease_ttl,
             self.reactor,
-            on_expired=self.lease_expired,
-            on_renewed=self.lease_renewed,
-            on_gone=self.lease_gone,
+            on_expired=functools.partial(self._feed, self._machine.lease_expired),
+            on_renewed=functools.partial(self._feed, self._machine.lease_renewed),
+            on_gone=functools.partial(self._feed, self._machine.lease_gone),
         )
 
     # What the rest of the node reads.
@@ -162,8 +304,9 @@ class Claimer(Service):
         so a process that was frozen past its deadline never reports a name
         that etcd may have given to another node.
         """
-        if self._holding and self._keeper.alive:
-            return self._name
+        name = self._machine.held()
+        if name is not None and self._keeper.alive:
+            return name
         return None
 
     @property
@@ -210,19 +353,19 @@ class Claimer(Service):
         fails with L{SlotsExhausted} when every slot is taken and C{wait} is
         off.
         """
-        if self.held_name is not None:
-            return defer.succeed(self._name)
-        if self._failure is not None:
-            return defer.fail(self._failure)
+        name = self.held_name
+        if name is not None:
+            return defer.succeed(name)
+        failure = self._machine.failure()
+        if failure is not None:
+            return defer.fail(failure)
         return self._waiters.wait()
 
     def startService(self):
         Service.startService(self)
-        if self._own_registry:
-            self.registry.startService()
-        self._unsubscribe = self.registry.subscribe(self._registry_changed)
+        self.announcement = self.announcer()
         self._held_before = False
-        self.start()
+        self._feed(self._machine.start)
 
     def stopService(self):
         """
@@ -230,381 +373,206 @@ class Claimer(Service):
         stop; fires once etcd has done so or could not be reached.
         """
         Service.stopService(self)
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-        waiting = [d for d in self.stop() if isinstance(d, defer.Deferred)]
+        done = defer.Deferred()
+        self._feed(self._machine.stop, done)
+        waiting = [done]
         if self._dropping is not None:
             # An empty lease given back (every slot taken): let etcd end it
             # rather than cancel the revoke.
             waiting.append(self._dropping)
             self._dropping = None
-        if self._own_registry:
-            self.registry.stopService()
         return defer.gatherResults(waiting).addCallback(lambda _: None)
 
-    # States.
+    # Feeding the machine.
 
-    @_machine.state(initial=True)
-    def idle(self):
-        "Not started."
+    def _feed(self, given, *args):
+        """
+        Give the machine the input C{given}; once it is at rest, do the work
+        its transitions left.  An input given from inside a transition (a
+        question to etcd answered at once) is run by Automat once that
+        transition is over, and its work is done with the rest.
+        """
+        self._busy += 1
+        try:
+            given(*args)
+        finally:
+            self._busy -= 1
+        if not self._busy:
+            while self._afterwards:
+                self._afterwards.popleft()()
 
-    @_machine.state()
-    def claiming(self):
-        "Looking for a slot; the lease, once granted, is kept alive."
+    def _after(self, work, *args):
+        self._afterwards.append(functools.partial(work, *args))
 
-    @_machine.state()
-    def waiting(self):
-        "Every slot was taken; no lease is held until one looks free."
+    # The work behind the transitions.
 
-    @_machine.state()
-    def holding(self):
-        "The name is ours and its lease is kept alive."
-
-    @_machine.state()
-    def unsure(self):
-        "The lease's deadline passed: the name is not ours until confirmed."
-
-    @_machine.state()
-    def failed(self):
-        "Every slot was taken at start and waiting is off."
-
-    @_machine.state()
-    def stopped(self):
-        "Stopped; the lease was revoked."
-
-    # Inputs.
-
-    @_machine.input()
-    def start(self):
-        "The service started."
-
-    @_machine.input()
-    def stop(self):
-        "The service stops."
-
-    @_machine.input()
-    def won(self, name, revision):
-        "The claim won C{name} on a lease that is surely alive."
-
-    @_machine.input()
-    def won_unsure(self, name, revision):
-        "The claim won C{name}, but the lease's deadline passed meanwhile."
-
-    @_machine.input()
-    def no_slot(self):
-        "Every slot is taken, and this node may not wait."
-
-    @_machine.input()
-    def no_slot_wait(self):
-        "Every slot is taken, and this node waits for one."
-
-    @_machine.input()
-    def wake(self):
-        "Time to look for a free slot again."
-
-    @_machine.input()
-    def lease_expired(self):
-        "The lease's local deadline passed with no renewal."
-
-    @_machine.input()
-    def lease_renewed(self):
-        "A keepalive succeeded after the deadline had passed."
-
-    @_machine.input()
-    def lease_gone(self):
-        "etcd says the lease does not exist."
-
-    @_machine.input()
-    def key_lost(self):
-        "The registry shows the key deleted or on another lease."
-
-    @_machine.input()
-    def key_confirmed(self):
-        "etcd says the lease still holds the name's key."
-
-    @_machine.input()
-    def key_missing(self):
-        "etcd says the lease no longer holds the name's key."
-
-    # Outputs.
-
-    @_machine.output()
-    def _begin_claim(self):
-        self._start_task()
-
-    @_machine.output()
-    def _restart_claim(self):
-        self._say_lease_gone()
-        self._cancel_task()
-        self._start_task()
-
-    @_machine.output()
-    def _abandon_claim(self):
-        self._cancel_task()
-
-    @_machine.output()
-    def _announce(self, name, revision):
-        self._name, self.claim_revision = name, revision
-        self._holding = self._held_before = True
-        self.preferred = name
-        log.info(
-            "claimed {name} (slot {slot}) with lease {lease:x} (TTL {ttl}s)",
-            name=name,
-            slot=self._slots[name],
-            lease=self._keeper.lease,
-            ttl=self.lease_ttl,
-        )
-        self._report_claim(name)
-        self._waiters.fire(name)
-
-    @_machine.output()
-    def _hold_unconfirmed(self, name, revision):
-        self._name, self.claim_revision = name, revision
-        log.warn(
-            "won {name}, but lease {lease:x} may have expired meanwhile; confirming with etcd",
-            name=name,
-            lease=self._keeper.lease,
+    def _begin(self, claiming):
+        """
+        Start the claim of C{claiming}, unless it was left meanwhile or is
+        under way.
+        """
+        if claiming.over or claiming.task is not None:
+            return
+        claiming.task = self._claim()
+        claiming.task.addCallbacks(
+            self._claim_done, self._claim_failed, callbackArgs=(claiming,), errbackArgs=(claiming,)
         )
 
-    @_machine.output()
-    def _reconfirm(self):
-        self._holding = True
-        log.info(
-            "still holding {name}: etcd confirmed lease {lease:x} and its key",
-            name=self._name,
-            lease=self._keeper.lease,
-        )
-        self._report_claim(self._name)
-        self._waiters.fire(self._name)
-
-    @_machine.output()
-    def _suspend(self):
-        self._holding = False
-        log.warn(
-            "lease of {name} not renewed in time: not answering as {name} until etcd confirms it",
-            name=self._name,
-        )
-
-    @_machine.output()
-    def _lose_to_lease(self):
-        self._lose("its lease is gone from etcd (revoked, or expired)")
-
-    @_machine.output()
-    def _lose_to_key(self):
-        member = self.registry.members.get(self._name)
-        if member is None or not member.lease:
-            # A revoked lease takes its key with it; the claim says so when
-            # it finds the lease gone.
-            self._lose("its key was deleted from etcd")
+    def _claim_done(self, result, claiming):
+        claiming.task = None
+        machine = self._machine
+        if result is None:
+            if self.wait or self._held_before:
+                self._feed(machine.no_slot_wait)
+            else:
+                self._feed(machine.no_slot, self._exhausted())
+        elif self._keeper.alive:
+            held = _Held(*result)
+            self._feed(machine.won, held)
+            # A delete the registry saw while the claim was under way.
+            self._check_key(held)
         else:
-            self._lose(f"its key is on lease {member.lease:x} now, not on this node's")
+            self._feed(machine.won_unsure, _Held(*result))
 
-    @_machine.output()
-    def _verify(self):
-        self._cancel_verify()
-        lease = self._keeper.lease
-        sent = self.reactor.seconds()
-        d = self._verifying = self.client.lease_time_to_live(
-            lease, keys=True, timeout=self._keeper.request_timeout
-        )
-        d.addCallbacks(self._verified, self._verify_failed, callbackArgs=(d, sent), errbackArgs=(d,))
+    def _claim_failed(self, failure, claiming):
+        claiming.task = None
+        failure.trap(defer.CancelledError)
 
-    @_machine.output()
-    def _stop_verifying(self):
-        self._cancel_verify()
-
-    @_machine.output()
-    def _fail(self):
-        self._failure = SlotsExhausted(
+    def _exhausted(self):
+        return SlotsExhausted(
             f"all {self.limit} slots of pattern {self.pattern.text!r} are taken "
             "(raise 'limit', or set 'wait' to wait for a free slot)"
         )
-        self._waiters.fire(Failure(self._failure))
 
-    @_machine.output()
+    def _announce(self, held):
+        """
+        The name in C{held} is this node's: said, remembered as the one to
+        prefer, and told once the machine is at rest.
+        """
+        self.claim_revision = held.revision
+        self._held_before = True
+        self.announcement = attr.evolve(self.announcement, preferred=held.name)
+        log.info(
+            "claimed {name} (slot {slot}) with lease {lease:x} (TTL {ttl}s)",
+            name=held.name,
+            slot=self._slots[held.name],
+            lease=self._keeper.lease,
+            ttl=self.lease_ttl,
+        )
+        self._after(self._report_claim, held.name)
+
+    def _report_claim(self, name):
+        if self.on_claimed is not None:
+            try:
+                self.on_claimed(name, self._keeper.lease)
+            except Exception:
+                log.failure("could not record the claim of {name}", name=name)
+        self._waiters.fire(name)
+
+    def _lose(self, held, why):
+        log.warn("no longer holding {name}: {why}; claiming again", name=held.name, why=why)
+
+    def _lose_to_lease(self, held):
+        self._lose(held, "its lease is gone from etcd (revoked, or expired)")
+
+    def _lose_to_key(self, held):
+        member = self.registry.members.get(held.name)
+        if member is None or not member.lease:
+            # A revoked lease takes its key with it; the claim says so when
+            # it finds the lease gone.
+            self._lose(held, "its key was deleted from etcd")
+        else:
+            self._lose(held, f"its key is on lease {member.lease:x} now, not on this node's")
+
+    def _hold(self, held):
+        return _Holding(held, self.registry.subscribe(functools.partial(self._check_key, held)))
+
+    def _check_key(self, held):
+        """
+        Claim again if the registry, caught up with the claim of C{held},
+        shows its key deleted or on another lease.
+        """
+        registry = self.registry
+        if registry.applied < held.revision:
+            return
+        member = registry.members.get(held.name)
+        if member is None or member.lease != self._keeper.lease:
+            self._feed(self._machine.key_lost)
+
+    def _check_free(self):
+        if any(self.registry.is_free(name) for name in self._names):
+            # A slot looks free: look now, not at the next tick.
+            self._feed(self._machine.wake)
+
+    def _release(self, name, done):
+        """
+        Revoke the lease (which deletes its key), then fire C{done}.
+        """
+        lease = self._keeper.lease
+        d = self._keeper.revoke()
+        if lease is not None:
+            d.addCallback(
+                lambda _: log.info("released {name} (lease {lease:x} revoked)", name=name, lease=lease)
+            )
+        d.chainDeferred(done)
+
     def _drop_lease(self):
         # The lease holds nothing: do not keep an empty lease while waiting.
         self._dropping = self._keeper.revoke()
 
-    @_machine.output()
     def _sleep(self):
         log.info(
             "all {limit} slots of {pattern!r} are taken; waiting for one to free",
             limit=self.limit,
             pattern=self.pattern.text,
         )
-        self._schedule_wake(max(1.0, self.lease_ttl / 3))
+        return _Waiting(
+            self.reactor.callLater(max(1.0, self.lease_ttl / 3), self._feed, self._machine.wake),
+            self.registry.subscribe(self._check_free),
+        )
 
-    @_machine.output()
-    def _stop_sleeping(self):
-        if self._wake_call is not None and self._wake_call.active():
-            self._wake_call.cancel()
-        self._wake_call = None
+    def _verify(self, unsure):
+        """
+        Ask etcd whether the lease still holds the key of C{unsure}'s name.
+        """
+        unsure.end()
+        sent = self.reactor.seconds()
+        d = unsure.verifying = self.client.lease_time_to_live(
+            self._keeper.lease, keys=True, timeout=self._keeper.request_timeout
+        )
+        d.addCallbacks(
+            self._verified, self._verify_failed, callbackArgs=(unsure, d, sent), errbackArgs=(unsure, d)
+        )
 
-    @_machine.output()
-    def _cancel_waiters(self):
-        self._waiters.cancel()
-
-    @_machine.output()
-    def _release(self):
-        name = self._name or "the name being claimed"
-        lease = self._keeper.lease
-        self._holding = False
-        self._name = None
-        d = self._keeper.revoke()
-        if lease is not None:
-            d.addCallback(
-                lambda _: log.info("released {name} (lease {lease:x} revoked)", name=name, lease=lease)
-            )
-        return d
-
-    # Transitions: every input in every state.
-
-    _every_input = (
-        start, stop, won, won_unsure, no_slot, no_slot_wait, wake,
-        lease_expired, lease_renewed, lease_gone, key_lost, key_confirmed, key_missing,
-    )
-
-    idle.upon(start, enter=claiming, outputs=[_begin_claim])
-    idle.upon(stop, enter=stopped, outputs=[])
-
-    claiming.upon(stop, enter=stopped, outputs=[_abandon_claim, _cancel_waiters, _release])
-    claiming.upon(won, enter=holding, outputs=[_announce])
-    claiming.upon(won_unsure, enter=unsure, outputs=[_hold_unconfirmed, _verify])
-    claiming.upon(no_slot, enter=failed, outputs=[_drop_lease, _fail])
-    claiming.upon(no_slot_wait, enter=waiting, outputs=[_drop_lease, _sleep])
-    # A new lease is needed; the claim starts over with it.
-    claiming.upon(lease_gone, enter=claiming, outputs=[_restart_claim])
-
-    waiting.upon(stop, enter=stopped, outputs=[_stop_sleeping, _cancel_waiters])
-    waiting.upon(wake, enter=claiming, outputs=[_begin_claim])
-
-    holding.upon(stop, enter=stopped, outputs=[_cancel_waiters, _release])
-    holding.upon(lease_expired, enter=unsure, outputs=[_suspend])
-    holding.upon(lease_gone, enter=claiming, outputs=[_lose_to_lease, _begin_claim])
-    # The lease is fine: the claim goes on with it.
-    holding.upon(key_lost, enter=claiming, outputs=[_lose_to_key, _begin_claim])
-
-    unsure.upon(stop, enter=stopped, outputs=[_stop_verifying, _cancel_waiters, _release])
-    unsure.upon(lease_renewed, enter=unsure, outputs=[_verify])
-    unsure.upon(key_confirmed, enter=holding, outputs=[_reconfirm])
-    unsure.upon(key_missing, enter=claiming, outputs=[_lose_to_key, _begin_claim])
-    unsure.upon(lease_gone, enter=claiming, outputs=[_stop_verifying, _lose_to_lease, _begin_claim])
-
-    failed.upon(stop, enter=stopped, outputs=[])
-
-    stopped.upon(start, enter=claiming, outputs=[_begin_claim])
-
-    # Everything else is news that does not apply in that state: a late
-    # reply, a change that was already acted on, a second start or stop.
-    for _state in (idle, claiming, waiting, holding, unsure, failed, stopped):
-        for _input in _every_input:
-            try:
-                _state.upon(_input, enter=_state, outputs=[])
-            except ValueError:
-                pass  # already given a transition above
-    del _state, _input, _every_input
-
-    # The work behind the outputs.
-
-    def _report_claim(self, name):
-        if self.on_claimed is None:
+    def _verified(self, info, unsure, d, sent):
+        if d is not unsure.verifying:
             return
-        try:
-            self.on_claimed(name, self._keeper.lease)
-        except Exception:
-            log.failure("could not record the claim of {name}", name=name)
-
-    def _lose(self, why):
-        log.warn("no longer holding {name}: {why}; claiming again", name=self._name, why=why)
-        self._holding = False
-        self._name = None
-
-    def _start_task(self):
-        self._failure = None
-        self._task = self._claim()
-        self._task.addCallbacks(self._claim_done, self._claim_failed)
-
-    def _cancel_task(self):
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-
-    def _cancel_verify(self):
-        verifying, self._verifying = self._verifying, None
-        if verifying is not None:
-            verifying.cancel()
-
-    def _schedule_wake(self, delay):
-        if self._wake_call is None or not self._wake_call.active():
-            self._wake_call = self.reactor.callLater(delay, self._woken)
-
-    def _woken(self):
-        self._wake_call = None
-        self.wake()
-
-    def _verified(self, info, d, sent):
-        if d is not self._verifying:
-            return
-        self._verifying = None
+        unsure.verifying = None
         self._keeper.confirmed(sent, info.ttl)
         if not self._keeper.alive:
             return  # too little left to count on: the next renewal asks again
-        if self._key(self._name) in info.keys:
-            self.key_confirmed()
+        if self._key(unsure.held.name) in info.keys:
+            self._feed(self._machine.key_confirmed, unsure.held)
             # A delete the registry saw while etcd was being asked.
-            self._registry_changed()
+            self._check_key(unsure.held)
         else:
-            self.key_missing()
+            self._feed(self._machine.key_missing)
 
-    def _verify_failed(self, failure, d):
-        if d is not self._verifying:
+    def _verify_failed(self, failure, unsure, d):
+        if d is not unsure.verifying:
             return
-        self._verifying = None
+        unsure.verifying = None
         if failure.check(defer.CancelledError):
             return
         if failure.check(LeaseNotFound):
-            self.lease_gone()
+            self._feed(self._machine.lease_gone)
             return
         # etcd answered the keepalive but not this: ask again shortly.
-        self._verifying = deferLater(self.reactor, 1.0, lambda: None)
-        self._verifying.addCallback(lambda _: self.lease_renewed())
-        self._verifying.addErrback(lambda f: f.trap(defer.CancelledError))
-
-    def _registry_changed(self):
-        registry = self.registry
-        if self._wake_call is not None and any(registry.is_free(n) for n in self._names):
-            # Waiting, and a slot looks free: look now, not at the next tick.
-            self._wake_call.cancel()
-            self._wake_call = None
-            self.wake()
-            return
-        if not self._holding or registry.applied < self.claim_revision:
-            return
-        member = registry.members.get(self._name)
-        if member is None or member.lease != self._keeper.lease:
-            self.key_lost()
+        unsure.verifying = deferLater(self.reactor, 1.0, lambda: None)
+        unsure.verifying.addCallback(lambda _: self._feed(self._machine.confirm))
+        unsure.verifying.addErrback(lambda f: f.trap(defer.CancelledError))
 
     # The claim.
-
-    def _claim_done(self, result):
-        self._task = None
-        if result is None:
-            if self.wait or self._held_before:
-                self.no_slot_wait()
-            else:
-                self.no_slot()
-        elif self._keeper.alive:
-            self.won(*result)
-            # A delete the registry saw while the claim was under way.
-            self._registry_changed()
-        else:
-            self.won_unsure(*result)
-
-    def _claim_failed(self, failure):
-        self._task = None
-        failure.trap(defer.CancelledError)
 
     @defer.inlineCallbacks
     def _claim(self):
@@ -686,17 +654,18 @@ class Claimer(Service):
             return (yield self._keeper.grant())
         except NoSpace as e:
             refused = e
-        if self.predecessor_lease is None or self.preferred not in self._slots:
+        start = self.announcement
+        if start.predecessor_lease is None or start.preferred not in self._slots:
             raise refused
-        kvs, _ = yield self.client.range(self._key(self.preferred))
-        if not kvs or (kvs[0].lease, kvs[0].value) != (self.predecessor_lease, self._value(self.preferred)):
+        kvs, _ = yield self.client.range(self._key(start.preferred))
+        if not kvs or (kvs[0].lease, kvs[0].value) != (start.predecessor_lease, self._value(start.preferred)):
             raise refused
-        lease = yield self._keeper.adopt(self.predecessor_lease)
+        lease = yield self._keeper.adopt(start.predecessor_lease)
         log.info(
             "etcd is out of space and grants no lease: keeping lease {lease:x} of this node's"
             " previous process, which holds {name}",
             lease=lease,
-            name=self.preferred,
+            name=start.preferred,
         )
         return lease
 
@@ -710,7 +679,7 @@ class Claimer(Service):
         info = yield self.client.lease_time_to_live(lease, keys=True)
         names = sorted(
             (name for name in (self._name_of(key) for key in info.keys) if name is not None),
-            key=lambda name: (name != self.preferred, self._slots[name]),
+            key=lambda name: (name != self.announcement.preferred, self._slots[name]),
         )
         if not names:
             return None
@@ -841,13 +810,14 @@ class Claimer(Service):
         this node's provably ended incarnation; returns C{(name, revision)},
         or C{None} to queue instead.
         """
-        preferred = self.preferred
+        preferred = self.announcement.preferred
         while preferred in self._slots:
             key = self._key(preferred)
             kvs, _ = yield self.client.range(key)
             kv = kvs[0] if kvs else None
             step = for_preferred(
-                preferred, kv, lease, self.predecessor_lease, kv is not None and self._carries_identity(kv)
+                preferred, kv, lease, self.announcement.predecessor_lease,
+                kv is not None and self._carries_identity(kv),
             )
             if isinstance(step, Won):
                 return preferred, step.revision  # won by a try whose reply was lost
@@ -910,9 +880,9 @@ class Claimer(Service):
             return None
 
     def _take_fresh_identity(self, kv):
-        old = self.identity.node
-        self.identity = attr.evolve(self.identity, node=uuid.uuid4().hex)
-        self.preferred = self.predecessor_lease = None
+        old = self.announcement.member.node
+        member = attr.evolve(self.announcement.member, node=uuid.uuid4().hex)
+        self.announcement = attr.evolve(self.announcement, member=member, preferred=None, predecessor_lease=None)
         log.error(
             "another live node uses this node's identity {old!r}: it holds {name} on "
             "lease {lease:x}. This node takes the fresh identity {new!r}. Give every "
@@ -920,16 +890,17 @@ class Claimer(Service):
             old=old,
             name=self._name_of(kv.key),
             lease=kv.lease,
-            new=self.identity.node,
+            new=member.node,
         )
         if self.on_identity is not None:
-            self.on_identity(self.identity.node)
+            self.on_identity(member.node)
 
     def _carries_identity(self, kv):
-        if not self.identity.node:
+        node = self.announcement.member.node
+        if not node:
             return False
         try:
-            return Member.from_value("", kv.value).node == self.identity.node
+            return Member.from_value("", kv.value).node == node
         except ValueError:
             return False
 
@@ -944,5 +915,191 @@ class Claimer(Service):
 
     def _value(self, name):
         return attr.evolve(
-            self.identity, name=name, role=self.pattern.role, slot=self._slots[name]
+            self.announcement.member, name=name, role=self.pattern.role, slot=self._slots[name]
         ).to_value()
+
+
+def _claiming(machine, core):
+    claiming = _Claiming()
+    core._after(core._begin, claiming)
+    return claiming
+
+
+def _build_machine():
+    builder = TypeMachineBuilder(_Inputs, Claimer)
+    idle = builder.state("idle")
+    claiming = builder.state("claiming", _claiming)
+    waiting = builder.state("waiting", lambda machine, core: core._sleep())
+    holding = builder.state("holding", lambda machine, core, held: core._hold(held))
+    unsure = builder.state("unsure", lambda machine, core, held: _Unsure(held))
+    failed = builder.state("failed", lambda machine, core, error: error)
+    stopped = builder.state("stopped")
+    states = (idle, claiming, waiting, holding, unsure, failed, stopped)
+    handled = set()
+
+    def upon(state, given, to=None):
+        handled.add((state, given))
+        return state.upon(given).to(state if to is None else to)
+
+    # Starting, and stopping: in every state, done fires once the lease
+    # kept (if any) is revoked.
+
+    for state in (idle, stopped):
+        upon(state, _Inputs.start, claiming).returns(None)
+
+    @upon(idle, _Inputs.stop, stopped)
+    @upon(stopped, _Inputs.stop)
+    def stop_with_nothing_held(machine, core, done):
+        core._after(done.callback, None)
+
+    @upon(failed, _Inputs.stop, stopped)
+    def stop_failed(machine, core, error: SlotsExhausted, done):
+        core._after(done.callback, None)
+
+    @upon(waiting, _Inputs.stop, stopped)
+    def stop_waiting(machine, core, sleeping: _Waiting, done):
+        sleeping.end()
+        core._after(core._waiters.cancel)
+        core._after(done.callback, None)
+
+    @upon(claiming, _Inputs.stop, stopped)
+    def stop_claiming(machine, core, claim: _Claiming, done):
+        claim.end()
+        core._after(core._waiters.cancel)
+        core._after(core._release, "the name being claimed", done)
+
+    @upon(holding, _Inputs.stop, stopped)
+    def stop_holding(machine, core, holding: _Holding, done):
+        holding.end()
+        core._after(core._waiters.cancel)
+        core._after(core._release, holding.held.name, done)
+
+    @upon(unsure, _Inputs.stop, stopped)
+    def stop_unsure(machine, core, unsure: _Unsure, done):
+        unsure.end()
+        core._after(core._waiters.cancel)
+        core._after(core._release, unsure.held.name, done)
+
+    # What the claim came to.
+
+    @upon(claiming, _Inputs.won, holding)
+    def won(machine, core, claim: _Claiming, held):
+        claim.end()
+        core._announce(held)
+
+    @upon(claiming, _Inputs.won_unsure, unsure)
+    def won_unsure(machine, core, claim: _Claiming, held):
+        claim.end()
+        core.claim_revision = held.revision
+        log.warn(
+            "won {name}, but lease {lease:x} may have expired meanwhile; confirming with etcd",
+            name=held.name,
+            lease=core._keeper.lease,
+        )
+        machine.confirm()
+
+    @upon(claiming, _Inputs.no_slot, failed)
+    def no_slot(machine, core, claim: _Claiming, error):
+        claim.end()
+        core._after(core._drop_lease)
+        core._after(core._waiters.fire, Failure(error))
+
+    @upon(claiming, _Inputs.no_slot_wait, waiting)
+    def no_slot_wait(machine, core, claim: _Claiming):
+        claim.end()
+        core._after(core._drop_lease)
+
+    @upon(claiming, _Inputs.lease_gone)
+    def restart(machine, core, claim: _Claiming):
+        # A new lease is needed; the claim starts over with it.
+        core._say_lease_gone()
+        claim.cancel()
+        core._after(core._begin, claim)
+
+    # Waiting for a slot.
+
+    @upon(waiting, _Inputs.wake, claiming)
+    def wake(machine, core, sleeping: _Waiting):
+        sleeping.end()
+
+    # Holding, and unsure of, the name.
+
+    @upon(holding, _Inputs.lease_expired)
+    def expired(machine, core, holding: _Holding):
+        # A state's data reaches the next state only as an input's
+        # arguments: holding hands its name to unsure, which Automat runs
+        # as soon as this transition is over.
+        machine.suspend(holding.held)
+
+    @upon(holding, _Inputs.suspend, unsure)
+    def suspend(machine, core, holding: _Holding, held: _Held):
+        holding.end()
+        log.warn(
+            "lease of {name} not renewed in time: not answering as {name} until etcd confirms it",
+            name=held.name,
+        )
+
+    @upon(holding, _Inputs.lease_gone, claiming)
+    def lost_lease(machine, core, holding: _Holding):
+        holding.end()
+        core._lose_to_lease(holding.held)
+
+    @upon(holding, _Inputs.key_lost, claiming)
+    def lost_key(machine, core, holding: _Holding):
+        # The lease is fine: the claim goes on with it.
+        holding.end()
+        core._lose_to_key(holding.held)
+
+    @upon(unsure, _Inputs.lease_renewed)
+    @upon(unsure, _Inputs.confirm)
+    def verify(machine, core, unsure: _Unsure):
+        core._verify(unsure)
+
+    @upon(unsure, _Inputs.key_confirmed, holding)
+    def reconfirmed(machine, core, unsure: _Unsure, held):
+        log.info(
+            "still holding {name}: etcd confirmed lease {lease:x} and its key",
+            name=held.name,
+            lease=core._keeper.lease,
+        )
+        core._after(core._report_claim, held.name)
+
+    @upon(unsure, _Inputs.key_missing, claiming)
+    def missing(machine, core, unsure: _Unsure):
+        core._lose_to_key(unsure.held)
+
+    @upon(unsure, _Inputs.lease_gone, claiming)
+    def gone_while_unsure(machine, core, unsure: _Unsure):
+        unsure.end()
+        core._lose_to_lease(unsure.held)
+
+    # What the readers ask.
+
+    @upon(holding, _Inputs.held)
+    def held_name(machine, core, holding: _Holding):
+        return holding.held.name
+
+    @upon(failed, _Inputs.failure)
+    def why(machine, core, error: SlotsExhausted):
+        return error
+
+    for state in states:
+        for asked in (_Inputs.held, _Inputs.failure):
+            if (state, asked) not in handled:
+                upon(state, asked).returns(None)
+
+    # Everything else is news that does not apply in that state: a late
+    # reply, a change that was already acted on, a second start.
+    for state in states:
+        for given in (
+            _Inputs.start, _Inputs.won, _Inputs.won_unsure, _Inputs.no_slot,
+            _Inputs.no_slot_wait, _Inputs.wake, _Inputs.lease_expired, _Inputs.suspend,
+            _Inputs.lease_renewed, _Inputs.confirm, _Inputs.lease_gone,
+            _Inputs.key_lost, _Inputs.key_confirmed, _Inputs.key_missing,
+        ):
+            if (state, given) not in handled:
+                upon(state, given).returns(None)
+    return builder.build()
+
+
+_ClaimerMachine = _build_machine()

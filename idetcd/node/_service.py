@@ -166,12 +166,15 @@ class IdetcdService(OrderedMultiService):
         if metrics:
             site = metrics_site(node_registry(self, tally, calls))
             self._add("metrics", HttpEndpoint("metrics", self.block.prometheus, site, self.reactor))
+        identity = NodeIdentity(
+            settings, self.state, self.dns, self.client, self.reactor, embedded=self.etcd is not None
+        )
         self.claimer = Claimer(
             self.client,
             settings.pattern,
             settings.limit,
             prefix,
-            identity=None,
+            announcer=identity.announcement,
             lease_ttl=settings.lease,
             reactor=self.reactor,
             wait=settings.wait,
@@ -184,13 +187,7 @@ class IdetcdService(OrderedMultiService):
             self.registry, self.claimer, self.reactor, settings.lease, settings.stale,
             on_view=self.dns.set_view,
         )
-        self._add(
-            "identity",
-            NodeIdentity(
-                settings, self.state, self.claimer, self.dns, self.client, self.reactor,
-                embedded=self.etcd is not None,
-            ),
-        )
+        self._add("identity", identity)
         self._add("claimer", self.claimer)
         self._add("freshness", self.freshness)
         self._add(
