@@ -132,11 +132,12 @@ def _listen_metrics(reactor, authority):
     from idetcd.node._metrics import DnsCollector
 
     counts = tally.DnsTally(ZONE)
+    ports = _listen_idetcd(reactor, authority, counts)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DnsCollector(counts))
+    registry.register(DnsCollector(counts, lambda: f"dns://:{ports[0]}"))
     endpoint = HttpEndpoint("metrics", HttpAddress(HOST, 0), metrics_site(registry), reactor)
     _start(reactor, endpoint)
-    return _listen_idetcd(reactor, authority, counts) + (endpoint.port,)
+    return ports + (endpoint.port,)
 
 
 def _listen_log(reactor, authority):

@@ -313,7 +313,7 @@ class CountTests(ForwardTestCase):
         # the dead upstream is never reached.
         self.serve(first, live, dead, policy="sequential", timeout=5.0, tally=counts)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ForwardCollector(self.forwarder))
+        registry.register(ForwardCollector(self.forwarder, lambda: "dns://:53"))
         for ask in (self.udp, self.udp, self.tcp):
             response = yield ask(dns.message.make_query("example.com", "A"))
             self.assertEqual(response.rcode(), dns.rcode.NOERROR)
@@ -357,7 +357,7 @@ class CountTests(ForwardTestCase):
         self.serve()
         self.forwarder.dropped = 7
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ForwardCollector(self.forwarder))
+        registry.register(ForwardCollector(self.forwarder, lambda: "dns://:53"))
         page = samples(generate_latest(registry).decode("ascii"))
         self.assertEqual(page["idetcd_forward_max_concurrent_rejects_total", ()], 7)
 
@@ -694,6 +694,11 @@ class NodeTests(NodeTraffic, unittest.TestCase):
         self.assertEqual(value(page, "idetcd_forward_requests_total", to=upstream), 2)
         self.assertEqual(value(page, "idetcd_forward_responses_total", to=upstream, rcode="NOERROR"), 2)
         self.assertEqual(value(page, "idetcd_forward_max_concurrent_rejects_total"), 0)
+        # The server label is CoreDNS's, with the port the node listens on.
+        server = f"dns://:{self.node.dns.port}"
+        self.assertEqual(
+            value(page, "idetcd_dns_request_size_bytes_count", server=server, zone="tf.local.", proto="udp"), 2
+        )
 
     @defer.inlineCallbacks
     def test_refused_outside_the_allowed_set(self):

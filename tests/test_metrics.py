@@ -449,7 +449,7 @@ class NodeCollectorTests(unittest.TestCase):
         self.dns = tally.DnsTally(ZONE)
         self.calls = EtcdCalls()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(DnsCollector(self.dns))
+        self.registry.register(DnsCollector(self.dns, lambda: "dns://:53"))
         self.registry.register(NodeCollector(self.node, self.calls))
 
     def page(self):

@@ -1032,6 +1032,8 @@ class LifecycleTests(unittest.TestCase):
         self.assertRaises(ValueError, DNSServer, self.authority, 0, tcp_idle_timeout=0, registry=self.registry)
         self.assertRaises(ValueError, DNSServer, self.authority, 0, max_tcp_connections=0, registry=self.registry)
         self.assertRaises(ValueError, DNSServer, self.authority, 0, interfaces=(), registry=self.registry)
+        # Its prepared replies follow the membership its authority answers from.
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, registry=FakeRegistry())
 
 
 class ToolTests(ServerTestCase):

@@ -915,6 +915,8 @@ class DNSServer(service.Service):
             )
         if not self.interfaces:
             raise ValueError("no interface to listen on")
+        if self.registry is not self.authority.registry:
+            raise ValueError("the server must follow the registry its authority answers from")
         if self.forwarder is not None:
             if self.forwarder.tally is not self.tally:
                 raise ValueError("the forwarder must count its answers in the server's tally")
@@ -952,8 +954,6 @@ class DNSServer(service.Service):
             except CannotListenError:
                 if attempt + 1 == attempts:
                     raise
-        if self.tally is not None:
-            self.tally.server = f"dns://:{self.port}"
         if self.forwarder is not None:
             try:
                 self.forwarder.start(self.port, self.interfaces, report)

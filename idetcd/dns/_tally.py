@@ -118,15 +118,13 @@ def _cumulative(buckets, reported):
 
 class DnsTally:
     """
-    The answers of one DNS server (C{server}, as CoreDNS names it:
-    C{dns://:PORT}) for C{zone}: how many of each L{key}, in C{answers},
-    the nanoseconds they took by type, and the bytes read and written by
-    protocol.
+    The answers of one DNS server for C{zone}: how many of each L{key}, in
+    C{answers}, the nanoseconds they took by type, and the bytes read and
+    written by protocol.
     """
 
-    def __init__(self, zone, server="dns://:53"):
+    def __init__(self, zone):
         self.zone = zone
-        self.server = server
         self.answers = defaultdict(int)
         self.spent = [0] * 256  # nanoseconds, by the type bits of a key
         self.received = {"udp": 0, "tcp": 0}  # request bytes, by protocol

@@ -99,10 +99,12 @@ def _counter(name, documentation, labels, counts):
 class DnsCollector:
     """
     A prometheus_client collector of the answers counted in C{tally} (a
-    L{DnsTally}).
+    L{DnsTally}) by the server that C{server()} names as CoreDNS does
+    (C{dns://:PORT}: known once it listens).
     """
 
     tally = attr.ib()
+    server = attr.ib()
 
     def collect(self):
         zone = self.tally.zone
@@ -136,7 +138,7 @@ class DnsCollector:
             )
             for proto, (cumulative, count, total) in sorted(sizes.items()):
                 family.add_metric(
-                    (self.tally.server, zone, proto), _buckets(SIZE_BOUNDS, cumulative, count), total
+                    (self.server(), zone, proto), _buckets(SIZE_BOUNDS, cumulative, count), total
                 )
             yield family
 
@@ -153,10 +155,12 @@ def _buckets(bounds, cumulative, count):
 class ForwardCollector:
     """
     A prometheus_client collector of what C{forwarder} (an
-    L{idetcd.dns._forward.Forwarder}) sent upstream and got back.
+    L{idetcd.dns._forward.Forwarder}) sent upstream and got back, and of
+    its cache, labelled with the name C{server()} gives its DNS server.
     """
 
     forwarder = attr.ib()
+    server = attr.ib()
 
     def collect(self):
         forwarder = self.forwarder
@@ -209,7 +213,7 @@ class ForwardCollector:
         )
         cache = forwarder.cache
         if cache is not None:
-            server = forwarder.tally.server if forwarder.tally is not None else ""
+            server = self.server()
             entries = GaugeMetricFamily(
                 "idetcd_cache_entries", "Forwarded answers kept, per kind.", labels=("server", "type")
             )
@@ -318,10 +322,14 @@ def node_registry(node, dns, calls):
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(build_info())
-    registry.register(DnsCollector(dns))
+
+    def server():
+        return f"dns://:{node.dns.port}"  # its port once bound
+
+    registry.register(DnsCollector(dns, server))
     registry.register(NodeCollector(node, calls))
     if node.dns.forwarder is not None:
-        registry.register(ForwardCollector(node.dns.forwarder))
+        registry.register(ForwardCollector(node.dns.forwarder, server))
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     return registry
