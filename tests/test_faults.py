@@ -5,9 +5,11 @@ not, was not).  etcd itself never does these, so no contract case runs
 them against a real one.
 """
 
+import json
+
 from twisted.internet import defer
 
-from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, ResyncNeeded
+from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, ResyncNeeded, b64_text
 from idetcd.testing import NO_LEADER, Cut, Hold, LoseReply, Refuse, Stream
 from tests.memoryetcd import FakeEtcdCase
 
@@ -228,6 +230,48 @@ class HoldTests(FakeEtcdCase):
         self.failureResultOf(d, EtcdUnavailable)
         self.assertEqual(hold.pending, 0)
         self.assertEqual(self.etcd.revision, 2)
+
+    @defer.inlineCallbacks
+    def test_large_body(self):
+        """
+        A request over the 100,000 bytes twisted.web keeps in memory (it
+        keeps larger bodies in a file): a transaction of 100 puts of 1 KB,
+        held and released as any other.
+        """
+        hold = self.etcd.faults.once("/v3/kv/txn", Hold())
+        puts = [{"request_put": {"key": b64_text(b"/faults/%03d" % i), "value": b64_text(b"x" * 1000)}} for i in range(100)]
+        body = {"success": puts}
+        self.assertGreater(len(json.dumps(body)), 100000)
+        d = self.client.call("/v3/kv/txn", body)
+        self.assertEqual(hold.bodies, [body])
+        self.assertEqual(hold.release(), body)
+        self.successResultOf(d)
+        kvs, revision = yield self.client.range(b"/faults/", b"/faults0")
+        self.assertEqual((len(kvs), revision), (100, 2))
+
+    def test_reach_passes_over_those_that_reached(self):
+        """
+        A second reach lets the next request reach etcd, not the one whose
+        reply is held already; lose and cut pass over it too.
+        """
+        hold = self.etcd.faults.always("/v3/kv/put", Hold())
+        first, second, third = (self.client.put(KEY, value) for value in (b"1", b"2", b"3"))
+        self.assertEqual(hold.reach()["value"], "MQ==")
+        self.assertEqual(hold.reach()["value"], "Mg==")
+        self.assertEqual(self.etcd.revision, 3)
+        self.assertEqual(hold.cut()["value"], "Mw==")
+        self.failureResultOf(third, EtcdUnavailable)
+        self.assertRaises(AssertionError, hold.reach)
+        self.assertRaises(AssertionError, hold.lose)
+        self.assertRaises(AssertionError, hold.cut)
+        self.assertEqual(hold.pending, 2)
+        hold.release()
+        hold.release()
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (2, 3))
+        self.assertEqual(self.etcd.revision, 3)
+
+    def test_delay_needs_a_clock(self):
+        self.assertRaises(TypeError, Hold, delay=1.5)
 
     def test_nothing_held(self):
         self.assertRaises(AssertionError, Hold().release)

@@ -135,7 +135,7 @@ class Gateway(Resource):
         fault = self.faults.take(request.path, host)
         if fault is None:
             return self._answer(request, body, stream)
-        return fault.befall(request, lambda: self._answer(request, body, stream))
+        return fault.befall(request, body, lambda: self._answer(request, body, stream))
 
     def _answer(self, request, body, stream):
         self.served[request.path] += 1
