@@ -443,6 +443,7 @@ class TransitionTests(unittest.TestCase):
         for _ in range(2):
             self.clock.advance(3)
             self.held.reach("keepalive")
+        self.assertEqual(self.etcd.served("/v3/lease/keepalive"), 2)  # those of t=3 and t=6
         self.clock.advance(3)
         self.held.release("put")
         self.held.release("create")

@@ -72,9 +72,10 @@ class LeaseKeeperTests(unittest.TestCase):
 
     def unanswered_until_the_deadline(self):
         """
-        Keepalives go out at 3 and 6, the one of 6 reaches etcd (which
-        renews the lease until 15), and no reply comes back: the one sent
-        at 3 is given up on 4.5 s later and sent again at 8.5.
+        Keepalives go out at 3 and 6; at 6 the one of 3 reaches etcd
+        (which renews the lease until 15) and no reply comes back: it is
+        given up on 4.5 s after it was sent.  At 9 the ones sent at 6 and 9
+        are held.
         """
         self.granted()
         for _ in range(2):
