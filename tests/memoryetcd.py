@@ -78,10 +78,10 @@ class HeldClient:
     A client of C{etcd} whose every request but revocations is held in
     flight until the test lets it through (L{release}; L{reach} lets it
     reach etcd and holds its reply), loses its reply (L{lose}) or cuts it
-    (L{cut}): etcd's answers are etcd's, their timing
-    the test's.  Its endpoint is C{host}, then the C{spares} (unhindered);
-    other clients of the same etcd go unhindered.  Its requests wait for the test, not for a
-    timeout, unless they carry one of their own (keepalives do).
+    (L{cut}): etcd's answers are etcd's, their timing the test's.  Its
+    endpoint is C{host}, then the C{spares} (unhindered); other clients of
+    the same etcd go unhindered.  Its requests wait for the test, not for
+    a timeout, unless they carry one of their own (keepalives do).
     """
 
     def __init__(self, etcd, host="held", spares=()):

@@ -12,10 +12,11 @@ alarm), checked by a contract suite that runs the same cases against it
 and against real etcd 3.4 and 3.5 (C{tests/test_contract.py}).
 
 What etcd never does by itself, a test makes it do through
-L{FakeEtcd.faults}: a reply lost after the write was applied (L{LoseReply}),
-a connection cut before it (L{Cut}), an error status (L{Refuse},
-L{NO_LEADER}), a request held in flight until released, or slowed on the
-clock (L{Hold}), a watch answered with lines of the test's (L{Stream}); and through L{FakeEtcd.watch_streams}, a watch stream
+L{FakeEtcd.faults}: a reply lost after the write was applied
+(L{LoseReply}), a connection cut before it (L{Cut}), an error status
+(L{Refuse}, L{NO_LEADER}), a request held in flight until released, or
+slowed on the clock (L{Hold}), a watch answered with lines of the test's
+(L{Stream}); and through L{FakeEtcd.watch_streams}, a watch stream
 garbled, ended or cut.
 """
 
