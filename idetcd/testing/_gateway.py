@@ -226,15 +226,28 @@ class WatchStream:
         Hold the stream's events back (a slow link, a busy member), as etcd
         holds back a slow watcher's, until L{resume}.
         """
-        self._store.pause(self.watcher)
+        self._store.pause(self._taken())
 
     def resume(self, revision=None):
         """
         Send the events held back, up to C{revision} (the stream stays
-        paused then) or all of them, in one result.
+        paused then) or all of them, in one result; or, if a compaction
+        passed them meanwhile, the watch's cancellation, as etcd does.
         """
+        watcher = self._taken()
         with self._request.channel.transport.held():
-            self._store.resume(self.watcher, revision)
+            self._store.resume(watcher, revision)
+
+    def _taken(self):
+        """
+        The store's watcher, which only a watch etcd took has.
+        """
+        if self.watcher is None:
+            raise AssertionError(
+                "this watch stream has no watcher to pause or resume: etcd has not taken"
+                " its watch (held by a fault, refused, or cancelled at its start)"
+            )
+        return self.watcher
 
     def write(self, data):
         """
