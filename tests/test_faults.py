@@ -9,7 +9,14 @@ import json
 
 from twisted.internet import defer
 
-from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, ResyncNeeded, b64_text
+from idetcd.etcd import (
+    Compacted,
+    EtcdError,
+    EtcdUnavailable,
+    LeaseNotFound,
+    ResyncNeeded,
+    b64_text,
+)
 from idetcd.testing import NO_LEADER, Cut, Hold, LoseReply, Refuse, Stream
 from tests.memoryetcd import FakeEtcdCase
 
@@ -381,6 +388,54 @@ class WatchStreamTests(FakeEtcdCase):
         self.assertEqual(self.seen, [3, 5])
         yield self.client.put(KEY, b"5")
         self.assertEqual(self.seen, [3, 5, 6])
+
+    @defer.inlineCallbacks
+    def test_paused_past_a_compaction(self):
+        """
+        A stream held back past a compaction cannot catch up: when resumed
+        it is told the watch was cancelled at the compaction revision, as
+        etcd tells a watch from before it, and the client's watch gives up
+        for a full read.
+        """
+        (stream,) = self.open_streams()
+        stream.pause()
+        for value in (b"1", b"2", b"3"):
+            yield self.client.put(KEY, value)
+        self.etcd.compact(3)
+        self.assertFalse(self.watch.done.called)
+        stream.resume()
+        error = self.failureResultOf(self.watch.done, Compacted)
+        self.assertEqual((error.value.compact_revision, self.seen), (3, []))
+        self.assertTrue(stream.closed)
+        yield self.client.put(KEY, b"4")
+        self.assertEqual(self.seen, [])
+
+    @defer.inlineCallbacks
+    def test_paused_up_to_the_compaction_revision(self):
+        """
+        A stream held back from the compaction revision on catches up, as
+        a watch from that revision starts.
+        """
+        (stream,) = self.open_streams()
+        stream.pause()
+        for value in (b"1", b"2"):
+            yield self.client.put(KEY, value)
+        self.etcd.compact(2)
+        stream.resume()
+        self.assertEqual(self.seen, [3])
+        self.assertFalse(self.watch.done.called)
+
+    def test_pause_before_etcd_took_the_watch(self):
+        """
+        A stream whose watch etcd has not taken (held here) has nothing to
+        pause or resume: the test is told so.
+        """
+        self.etcd.faults.once("/v3/watch", Hold())
+        self.open_streams()[0].cut()
+        self.advance_until(lambda: len(self.etcd.watch_streams) == 2)
+        held = self.etcd.watch_streams[-1]
+        self.assertRaises(AssertionError, held.pause)
+        self.assertRaises(AssertionError, held.resume)
 
     def test_stream_in_place_of_etcds(self):
         """
