@@ -4,6 +4,9 @@ and a client of that etcd; and a client whose requests the test lets
 through one at a time.
 """
 
+import collections
+from urllib.parse import urlsplit
+
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -87,6 +90,7 @@ class HeldClient:
     def __init__(self, etcd, host="held", spares=()):
         self.etcd = etcd
         self.host = f"{host}:2379"
+        self._hosts = [self.host, *(urlsplit(spare).netloc for spare in spares)]
         # Spare endpoints are where the client sends again what failed.
         self.client = etcd.client([f"http://{self.host}", *spares], timeout=3600.0)
         self._holds = {}
@@ -135,10 +139,13 @@ class HeldClient:
 
     def sent(self):
         """
-        How many requests it sent, of every kind.
+        How many requests it sent, by path: every path, to every one of its
+        endpoints.
         """
-        paths = {path for path, _ in CALLS.values()} | {"/v3/lease/revoke"}
-        return sum(len(self.etcd.requests(path, host=self.host)) for path in paths)
+        sent = collections.Counter()
+        for host in self._hosts:
+            sent += self.etcd.paths(host)
+        return sent
 
     def revoked(self):
         """

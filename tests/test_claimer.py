@@ -384,7 +384,7 @@ class TransitionTests(unittest.TestCase):
     def test_idle_stop(self):
         d = self.claimer.stopService()
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual((self.held.sent(), self.held.revoked()), (0, []))
+        self.assertEqual((self.held.sent(), self.held.revoked()), ({}, []))
 
     def test_stopped_starts_again(self):
         self.hold()

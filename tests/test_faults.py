@@ -111,6 +111,22 @@ class RequestFaultTests(FakeEtcdCase):
         self.assertEqual(len(self.etcd.requests("/v3/kv/put", host="claimer:2379")), 2)
         self.assertEqual(len(self.etcd.requests("/v3/kv/put")), 3)
 
+    @defer.inlineCallbacks
+    def test_paths_received(self):
+        """
+        Every request etcd received, by path and host: GETs, and requests
+        a fault cut, too.
+        """
+        hindered = self.etcd.client(["http://claimer:2379"], timeout=2.0)
+        self.addCleanup(hindered.close)
+        self.etcd.faults.once("/v3/kv/put", Cut(), host="claimer:2379")
+        yield self.assertFailure(hindered.put(KEY, b"1"), EtcdUnavailable)
+        self.assertTrue((yield hindered.healthy()))
+        yield self.client.put(KEY, b"2")
+        self.assertEqual(self.etcd.paths("claimer:2379"), {"/v3/kv/put": 1, "/health": 1})
+        self.assertEqual(self.etcd.paths(), {"/v3/kv/put": 2, "/health": 1})
+        self.assertEqual(self.etcd.requests("/health"), [None])
+
     def test_returns_the_fault(self):
         hold = Hold()
         self.assertIs(self.etcd.faults.once("/v3/kv/put", hold), hold)

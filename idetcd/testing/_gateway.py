@@ -52,8 +52,8 @@ class Gateway(Resource):
         #: How many requests of each path (bytes) it answered, as etcd's
         #: own metrics count them.
         self.served = collections.Counter()
-        #: The host and JSON body of every POST, by path, in the order
-        #: received.
+        #: The host and JSON body (C{None} for a GET) of every request, by
+        #: path, in the order received.
         self.received = collections.defaultdict(list)
         #: What befalls requests beyond etcd's own behaviour.
         self.faults = Faults()
@@ -114,6 +114,8 @@ class Gateway(Resource):
     # HTTP.
 
     def render_GET(self, request):
+        host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+        self.received[request.path].append((host, None))
         self.served[request.path] += 1
         if request.path == b"/version":
             return self._json(request, 200, {"etcdserver": VERSION, "etcdcluster": "3.5.0"})
