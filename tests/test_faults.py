@@ -262,7 +262,8 @@ class HoldTests(FakeEtcdCase):
         held and released as any other.
         """
         hold = self.etcd.faults.once("/v3/kv/txn", Hold())
-        puts = [{"request_put": {"key": b64_text(b"/faults/%03d" % i), "value": b64_text(b"x" * 1000)}} for i in range(100)]
+        value = b64_text(b"x" * 1000)
+        puts = [{"request_put": {"key": b64_text(b"/faults/%03d" % i), "value": value}} for i in range(100)]
         body = {"success": puts}
         self.assertGreater(len(json.dumps(body)), 100000)
         d = self.client.call("/v3/kv/txn", body)
