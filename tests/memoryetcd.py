@@ -4,6 +4,9 @@ and a client of that etcd; and a client whose requests the test lets
 through one at a time.
 """
 
+import collections
+from urllib.parse import urlsplit
+
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -78,15 +81,16 @@ class HeldClient:
     A client of C{etcd} whose every request but revocations is held in
     flight until the test lets it through (L{release}; L{reach} lets it
     reach etcd and holds its reply), loses its reply (L{lose}) or cuts it
-    (L{cut}): etcd's answers are etcd's, their timing
-    the test's.  Its endpoint is C{host}, then the C{spares} (unhindered);
-    other clients of the same etcd go unhindered.  Its requests wait for the test, not for a
-    timeout, unless they carry one of their own (keepalives do).
+    (L{cut}): etcd's answers are etcd's, their timing the test's.  Its
+    endpoint is C{host}, then the C{spares} (unhindered); other clients of
+    the same etcd go unhindered.  Its requests wait for the test, not for
+    a timeout, unless they carry one of their own (keepalives do).
     """
 
     def __init__(self, etcd, host="held", spares=()):
         self.etcd = etcd
         self.host = f"{host}:2379"
+        self._hosts = [self.host, *(urlsplit(spare).netloc for spare in spares)]
         # Spare endpoints are where the client sends again what failed.
         self.client = etcd.client([f"http://{self.host}", *spares], timeout=3600.0)
         self._holds = {}
@@ -135,10 +139,13 @@ class HeldClient:
 
     def sent(self):
         """
-        How many requests it sent, of every kind.
+        How many requests it sent, by path: every path, to every one of its
+        endpoints.
         """
-        paths = {path for path, _ in CALLS.values()} | {"/v3/lease/revoke"}
-        return sum(len(self.etcd.requests(path, host=self.host)) for path in paths)
+        sent = collections.Counter()
+        for host in self._hosts:
+            sent += self.etcd.paths(host)
+        return sent
 
     def revoked(self):
         """

@@ -141,8 +141,6 @@ class SignalCase(NodeProcessCase):
 
     @defer.inlineCallbacks
     def start_holder(self):
-        from twisted.internet import reactor
-
         self.client = EtcdClient([self.etcd.client_url], reactor)
         self.addCleanup(self.client.close)
         node = self.start_node()

@@ -397,7 +397,7 @@ class TransitionTests(unittest.TestCase):
     def test_idle_stop(self):
         d = self.claimer.stopService()
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual((self.held.sent(), self.held.revoked()), (0, []))
+        self.assertEqual((self.held.sent(), self.held.revoked()), ({}, []))
 
     def test_stopped_starts_again(self):
         self.hold()
@@ -456,6 +456,7 @@ class TransitionTests(unittest.TestCase):
         for _ in range(2):
             self.clock.advance(3)
             self.held.reach("keepalive")
+        self.assertEqual(self.etcd.served("/v3/lease/keepalive"), 2)  # those of t=3 and t=6
         self.clock.advance(3)
         self.held.release("put")
         self.held.release("create")
@@ -711,6 +712,7 @@ class TransitionTests(unittest.TestCase):
         d = self.queue_alone()
         self.held.release("delete")
         self.clock.advance(1)
+        self.assertEqual(len(self.registry._progress_waiters), 1)  # the claimer waits on the registry
         self.claimer.stopService()
         self.failureResultOf(d, defer.CancelledError)
         self.assertEqual(self.held.revoked(), [self.lease])
@@ -866,9 +868,13 @@ class TransitionTests(unittest.TestCase):
         self.keepalive()
         self.clock.advance(3)
         self.assertEqual(len(self.held.pending("keepalive")), 1)
+        # All that is left on the clock once etcd's timers are stopped: the
+        # next keepalive, the one under way's timeout, the deadline.
+        self.etcd.close()
         keeper = self.claimer._keeper
-        timers = [call for call in self.clock.getDelayedCalls() if getattr(call.func, "__self__", None) is keeper]
-        self.assertEqual(len(timers), 2)  # next keepalive, deadline
+        calls = sorted(self.clock.getDelayedCalls(), key=lambda call: call.getTime())
+        self.assertEqual([call.getTime() for call in calls], [9, 10.5, 12])
+        self.assertEqual((calls[0].func, calls[2].func), (keeper._send, keeper._expire))
 
     # unsure
 

@@ -255,6 +255,25 @@ class EtcdClientTests(EtcdTestCase):
         kvs, _ = yield self.client.range(PREFIX + b"x")
         self.assertEqual(kvs[0].value, b"1")
 
+    @defer.inlineCallbacks
+    def test_endpoints_that_shrink(self):
+        """
+        A function that names fewer endpoints than before, after the client
+        moved down its list: the client goes on round the list as it is
+        now, not past its end.
+        """
+        dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+        urls = [*dead, self.etcd.client_url]
+        client = self.make_client(lambda: urls)
+        yield client.put(PREFIX + b"x", b"1")
+        self.assertEqual(client.current_index, 2)
+        urls[:] = [dead[0], self.etcd.client_url]
+        self.assertEqual(client.endpoint, dead[0])
+        yield client.put(PREFIX + b"x", b"2")
+        self.assertEqual(client.endpoint, self.etcd.client_url)
+        kvs, _ = yield self.client.range(PREFIX + b"x")
+        self.assertEqual(kvs[0].value, b"2")
+
     def silent_endpoint(self):
         """
         An endpoint that accepts connections and never answers.

@@ -5,9 +5,18 @@ not, was not).  etcd itself never does these, so no contract case runs
 them against a real one.
 """
 
+import json
+
 from twisted.internet import defer
 
-from idetcd.etcd import EtcdError, EtcdUnavailable, LeaseNotFound, ResyncNeeded
+from idetcd.etcd import (
+    Compacted,
+    EtcdError,
+    EtcdUnavailable,
+    LeaseNotFound,
+    ResyncNeeded,
+    b64_text,
+)
 from idetcd.testing import NO_LEADER, Cut, Hold, LoseReply, Refuse, Stream
 from tests.memoryetcd import FakeEtcdCase
 
@@ -101,6 +110,22 @@ class RequestFaultTests(FakeEtcdCase):
         self.assertEqual((yield hindered.put(KEY, b"3")), 3)
         self.assertEqual(len(self.etcd.requests("/v3/kv/put", host="claimer:2379")), 2)
         self.assertEqual(len(self.etcd.requests("/v3/kv/put")), 3)
+
+    @defer.inlineCallbacks
+    def test_paths_received(self):
+        """
+        Every request etcd received, by path and host: GETs, and requests
+        a fault cut, too.
+        """
+        hindered = self.etcd.client(["http://claimer:2379"], timeout=2.0)
+        self.addCleanup(hindered.close)
+        self.etcd.faults.once("/v3/kv/put", Cut(), host="claimer:2379")
+        yield self.assertFailure(hindered.put(KEY, b"1"), EtcdUnavailable)
+        self.assertTrue((yield hindered.healthy()))
+        yield self.client.put(KEY, b"2")
+        self.assertEqual(self.etcd.paths("claimer:2379"), {"/v3/kv/put": 1, "/health": 1})
+        self.assertEqual(self.etcd.paths(), {"/v3/kv/put": 2, "/health": 1})
+        self.assertEqual(self.etcd.requests("/health"), [None])
 
     def test_returns_the_fault(self):
         hold = Hold()
@@ -229,6 +254,49 @@ class HoldTests(FakeEtcdCase):
         self.assertEqual(hold.pending, 0)
         self.assertEqual(self.etcd.revision, 2)
 
+    @defer.inlineCallbacks
+    def test_large_body(self):
+        """
+        A request over the 100,000 bytes twisted.web keeps in memory (it
+        keeps larger bodies in a file): a transaction of 100 puts of 1 KB,
+        held and released as any other.
+        """
+        hold = self.etcd.faults.once("/v3/kv/txn", Hold())
+        value = b64_text(b"x" * 1000)
+        puts = [{"request_put": {"key": b64_text(b"/faults/%03d" % i), "value": value}} for i in range(100)]
+        body = {"success": puts}
+        self.assertGreater(len(json.dumps(body)), 100000)
+        d = self.client.call("/v3/kv/txn", body)
+        self.assertEqual(hold.bodies, [body])
+        self.assertEqual(hold.release(), body)
+        self.successResultOf(d)
+        kvs, revision = yield self.client.range(b"/faults/", b"/faults0")
+        self.assertEqual((len(kvs), revision), (100, 2))
+
+    def test_reach_passes_over_those_that_reached(self):
+        """
+        A second reach lets the next request reach etcd, not the one whose
+        reply is held already; lose and cut pass over it too.
+        """
+        hold = self.etcd.faults.always("/v3/kv/put", Hold())
+        first, second, third = (self.client.put(KEY, value) for value in (b"1", b"2", b"3"))
+        self.assertEqual(hold.reach()["value"], "MQ==")
+        self.assertEqual(hold.reach()["value"], "Mg==")
+        self.assertEqual(self.etcd.revision, 3)
+        self.assertEqual(hold.cut()["value"], "Mw==")
+        self.failureResultOf(third, EtcdUnavailable)
+        self.assertRaises(AssertionError, hold.reach)
+        self.assertRaises(AssertionError, hold.lose)
+        self.assertRaises(AssertionError, hold.cut)
+        self.assertEqual(hold.pending, 2)
+        hold.release()
+        hold.release()
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (2, 3))
+        self.assertEqual(self.etcd.revision, 3)
+
+    def test_delay_needs_a_clock(self):
+        self.assertRaises(TypeError, Hold, delay=1.5)
+
     def test_nothing_held(self):
         self.assertRaises(AssertionError, Hold().release)
         self.assertRaises(AssertionError, Hold().cut)
@@ -337,6 +405,54 @@ class WatchStreamTests(FakeEtcdCase):
         self.assertEqual(self.seen, [3, 5])
         yield self.client.put(KEY, b"5")
         self.assertEqual(self.seen, [3, 5, 6])
+
+    @defer.inlineCallbacks
+    def test_paused_past_a_compaction(self):
+        """
+        A stream held back past a compaction cannot catch up: when resumed
+        it is told the watch was cancelled at the compaction revision, as
+        etcd tells a watch from before it, and the client's watch gives up
+        for a full read.
+        """
+        (stream,) = self.open_streams()
+        stream.pause()
+        for value in (b"1", b"2", b"3"):
+            yield self.client.put(KEY, value)
+        self.etcd.compact(3)
+        self.assertFalse(self.watch.done.called)
+        stream.resume()
+        error = self.failureResultOf(self.watch.done, Compacted)
+        self.assertEqual((error.value.compact_revision, self.seen), (3, []))
+        self.assertTrue(stream.closed)
+        yield self.client.put(KEY, b"4")
+        self.assertEqual(self.seen, [])
+
+    @defer.inlineCallbacks
+    def test_paused_up_to_the_compaction_revision(self):
+        """
+        A stream held back from the compaction revision on catches up, as
+        a watch from that revision starts.
+        """
+        (stream,) = self.open_streams()
+        stream.pause()
+        for value in (b"1", b"2"):
+            yield self.client.put(KEY, value)
+        self.etcd.compact(2)
+        stream.resume()
+        self.assertEqual(self.seen, [3])
+        self.assertFalse(self.watch.done.called)
+
+    def test_pause_before_etcd_took_the_watch(self):
+        """
+        A stream whose watch etcd has not taken (held here) has nothing to
+        pause or resume: the test is told so.
+        """
+        self.etcd.faults.once("/v3/watch", Hold())
+        self.open_streams()[0].cut()
+        self.advance_until(lambda: len(self.etcd.watch_streams) == 2)
+        held = self.etcd.watch_streams[-1]
+        self.assertRaises(AssertionError, held.pause)
+        self.assertRaises(AssertionError, held.resume)
 
     def test_stream_in_place_of_etcds(self):
         """

@@ -28,9 +28,9 @@ from idetcd.dns._forward import VERDICTS, Forwarder, reaches_itself, resolv_conf
 from idetcd.dns._tally import DnsTally
 from idetcd.node._metrics import ForwardCollector
 from tests.dnsclient import HOST, exchange_udp, tcp_session
-from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd
 from tests.httpendpoints import HttpGetter, samples, value
+from tests.inprocess import COREFILE
 from tests.traffic import NodeTraffic
 from tests.upstreams import CLIENT_WAIT, ForwardTestCase, closed_port, start_authority
 from tests.waiting import wait_for

@@ -181,6 +181,11 @@ class FreshnessTests(unittest.TestCase):
         self.freshness.stopService()
         self.lose_etcd()
         self.advance(LEASE * 2)
-        timers = [call for call in self.clock.getDelayedCalls() if getattr(call.func, "__self__", None) is self.freshness]
-        self.assertEqual(timers, [])
+        self.assertEqual(self.views, [])
+        # With the parts it hears from stopped too, and etcd's timers,
+        # nothing at all is left on the clock.
+        self.claimer.stopService()
+        self.registry.stopService()
+        self.etcd.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.views, [])

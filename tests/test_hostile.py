@@ -13,8 +13,8 @@ from twisted.trial import unittest
 
 from idetcd import IdetcdService
 from idetcd.dns import _wire as wire
-from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd
+from tests.inprocess import COREFILE
 from tests.traffic import NodeTraffic
 
 LEASE = 3

@@ -17,13 +17,10 @@ class LeaseKeeperTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.etcd = FakeEtcd(self.clock)
-        self.addCleanup(self.etcd.close)
         self.held = HeldClient(self.etcd)
         self.client = self.held.client
-        self.addCleanup(self.client.close)
         #: An operator's, or the node's previous process's, client.
         self.others = self.etcd.client()
-        self.addCleanup(self.others.close)
         self.events = []
         self.keeper = LeaseKeeper(
             self.client, 9, self.clock,
@@ -41,8 +38,19 @@ class LeaseKeeperTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(granted), lease)
         return lease
 
-    def keeper_timers(self):
-        return [call for call in self.clock.getDelayedCalls() if getattr(call.func, "__self__", None) is self.keeper]
+    def tearDown(self):
+        self.keeper.drop()
+        for client in (self.client, self.others):
+            client.close()
+        self.assertNothingScheduled()
+
+    def assertNothingScheduled(self):
+        """
+        Once etcd's own timers (its leases') are stopped, nothing is left
+        on the clock: no timer of the keeper's, no request under way.
+        """
+        self.etcd.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_unkept_is_not_alive(self):
         self.assertFalse(self.keeper.alive)
@@ -72,9 +80,10 @@ class LeaseKeeperTests(unittest.TestCase):
 
     def unanswered_until_the_deadline(self):
         """
-        Keepalives go out at 3 and 6, the one of 6 reaches etcd (which
-        renews the lease until 15), and no reply comes back: the one sent
-        at 3 is given up on 4.5 s later and sent again at 8.5.
+        Keepalives go out at 3 and 6; at 6 the one of 3 reaches etcd
+        (which renews the lease until 15) and no reply comes back: it is
+        given up on 4.5 s after it was sent.  At 9 the ones sent at 6 and 9
+        are held.
         """
         self.granted()
         for _ in range(2):
@@ -118,7 +127,7 @@ class LeaseKeeperTests(unittest.TestCase):
         self.keeper.confirmed(0, 9)
         self.assertFalse(self.keeper.alive)
         self.assertIsNone(self.keeper.deadline)
-        self.assertEqual(self.keeper_timers(), [])
+        self.assertNothingScheduled()
 
     def test_gone_stops_keeping(self):
         lease = self.granted()
@@ -128,7 +137,7 @@ class LeaseKeeperTests(unittest.TestCase):
         self.assertEqual(self.events, ["gone"])
         self.assertIsNone(self.keeper.lease)
         self.assertFalse(self.keeper.alive)
-        self.assertEqual(self.keeper_timers(), [])
+        self.assertNothingScheduled()
         self.assertEqual(self.held.pending("keepalive"), [])
 
     def test_owner_may_grant_again_when_told_gone(self):
@@ -184,7 +193,7 @@ class LeaseKeeperTests(unittest.TestCase):
         self.assertIsNone(self.successResultOf(self.keeper.revoke()))
         self.assertEqual(self.held.revoked(), [lease])
         self.assertFalse(self.keeper.alive)
-        self.assertEqual(self.keeper_timers(), [])
+        self.assertNothingScheduled()
         # The keepalive under way was cancelled, and counted as nothing.
         self.assertEqual(self.held.pending("keepalive"), [])
         self.assertEqual(dict(self.keeper.keepalives), {})
@@ -206,12 +215,12 @@ class LeaseKeeperTests(unittest.TestCase):
         self.held.release("keepalive")
         self.assertEqual(dict(self.keeper.keepalives), {"ok": 2, "failed": 2, "gone": 1})
         self.assertEqual(self.events, ["expired", "gone"])
-        self.assertEqual(self.keeper_timers(), [])
+        self.assertNothingScheduled()
 
     def test_dropped_lease_counts_nothing_more(self):
         self.granted()
         self.clock.advance(3)
         self.keeper.drop()
         self.assertEqual(dict(self.keeper.keepalives), {})
-        self.assertEqual(self.keeper_timers(), [])
+        self.assertNothingScheduled()
         self.assertEqual(self.held.pending("keepalive"), [])

@@ -28,8 +28,8 @@ from idetcd.training.rounds import (
     round_key,
 )
 from tests.commands import CommandCase
-from tests.embedded import start_node
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
+from tests.inprocess import start_node
 from tests.memberdata import write_members
 from tests.waiting import sleep, wait_for
 

@@ -29,8 +29,8 @@ from idetcd.etcd.errors import (
 from idetcd.etcd.tls import TlsSettings
 from tests.certs import make_certificates
 from tests.dnsclient import query
-from tests.embedded import start_node
 from tests.etcdserver import enable_auth, handled, start_etcd, start_secure_etcd
+from tests.inprocess import start_node
 from tests.logevents import logged
 from tests.waiting import sleep, wait_for
 from tests.webstub import json_response, serve

@@ -16,8 +16,8 @@ from idetcd import ClusterSpec, IdetcdService, StateDirectoryBusy
 from idetcd.claim._announcement import announced_address
 from idetcd.etcd import EtcdClient, prefix_range_end
 from tests.dnsclient import query
-from tests.embedded import COREFILE
 from tests.etcdserver import start_etcd, start_etcd_cluster
+from tests.inprocess import COREFILE
 from tests.waiting import sleep, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

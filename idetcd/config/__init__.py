@@ -9,9 +9,9 @@ their readers to L{server_blocks}; the node puts them together
 from idetcd.config._blocks import DEFAULT_PORT, Block, server_blocks
 from idetcd.config._corefile import CorefileError, Directive, read
 from idetcd.config._values import (
-    between,
     choice,
     duration,
+    duration_between,
     ip_addresses,
     number,
     seconds,
@@ -24,9 +24,9 @@ __all__ = [
     "Block",
     "CorefileError",
     "Directive",
-    "between",
     "choice",
     "duration",
+    "duration_between",
     "ip_addresses",
     "number",
     "read",

@@ -67,6 +67,8 @@ class _Failing:
     Raise errors that name the Corefile (C{self.filename}).
     """
 
+    __slots__ = ()  # a Directive stays slotted
+
     def fail(self, line, message):
         raise CorefileError(self.filename, line, message)
 
@@ -167,7 +169,7 @@ class _Lexer(_Failing):
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
-class Directive:
+class Directive(_Failing):
     """
     One directive as written: its name, its arguments, the directives of
     its block (C{None} without one) and where it stands.  The part a
@@ -181,9 +183,6 @@ class Directive:
     block: tuple = None
     filename: str = "Corefile"
     line: int = 0
-
-    def fail(self, line, message):
-        raise CorefileError(self.filename, line, message)
 
     def arguments(self, fewest, most, block=False):
         """

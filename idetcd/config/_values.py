@@ -64,7 +64,7 @@ def duration(name, text):
     return sum(float(amount) * _UNITS[unit] for amount, unit in _DURATION_PART.findall(text))
 
 
-def between(name, low, high):
+def duration_between(name, low, high):
     """
     A converter of a first argument into the seconds of a L{duration},
     from C{low} to C{high}.

@@ -29,7 +29,11 @@ from idetcd.dns._server import DNSServer
 from idetcd.dns._tally import BOUNDS as DURATION_BOUNDS
 from idetcd.dns._tally import SIZE_BOUNDS, DnsTally
 from idetcd.dns._transfer import ZoneTransfer
-from idetcd.dns._transfer_settings import TransferSettings, read_transfer, transferred
+from idetcd.dns._transfer_settings import (
+    TransferSettings,
+    read_transfer,
+    transfer_for_zone,
+)
 
 __all__ = [
     "DURATION_BOUNDS",
@@ -55,5 +59,5 @@ __all__ = [
     "read_log",
     "read_transfer",
     "reverse_zones",
-    "transferred",
+    "transfer_for_zone",
 ]

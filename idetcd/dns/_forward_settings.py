@@ -9,7 +9,7 @@ import re
 
 import attr
 
-from idetcd.config import DEFAULT_PORT, between, choice, number, seconds, zone
+from idetcd.config import DEFAULT_PORT, choice, duration_between, number, seconds, zone
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -143,9 +143,9 @@ def _networks(args):
 # forward's block: directive: (ForwardSettings field, fewest, most, convert)
 _FORWARD_SETTINGS = {
     "allow_recursion": ("allowed", 1, None, _networks),
-    "expire": ("expire", 1, 1, between("expire", 0, 3600)),
+    "expire": ("expire", 1, 1, duration_between("expire", 0, 3600)),
     "force_tcp": ("force_tcp", 0, 0, lambda args: True),
-    "health_check": ("health_check", 1, 1, between("health_check", 0.01, 3600)),
+    "health_check": ("health_check", 1, 1, duration_between("health_check", 0.01, 3600)),
     "max_concurrent": ("max_concurrent", 1, 1, number("max_concurrent", 1, 10000)),
     "max_fails": ("max_fails", 1, 1, number("max_fails", 0, 1000)),
     "policy": ("policy", 1, 1, choice("policy", POLICIES)),
@@ -165,7 +165,7 @@ def _prefetch(args):
     CoreDNS's defaults of one minute and 10%.
     """
     amount = number("prefetch's amount", 1, 1_000_000)(args)
-    period = between("prefetch's duration", 1, 86400)(args[1:]) if len(args) > 1 else 60.0
+    period = duration_between("prefetch's duration", 1, 86400)(args[1:]) if len(args) > 1 else 60.0
     percentage = 10
     if len(args) > 2:
         text = args[2]

@@ -86,7 +86,7 @@ def read_transfer(directive):
     return zones, TransferSettings(tuple(allowed), tuple(targets), directive.filename, directive.line)
 
 
-def transferred(transfer, zone):
+def transfer_for_zone(transfer, zone):
     """
     The settings of a C{transfer} read by L{read_transfer}, once the zones
     it names are known to be C{zone}, the zone of the pattern: the only

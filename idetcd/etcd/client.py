@@ -82,8 +82,7 @@ class EtcdClient:
     credentials = attr.ib(default=None)
     on_call = attr.ib(default=None, kw_only=True)
     _auth = attr.ib(default=None, init=False)
-    #: The index in C{endpoints} of the endpoint requests go to now.
-    current_index = attr.ib(default=0, init=False)
+    _index = attr.ib(default=0, init=False)
     _pool = attr.ib(default=None, init=False)
     _http = attr.ib(default=None, init=False)
     _pending = attr.ib(factory=set, init=False)
@@ -105,6 +104,15 @@ class EtcdClient:
         return self._endpoints
 
     @property
+    def current_index(self):
+        """
+        The index in C{endpoints} of the endpoint requests go to now: taken
+        round the list as it is now, which a function may have shortened
+        since the client moved along it.
+        """
+        return self._index % len(self.endpoints)
+
+    @property
     def endpoint(self):
         """
         The endpoint requests go to now.
@@ -117,7 +125,7 @@ class EtcdClient:
         someone else moved on in the meantime.
         """
         if self.current_index == failed_index:
-            self.current_index = (failed_index + 1) % len(self.endpoints)
+            self._index = failed_index + 1
 
     def _track(self, d):
         self._pending.add(d)
@@ -242,6 +250,7 @@ class EtcdClient:
             if self._closed:
                 raise defer.CancelledError()
             index = self.current_index
+            endpoint = self.endpoints[index]
             try:
                 code, data = yield self._post_once(index, path, body, timeout, token)
             except defer.CancelledError:
@@ -253,16 +262,16 @@ class EtcdClient:
                     setup_error = setup_error or e
                     errors.append(str(e))
                 else:
-                    errors.append(f"{self.endpoints[index]}: {describe(e)}")
+                    errors.append(f"{endpoint}: {describe(e)}")
                 self.next_endpoint(index)
                 continue
             if not isinstance(data, dict):
-                raise EtcdError(-1, f"unexpected reply from {self.endpoints[index]}")
+                raise EtcdError(-1, f"unexpected reply from {endpoint}")
             if "error" in data or code != 200:
                 error_code = data.get("code", -1)
                 message = data.get("message") or data.get("error") or f"HTTP {code}"
                 if error_code in _UNAVAILABLE_CODES or code >= 500:
-                    errors.append(f"{self.endpoints[index]}: {message}")
+                    errors.append(f"{endpoint}: {message}")
                     self.next_endpoint(index)
                     continue
                 if error_code == _NOT_FOUND and "lease" in message:

@@ -29,7 +29,7 @@ from idetcd.dns import (
     read_forward,
     read_log,
     read_transfer,
-    transferred,
+    transfer_for_zone,
 )
 from idetcd.node._idetcd_block import IdetcdSettings, read_idetcd
 
@@ -283,7 +283,7 @@ class _Reading:
         if transfer is not None:
             if idetcd is None:
                 beside_idetcd("transfer", lines["transfer"])
-            transfer = transferred(transfer, idetcd.pattern.zone)
+            transfer = transfer_for_zone(transfer, idetcd.pattern.zone)
         self.endpoints.extend(
             (f"{name} of the block on line {block.line}", address) for name, address in http.items()
         )

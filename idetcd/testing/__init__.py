@@ -12,12 +12,15 @@ alarm), checked by a contract suite that runs the same cases against it
 and against real etcd 3.4 and 3.5 (C{tests/test_contract.py}).
 
 What etcd never does by itself, a test makes it do through
-L{FakeEtcd.faults}: a reply lost after the write was applied (L{LoseReply}),
-a connection cut before it (L{Cut}), an error status (L{Refuse},
-L{NO_LEADER}), a request held in flight until released, or slowed on the
-clock (L{Hold}), a watch answered with lines of the test's (L{Stream}); and through L{FakeEtcd.watch_streams}, a watch stream
+L{FakeEtcd.faults}: a reply lost after the write was applied
+(L{LoseReply}), a connection cut before it (L{Cut}), an error status
+(L{Refuse}, L{NO_LEADER}), a request held in flight until released, or
+slowed on the clock (L{Hold}), a watch answered with lines of the test's
+(L{Stream}); and through L{FakeEtcd.watch_streams}, a watch stream
 garbled, ended or cut.
 """
+
+import collections
 
 import attr
 
@@ -102,10 +105,23 @@ class FakeEtcd:
         """
         The JSON body of every request for C{path} it received (sent to
         C{host}, such as C{"etcd.invalid:2379"}, if given), oldest first; a
-        request cut or refused by a fault too.
+        request cut or refused by a fault too.  A GET has none: C{None}.
         """
         received = self.resource.received[path.encode("ascii")]
         return [body for sent_to, body in received if host in (None, sent_to)]
+
+    def paths(self, host=None):
+        """
+        How many requests for each path it received (sent to C{host}, if
+        given), as a L{collections.Counter}: everything a client asked of
+        it, GETs and requests cut or refused by a fault too.
+        """
+        counts = collections.Counter()
+        for path, received in self.resource.received.items():
+            for sent_to, _ in received:
+                if host in (None, sent_to):
+                    counts[path.decode("ascii")] += 1
+        return counts
 
     @property
     def watch_streams(self):

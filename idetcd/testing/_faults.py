@@ -2,10 +2,10 @@
 What a faithful etcd never does by itself, done to one request when a test
 asks: a reply lost after the request was applied, a connection cut before
 it was, an error status, a request held in flight until the test (or the
-clock) lets it through, a watch answered with the test's lines.  Each fault is planned for a gateway path and
-befalls the next request for it (L{Faults.once}) or every one
-(L{Faults.always}); the store under it stays what etcd's would be, so a
-test scripts the event, not etcd's answer to it.
+clock) lets it through, a watch answered with the test's lines.  Each
+fault is planned for a gateway path and befalls the next request for it
+(L{Faults.once}) or every one (L{Faults.always}); the store under it stays
+what etcd's would be, so a test scripts the event, not etcd's answer to it.
 """
 
 import collections
@@ -45,11 +45,11 @@ class Refuse:
     message = attr.ib()
     status = attr.ib(default=400)
 
-    def befall(self, request, answer):
+    def befall(self, request, body, answer):
         request.setResponseCode(self.status)
         request.setHeader(b"content-type", b"application/json")
-        body = {"error": self.message, "code": self.code, "message": self.message}
-        return json.dumps(body, separators=(",", ":")).encode("utf-8")
+        error = {"error": self.message, "code": self.code, "message": self.message}
+        return json.dumps(error, separators=(",", ":")).encode("utf-8")
 
 
 #: A member that lost its leader, as it answers a request that asks for one.
@@ -62,7 +62,7 @@ class Cut:
     The connection is cut before the request reaches etcd: nothing applied.
     """
 
-    def befall(self, request, answer):
+    def befall(self, request, body, answer):
         cut_connection(request)
         return NOT_DONE_YET
 
@@ -74,7 +74,7 @@ class LoseReply:
     gets back: the client cannot tell this from L{Cut}.
     """
 
-    def befall(self, request, answer):
+    def befall(self, request, body, answer):
         answer()
         cut_connection(request)
         return NOT_DONE_YET
@@ -92,7 +92,7 @@ class Stream:
     data = attr.ib()
     end = attr.ib(default=False)
 
-    def befall(self, request, answer):
+    def befall(self, request, body, answer):
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json")
         request.write(self.data)
@@ -107,6 +107,8 @@ class _Held:
     answer = attr.ib()
     body = attr.ib()
     timer = attr.ib(default=None)
+    #: Whether it reached etcd (L{Hold.reach}), its reply held.
+    reached = attr.ib(default=False)
 
     def stop_timer(self):
         if self.timer is not None and self.timer.active():
@@ -129,8 +131,12 @@ class Hold:
     delay = attr.ib(default=None)
     _held = attr.ib(factory=collections.deque, init=False)
 
-    def befall(self, request, answer):
-        held = _Held(request, answer, json.loads(request.content.getvalue() or b"{}"))
+    def __attrs_post_init__(self):
+        if self.delay is not None and self.clock is None:
+            raise TypeError("Hold(delay=...) needs the clock to count the delay on")
+
+    def befall(self, request, body, answer):
+        held = _Held(request, answer, body)
         self._held.append(held)
         request.notifyFinish().addErrback(lambda _: self._drop(held))
         if self.delay is not None:
@@ -160,9 +166,13 @@ class Hold:
         self._drop(held)
         _let_through(held.request, held.answer)
 
-    def _oldest(self, matching):
+    def _oldest(self, matching, reached=True):
+        """
+        The oldest held request C{matching} accepts; one that already
+        reached etcd only if C{reached}.
+        """
         for held in self._held:
-            if matching is None or matching(held.body):
+            if (reached or not held.reached) and (matching is None or matching(held.body)):
                 return held
         raise AssertionError("no such request is held")
 
@@ -177,21 +187,24 @@ class Hold:
 
     def reach(self, matching=None):
         """
-        Let the oldest held request (as L{release}) reach etcd now, and hold
-        its reply until it is L{release}d: a reply slow on the way back.
+        Let the oldest held request that has not reached etcd yet (as
+        L{release}) reach it now, and hold its reply until it is
+        L{release}d: a reply slow on the way back.
         """
-        held = self._oldest(matching)
+        held = self._oldest(matching, reached=False)
         with held.request.channel.transport.held():
             reply = held.answer()
         held.answer = lambda: reply
+        held.reached = True
         return held.body
 
     def lose(self, matching=None):
         """
-        Let the oldest held request (as L{release}) reach etcd, and lose its
-        reply: the connection is cut once it is applied.
+        Let the oldest held request that has not reached etcd yet (as
+        L{release}) reach it, and lose its reply: the connection is cut once
+        it is applied.
         """
-        held = self._oldest(matching)
+        held = self._oldest(matching, reached=False)
         self._drop(held)
         with held.request.channel.transport.held():
             held.answer()
@@ -200,10 +213,10 @@ class Hold:
 
     def cut(self, matching=None):
         """
-        Cut the oldest held request's (as L{release}) connection before it
-        reaches etcd; returns its body.
+        Cut the connection of the oldest held request that has not reached
+        etcd yet (as L{release}), before it does; returns its body.
         """
-        held = self._oldest(matching)
+        held = self._oldest(matching, reached=False)
         self._drop(held)
         cut_connection(held.request)
         return held.body
@@ -220,6 +233,11 @@ class Faults:
     optionally, by the C{host} a request was sent to (one endpoint of a
     client, such as C{"claimer:2379"}: one client of several behind a
     fault).
+
+    A fault is what has C{befall(request, body, answer)}: the gateway's
+    twisted.web C{request}, its JSON C{body} as the gateway parsed it, and
+    C{answer()}, which has etcd apply the request and returns the reply;
+    it returns what the gateway's C{render} does.
     """
 
     _once = attr.ib(factory=lambda: collections.defaultdict(collections.deque), init=False)

@@ -52,8 +52,8 @@ class Gateway(Resource):
         #: How many requests of each path (bytes) it answered, as etcd's
         #: own metrics count them.
         self.served = collections.Counter()
-        #: The host and JSON body of every POST, by path, in the order
-        #: received.
+        #: The host and JSON body (C{None} for a GET) of every request, by
+        #: path, in the order received.
         self.received = collections.defaultdict(list)
         #: What befalls requests beyond etcd's own behaviour.
         self.faults = Faults()
@@ -114,6 +114,8 @@ class Gateway(Resource):
     # HTTP.
 
     def render_GET(self, request):
+        host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+        self.received[request.path].append((host, None))
         self.served[request.path] += 1
         if request.path == b"/version":
             return self._json(request, 200, {"etcdserver": VERSION, "etcdcluster": "3.5.0"})
@@ -135,7 +137,7 @@ class Gateway(Resource):
         fault = self.faults.take(request.path, host)
         if fault is None:
             return self._answer(request, body, stream)
-        return fault.befall(request, lambda: self._answer(request, body, stream))
+        return fault.befall(request, body, lambda: self._answer(request, body, stream))
 
     def _answer(self, request, body, stream):
         self.served[request.path] += 1
@@ -226,15 +228,28 @@ class WatchStream:
         Hold the stream's events back (a slow link, a busy member), as etcd
         holds back a slow watcher's, until L{resume}.
         """
-        self._store.pause(self.watcher)
+        self._store.pause(self._taken())
 
     def resume(self, revision=None):
         """
         Send the events held back, up to C{revision} (the stream stays
-        paused then) or all of them, in one result.
+        paused then) or all of them, in one result; or, if a compaction
+        passed them meanwhile, the watch's cancellation, as etcd does.
         """
+        watcher = self._taken()
         with self._request.channel.transport.held():
-            self._store.resume(self.watcher, revision)
+            self._store.resume(watcher, revision)
+
+    def _taken(self):
+        """
+        The store's watcher, which only a watch etcd took has.
+        """
+        if self.watcher is None:
+            raise AssertionError(
+                "this watch stream has no watcher to pause or resume: etcd has not taken"
+                " its watch (held by a fault, refused, or cancelled at its start)"
+            )
+        return self.watcher
 
     def write(self, data):
         """

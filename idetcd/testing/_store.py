@@ -132,6 +132,14 @@ class _Lease:
     timer = attr.ib(default=None)
 
 
+def _compacted_watch(revision):
+    """
+    The result by which etcd cancels a watch that would need the revisions
+    compacted before C{revision}.
+    """
+    return {"header": {}, "canceled": True, "compact_revision": str(revision)}
+
+
 @attr.s(eq=False)
 class _Watcher:
     key = attr.ib()
@@ -144,6 +152,9 @@ class _Watcher:
     quiet = attr.ib(default=True)
     #: Whether it is behind (a slow link): sent nothing until caught up.
     paused = attr.ib(default=False)
+    #: The compaction that cancelled it while it was behind, to tell it of
+    #: when it catches up.
+    compacted = attr.ib(default=0)
 
 
 _COMPARE_RESULTS = {
@@ -472,6 +483,12 @@ class Store:
         if revision <= self.compact_revision:
             raise _compacted()
         self.compact_revision = revision
+        # A watcher behind the compaction cannot catch up: etcd cancels it,
+        # as it refuses a watch from before the compaction revision.
+        for watcher in list(self._watchers):
+            if watcher.next_revision < revision:
+                self._watchers.remove(watcher)
+                watcher.compacted = revision
         # What a watch from the compaction revision still hears: the puts
         # made there (each the newest version of its key), not deletions.
         self._log = [
@@ -593,7 +610,7 @@ class Store:
         header = {"revision": str(self.revision)}
         send({"header": header, "created": True})
         if 0 < start < self.compact_revision:
-            send({"header": {}, "canceled": True, "compact_revision": str(self.compact_revision)})
+            send(_compacted_watch(self.compact_revision))
             return None
         watcher = _Watcher(
             key,
@@ -626,8 +643,15 @@ class Store:
         """
         Send C{watcher} the events held back, up to C{revision} (then it
         stays paused) or all of them, in one result: how etcd catches a
-        slow watcher up.
+        slow watcher up.  One a compaction cancelled meanwhile is told so
+        instead, and hears nothing more.
         """
+        if watcher.compacted:
+            watcher.send(_compacted_watch(watcher.compacted))
+            watcher.compacted = 0
+            return
+        if watcher not in self._watchers:
+            return  # cancelled
         watcher.paused = revision is not None
         self._catch_up(watcher, self.revision if revision is None else revision)
 

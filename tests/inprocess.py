@@ -1,5 +1,5 @@
 """
-Nodes embedded in-process in tests, as an application runs them: the
+Nodes run in-process in tests, as an application runs them: the
 Corefile they read (C{COREFILE}, its etcd endpoints, lease and address
 given by the test), and one started on a Corefile with settings added.
 """
