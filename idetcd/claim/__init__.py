@@ -1,7 +1,8 @@
 """
-Ownership of a name: the claimer that takes a free slot (what it does
-next decided apart, the queue it waits its turn in), the lease that keeps it, what the node announces with it, and the state directory that
-lets a restarted node take it back.
+Ownership of a name: the claimer that takes a free slot (the requests of
+a claim made apart, what it does next decided apart, the queue it waits
+its turn in), the lease that keeps it, what the node announces with it,
+and the state directory that lets a restarted node take it back.
 """
 
 from idetcd.claim._announcement import (
