@@ -113,8 +113,7 @@ def _start(reactor, service):
 
 def _listen_idetcd(reactor, authority, counts=None, querylog=None):
     dns_server = idetcd_server.DNSServer(
-        authority, 0, interfaces=(HOST,), reactor=reactor, tally=counts, querylog=querylog,
-        registry=authority.registry,
+        authority, 0, interfaces=(HOST,), reactor=reactor, tally=counts, querylog=querylog
     )
     _start(reactor, dns_server)
     return (dns_server.port,)

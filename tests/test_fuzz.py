@@ -254,7 +254,6 @@ class FuzzTests(unittest.TestCase):
             0,
             tcp_idle_timeout=0.5,
             max_tcp_connections=100,
-            registry=self.registry,
         )
         self.server.startService()
         self.addCleanup(self.server.stopService)

@@ -282,7 +282,7 @@ class DnsTallyTests(unittest.TestCase):
         registry = FakeRegistry(sample_members())
         authority = ZoneAuthority(ZONE, registry, 30)
         self.server = DNSServer(
-            authority, 0, interfaces=("::",), reactor=reactor, tally=self.tally, registry=registry
+            authority, 0, interfaces=("::",), reactor=reactor, tally=self.tally
         )
         self.server.startService()
         self.addCleanup(self.server.stopService)

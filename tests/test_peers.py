@@ -512,7 +512,7 @@ class PeerServerTests(unittest.TestCase):
     def setUp(self):
         self.registry = FakeRegistry(peer_members(), revision=100)
         self.authority = ZoneAuthority("tf.local.", self.registry, 30, reverse=(".", "10.in-addr.arpa."))
-        self.server = DNSServer(self.authority, 0, registry=self.registry)
+        self.server = DNSServer(self.authority, 0)
         self.server.startService()
         self.addCleanup(self.server.stopService)
 

@@ -66,7 +66,6 @@ class ServerTestCase(unittest.TestCase):
             0,
             tcp_idle_timeout=self.idle_timeout,
             max_tcp_connections=self.max_connections,
-            registry=self.registry,
         )
         self.server.startService()
         self.addCleanup(self.server.stopService)
@@ -928,7 +927,7 @@ class SourceAddressTests(unittest.TestCase):
         self.authority = ZoneAuthority("tf.local.", self.registry, 30)
 
     def serve(self, interface):
-        server = DNSServer(self.authority, 0, interfaces=(interface,), registry=self.registry)
+        server = DNSServer(self.authority, 0, interfaces=(interface,))
         try:
             server.startService()
         except CannotListenError:
@@ -1001,7 +1000,7 @@ class LifecycleTests(unittest.TestCase):
                 s.bind(("::1", 0))
         except OSError:
             raise unittest.SkipTest("no IPv6 loopback")
-        server = DNSServer(self.authority, 0, interfaces=("127.0.0.1", "::1"), registry=self.registry)
+        server = DNSServer(self.authority, 0, interfaces=("127.0.0.1", "::1"))
         server.startService()
         self.addCleanup(server.stopService)
         query = dns.message.make_query("worker1.tf.local", "A")
@@ -1020,7 +1019,7 @@ class LifecycleTests(unittest.TestCase):
         """
         blocker = reactor.listenTCP(0, protocol.Factory(), interface=HOST)
         self.addCleanup(blocker.stopListening)
-        server = DNSServer(self.authority, blocker.getHost().port, registry=self.registry)
+        server = DNSServer(self.authority, blocker.getHost().port)
         self.assertRaises(CannotListenError, server.startService)
         self.assertEqual(self.registry.subscribers, [])
         self.assertEqual(self.registry.change_subscribers, [])
@@ -1029,11 +1028,9 @@ class LifecycleTests(unittest.TestCase):
         yield task.deferLater(reactor, 0, lambda: None)
 
     def test_bad_arguments(self):
-        self.assertRaises(ValueError, DNSServer, self.authority, 0, tcp_idle_timeout=0, registry=self.registry)
-        self.assertRaises(ValueError, DNSServer, self.authority, 0, max_tcp_connections=0, registry=self.registry)
-        self.assertRaises(ValueError, DNSServer, self.authority, 0, interfaces=(), registry=self.registry)
-        # Its prepared replies follow the membership its authority answers from.
-        self.assertRaises(ValueError, DNSServer, self.authority, 0, registry=FakeRegistry())
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, tcp_idle_timeout=0)
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, max_tcp_connections=0)
+        self.assertRaises(ValueError, DNSServer, self.authority, 0, interfaces=())
 
 
 class ToolTests(ServerTestCase):

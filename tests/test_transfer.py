@@ -137,7 +137,7 @@ class TransferServerTests(unittest.TestCase):
         self.registry = FakeRegistry(members, revision=100)
         self.authority = ZoneAuthority("tf.local.", self.registry, 30)
         self.transfer = ZoneTransfer(self.authority, LOOPBACK)
-        self.server = DNSServer(self.authority, 0, transfer=self.transfer, registry=self.registry)
+        self.server = DNSServer(self.authority, 0, transfer=self.transfer)
         self.server.startService()
         self.addCleanup(self.server.stopService)
 
@@ -353,7 +353,7 @@ class QueryFormTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_refused_without_transfer(self):
         registry = FakeRegistry(sample_members(), revision=100)
-        server = DNSServer(ZoneAuthority("tf.local.", registry, 30), 0, registry=registry)
+        server = DNSServer(ZoneAuthority("tf.local.", registry, 30), 0)
         server.startService()
         self.addCleanup(server.stopService)
         for send in (dns.query.udp, dns.query.tcp):
@@ -395,7 +395,7 @@ class NotifyTests(unittest.TestCase):
             self.addCleanup(port.stopListening)
             targets.append((HOST, port.getHost().port))
         self.transfer = ZoneTransfer(self.authority, LOOPBACK, targets)
-        server = DNSServer(self.authority, 0, transfer=self.transfer, registry=self.registry)
+        server = DNSServer(self.authority, 0, transfer=self.transfer)
         server.startService()
         self.addCleanup(server.stopService)
 

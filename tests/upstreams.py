@@ -144,8 +144,7 @@ class ForwardTestCase(unittest.TestCase):
             forward_settings(upstreams, **settings), "tf.local.", zones, reactor, cache_settings=cache, tally=tally
         )
         self.server = DNSServer(
-            ZoneAuthority("tf.local.", self.registry, 30), 0, forwarder=self.forwarder, tally=tally,
-            registry=self.registry,
+            ZoneAuthority("tf.local.", self.registry, 30), 0, forwarder=self.forwarder, tally=tally
         )
         self.server.startService()
         self.addCleanup(self.server.stopService)

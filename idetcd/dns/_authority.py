@@ -373,6 +373,15 @@ class ZoneAuthority(common.ResolverBase):
                     records += rrset.answers
         return records
 
+    def subscribe_changes(self, callback):
+        """
+        Call C{callback(names)} after each change to the members this
+        authority answers from, with the names that changed, so that what
+        is made from its answers is made again (see L{update}); returns the
+        function that ends the subscription.
+        """
+        return self.registry.subscribe_changes(callback)
+
     def update(self, names):
         """
         Apply a registry change to the members C{names}: the labels of every

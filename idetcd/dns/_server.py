@@ -876,8 +876,8 @@ class DNSServer(service.Service):
     """
     Serves C{authority} over UDP and TCP on C{port} of every interface,
     counting its answers in C{tally} (a L{tally.DnsTally}) if given, and
-    making its prepared replies again as C{registry} (the membership the
-    authority answers from) tells of changes.
+    making its prepared replies again as the authority tells of changes to
+    the members it answers from.
     """
 
     authority = attr.ib()
@@ -894,9 +894,6 @@ class DNSServer(service.Service):
     transfer = attr.ib(default=None)
     #: A L{idetcd.dns._querylog.QueryLog} (C{log}, C{errors}), or None.
     querylog = attr.ib(default=None)
-    #: An L{idetcd.members.Registry}: its C{subscribe_changes} names the
-    #: members whose replies are made again.
-    registry = attr.ib(kw_only=True)
     _replies = attr.ib(init=False, default=None)
     _tcp = attr.ib(init=False, default=None)
     _listening = attr.ib(init=False, factory=list)
@@ -915,8 +912,6 @@ class DNSServer(service.Service):
             )
         if not self.interfaces:
             raise ValueError("no interface to listen on")
-        if self.registry is not self.authority.registry:
-            raise ValueError("the server must follow the registry its authority answers from")
         if self.forwarder is not None:
             if self.forwarder.tally is not self.tally:
                 raise ValueError("the forwarder must count its answers in the server's tally")
@@ -971,7 +966,7 @@ class DNSServer(service.Service):
         self.privilegedStartService()
         # What the registry learnt since the ports were bound.
         self._replies.rebuild()
-        self._unsubscribe = self.registry.subscribe_changes(self._replies.changed)
+        self._unsubscribe = self.authority.subscribe_changes(self._replies.changed)
         if self.transfer is not None:
             self.transfer.start(self.reactor, self._replies.report)
         service.Service.startService(self)

@@ -155,7 +155,6 @@ class IdetcdService(OrderedMultiService):
                     authority, self.block.transfer.allowed, self.block.transfer.targets
                 ),
                 querylog=query_log(self.block, self.reactor),
-                registry=self.registry,
             ),
         )
         # Each HTTP endpoint listens only when its directive is present.
