@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor, threads
 
 from idetcd.etcd import EtcdClient, prefix_range_end
 from idetcd.members._record import Member
+from tests import nodes
 from tests.faultproxy import FaultProxy
 from tests.nodes import NodeProcessCase
 from tests.waiting import sleep
@@ -18,19 +19,9 @@ from tests.waiting import sleep
 LEASE = 3
 TTL = 60
 PREFIX = b"/idetcd/"
-COREFILE = """\
-.:{$NODE_PORT} {
-    bind 127.0.0.1
-    idetcd {
-        endpoint {$ETCD_URL}
-        limit 3
-        pattern worker{{.ID}}.tf.local.
-        lease %d
-        ttl %d
-        address {$ADDRESS}
-    }
-}
-""" % (LEASE, TTL)
+COREFILE = nodes.COREFILE.replace("lease {$LEASE:3}", f"lease {LEASE}\n        ttl {TTL}").replace(
+    "address 127.0.0.1", "address {$ADDRESS}"
+)
 CUT_OFF = "127.0.0.1"
 NEWCOMER = "127.0.0.2"
 STATIC = Member("static.tf.local.", ("127.0.0.3",))
